@@ -1,0 +1,53 @@
+//! Test fixtures shared by every deskport test: the real parts a test needs, started and
+//! cleaned up by guards.
+//!
+//! - [`data_dir`] / [`artifact_dir`]: a fresh temporary data directory, and a kept directory
+//!   for screenshots and logs a human should look at after the run.
+//! - [`free_port`] / [`listener`]: loopback ports.
+//! - [`ProcessGuard`]: a child process (and its process group) that is stopped, by PID, when
+//!   the guard drops — also when the test panics.
+//! - [`Xvfb`]: a private X display at a size of the test's choosing.
+//! - [`Netns`]: a network namespace deleted on drop, and [`veth`] to wire two of them.
+//! - [`screenshot`] and the pixel helpers in [`image_util`].
+//!
+//! This crate is only ever a dev-dependency. It panics with a clear message where a test cannot
+//! go on (a missing program, no root for namespaces): a test that silently skips is a test that
+//! cannot fail.
+
+// Fixtures fail the test that uses them; panicking with context is the reporting channel here.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod dirs;
+pub mod image_util;
+mod net;
+mod netns;
+mod process;
+mod wait;
+mod xvfb;
+
+pub use dirs::{artifact_dir, data_dir};
+pub use net::{free_port, listener};
+pub use netns::{veth, Netns};
+pub use process::ProcessGuard;
+pub use wait::wait_until;
+pub use xvfb::{screenshot, Xvfb};
+
+/// Panics with a clear message unless `program` is on `PATH`. The README's test command
+/// installs every program the tests use, so a miss here means that list is incomplete.
+pub fn require_program(program: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "this test needs `{program}`, which is not on PATH; scripts/test installs it"
+    );
+}
+
+/// Panics with a clear message unless the test runs as root (network namespaces, nftables).
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces / nftables); run it the way scripts/test does"
+    );
+}

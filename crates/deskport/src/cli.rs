@@ -1,0 +1,85 @@
+//! The command line: global flags, the subcommand list, and the exit-status contract
+//! (0 success, 1 refused or failed, 2 usage or configuration error).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::cmd;
+use crate::config::{self, ConfigFile, LogFormat};
+
+/// deskport: secure remote-desktop access to cloud instances.
+///
+/// Security groups and the firewall that enforces them, the manager (web console, HTTP API),
+/// the RDP server for Linux instances and an RDP client, in one binary.
+///
+/// Configuration is read from (lowest precedence first) built-in defaults, the config file
+/// (--config, else $DESKPORT_CONFIG, else ~/.config/deskport/config.toml), environment
+/// variables DESKPORT_<SECTION>__<KEY> (e.g. DESKPORT_LOG__FORMAT=json), and flags.
+/// `RUST_LOG` overrides the log filter.
+#[derive(Debug, Parser)]
+#[command(
+    name = "deskport",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Configuration file (must exist when given).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the effective configuration and where it is read from.
+    Config(cmd::config::Args),
+}
+
+/// The `[log]` section's flags.
+#[derive(Debug, Serialize)]
+struct LogFlags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<LogFormat>,
+}
+
+/// A usage or configuration error: exit status 2 rather than 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = ConfigFile::locate(cli.config.as_deref()).map_err(usage)?;
+    let flags = [config::flag_layer(
+        "log",
+        &LogFlags {
+            format: cli.log_format,
+        },
+    )?];
+    let settings = config::load(&file, &flags).map_err(usage)?;
+    crate::logging::init(&settings.log).map_err(usage)?;
+    match cli.command {
+        Command::Config(args) => cmd::config::exec(args, &file, &settings),
+    }
+}
+
+fn usage(err: anyhow::Error) -> anyhow::Error {
+    UsageError(format!("{err:#}")).into()
+}
+
+/// The process exit status for a failed command.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|cause| cause.is::<UsageError>()) {
+        2
+    } else {
+        1
+    }
+}

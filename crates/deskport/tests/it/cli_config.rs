@@ -1,0 +1,127 @@
+//! The shared configuration loader: precedence, locations and errors.
+
+use crate::support::{deskport, run};
+
+fn format_of(stdout: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(stdout).unwrap();
+    v["log"]["format"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn precedence_is_defaults_then_file_then_environment_then_flags() {
+    let home = deskport_testsupport::data_dir();
+    let file = home.path().join("c.toml");
+    let show = ["config", "show", "--json"];
+
+    let r = run(deskport(home.path()).args(show));
+    assert_eq!(
+        (r.code, format_of(&r.stdout)),
+        (0, "text".into()),
+        "{}",
+        r.stderr
+    );
+
+    std::fs::write(&file, "[log]\nformat = \"json\"\nfilter = \"debug\"\n").unwrap();
+    let r = run(deskport(home.path()).arg("--config").arg(&file).args(show));
+    assert_eq!(format_of(&r.stdout), "json", "{}", r.stderr);
+
+    let r = run(deskport(home.path())
+        .arg("--config")
+        .arg(&file)
+        .env("DESKPORT_LOG__FORMAT", "text")
+        .args(show));
+    assert_eq!(format_of(&r.stdout), "text", "{}", r.stderr);
+    // The file's other key is still in force.
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["log"]["filter"], "debug");
+
+    let r = run(deskport(home.path())
+        .arg("--config")
+        .arg(&file)
+        .env("DESKPORT_LOG__FORMAT", "text")
+        .args(["--log-format", "json"])
+        .args(show));
+    assert_eq!(format_of(&r.stdout), "json", "{}", r.stderr);
+}
+
+#[test]
+fn config_file_is_found_through_env_then_xdg_default() {
+    let home = deskport_testsupport::data_dir();
+    let r = run(deskport(home.path()).args(["config", "path"]));
+    let default = home.path().join(".config/deskport/config.toml");
+    assert_eq!(r.stdout, format!("{}\tabsent\n", default.display()));
+
+    std::fs::create_dir_all(default.parent().unwrap()).unwrap();
+    std::fs::write(&default, "[log]\nformat = \"json\"\n").unwrap();
+    let r = run(deskport(home.path()).args(["config", "show", "--json"]));
+    assert_eq!(format_of(&r.stdout), "json");
+
+    let other = home.path().join("other.toml");
+    std::fs::write(&other, "[log]\nformat = \"text\"\n").unwrap();
+    let r = run(deskport(home.path())
+        .env("DESKPORT_CONFIG", &other)
+        .args(["config", "show", "--json"]));
+    assert_eq!(format_of(&r.stdout), "text");
+}
+
+#[test]
+fn bad_configuration_is_a_usage_error_naming_the_key_and_source() {
+    let home = deskport_testsupport::data_dir();
+    let file = home.path().join("c.toml");
+    let cases: &[(&str, &str)] = &[
+        ("[log]\nformt = \"json\"\n", "formt"),
+        ("[lgo]\n", "lgo"),
+        ("[log]\nformat = \"xml\"\n", "xml"),
+        ("[log\n", "TOML"),
+    ];
+    for (text, needle) in cases {
+        std::fs::write(&file, text).unwrap();
+        let r = run(deskport(home.path())
+            .arg("--config")
+            .arg(&file)
+            .args(["config", "show"]));
+        assert_eq!(r.code, 2, "{text:?}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{text:?}: {}", r.stderr);
+        assert!(r.stderr.contains("c.toml"), "{text:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty());
+    }
+
+    let r = run(deskport(home.path())
+        .env("DESKPORT_LOG__FORMAT", "xml")
+        .args(["config", "show"]));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("DESKPORT_"), "{}", r.stderr);
+
+    let r = run(deskport(home.path()).args([
+        "--config",
+        "/nonexistent/deskport.toml",
+        "config",
+        "path",
+    ]));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
+
+    let r = run(deskport(home.path())
+        .env("RUST_LOG", "info,[[[")
+        .args(["config", "path"]));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("RUST_LOG"), "{}", r.stderr);
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_and_version_exit_0() {
+    let home = deskport_testsupport::data_dir();
+    assert_eq!(run(deskport(home.path()).arg("no-such-command")).code, 2);
+    assert_eq!(
+        run(deskport(home.path()).args(["config", "show", "--bogus"])).code,
+        2
+    );
+    let r = run(deskport(home.path()).arg("--help"));
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("DESKPORT_<SECTION>__<KEY>"));
+    let r = run(deskport(home.path()).arg("--version"));
+    assert_eq!(
+        r.stdout,
+        format!("deskport {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests of the `deskport` binary: one test binary (one link) with a module per area.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli_config;
+mod support;
