@@ -99,6 +99,7 @@ fn rule_set(n: usize, rng: &mut Rng) -> (Policy, Vec<GroupId>) {
             name: "i".into(),
             addresses: vec![],
             groups: vec![group],
+            ..Member::default()
         }],
     };
     (policy, vec![group])

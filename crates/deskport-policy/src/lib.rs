@@ -17,7 +17,7 @@ pub use cidr::{addr_bits, Cidr, CidrError, Parsed};
 pub use engine::{linear, Classifier, Decision};
 pub use model::{
     number_has_ports, proto, Direction, Ethertype, GroupId, Member, Packet, Policy, PortRange,
-    Protocol, Remote, Rule, RuleId, RuleKey, SecurityGroup, L4,
+    Protocol, Remote, Rule, RuleId, RuleKey, SecurityGroup, Service, L4,
 };
 pub use validate::{
     check_group_deletable, default_group, parse_protocol_name, validate_group, validate_rule,

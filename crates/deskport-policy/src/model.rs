@@ -274,12 +274,29 @@ pub struct SecurityGroup {
 }
 
 /// An instance as the policy sees it: its addresses (the ones traffic to it is addressed to)
-/// and the groups attached to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// and the groups attached to it; for the userspace gateway also where it really listens and
+/// which of its services are published.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Member {
     pub name: String,
+    /// Public addresses: what clients connect to, and what the firewall protects.
     pub addresses: Vec<IpAddr>,
     pub groups: Vec<GroupId>,
+    /// The address the gateway forwards allowed connections to (`None`: the first public
+    /// address, i.e. the gateway and the instance are the same host).
+    pub internal: Option<IpAddr>,
+    /// Services the gateway publishes on every public address.
+    pub services: Vec<Service>,
+}
+
+/// A published service: the gateway listens on `public_port` of the instance's public
+/// addresses and forwards to `internal_port` of its internal address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Service {
+    /// [`proto::TCP`] or [`proto::UDP`].
+    pub protocol: u8,
+    pub public_port: u16,
+    pub internal_port: u16,
 }
 
 /// The whole desired state an enforcement point needs: every group (for remote-group

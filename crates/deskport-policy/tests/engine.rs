@@ -205,6 +205,7 @@ fn policy(rules: &[RuleGen], members: &[(IpAddr, Vec<u128>)]) -> Policy {
                 name: format!("m{i}"),
                 addresses: vec![*addr],
                 groups: gs.iter().map(|g| group_id(*g)).collect(),
+                ..Member::default()
             })
             .collect(),
     }

@@ -15,7 +15,8 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates a new namespace with a unique name and brings its loopback up.
+    /// Creates a new namespace with a unique name, brings its loopback up and turns IPv6
+    /// duplicate address detection off for its links.
     pub fn new() -> Self {
         crate::require_root();
         crate::require_program("ip");
@@ -28,6 +29,15 @@ impl Netns {
         run_checked(Command::new("ip").args(["netns", "add", &name]));
         let ns = Self { name };
         ns.run(&["ip", "link", "set", "lo", "up"]);
+        // No duplicate address detection on the namespace's links: an address (link-local
+        // ones included) is usable at once instead of after a second of probing.
+        for scope in ["all", "default"] {
+            ns.run(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{scope}.accept_dad=0"),
+            ]);
+        }
         ns
     }
 
@@ -57,6 +67,25 @@ impl Netns {
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("run {argv:?} in {}: {e}", self.name))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace, and returns its result. Sockets
+    /// made inside `f` belong to the namespace and can be used from any thread afterwards, so
+    /// a test can hold a client connection of a namespaced host directly.
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file =
+                        std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .unwrap_or_else(|e| panic!("enter {path}: {e}"));
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     /// Whether a namespace of this name exists right now.

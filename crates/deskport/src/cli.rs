@@ -42,6 +42,13 @@ pub struct Cli {
 pub enum Command {
     /// Show the effective configuration and where it is read from.
     Config(cmd::config::Args),
+    /// Enforce security groups (nftables or the userspace gateway).
+    ///
+    /// The agent reads a policy document (security groups and the instances they protect),
+    /// applies it with the chosen backend, and re-applies it whenever the file changes. A file
+    /// that cannot be read or parsed changes nothing: the previous policy stays in force. With
+    /// the nft backend the ruleset stays in the kernel after the agent stops (fail closed).
+    Firewall(cmd::firewall::Args),
 }
 
 /// The `[log]` section's flags.
@@ -58,16 +65,20 @@ pub struct UsageError(pub String);
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let file = ConfigFile::locate(cli.config.as_deref()).map_err(usage)?;
-    let flags = [config::flag_layer(
+    let mut flags = vec![config::flag_layer(
         "log",
         &LogFlags {
             format: cli.log_format,
         },
     )?];
+    if let Command::Firewall(args) = &cli.command {
+        flags.push(config::flag_layer("firewall", args)?);
+    }
     let settings = config::load(&file, &flags).map_err(usage)?;
     crate::logging::init(&settings.log).map_err(usage)?;
     match cli.command {
         Command::Config(args) => cmd::config::exec(args, &file, &settings),
+        Command::Firewall(args) => cmd::firewall::exec(args, &settings.firewall),
     }
 }
 

@@ -26,6 +26,9 @@ pub struct Settings {
     /// Logging.
     #[serde(default)]
     pub log: LogSettings,
+    /// `deskport firewall`.
+    #[serde(default)]
+    pub firewall: crate::cmd::firewall::FirewallSettings,
 }
 
 /// `[log]`: where and how deskport logs (always to stderr).

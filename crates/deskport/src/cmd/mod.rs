@@ -1,3 +1,4 @@
 //! One module per subcommand, each with its clap `Args` and an `exec` function.
 
 pub mod config;
+pub mod firewall;

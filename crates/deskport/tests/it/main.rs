@@ -3,4 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli_config;
+mod firewall_gateway;
+mod firewall_nft;
 mod support;
