@@ -28,8 +28,12 @@ pub struct PolicyDocument {
     pub revision: u64,
     #[serde(default)]
     pub security_groups: Vec<GroupDoc>,
+    /// The instances this document protects.
     #[serde(default)]
     pub instances: Vec<InstanceDoc>,
+    /// Other instances, whose addresses matter only as members of remote groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<InstanceDoc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +108,18 @@ pub struct InstanceDoc {
     /// Services the gateway publishes.
     #[serde(default)]
     pub services: Vec<ServiceDoc>,
+    /// The instance's Remote Desktop switches (for its RDP server agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_desktop: Option<RemoteDesktopDoc>,
+}
+
+/// The two switches of the article: *Allow remote connections to this computer* and *Allow
+/// connections only from computers running Remote Desktop with Network Level Authentication*.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteDesktopDoc {
+    pub enabled: bool,
+    pub nla_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,55 +256,24 @@ impl PolicyDocument {
         let mut names = HashSet::new();
         let mut members = Vec::with_capacity(self.instances.len());
         for inst in &self.instances {
-            let path = format!("instances[{:?}]", inst.name);
-            if inst.name.trim().is_empty() || !names.insert(inst.name.as_str()) {
+            if !names.insert(inst.name.as_str()) {
                 return Err(DocError::new(
-                    path,
-                    "instance names must be present and unique",
+                    format!("instances[{:?}]", inst.name),
+                    "instance names must be unique",
                 ));
             }
-            let mut member_groups = Vec::new();
-            for text in &inst.security_groups {
-                let id = resolve(text).ok_or_else(|| {
-                    DocError::new(
-                        format!("{path}.security_groups"),
-                        format!("there is no security group {text:?}"),
-                    )
-                })?;
-                member_groups.push(id);
-            }
-            let mut services = Vec::new();
-            for (i, s) in inst.services.iter().enumerate() {
-                let spath = format!("{path}.services[{i}]");
-                let protocol = match s.protocol.to_ascii_lowercase().as_str() {
-                    "tcp" => proto::TCP,
-                    "udp" => proto::UDP,
-                    other => {
-                        return Err(DocError::new(
-                            format!("{spath}.protocol"),
-                            format!("a published service is tcp or udp, not {other:?}"),
-                        ))
-                    }
-                };
-                let internal_port = s.internal_port.unwrap_or(s.public_port);
-                if s.public_port == 0 || internal_port == 0 {
-                    return Err(DocError::new(spath, "ports are 1-65535"));
-                }
-                services.push(Service {
-                    protocol,
-                    public_port: s.public_port,
-                    internal_port,
-                });
-            }
-            members.push(Member {
-                name: inst.name.clone(),
-                addresses: inst.addresses.clone(),
-                groups: member_groups,
-                internal: inst.internal_address,
-                services,
-            });
+            members.push(member(inst, "instances", &resolve)?);
         }
-        Ok(Policy { groups, members })
+        let peers = self
+            .peers
+            .iter()
+            .map(|p| member(p, "peers", &resolve))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Policy {
+            groups,
+            members,
+            peers,
+        })
     }
 
     /// The document of a [`Policy`] (ids always present, rules in canonical form).
@@ -305,32 +290,87 @@ impl PolicyDocument {
                     rules: g.rules.iter().map(rule_doc).collect(),
                 })
                 .collect(),
-            instances: policy
-                .members
-                .iter()
-                .map(|m| InstanceDoc {
-                    name: m.name.clone(),
-                    addresses: m.addresses.clone(),
-                    internal_address: m.internal,
-                    security_groups: m.groups.iter().map(|g| g.to_string()).collect(),
-                    services: m
-                        .services
-                        .iter()
-                        .map(|s| ServiceDoc {
-                            protocol: if s.protocol == proto::UDP {
-                                "udp"
-                            } else {
-                                "tcp"
-                            }
-                            .to_owned(),
-                            public_port: s.public_port,
-                            internal_port: Some(s.internal_port),
-                        })
-                        .collect(),
-                })
-                .collect(),
+            instances: policy.members.iter().map(instance_doc).collect(),
+            peers: policy.peers.iter().map(instance_doc).collect(),
         }
     }
+}
+
+/// A policy member as an instance entry (without remote-desktop settings).
+pub fn instance_doc(m: &Member) -> InstanceDoc {
+    InstanceDoc {
+        name: m.name.clone(),
+        addresses: m.addresses.clone(),
+        internal_address: m.internal,
+        security_groups: m.groups.iter().map(|g| g.to_string()).collect(),
+        services: m
+            .services
+            .iter()
+            .map(|s| ServiceDoc {
+                protocol: if s.protocol == proto::UDP {
+                    "udp"
+                } else {
+                    "tcp"
+                }
+                .to_owned(),
+                public_port: s.public_port,
+                internal_port: Some(s.internal_port),
+            })
+            .collect(),
+        remote_desktop: None,
+    }
+}
+
+/// An instance entry as a policy member (`list` is `instances` or `peers`, for error paths).
+fn member(
+    inst: &InstanceDoc,
+    list: &str,
+    resolve: &dyn Fn(&str) -> Option<GroupId>,
+) -> Result<Member, DocError> {
+    let path = format!("{list}[{:?}]", inst.name);
+    if inst.name.trim().is_empty() {
+        return Err(DocError::new(path, "an instance needs a name"));
+    }
+    let mut groups = Vec::new();
+    for text in &inst.security_groups {
+        let id = resolve(text).ok_or_else(|| {
+            DocError::new(
+                format!("{path}.security_groups"),
+                format!("there is no security group {text:?}"),
+            )
+        })?;
+        groups.push(id);
+    }
+    let mut services = Vec::new();
+    for (i, s) in inst.services.iter().enumerate() {
+        let spath = format!("{path}.services[{i}]");
+        let protocol = match s.protocol.to_ascii_lowercase().as_str() {
+            "tcp" => proto::TCP,
+            "udp" => proto::UDP,
+            other => {
+                return Err(DocError::new(
+                    format!("{spath}.protocol"),
+                    format!("a published service is tcp or udp, not {other:?}"),
+                ))
+            }
+        };
+        let internal_port = s.internal_port.unwrap_or(s.public_port);
+        if s.public_port == 0 || internal_port == 0 {
+            return Err(DocError::new(spath, "ports are 1-65535"));
+        }
+        services.push(Service {
+            protocol,
+            public_port: s.public_port,
+            internal_port,
+        });
+    }
+    Ok(Member {
+        name: inst.name.clone(),
+        addresses: inst.addresses.clone(),
+        groups,
+        internal: inst.internal_address,
+        services,
+    })
 }
 
 /// A rule in canonical Neutron form.
@@ -457,7 +497,7 @@ services = [{ public_port = 3389, internal_port = 13389 }, { protocol = "udp", p
                       |
                     3 | revisoin = 4
                       | ^^^^^^^^
-                    unknown field `revisoin`, expected one of `revision`, `security_groups`, `instances`
+                    unknown field `revisoin`, expected one of `revision`, `security_groups`, `instances`, `peers`
                 "#]],
             ),
         ];

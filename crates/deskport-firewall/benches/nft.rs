@@ -71,6 +71,7 @@ fn policy(n: usize) -> Policy {
             groups: vec![group],
             ..Member::default()
         }],
+        peers: Vec::new(),
     }
 }
 

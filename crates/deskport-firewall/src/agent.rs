@@ -19,6 +19,12 @@ use crate::nft::{NftBackend, NftError};
 pub enum Source {
     /// A policy document on disk (`.json`, or TOML otherwise), re-read when it changes.
     File(PathBuf),
+    /// The manager's agent feed (long poll). The last document received is kept in `state`
+    /// and enforced at start and whenever the manager cannot be reached.
+    Manager {
+        client: deskport_api::Client,
+        state: PathBuf,
+    },
 }
 
 /// The enforcement backend.
@@ -42,6 +48,11 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Nft(#[from] NftError),
+    #[error("cannot keep the last known policy in {path}")]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A loaded policy and what identifies its version.
@@ -51,6 +62,19 @@ pub struct Loaded {
     pub revision: u64,
     /// The source text, to skip applying an unchanged policy.
     pub text: String,
+}
+
+/// A policy document received from the manager, validated.
+pub fn load_doc(doc: &PolicyDocument, origin: &Path) -> Result<Loaded, AgentError> {
+    let policy = doc.to_policy().map_err(|source| AgentError::Invalid {
+        path: origin.to_owned(),
+        source,
+    })?;
+    Ok(Loaded {
+        policy,
+        revision: doc.revision,
+        text: doc.to_json(),
+    })
 }
 
 /// Reads and validates a policy file (`.json` is JSON; anything else TOML).
@@ -157,7 +181,12 @@ pub async fn run(
     stats: &AgentStats,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let Source::File(path) = source;
+    let path = match source {
+        Source::File(path) => path,
+        Source::Manager { client, state } => {
+            return run_manager(client, state, backend, stats, shutdown).await;
+        }
+    };
     let mut current = load_file(&path)?;
     let started = Instant::now();
     backend.apply(&current).await?;
@@ -212,4 +241,107 @@ pub async fn run(
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
+}
+
+/// The manager source: long-poll the feed, apply each new document, keep it on disk, report
+/// the revision; enforce the kept document while the manager is unreachable.
+async fn run_manager(
+    client: deskport_api::Client,
+    state: PathBuf,
+    backend: Backend,
+    stats: &AgentStats,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    tokio::pin!(shutdown);
+    let mut current: Option<Loaded> = None;
+    if state.exists() {
+        match load_file(&state) {
+            Ok(kept) => {
+                let started = Instant::now();
+                backend.apply(&kept).await?;
+                stats.applied(kept.revision, started.elapsed());
+                tracing::info!(
+                    revision = kept.revision,
+                    "Enforcing the last known policy until the manager answers"
+                );
+                current = Some(kept);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "The kept policy is unreadable; waiting for the manager")
+            }
+        }
+    }
+    let mut last_error: Option<String> = None;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let after = current.as_ref().map(|c| c.revision);
+        let answer = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            answer = client.agent_policy(after, Duration::from_secs(30)) => answer,
+        };
+        let result = match answer {
+            Ok(None) => Ok(()),
+            Ok(Some(doc)) => match load_doc(&doc, Path::new("manager feed")) {
+                Ok(loaded) => {
+                    let started = Instant::now();
+                    match backend.apply(&loaded).await {
+                        Ok(()) => {
+                            stats.applied(loaded.revision, started.elapsed());
+                            save_state(&state, &loaded.text)?;
+                            let report = deskport_api::v1::AgentReport {
+                                revision: Some(loaded.revision),
+                                ..Default::default()
+                            };
+                            if let Err(e) = client.agent_report(&report).await {
+                                tracing::debug!(error = %e, "Could not report the revision");
+                            }
+                            current = Some(loaded);
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                if last_error.take().is_some() {
+                    tracing::info!("The manager answers again");
+                }
+                backoff = Duration::from_millis(250);
+            }
+            Err(message) => {
+                if last_error.as_deref() != Some(&message) {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        error = %message,
+                        revision = current.as_ref().map(|c| c.revision),
+                        "No new policy; the last known one stays in force"
+                    );
+                }
+                last_error = Some(message);
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Writes the document atomically (temporary file, then rename).
+fn save_state(path: &Path, text: &str) -> Result<(), AgentError> {
+    let error = |source| AgentError::State {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(error)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).map_err(error)?;
+    std::fs::rename(&tmp, path).map_err(error)
 }

@@ -101,6 +101,7 @@ fn rule_set(n: usize, rng: &mut Rng) -> (Policy, Vec<GroupId>) {
             groups: vec![group],
             ..Member::default()
         }],
+        peers: Vec::new(),
     };
     (policy, vec![group])
 }

@@ -300,11 +300,13 @@ pub struct Service {
 }
 
 /// The whole desired state an enforcement point needs: every group (for remote-group
-/// references too) and every instance it protects.
+/// references too), every instance it protects (`members`), and other instances whose
+/// addresses only matter as members of remote groups (`peers`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     pub groups: Vec<SecurityGroup>,
     pub members: Vec<Member>,
+    pub peers: Vec<Member>,
 }
 
 impl Policy {
@@ -318,6 +320,7 @@ impl Policy {
         let mut addrs: Vec<IpAddr> = self
             .members
             .iter()
+            .chain(&self.peers)
             .filter(|m| m.groups.contains(&group))
             .flat_map(|m| m.addresses.iter().copied())
             .filter(|a| Ethertype::of(*a) == family)

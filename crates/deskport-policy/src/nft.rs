@@ -620,6 +620,7 @@ mod tests {
                     ..Member::default()
                 },
             ],
+            peers: Vec::new(),
         };
         let text = compile(
             &policy,
@@ -669,6 +670,7 @@ mod disjoint_tests {
                 groups: vec![g],
                 ..crate::Member::default()
             }],
+            peers: Vec::new(),
         };
         let text = compile(&policy, &Options::default());
         let start = text.find("set c0_in_v4_ports").unwrap();

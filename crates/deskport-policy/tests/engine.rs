@@ -208,6 +208,7 @@ fn policy(rules: &[RuleGen], members: &[(IpAddr, Vec<u128>)]) -> Policy {
                 ..Member::default()
             })
             .collect(),
+        peers: Vec::new(),
     }
 }
 
@@ -258,6 +259,7 @@ fn known_answers() {
     let policy = Policy {
         groups: vec![group],
         members: vec![],
+        peers: Vec::new(),
     };
     let c = Classifier::compile(&policy, &[g]);
     let ingress = |addr: &str, proto, port| {
@@ -337,6 +339,7 @@ fn large_rule_sets_agree() {
             rules,
         }],
         members: vec![],
+        peers: Vec::new(),
     };
     let c = Classifier::compile(&policy, &[g]);
     assert_eq!(c.rule_count(), 10_000);

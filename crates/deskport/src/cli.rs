@@ -49,6 +49,25 @@ pub enum Command {
     /// that cannot be read or parsed changes nothing: the previous policy stays in force. With
     /// the nft backend the ruleset stays in the kernel after the agent stops (fail closed).
     Firewall(cmd::firewall::Args),
+    /// Run the manager: the HTTP API and the agents' feed, on SQLite.
+    ///
+    /// On first start it creates the project `default` and the user `admin`, whose password is
+    /// DESKPORT_ADMIN_PASSWORD or generated and printed once.
+    Manager(cmd::manager::Args),
+    /// Log in to a manager and keep its URL and an API token in the CLI config.
+    Login(cmd::remote::LoginArgs),
+    /// Security groups: list, create, delete.
+    Sg(cmd::remote::SgArgs),
+    /// Security-group rules: list, add, delete.
+    Rule(cmd::remote::RuleArgs),
+    /// Instances: list, show, create, delete, Remote Desktop switches, groups.
+    Instance(cmd::remote::InstanceArgs),
+    /// Projects you belong to.
+    Project(cmd::remote::ProjectArgs),
+    /// Rule templates (RDP, SSH, HTTP, …).
+    Template(cmd::remote::TemplateArgs),
+    /// The audit log.
+    Audit(cmd::remote::AuditArgs),
 }
 
 /// The `[log]` section's flags.
@@ -71,14 +90,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             format: cli.log_format,
         },
     )?];
-    if let Command::Firewall(args) = &cli.command {
-        flags.push(config::flag_layer("firewall", args)?);
+    match &cli.command {
+        Command::Firewall(args) => flags.push(config::flag_layer("firewall", args)?),
+        Command::Manager(args) => flags.push(config::flag_layer("manager", args)?),
+        _ => {}
     }
     let settings = config::load(&file, &flags).map_err(usage)?;
     crate::logging::init(&settings.log).map_err(usage)?;
     match cli.command {
         Command::Config(args) => cmd::config::exec(args, &file, &settings),
         Command::Firewall(args) => cmd::firewall::exec(args, &settings.firewall),
+        Command::Manager(args) => cmd::manager::exec(args, &settings.manager),
+        Command::Login(args) => cmd::remote::login(args, &file),
+        Command::Sg(args) => cmd::remote::sg(args, &settings.cli),
+        Command::Rule(args) => cmd::remote::rule(args, &settings.cli),
+        Command::Instance(args) => cmd::remote::instance(args, &settings.cli),
+        Command::Project(args) => cmd::remote::project(args, &settings.cli),
+        Command::Template(args) => cmd::remote::template(args, &settings.cli),
+        Command::Audit(args) => cmd::remote::audit(args, &settings.cli),
     }
 }
 

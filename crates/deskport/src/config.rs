@@ -29,6 +29,12 @@ pub struct Settings {
     /// `deskport firewall`.
     #[serde(default)]
     pub firewall: crate::cmd::firewall::FirewallSettings,
+    /// `deskport manager`.
+    #[serde(default)]
+    pub manager: crate::cmd::manager::ManagerSettings,
+    /// The API commands (`sg`, `rule`, `instance`, …): the manager's URL and token.
+    #[serde(default)]
+    pub cli: crate::cmd::remote::CliSettings,
 }
 
 /// `[log]`: where and how deskport logs (always to stderr).
@@ -140,7 +146,16 @@ fn environment() -> Env {
         .split("__")
 }
 
-/// The settings as TOML, for `deskport config show`.
+/// The settings as TOML, for `deskport config show` (secrets masked).
 pub fn to_toml(settings: &Settings) -> anyhow::Result<String> {
-    toml::to_string_pretty(settings).context("serialize the settings")
+    toml::to_string_pretty(&masked(settings)).context("serialize the settings")
+}
+
+/// A copy with secrets replaced by `***`.
+pub fn masked(settings: &Settings) -> Settings {
+    let mut copy = settings.clone();
+    if copy.cli.token.is_some() {
+        copy.cli.token = Some("***".to_owned());
+    }
+    copy
 }

@@ -23,6 +23,7 @@ pub fn matches(policy: &Policy, rule: &Rule, packet: &Packet) -> bool {
         Remote::Group(g) => policy
             .members
             .iter()
+            .chain(&policy.peers)
             .any(|m| m.groups.contains(&g) && m.addresses.contains(&packet.remote)),
     }
 }

@@ -22,7 +22,10 @@ enum What {
 
 pub fn exec(args: Args, file: &ConfigFile, settings: &Settings) -> anyhow::Result<()> {
     match args.what {
-        What::Show { json: true } => println!("{}", serde_json::to_string_pretty(settings)?),
+        What::Show { json: true } => println!(
+            "{}",
+            serde_json::to_string_pretty(&config::masked(settings))?
+        ),
         What::Show { json: false } => print!("{}", config::to_toml(settings)?),
         What::Path => {
             let state = if file.path.exists() {

@@ -21,6 +21,12 @@ pub struct FirewallSettings {
     pub backend: BackendKind,
     /// The policy document to enforce (TOML, or JSON when the name ends in `.json`).
     pub policy: Option<PathBuf>,
+    /// Take the policy from this manager's agent feed instead (with `token`).
+    pub manager: Option<String>,
+    /// The instance's agent token (or a user's API token for a whole project).
+    pub token: Option<String>,
+    /// Where the last policy from the manager is kept (default in the data directory).
+    pub state: Option<PathBuf>,
     /// nft: `forward` (a gateway in front of the instances) or `host` (on the instance).
     pub placement: PlacementKind,
     /// nft: the table name in the `inet` family.
@@ -49,6 +55,9 @@ impl Default for FirewallSettings {
         Self {
             backend: BackendKind::Gateway,
             policy: None,
+            manager: None,
+            token: None,
+            state: None,
             placement: PlacementKind::Forward,
             table: "deskport".to_owned(),
             deny: DenyKind::Reject,
@@ -104,9 +113,21 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     backend: Option<BackendKind>,
     /// Policy document (TOML, or JSON for *.json).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "manager")]
     #[serde(skip_serializing_if = "Option::is_none")]
     policy: Option<PathBuf>,
+    /// Follow this manager's agent feed (e.g. http://127.0.0.1:8080) instead of a file.
+    #[arg(long, value_name = "URL", requires = "token")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manager: Option<String>,
+    /// The agent token of the instance (printed by `deskport instance create`).
+    #[arg(long, value_name = "TOKEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    /// Where the last policy received from the manager is kept.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<PathBuf>,
     /// nft: where the table hooks in.
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,13 +187,35 @@ fn as_false<S: serde::Serializer>(_: &bool, s: S) -> Result<S::Ok, S::Error> {
 }
 
 pub fn exec(args: Args, settings: &FirewallSettings) -> anyhow::Result<()> {
-    let Some(policy_path) = settings.policy.clone() else {
-        return Err(UsageError(
-            "no policy to enforce: give --policy FILE (or firewall.policy in the config file)"
-                .to_owned(),
-        )
-        .into());
+    let source = match (&settings.manager, &settings.policy) {
+        (Some(url), _) => {
+            let Some(token) = settings.token.clone() else {
+                return Err(UsageError(
+                    "--manager needs --token (the instance's agent token)".to_owned(),
+                )
+                .into());
+            };
+            let client =
+                deskport_api::Client::new(url, Some(token)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let state = match &settings.state {
+                Some(p) => p.clone(),
+                None => crate::cmd::manager::default_data_dir()?.join("firewall-policy.json"),
+            };
+            Source::Manager { client, state }
+        }
+        (None, Some(path)) => Source::File(path.clone()),
+        (None, None) => {
+            return Err(UsageError(
+                "no policy to enforce: give --policy FILE or --manager URL --token T".to_owned(),
+            )
+            .into())
+        }
     };
+    if (args.print || args.once || args.dry_run) && !matches!(source, Source::File(_)) {
+        return Err(
+            UsageError("--print, --once and --dry-run read a --policy file".to_owned()).into(),
+        );
+    }
     if (args.print || args.once) && settings.backend != BackendKind::Nft {
         return Err(UsageError("--print and --once are for --backend nft".to_owned()).into());
     }
@@ -180,10 +223,10 @@ pub fn exec(args: Args, settings: &FirewallSettings) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(run(args, settings, policy_path))
+    runtime.block_on(run(args, settings, source))
 }
 
-async fn run(args: Args, settings: &FirewallSettings, policy_path: PathBuf) -> anyhow::Result<()> {
+async fn run(args: Args, settings: &FirewallSettings, source: Source) -> anyhow::Result<()> {
     let nft = NftBackend::new(NftConfig {
         options: Options {
             table: settings.table.clone(),
@@ -202,8 +245,8 @@ async fn run(args: Args, settings: &FirewallSettings, policy_path: PathBuf) -> a
         ..NftConfig::default()
     });
 
-    if args.print || args.dry_run {
-        let loaded = agent::load_file(&policy_path)?;
+    if let (true, Source::File(policy_path)) = (args.print || args.dry_run, &source) {
+        let loaded = agent::load_file(policy_path)?;
         let rules: usize = loaded.policy.groups.iter().map(|g| g.rules.len()).sum();
         if args.print {
             print!("{}", nft.ruleset(&loaded.policy, loaded.revision));
@@ -239,8 +282,8 @@ async fn run(args: Args, settings: &FirewallSettings, policy_path: PathBuf) -> a
             ..GatewayConfig::default()
         })),
     };
-    if args.once {
-        let loaded = agent::load_file(&policy_path)?;
+    if let (true, Source::File(policy_path)) = (args.once, &source) {
+        let loaded = agent::load_file(policy_path)?;
         backend.apply(&loaded).await?;
         return Ok(());
     }
@@ -266,13 +309,13 @@ async fn run(args: Args, settings: &FirewallSettings, policy_path: PathBuf) -> a
         tokio::spawn(deskport_firewall::http::serve_metrics(listener, metrics));
     }
 
-    tracing::info!(
-        backend = ?settings.backend,
-        policy = %policy_path.display(),
-        "Firewall agent started"
-    );
+    let from = match &source {
+        Source::File(p) => p.display().to_string(),
+        Source::Manager { client, .. } => client.base().to_owned(),
+    };
+    tracing::info!(backend = ?settings.backend, source = %from, "Firewall agent started");
     agent::run(
-        Source::File(policy_path),
+        source,
         backend.clone(),
         Duration::from_millis(settings.poll_interval_ms.max(10)),
         &stats,

@@ -2,3 +2,5 @@
 
 pub mod config;
 pub mod firewall;
+pub mod manager;
+pub mod remote;

@@ -49,7 +49,7 @@ fn reaches_from(source: Ipv4Addr, port: u16) -> bool {
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect((LO, port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli_config;
+mod cli_manager;
+mod firewall_feed;
 mod firewall_gateway;
 mod firewall_nft;
 mod support;

@@ -1,0 +1,282 @@
+//! A typed client of the manager's API, for the CLI and the agents.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::policy_doc::PolicyDocument;
+use crate::v1::*;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The manager could not be reached (refused, timed out, DNS…).
+    #[error("cannot reach the manager at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    /// The manager answered with an error.
+    #[error("{}", describe(.status, .body))]
+    Api { status: u16, body: ErrorBody },
+    /// The answer was not what this client understands.
+    #[error("unexpected answer from the manager: {0}")]
+    Decode(String),
+}
+
+fn describe(status: &u16, body: &ErrorBody) -> String {
+    let field = body
+        .error
+        .field
+        .as_ref()
+        .map(|f| format!(" (field {f})"))
+        .unwrap_or_default();
+    let more: Vec<String> = body
+        .details
+        .iter()
+        .skip(1)
+        .map(|d| format!("; {}", d.message))
+        .collect();
+    format!(
+        "{}{field}{} [{} {status}]",
+        body.error.message,
+        more.join(""),
+        body.error.code
+    )
+}
+
+impl ClientError {
+    /// The API error code, when the manager answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { body, .. } => Some(&body.error.code),
+            _ => None,
+        }
+    }
+}
+
+/// The manager's API at `base` (e.g. `http://127.0.0.1:8080`), with a bearer token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+type R<T> = Result<T, ClientError>;
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> R<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> R<T> {
+        let response = self.execute(request).await?;
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Decode(format!("{e}: {text}")))
+    }
+
+    async fn execute(&self, request: reqwest::RequestBuilder) -> R<reqwest::Response> {
+        let request = match &self.token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            message: root_cause(&e),
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str::<ErrorBody>(&text).unwrap_or_else(|_| ErrorBody {
+            error: ErrorDetail {
+                code: "http_error".into(),
+                message: format!("HTTP {status}: {}", text.trim()),
+                field: None,
+            },
+            details: Vec::new(),
+        });
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> R<T> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> R<T> {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> R<()> {
+        self.execute(self.http.delete(self.url(path)))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn token(&self, request: &TokenRequest) -> R<TokenResponse> {
+        self.post("/auth/tokens", request).await
+    }
+
+    pub async fn projects(&self) -> R<ProjectList> {
+        self.get("/projects").await
+    }
+
+    pub async fn groups(&self) -> R<GroupList> {
+        self.get("/security-groups").await
+    }
+
+    pub async fn create_group(&self, group: CreateGroup) -> R<GroupEnvelope> {
+        self.post(
+            "/security-groups",
+            &CreateGroupRequest {
+                security_group: group,
+            },
+        )
+        .await
+    }
+
+    pub async fn delete_group(&self, id: Uuid) -> R<()> {
+        self.delete(&format!("/security-groups/{id}")).await
+    }
+
+    pub async fn rules(&self, group: Option<Uuid>) -> R<RuleList> {
+        match group {
+            Some(g) => {
+                self.get(&format!("/security-group-rules?security_group_id={g}"))
+                    .await
+            }
+            None => self.get("/security-group-rules").await,
+        }
+    }
+
+    pub async fn create_rule(&self, rule: CreateRule) -> R<RuleEnvelope> {
+        self.post(
+            "/security-group-rules",
+            &CreateRuleRequest {
+                security_group_rule: rule,
+            },
+        )
+        .await
+    }
+
+    pub async fn delete_rule(&self, id: Uuid) -> R<()> {
+        self.delete(&format!("/security-group-rules/{id}")).await
+    }
+
+    pub async fn templates(&self) -> R<TemplateList> {
+        self.get("/templates").await
+    }
+
+    pub async fn instances(&self) -> R<InstanceList> {
+        self.get("/instances").await
+    }
+
+    pub async fn instance(&self, id: Uuid) -> R<InstanceEnvelope> {
+        self.get(&format!("/instances/{id}")).await
+    }
+
+    pub async fn create_instance(&self, instance: CreateInstance) -> R<InstanceCreated> {
+        self.post("/instances", &CreateInstanceRequest { instance })
+            .await
+    }
+
+    pub async fn delete_instance(&self, id: Uuid) -> R<()> {
+        self.delete(&format!("/instances/{id}")).await
+    }
+
+    pub async fn set_remote_desktop(
+        &self,
+        id: Uuid,
+        update: UpdateRemoteDesktop,
+    ) -> R<InstanceEnvelope> {
+        self.send(
+            self.http
+                .put(self.url(&format!("/instances/{id}/remote-desktop")))
+                .json(&update),
+        )
+        .await
+    }
+
+    pub async fn attach_group(&self, id: Uuid, group: &str) -> R<InstanceEnvelope> {
+        self.post(
+            &format!("/instances/{id}/security-groups"),
+            &AttachGroup {
+                security_group: group.to_owned(),
+            },
+        )
+        .await
+    }
+
+    pub async fn detach_group(&self, id: Uuid, group: Uuid) -> R<()> {
+        self.delete(&format!("/instances/{id}/security-groups/{group}"))
+            .await
+    }
+
+    pub async fn audit(&self, query: &str) -> R<AuditList> {
+        self.get(&format!("/audit-events{query}")).await
+    }
+
+    /// The agent's desired state: at once when the manager's revision is newer than `after`,
+    /// else when it changes, else `None` after about `wait` (long poll).
+    pub async fn agent_policy(
+        &self,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> R<Option<PolicyDocument>> {
+        let mut url = format!("{}?wait={}", self.url("/agent/policy"), wait.as_secs());
+        if let Some(after) = after {
+            url += &format!("&after={after}");
+        }
+        let response = self
+            .execute(self.http.get(url).timeout(wait + Duration::from_secs(10)))
+            .await?;
+        if response.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        PolicyDocument::from_json(&text)
+            .map(Some)
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn agent_report(&self, report: &AgentReport) -> R<()> {
+        self.execute(self.http.post(self.url("/agent/report")).json(report))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The innermost cause of a transport error ("Connection refused", not "error sending request").
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

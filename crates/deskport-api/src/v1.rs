@@ -1,0 +1,423 @@
+//! The JSON of the HTTP API, version 1 (`/api/v1`). Resource and field names follow OpenStack
+//! Neutron: a single resource travels wrapped in an object named after it
+//! (`{"security_group_rule": {...}}`), a list in the plural (`{"security_group_rules": [...]}`).
+//!
+//! Request types reject unknown fields, so a typo is an error and never silently ignored.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub use crate::policy_doc::ProtocolValue;
+
+/// Every error response: `{"error": {"code", "message", "field"}}`, and for input with several
+/// problems every one of them in `details`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable (`invalid_cidr`, `duplicate_rule`, `not_found`, …).
+    pub code: String,
+    pub message: String,
+    /// The request field the error is about, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Something the server wants the user to know although the request succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Notice {
+    /// `cidr_normalized`, `protocol_normalized`, `open_to_internet`.
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+// ---- authentication ----
+
+/// Exchange a user's password for an API token (`deskport login`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub username: String,
+    pub password: String,
+    /// A name for the token, e.g. the machine it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    /// The bearer token. It is shown once; the server keeps only its hash.
+    pub token: String,
+    pub token_id: Uuid,
+    pub user: UserView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+}
+
+// ---- projects and users ----
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectView {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectEnvelope {
+    pub project: ProjectView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectList {
+    pub projects: Vec<ProjectView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProject {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProjectRequest {
+    pub project: CreateProject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MembershipView {
+    pub project_id: Uuid,
+    pub project_name: String,
+    /// `admin`, `member` or `reader`.
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub id: Uuid,
+    pub name: String,
+    pub is_admin: bool,
+    pub memberships: Vec<MembershipView>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UserEnvelope {
+    pub user: UserView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UserList {
+    pub users: Vec<UserView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub name: String,
+    pub password: String,
+    #[serde(default)]
+    pub is_admin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    pub user: CreateUser,
+}
+
+/// Set a user's role in a project (adds the user if not a member yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetMembership {
+    /// `admin`, `member` or `reader`.
+    pub role: String,
+}
+
+// ---- security groups and rules ----
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RuleView {
+    pub id: Uuid,
+    pub security_group_id: Uuid,
+    pub project_id: Uuid,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `IPv4` or `IPv6`.
+    pub ethertype: String,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, a number, or null for any.
+    pub protocol: Option<String>,
+    pub port_range_min: Option<i64>,
+    pub port_range_max: Option<i64>,
+    pub remote_ip_prefix: Option<String>,
+    pub remote_group_id: Option<Uuid>,
+    pub description: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RuleEnvelope {
+    pub security_group_rule: RuleView,
+    /// What was normalised, and warnings (e.g. RDP open to the whole internet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<Notice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RuleList {
+    pub security_group_rules: Vec<RuleView>,
+}
+
+/// A new rule. Give a `template` (e.g. `rdp`) or a `protocol` and ports; the remote is a
+/// `remote_ip_prefix` or a `remote_group_id` (neither: everyone of the ethertype).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRule {
+    pub security_group_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ethertype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub protocol: Option<ProtocolValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range_min: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range_max: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_ip_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_group_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRuleRequest {
+    pub security_group_rule: CreateRule,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GroupView {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub security_group_rules: Vec<RuleView>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GroupEnvelope {
+    pub security_group: GroupView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GroupList {
+    pub security_groups: Vec<GroupView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroup {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Defaults to the caller's only project, or `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {
+    pub security_group: CreateGroup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateView {
+    /// For `template` in a new rule and `--template` (`rdp`, `custom_tcp`, …).
+    pub id: String,
+    /// The label in the console's *Rule* menu.
+    pub label: String,
+    /// The protocol it fixes, if any.
+    pub protocol: Option<String>,
+    pub port_range_min: Option<i64>,
+    pub port_range_max: Option<i64>,
+    /// Whether the user gives the protocol or ports.
+    pub custom: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<TemplateView>,
+}
+
+// ---- instances ----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RemoteDesktopView {
+    /// *Allow remote connections to this computer*.
+    pub enabled: bool,
+    /// *Allow connections only from computers running Remote Desktop with NLA*.
+    pub nla_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GroupRef {
+    pub id: Uuid,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConnectCommands {
+    pub rdesktop: String,
+    pub xfreerdp: String,
+    pub deskport: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceView {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub name: String,
+    pub public_address: String,
+    /// The port clients connect to for RDP.
+    pub public_rdp_port: u16,
+    pub internal_address: Option<String>,
+    /// The RDP server's port on the internal address.
+    pub rdp_port: u16,
+    pub security_groups: Vec<GroupRef>,
+    pub remote_desktop: RemoteDesktopView,
+    /// SHA-256 of the RDP server's certificate, as its agent reported it.
+    pub cert_fingerprint: Option<String>,
+    pub agent_seen_at: Option<String>,
+    pub agent_revision: Option<u64>,
+    pub connect: ConnectCommands,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceEnvelope {
+    pub instance: InstanceView,
+}
+
+/// The answer to creating an instance: the only time its agent token is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceCreated {
+    pub instance: InstanceView,
+    pub agent_token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceList {
+    pub instances: Vec<InstanceView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstance {
+    pub name: String,
+    /// The address clients connect to, `IP` or `IP:PORT` (the public RDP port, 3389 by
+    /// default).
+    pub public_address: String,
+    /// Where the instance really listens, `IP` or `IP:PORT` (the port of its RDP server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_address: Option<String>,
+    /// Security groups by id or name; by default the project's `default` group.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstanceRequest {
+    pub instance: CreateInstance,
+}
+
+/// Change the Remote Desktop switches; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRemoteDesktop {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nla_only: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachGroup {
+    /// Id or name of a group of the instance's project.
+    pub security_group: String,
+}
+
+// ---- audit log ----
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEventView {
+    pub id: i64,
+    pub project_id: Option<Uuid>,
+    pub actor: String,
+    /// E.g. `security_group_rule.create`.
+    pub action: String,
+    pub target_type: String,
+    pub target_id: Option<String>,
+    pub summary: String,
+    /// The client's address.
+    pub source: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    pub audit_events: Vec<AuditEventView>,
+}
+
+// ---- agents ----
+
+/// An agent's report about its instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentReport {
+    /// `SHA256:` and the hex SHA-256 of the RDP server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_fingerprint: Option<String>,
+    /// The policy revision the agent enforces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub revision: u64,
+}

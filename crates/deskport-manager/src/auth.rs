@@ -1,0 +1,382 @@
+//! Authentication: password hashing (argon2id), bearer and session tokens (random, stored as
+//! SHA-256), the [`Caller`] every handler receives, and login throttling.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use deskport_store::{Principal, Role, User};
+use rand::rngs::OsRng as SystemRng;
+use rand::RngCore as _;
+use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// The session cookie of the console.
+pub const SESSION_COOKIE: &str = "deskport_session";
+
+/// An argon2id hash (PHC string) of `password`. CPU-heavy: call from `spawn_blocking`.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hash a password: {e}"))
+}
+
+/// Whether `password` matches the PHC string `hash`. CPU-heavy: call from `spawn_blocking`.
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Hashes or verifies on the blocking pool.
+pub async fn hash_password_async(password: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| ApiError::internal("hash task", &e))?
+        .map_err(|e| ApiError::internal("hash", &e))
+}
+
+/// A new random token with `prefix` (`dpt_` API, `dpa_` agent, `dps_` session) and its hash.
+pub fn new_token(prefix: &str) -> (String, String) {
+    let mut bytes = [0u8; 32];
+    SystemRng.fill_bytes(&mut bytes);
+    let token = format!("{prefix}{}", hex(&bytes));
+    let hash = token_hash(&token);
+    (token, hash)
+}
+
+/// How a token is stored: its SHA-256, hex. Tokens are 256 random bits, so a fast hash is
+/// enough (no dictionary to protect against).
+pub fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Who is calling: a user (with the projects it may see) or an instance's agent.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    User(User),
+    Agent { instance_id: Uuid, project_id: Uuid },
+}
+
+impl Caller {
+    /// The user, or 403 for agent tokens.
+    pub fn user(&self) -> ApiResult<&User> {
+        match self {
+            Caller::User(u) => Ok(u),
+            Caller::Agent { .. } => Err(ApiError::forbidden(
+                "an agent token can only read its instance's policy and report its status",
+            )),
+        }
+    }
+
+    /// The projects this caller may see.
+    pub fn visible(&self) -> Vec<Uuid> {
+        match self {
+            Caller::User(u) => u.project_ids(),
+            Caller::Agent { .. } => Vec::new(),
+        }
+    }
+
+    /// Requires at least `role` in `project`: 404 if the caller cannot see the project at all
+    /// (existence is not leaked), 403 if it can see but not change.
+    pub fn require(&self, project: Uuid, role: Role) -> ApiResult<&User> {
+        let user = self.user()?;
+        match user.role_in(project) {
+            None => Err(ApiError::not_found("project")),
+            Some(r) if r >= role => Ok(user),
+            Some(r) => Err(ApiError::forbidden(format!(
+                "your role in this project is {}; this needs {}",
+                r.as_str(),
+                role.as_str()
+            ))),
+        }
+    }
+
+    /// The project a create request goes to: the one given, else the caller's only project,
+    /// else `default`.
+    pub fn target_project(&self, given: Option<Uuid>) -> ApiResult<Uuid> {
+        let user = self.user()?;
+        if let Some(p) = given {
+            return Ok(p);
+        }
+        match user.memberships.as_slice() {
+            [only] => Ok(only.project_id),
+            many => many
+                .iter()
+                .find(|m| m.project_name == "default")
+                .map(|m| m.project_id)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "project_required",
+                        "give project_id: you belong to several projects",
+                    )
+                    .field("project_id")
+                }),
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The value of cookie `name`.
+pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(token) = bearer(parts) {
+            return match state.store.principal_by_token(&token_hash(token)).await? {
+                Some(Principal::User(u)) => Ok(Caller::User(u)),
+                Some(Principal::Agent {
+                    instance_id,
+                    project_id,
+                }) => Ok(Caller::Agent {
+                    instance_id,
+                    project_id,
+                }),
+                None => Err(ApiError::unauthorized("the bearer token is not valid")),
+            };
+        }
+        // The console's session cookie authenticates API reads too (its forms carry CSRF
+        // tokens; the API is not used with cookies for writes, see `console`).
+        if let Some(session) = cookie(parts, SESSION_COOKIE) {
+            if parts.method == axum::http::Method::GET {
+                if let Some(s) = state
+                    .store
+                    .session(&token_hash(session), crate::now_ms())
+                    .await?
+                {
+                    return Ok(Caller::User(s.user));
+                }
+            }
+        }
+        Err(ApiError::unauthorized(
+            "authentication required: send 'Authorization: Bearer TOKEN' (see 'deskport login')",
+        ))
+    }
+}
+
+/// The client's address (for the audit log and throttling).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| ClientAddr(addr.ip().to_canonical()))
+            .ok_or_else(|| ApiError::internal("client address", &"no ConnectInfo"))
+    }
+}
+
+/// Login throttling: failures are counted per user name and per source address; after
+/// `max_failures` within `window` the key is locked out for `lockout`, doubling with each
+/// further lockout up to `max_lockout`. A success clears the user's counter.
+#[derive(Debug)]
+pub struct Throttle {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub lockout: Duration,
+    pub max_lockout: Duration,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    failures: u32,
+    first: Instant,
+    locked_until: Option<Instant>,
+    lockouts: u32,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new(
+            5,
+            Duration::from_secs(900),
+            Duration::from_secs(60),
+            Duration::from_secs(900),
+        )
+    }
+}
+
+impl Throttle {
+    pub fn new(
+        max_failures: u32,
+        window: Duration,
+        lockout: Duration,
+        max_lockout: Duration,
+    ) -> Self {
+        Self {
+            max_failures,
+            window,
+            lockout,
+            max_lockout,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(seconds to wait)` while any of `keys` is locked out.
+    pub fn check(&self, keys: &[String]) -> Result<(), u64> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let wait = keys
+            .iter()
+            .filter_map(|k| entries.get(k)?.locked_until)
+            .filter(|until| *until > now)
+            .map(|until| (until - now).as_secs() + 1)
+            .max();
+        match wait {
+            Some(w) => Err(w),
+            None => Ok(()),
+        }
+    }
+
+    pub fn failure(&self, keys: &[String]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if entries.len() > 100_000 {
+            // Bounded memory under a spray of names: forget expired entries.
+            entries.retain(|_, e| {
+                now.duration_since(e.first) < self.window || e.locked_until.is_some_and(|u| u > now)
+            });
+        }
+        for key in keys {
+            let e = entries.entry(key.clone()).or_insert(Entry {
+                failures: 0,
+                first: now,
+                locked_until: None,
+                lockouts: 0,
+            });
+            if now.duration_since(e.first) > self.window {
+                e.failures = 0;
+                e.first = now;
+            }
+            e.failures += 1;
+            if e.failures >= self.max_failures {
+                let factor = 1u32 << e.lockouts.min(16);
+                let lock = (self.lockout * factor).min(self.max_lockout);
+                e.locked_until = Some(now + lock);
+                e.lockouts += 1;
+                e.failures = 0;
+                e.first = now;
+                tracing::warn!(
+                    key,
+                    seconds = lock.as_secs(),
+                    "Login locked out after repeated failures"
+                );
+            }
+        }
+    }
+
+    pub fn success(&self, key: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(key);
+    }
+}
+
+/// 429 with `Retry-After`.
+pub fn throttled(wait: u64) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "throttled",
+        format!("too many failed logins; try again in {wait} s"),
+    );
+    e.retry_after = Some(wait);
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_locks_out_after_failures_and_doubles() {
+        let t = Throttle::new(
+            3,
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+        );
+        let keys = vec!["user:a".to_owned()];
+        for _ in 0..2 {
+            t.failure(&keys);
+            assert!(t.check(&keys).is_ok());
+        }
+        t.failure(&keys);
+        assert!(t.check(&keys).is_err());
+        assert!(t.check(&["user:b".to_owned()]).is_ok());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(t.check(&keys).is_ok(), "the first lockout expired");
+        for _ in 0..3 {
+            t.failure(&keys);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            t.check(&keys).is_err(),
+            "the second lockout is twice as long"
+        );
+        t.success("user:a");
+        assert!(t.check(&keys).is_ok());
+    }
+
+    #[test]
+    fn passwords_and_tokens() {
+        let h = hash_password("s3cret").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password(&h, "s3cret"));
+        assert!(!verify_password(&h, "S3cret"));
+        assert!(!verify_password("garbage", "s3cret"));
+        let (t1, h1) = new_token("dpt_");
+        let (t2, _) = new_token("dpt_");
+        assert_ne!(t1, t2);
+        assert_eq!(t1.len(), 4 + 64);
+        assert_eq!(token_hash(&t1), h1);
+    }
+}

@@ -1,0 +1,200 @@
+//! The manager (SPEC §3): deskport's control plane. It serves the HTTP API (`/api/v1`, with its
+//! OpenAPI document), `/healthz` and `/metrics`, and the agents' feed; it keeps everything in a
+//! [`deskport_store::Store`] (SQLite by default) and never writes SQL itself.
+//!
+//! Entry points: [`open_store`] + [`bootstrap`] prepare the database, [`app`] builds the router,
+//! [`serve`] runs it on a listener until a shutdown future resolves (tests pass port 0).
+
+pub mod api;
+pub mod auth;
+mod convert;
+pub mod error;
+mod extract;
+pub mod metrics;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use deskport_policy::Quota;
+use deskport_store::{Actor, SqliteStore, Store};
+use rand::Rng as _;
+
+use crate::error::ApiError;
+pub use crate::state::AppState;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Where the data lives and the limits that apply.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Holds `deskport.db` (SQLite) unless `db` names another database.
+    pub data_dir: PathBuf,
+    /// `sqlite:PATH` (or a bare path); PostgreSQL is not implemented yet.
+    pub db: Option<String>,
+    pub quota: Quota,
+    /// The RDP user name shown in connect commands.
+    pub rdp_user: Option<String>,
+    /// Largest accepted request body, bytes.
+    pub body_limit: usize,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("."),
+            db: None,
+            quota: Quota::default(),
+            rdp_user: None,
+            body_limit: 64 * 1024,
+        }
+    }
+}
+
+/// Opens the database named by the configuration (creating the data directory and running
+/// the migrations).
+pub async fn open_store(config: &ManagerConfig) -> anyhow::Result<Arc<SqliteStore>> {
+    let path = match config.db.as_deref() {
+        None => {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("create the data directory {}", config.data_dir.display())
+            })?;
+            config.data_dir.join("deskport.db")
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            anyhow::bail!("PostgreSQL is not supported by this build yet; use SQLite (the default)")
+        }
+        Some(url) => PathBuf::from(
+            url.strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url),
+        ),
+    };
+    let store = SqliteStore::open(&path)
+        .await
+        .with_context(|| format!("open the database {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// On first start, creates the `default` project and the `admin` user. The password is
+/// `admin_password` (from `DESKPORT_ADMIN_PASSWORD`), else generated and returned so the caller
+/// can print it once. On later starts, a given `admin_password` replaces the admin's password.
+pub async fn bootstrap(
+    store: &dyn Store,
+    admin_password: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    let generated = admin_password.is_none();
+    let password = admin_password.unwrap_or_else(generate_password);
+    let hash = auth::hash_password(&password)?;
+    let done = store
+        .bootstrap(&hash)
+        .await
+        .context("initialise the database")?;
+    if done.created {
+        tracing::info!("Created the default project and the admin user");
+        return Ok(generated.then_some(password));
+    }
+    if !generated {
+        let (_, current) = store
+            .user_auth("admin")
+            .await?
+            .context("the admin user is missing")?;
+        if !auth::verify_password(&current, &password) {
+            let system = Actor {
+                name: "system".into(),
+                source: None,
+            };
+            store.set_password(&system, done.admin, &hash).await?;
+            tracing::info!("Set the admin password from DESKPORT_ADMIN_PASSWORD");
+        }
+    }
+    Ok(None)
+}
+
+/// 20 random characters without look-alikes.
+pub fn generate_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rngs::OsRng;
+    (0..20)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState, body_limit: usize) -> axum::Router {
+    let (api, _) = api::router();
+    axum::Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(|| async { ApiError::not_found("page") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    match s.store.revision().await {
+        Ok(revision) => (
+            StatusCode::OK,
+            Json(deskport_api::v1::Health {
+                status: "ok".into(),
+                revision,
+            }),
+        )
+            .into_response(),
+        Err(e) => ApiError::internal("healthz", &e).into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let revision = s.store.revision().await.unwrap_or(0);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.metrics.render(revision),
+    )
+}
+
+/// The state for `store` with `config`'s limits.
+pub fn state(store: Arc<dyn Store>, config: &ManagerConfig) -> AppState {
+    AppState {
+        store,
+        quota: config.quota,
+        throttle: Arc::new(auth::Throttle::default()),
+        metrics: Arc::new(metrics::Metrics::default()),
+        rdp_user: config.rdp_user.clone(),
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serve HTTP")
+}

@@ -1,0 +1,99 @@
+//! Request counters and latency histograms in the Prometheus text format (`/metrics`).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::state::AppState;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 11] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// (method, route, status) → count
+    requests: BTreeMap<(String, String, u16), u64>,
+    /// (method, route) → (bucket counts, sum of seconds, count)
+    latency: BTreeMap<(String, String), ([u64; BUCKETS.len()], f64, u64)>,
+}
+
+impl Metrics {
+    fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *inner
+            .requests
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_insert(0) += 1;
+        let entry = inner
+            .latency
+            .entry((method.to_owned(), route.to_owned()))
+            .or_insert(([0; BUCKETS.len()], 0.0, 0));
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                entry.0[i] += 1;
+            }
+        }
+        entry.1 += seconds;
+        entry.2 += 1;
+    }
+
+    pub fn render(&self, revision: u64) -> String {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        out += "# HELP deskport_manager_requests_total HTTP requests by route and status.\n";
+        out += "# TYPE deskport_manager_requests_total counter\n";
+        for ((method, route, status), n) in &inner.requests {
+            out += &format!(
+                "deskport_manager_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}\n"
+            );
+        }
+        out += "# HELP deskport_manager_request_seconds HTTP request latency.\n";
+        out += "# TYPE deskport_manager_request_seconds histogram\n";
+        for ((method, route), (buckets, sum, count)) in &inner.latency {
+            let labels = format!("method=\"{method}\",route=\"{route}\"");
+            for (bound, n) in BUCKETS.iter().zip(buckets) {
+                out += &format!(
+                    "deskport_manager_request_seconds_bucket{{{labels},le=\"{bound}\"}} {n}\n"
+                );
+            }
+            out += &format!(
+                "deskport_manager_request_seconds_bucket{{{labels},le=\"+Inf\"}} {count}\n"
+            );
+            out += &format!("deskport_manager_request_seconds_sum{{{labels}}} {sum:.6}\n");
+            out += &format!("deskport_manager_request_seconds_count{{{labels}}} {count}\n");
+        }
+        out += "# HELP deskport_policy_revision The policy revision agents follow.\n";
+        out += "# TYPE deskport_policy_revision gauge\n";
+        out += &format!("deskport_policy_revision {revision}\n");
+        out
+    }
+}
+
+/// Middleware: times every request and counts it under its route template.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    state.metrics.record(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}

@@ -1,0 +1,362 @@
+//! `deskport manager` as a process, and the CLI of SPEC §6 against it: login, sg, rule,
+//! instance, --json, exit statuses 0/1/2, restart.
+
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use deskport_testsupport::{free_port, wait_until, ProcessGuard};
+
+use crate::firewall_gateway::http_get;
+use crate::support::{run, Run};
+
+pub const PASSWORD: &str = "test-admin-password";
+
+/// A manager process on a free port, with its home (config) and data directories.
+pub struct Manager {
+    pub url: String,
+    pub port: u16,
+    pub home: PathBuf,
+    pub data: PathBuf,
+    pub process: Option<ProcessGuard>,
+}
+
+impl Manager {
+    pub fn start(dir: &Path) -> Self {
+        let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let mut m = Manager {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            home: dir.join("home"),
+            data: dir.join("data"),
+            process: None,
+        };
+        std::fs::create_dir_all(&m.home).unwrap();
+        m.restart();
+        m
+    }
+
+    pub fn restart(&mut self) {
+        self.process = None;
+        let log = std::fs::File::create(self.home.join("manager.log")).unwrap();
+        let process = ProcessGuard::spawn(
+            "deskport manager",
+            self.cli()
+                .args([
+                    "manager",
+                    "--listen",
+                    &format!("127.0.0.1:{}", self.port),
+                    "--data-dir",
+                ])
+                .arg(&self.data)
+                .env("DESKPORT_ADMIN_PASSWORD", PASSWORD)
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .unwrap();
+        self.process = Some(process);
+        let port = self.port;
+        wait_until(Duration::from_secs(20), "the manager to answer", || {
+            http_get(port, "/healthz")
+                .filter(|r| r.contains("\"ok\""))
+                .map(|_| ())
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(p) = self.process.take() {
+            p.stop();
+        }
+    }
+
+    /// `deskport` with this manager's home (its CLI config lives there).
+    pub fn cli(&self) -> Command {
+        crate::support::deskport(&self.home)
+    }
+
+    /// `deskport login` as admin.
+    pub fn login(&self) {
+        let r = self.run_stdin(&["login", &self.url, "--password-stdin"], PASSWORD);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        run(self.cli().args(args))
+    }
+
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> Run {
+        let mut child = self
+            .cli()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{input}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Run {
+            code: out.status.code().unwrap(),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    }
+
+    /// Runs and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "deskport {args:?}: {}", r.stderr);
+        r.stdout
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn the_cli_drives_the_manager_and_reports_refusals_and_usage_errors() {
+    let dir = deskport_testsupport::data_dir();
+    let mut m = Manager::start(dir.path());
+
+    // Before login: refused with a hint.
+    let r = m.run(&["sg", "list"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("deskport login"), "{}", r.stderr);
+    let r = m.run_stdin(&["login", &m.url, "--password-stdin"], "wrong password");
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("wrong user name or password"),
+        "{}",
+        r.stderr
+    );
+    m.login();
+    let config = std::fs::read_to_string(m.home.join(".config/deskport/config.toml")).unwrap();
+    assert!(
+        config.contains(&m.url) && config.contains("token = \"dpt_"),
+        "{config}"
+    );
+
+    let groups = json(&m.ok(&["sg", "list", "--json"]));
+    assert_eq!(groups["security_groups"][0]["name"], "default");
+    assert!(m
+        .ok(&["sg", "create", "web", "--description", "web servers"])
+        .contains("created security group web"));
+    assert!(m.ok(&["sg", "list"]).lines().any(|l| l.starts_with("web ")));
+
+    // The article's rule, then a risky one (warned), a normalised one (noted), a duplicate (1).
+    let r = m.run(&[
+        "rule",
+        "add",
+        "--group",
+        "default",
+        "--template",
+        "rdp",
+        "--cidr",
+        "127.0.0.1/32",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rule = json(&r.stdout);
+    assert_eq!(rule["security_group_rule"]["port_range_min"], 3389);
+    let r = m.run(&[
+        "rule",
+        "add",
+        "--group",
+        "web",
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+    ]);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("warning: SSH (22) is open to the whole internet"),
+        "{}",
+        r.stderr
+    );
+    let r = m.run(&[
+        "rule",
+        "add",
+        "--group",
+        "web",
+        "--protocol",
+        "udp",
+        "--port",
+        "5000-5010",
+        "--cidr",
+        "10.1.2.3/8",
+    ]);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stderr.contains("normalised to 10.0.0.0/8"),
+        "{}",
+        r.stderr
+    );
+    let r = m.run(&[
+        "rule",
+        "add",
+        "--group",
+        "default",
+        "--template",
+        "rdp",
+        "--cidr",
+        "127.0.0.1/32",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("already has this rule") && r.stderr.contains("duplicate_rule"),
+        "{}",
+        r.stderr
+    );
+    let r = m.run(&[
+        "rule",
+        "add",
+        "--group",
+        "default",
+        "--template",
+        "rdp",
+        "--cidr",
+        "10.0.0.0/33",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("remote_ip_prefix"), "{}", r.stderr);
+    let r = m.run(&["rule", "add", "--group", "nope", "--template", "rdp"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("no security group \"nope\""),
+        "{}",
+        r.stderr
+    );
+    // Usage errors are 2: no template or protocol, a bad port, both remotes.
+    for args in [
+        vec!["rule", "add", "--group", "default"],
+        vec![
+            "rule",
+            "add",
+            "--group",
+            "default",
+            "--protocol",
+            "tcp",
+            "--port",
+            "99999",
+        ],
+        vec![
+            "rule",
+            "add",
+            "--group",
+            "default",
+            "--template",
+            "rdp",
+            "--cidr",
+            "1.2.3.4/32",
+            "--remote-group",
+            "web",
+        ],
+        vec!["instance", "rdp", "x"],
+        vec!["sg", "frobnicate"],
+    ] {
+        assert_eq!(m.run(&args).code, 2, "{args:?}");
+    }
+    let listed = m.ok(&["rule", "list", "--group", "web"]);
+    assert!(
+        listed.contains("5000-5010") && listed.contains("10.0.0.0/8"),
+        "{listed}"
+    );
+
+    // Instances and the Remote Desktop switches.
+    let created = json(&m.ok(&[
+        "instance",
+        "create",
+        "desktop",
+        "--address",
+        "127.0.0.1",
+        "--internal-address",
+        "127.0.0.1:13389",
+        "--group",
+        "default",
+        "--group",
+        "web",
+        "--json",
+    ]));
+    assert!(created["agent_token"].as_str().unwrap().starts_with("dpa_"));
+    let shown = json(&m.ok(&["instance", "show", "desktop", "--json"]));
+    assert_eq!(
+        shown["instance"]["remote_desktop"],
+        serde_json::json!({"enabled": false, "nla_only": true})
+    );
+    assert_eq!(shown["instance"]["rdp_port"], 13389);
+    assert!(m
+        .ok(&["instance", "rdp", "desktop", "--enable", "--no-nla-only"])
+        .contains("remote desktop enabled, NLA only off"));
+    let shown = json(&m.ok(&["instance", "show", "desktop", "--json"]));
+    assert_eq!(
+        shown["instance"]["remote_desktop"],
+        serde_json::json!({"enabled": true, "nla_only": false})
+    );
+    assert!(m
+        .ok(&["instance", "show", "desktop"])
+        .contains("rdesktop -u USER 127.0.0.1"));
+    let r = m.run(&["sg", "delete", "web"]);
+    assert_eq!(r.code, 1, "attached groups cannot be deleted");
+    assert!(
+        r.stderr.contains("attached to instance(s) desktop"),
+        "{}",
+        r.stderr
+    );
+    m.ok(&["instance", "detach", "desktop", "web"]);
+    m.ok(&["sg", "delete", "web"]);
+    let r = m.run(&["sg", "delete", "default"]);
+    assert_eq!(r.code, 1);
+
+    // The audit log has every change, with who and from where.
+    let audit = json(&m.ok(&["audit", "list", "--json", "--limit", "100"]));
+    let actions: Vec<&str> = audit["audit_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "security_group.create",
+        "security_group_rule.create",
+        "instance.create",
+        "instance.remote_desktop",
+        "instance.detach_group",
+        "security_group.delete",
+    ] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    assert!(m.ok(&["template", "list"]).contains("rdp"));
+    assert!(m.ok(&["project", "list"]).contains("default"));
+
+    // A restart keeps everything, and the saved token still works.
+    m.restart();
+    let rules = json(&m.ok(&["rule", "list", "--group", "default", "--json"]));
+    assert!(rules["security_group_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["id"] == rule["security_group_rule"]["id"]));
+    let rule_id = rule["security_group_rule"]["id"].as_str().unwrap();
+    assert!(m.ok(&["rule", "delete", rule_id]).contains("deleted"));
+    assert_eq!(m.run(&["rule", "delete", rule_id]).code, 1);
+
+    // The manager down: a clear refusal.
+    m.stop();
+    let r = m.run(&["sg", "list"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("cannot reach the manager"),
+        "{}",
+        r.stderr
+    );
+}
