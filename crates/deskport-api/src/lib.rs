@@ -38,9 +38,10 @@ mod tests {
     #[test]
     fn rfc3339_dates() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        // Reference: Python's datetime.fromtimestamp(1795390090.123, timezone.utc).
         assert_eq!(
             super::rfc3339(1_795_390_090_123),
-            "2026-11-23T23:28:10.123Z"
+            "2026-11-22T23:28:10.123Z"
         );
         assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
