@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deskport_policy::{
@@ -29,12 +31,23 @@ use crate::{
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The SQLite store.
+///
+/// Reads of groups, instances and token owners are served from in-memory snapshots tagged with
+/// a *generation* that every committed write increments (all writes go through this process's
+/// single writer), so a snapshot is never served after a change to it.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
     revision: watch::Sender<u64>,
+    generation: Arc<AtomicU64>,
+    groups: Arc<Mutex<Option<(u64, Arc<Vec<GroupRecord>>)>>>,
+    instances: Arc<Mutex<Option<(u64, Arc<Vec<Instance>>)>>>,
+    principals: Arc<Mutex<(u64, HashMap<String, Option<Principal>>)>>,
 }
+
+/// Token owners cached at most (the cache is cleared when full).
+const PRINCIPAL_CACHE: usize = 10_000;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -90,7 +103,49 @@ impl SqliteStore {
             read,
             write,
             revision,
+            generation: Arc::new(AtomicU64::new(1)),
+            groups: Arc::new(Mutex::new(None)),
+            instances: Arc::new(Mutex::new(None)),
+            principals: Arc::new(Mutex::new((0, HashMap::new()))),
         })
+    }
+
+    /// Commits a write and invalidates the read snapshots.
+    async fn commit(&self, tx: Transaction<'static, Sqlite>) -> Result<()> {
+        tx.commit().await?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Every group of every project, from the snapshot or the database.
+    async fn all_groups(&self) -> Result<Arc<Vec<GroupRecord>>> {
+        let generation = self.generation();
+        if let Some((g, groups)) = &*self.groups.lock().unwrap_or_else(|e| e.into_inner()) {
+            if *g == generation {
+                return Ok(groups.clone());
+            }
+        }
+        let groups = Arc::new(self.groups_where("1 = 1", &[]).await?);
+        *self.groups.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, groups.clone()));
+        Ok(groups)
+    }
+
+    /// Every instance of every project, from the snapshot or the database.
+    async fn all_instances(&self) -> Result<Arc<Vec<Instance>>> {
+        let generation = self.generation();
+        if let Some((g, list)) = &*self.instances.lock().unwrap_or_else(|e| e.into_inner()) {
+            if *g == generation {
+                return Ok(list.clone());
+            }
+        }
+        let list = Arc::new(self.instances_where(&self.read, "1 = 1", &[]).await?);
+        *self.instances.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((generation, list.clone()));
+        Ok(list)
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
@@ -104,9 +159,36 @@ impl SqliteStore {
         )
         .fetch_one(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.revision.send_replace(revision as u64);
         Ok(revision as u64)
+    }
+
+    async fn principal_uncached(&self, token_hash: &str) -> Result<Option<Principal>> {
+        if let Some(row) = sqlx::query(
+            "SELECT u.* FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.read)
+        .await?
+        {
+            return Ok(Some(Principal::User(
+                self.load_user(&self.read, &row).await?,
+            )));
+        }
+        let agent: Option<(String, String)> =
+            sqlx::query_as("SELECT id, project_id FROM instances WHERE agent_token_hash = ?")
+                .bind(token_hash)
+                .fetch_optional(&self.read)
+                .await?;
+        agent
+            .map(|(i, p)| {
+                Ok(Principal::Agent {
+                    instance_id: uuid(&i)?,
+                    project_id: uuid(&p)?,
+                })
+            })
+            .transpose()
     }
 
     async fn load_user(&self, executor: &SqlitePool, row: &SqliteRow) -> Result<User> {
@@ -579,7 +661,7 @@ impl Store for SqliteStore {
             ),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.user(id).await
     }
 
@@ -607,7 +689,7 @@ impl Store for SqliteStore {
             format!("user {}", user.name),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -635,7 +717,7 @@ impl Store for SqliteStore {
             "password changed".into(),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -672,7 +754,7 @@ impl Store for SqliteStore {
             format!("role {}", role.as_str()),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -696,7 +778,7 @@ impl Store for SqliteStore {
             "removed from the project".into(),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -727,7 +809,7 @@ impl Store for SqliteStore {
             format!("API token {name:?}"),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(ApiToken {
             id,
             user_id: user,
@@ -773,35 +855,27 @@ impl Store for SqliteStore {
             "API token revoked".into(),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
     async fn principal_by_token(&self, token_hash: &str) -> Result<Option<Principal>> {
-        if let Some(row) = sqlx::query(
-            "SELECT u.* FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.read)
-        .await?
+        let generation = self.generation();
         {
-            return Ok(Some(Principal::User(
-                self.load_user(&self.read, &row).await?,
-            )));
+            let cache = self.principals.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.0 == generation {
+                if let Some(found) = cache.1.get(token_hash) {
+                    return Ok(found.clone());
+                }
+            }
         }
-        let agent: Option<(String, String)> =
-            sqlx::query_as("SELECT id, project_id FROM instances WHERE agent_token_hash = ?")
-                .bind(token_hash)
-                .fetch_optional(&self.read)
-                .await?;
-        agent
-            .map(|(i, p)| {
-                Ok(Principal::Agent {
-                    instance_id: uuid(&i)?,
-                    project_id: uuid(&p)?,
-                })
-            })
-            .transpose()
+        let found = self.principal_uncached(token_hash).await?;
+        let mut cache = self.principals.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 != generation || cache.1.len() >= PRINCIPAL_CACHE {
+            *cache = (generation, HashMap::new());
+        }
+        cache.1.insert(token_hash.to_owned(), found.clone());
+        Ok(found)
     }
 
     async fn create_session(
@@ -825,7 +899,7 @@ impl Store for SqliteStore {
             .bind(expires_at)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -853,6 +927,7 @@ impl Store for SqliteStore {
             .bind(token_hash)
             .execute(&self.write)
             .await?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -977,24 +1052,20 @@ impl Store for SqliteStore {
     }
 
     async fn list_groups(&self, visible: &[Uuid]) -> Result<Vec<GroupRecord>> {
-        let binds: Vec<String> = visible.iter().map(Uuid::to_string).collect();
-        self.groups_where(
-            &format!("project_id IN ({})", placeholders(binds.len())),
-            &binds,
-        )
-        .await
+        let all = self.all_groups().await?;
+        Ok(all
+            .iter()
+            .filter(|g| visible.contains(&g.project_id))
+            .cloned()
+            .collect())
     }
 
     async fn group(&self, visible: &[Uuid], id: GroupId) -> Result<GroupRecord> {
-        let mut binds = vec![id.to_string()];
-        binds.extend(visible.iter().map(Uuid::to_string));
-        self.groups_where(
-            &format!("id = ? AND project_id IN ({})", placeholders(visible.len())),
-            &binds,
-        )
-        .await?
-        .pop()
-        .ok_or_else(|| not_found("security group"))
+        let all = self.all_groups().await?;
+        all.iter()
+            .find(|g| g.group.id == id && visible.contains(&g.project_id))
+            .cloned()
+            .ok_or_else(|| not_found("security group"))
     }
 
     async fn create_group(
@@ -1225,26 +1296,20 @@ impl Store for SqliteStore {
     }
 
     async fn list_instances(&self, visible: &[Uuid]) -> Result<Vec<Instance>> {
-        let binds: Vec<String> = visible.iter().map(Uuid::to_string).collect();
-        self.instances_where(
-            &self.read,
-            &format!("project_id IN ({})", placeholders(binds.len())),
-            &binds,
-        )
-        .await
+        let all = self.all_instances().await?;
+        Ok(all
+            .iter()
+            .filter(|i| visible.contains(&i.project_id))
+            .cloned()
+            .collect())
     }
 
     async fn instance(&self, visible: &[Uuid], id: Uuid) -> Result<Instance> {
-        let mut binds = vec![id.to_string()];
-        binds.extend(visible.iter().map(Uuid::to_string));
-        self.instances_where(
-            &self.read,
-            &format!("id = ? AND project_id IN ({})", placeholders(visible.len())),
-            &binds,
-        )
-        .await?
-        .pop()
-        .ok_or_else(|| not_found("instance"))
+        let all = self.all_instances().await?;
+        all.iter()
+            .find(|i| i.id == id && visible.contains(&i.project_id))
+            .cloned()
+            .ok_or_else(|| not_found("instance"))
     }
 
     async fn create_instance(&self, actor: &Actor, new: &NewInstance) -> Result<Instance> {
@@ -1460,6 +1525,7 @@ impl Store for SqliteStore {
         .bind(id.to_string())
         .execute(&self.write)
         .await?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if done.rows_affected() == 0 {
             return Err(not_found("instance"));
         }
