@@ -41,10 +41,16 @@ pub struct SqliteStore {
     write: SqlitePool,
     revision: watch::Sender<u64>,
     generation: Arc<AtomicU64>,
-    groups: Arc<Mutex<Option<(u64, Arc<Vec<GroupRecord>>)>>>,
-    instances: Arc<Mutex<Option<(u64, Arc<Vec<Instance>>)>>>,
-    principals: Arc<Mutex<(u64, HashMap<String, Option<Principal>>)>>,
+    groups: Arc<Snapshot<Vec<GroupRecord>>>,
+    instances: Arc<Snapshot<Vec<Instance>>>,
+    principals: Arc<PrincipalCache>,
 }
+
+/// Token hash → owner, valid at one generation.
+type PrincipalCache = Mutex<(u64, HashMap<String, Option<Principal>>)>;
+
+/// A value read at a generation.
+type Snapshot<T> = Mutex<Option<(u64, Arc<T>)>>;
 
 /// Token owners cached at most (the cache is cleared when full).
 const PRINCIPAL_CACHE: usize = 10_000;
