@@ -95,6 +95,12 @@ pub struct ProjectList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
+    /// 1-255 characters, no control characters, no surrounding spaces.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
+    )]
     pub name: String,
     #[serde(default)]
     pub description: String,
@@ -136,7 +142,11 @@ pub struct UserList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// 1-64 letters, digits or `. _ - @`.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._@-]+$")]
     pub name: String,
+    /// At least 8 characters.
+    #[schema(min_length = 8)]
     pub password: String,
     #[serde(default)]
     pub is_admin: bool,
@@ -153,6 +163,7 @@ pub struct CreateUserRequest {
 #[serde(deny_unknown_fields)]
 pub struct SetMembership {
     /// `admin`, `member` or `reader`.
+    #[schema(pattern = "^(admin|member|reader)$")]
     pub role: String,
 }
 
@@ -205,9 +216,19 @@ pub struct CreateRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub protocol: Option<ProtocolValue>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// First port, or the ICMP type.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer"
+    )]
     pub port_range_min: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Last port, or the ICMP code.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer"
+    )]
     pub port_range_max: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_ip_prefix: Option<String>,
@@ -215,6 +236,22 @@ pub struct CreateRule {
     pub remote_group_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+/// An optional integer that may be written as a JSON number with a zero fraction (`3389.0`),
+/// which JSON Schema counts as an integer too.
+fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let n: Option<serde_json::Number> = Option::deserialize(d)?;
+    let Some(n) = n else { return Ok(None) };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f <= i64::MAX as f64 => {
+            Ok(Some(f as i64))
+        }
+        _ => Err(serde::de::Error::custom(format!("{n} is not an integer"))),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -246,6 +283,12 @@ pub struct GroupList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
+    /// 1-255 characters, no control characters, no surrounding spaces.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
+    )]
     pub name: String,
     #[serde(default)]
     pub description: String,
@@ -343,12 +386,20 @@ pub struct InstanceList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInstance {
+    /// 1-255 characters, no control characters, no surrounding spaces.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
+    )]
     pub name: String,
     /// The address clients connect to, `IP` or `IP:PORT` (the public RDP port, 3389 by
     /// default).
+    #[schema(min_length = 2, pattern = r"^[0-9A-Fa-f:.\[\]]+$")]
     pub public_address: String,
     /// Where the instance really listens, `IP` or `IP:PORT` (the port of its RDP server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 2, pattern = r"^[0-9A-Fa-f:.\[\]]+$")]
     pub internal_address: Option<String>,
     /// Security groups by id or name; by default the project's `default` group.
     #[serde(default)]

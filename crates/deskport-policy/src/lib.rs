@@ -20,7 +20,7 @@ pub use model::{
     Protocol, Remote, Rule, RuleId, RuleKey, SecurityGroup, Service, L4,
 };
 pub use validate::{
-    check_group_deletable, default_group, parse_protocol_name, validate_group, validate_rule,
-    Accepted, ErrorCode, ErrorKind, FieldError, Note, Quota, Rejected, RuleContext, RuleSpec,
-    DEFAULT_GROUP, MAX_DESCRIPTION, MAX_GROUP_NAME,
+    check_group_deletable, default_group, parse_protocol_name, valid_name, validate_group,
+    validate_rule, Accepted, ErrorCode, ErrorKind, FieldError, Note, Quota, Rejected, RuleContext,
+    RuleSpec, DEFAULT_GROUP, MAX_DESCRIPTION, MAX_GROUP_NAME,
 };

@@ -693,6 +693,16 @@ fn internet_warning(rule: &Rule) -> Option<Note> {
     })
 }
 
+/// Whether `name` is acceptable for a group, project or instance: 1-255 characters, no control
+/// characters, no surrounding white space.
+pub fn valid_name(name: &str) -> bool {
+    let trimmed = name.trim();
+    !trimmed.is_empty()
+        && trimmed.chars().count() <= MAX_GROUP_NAME
+        && trimmed == name
+        && !name.chars().any(char::is_control)
+}
+
 /// Checks a new group's name against the project's existing names and quota.
 pub fn validate_group(
     name: &str,

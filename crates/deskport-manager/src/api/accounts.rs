@@ -128,10 +128,10 @@ pub async fn create_project(
         return Err(ApiError::forbidden("only administrators create projects"));
     }
     let p = req.project;
-    if p.name.trim().is_empty() || p.name.trim() != p.name || p.name.len() > 255 {
+    if !deskport_policy::valid_name(&p.name) {
         return Err(ApiError::bad_request(
             "invalid_name",
-            "a project name is 1-255 characters without surrounding spaces",
+            "a project name is 1-255 characters, without control characters or surrounding spaces",
         )
         .field("name"));
     }

@@ -35,6 +35,7 @@ pub struct AuditQuery {
     /// Only this project's events.
     project_id: Option<Uuid>,
     /// At most this many (1-1000, default 100), newest first.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -79,8 +80,10 @@ pub async fn list_audit(
 #[serde(deny_unknown_fields)]
 pub struct PolicyQuery {
     /// Answer only when the revision is newer than this one (long poll).
-    after: Option<u64>,
+    #[param(minimum = 0)]
+    after: Option<i64>,
     /// Seconds to wait for a newer revision (0-60, default 30); then 204.
+    #[param(maximum = 60)]
     wait: Option<u64>,
     /// For user tokens: the project whose instances the document protects.
     project_id: Option<Uuid>,
@@ -107,8 +110,19 @@ pub async fn agent_policy(
             (project, None)
         }
     };
-    let wait = Duration::from_secs(q.wait.unwrap_or(30).min(60));
+    let wait = match q.wait {
+        Some(w) if w > 60 => {
+            return Err(
+                ApiError::bad_request("invalid_query", "wait is 0-60 seconds").field("wait"),
+            )
+        }
+        w => Duration::from_secs(w.unwrap_or(30)),
+    };
     if let Some(after) = q.after {
+        let after = u64::try_from(after).map_err(|_| {
+            ApiError::bad_request("invalid_query", "after is a revision number, 0 or more")
+                .field("after")
+        })?;
         let mut rx = s.store.subscribe();
         let newer = tokio::time::timeout(wait, rx.wait_for(|r| *r > after)).await;
         if newer.is_err() {

@@ -62,8 +62,7 @@ pub async fn create_instance(
     let i = req.instance;
     let project = caller.target_project(i.project_id)?;
     let user = caller.require(project, Role::Member)?;
-    let name = i.name.trim();
-    if name.is_empty() || name.len() > 255 || name != i.name || name.chars().any(char::is_control) {
+    if !deskport_policy::valid_name(&i.name) {
         return Err(ApiError::bad_request(
             "invalid_name",
             "an instance name is 1-255 characters, without control characters or surrounding spaces",

@@ -44,6 +44,54 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Documents the answers every operation can give besides its own: 401 without a valid token,
+/// 403 for agent tokens and insufficient roles, 404 for ids you cannot see, 400 for bad query
+/// parameters, and for operations with a body 400, 413 and 415.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |text: &str| {
+            ResponseBuilder::new()
+                .description(text)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.delete.as_mut(),
+            ];
+            for op in operations.into_iter().flatten() {
+                let mut codes = vec![
+                    ("400", "Invalid request"),
+                    ("401", "No valid bearer token"),
+                    ("403", "Not allowed for this token or role"),
+                    ("404", "Not found (or not visible to you)"),
+                ];
+                if op.request_body.is_some() {
+                    codes.push(("413", "Body too large"));
+                    codes.push(("415", "Body is not JSON"));
+                }
+                for (code, text) in codes {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error(text).into());
+                }
+            }
+        }
+    }
+}
+
 /// The API router (to be nested under `/api/v1`) and its OpenAPI document.
 pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -71,6 +119,8 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(feed::agent_policy))
         .routes(routes!(feed::agent_report))
         .split_for_parts();
+    // After the routes are in: the modifiers of `ApiDoc` run before.
+    CommonResponses.modify(&mut api);
     // The paths are served under /api/v1.
     api.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
     let document = api.clone();

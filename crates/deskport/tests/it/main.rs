@@ -7,4 +7,5 @@ mod cli_manager;
 mod firewall_feed;
 mod firewall_gateway;
 mod firewall_nft;
+mod openapi;
 mod support;
