@@ -1,10 +1,9 @@
 //! Authentication: password hashing (argon2id), bearer and session tokens (random, stored as
 //! SHA-256), the [`Caller`] every handler receives, and login throttling.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+
+pub use deskport_policy::throttle::Throttle;
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
@@ -215,112 +214,6 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
-/// Login throttling: failures are counted per user name and per source address; after
-/// `max_failures` within `window` the key is locked out for `lockout`, doubling with each
-/// further lockout up to `max_lockout`. A success clears the user's counter.
-#[derive(Debug)]
-pub struct Throttle {
-    pub max_failures: u32,
-    pub window: Duration,
-    pub lockout: Duration,
-    pub max_lockout: Duration,
-    entries: Mutex<HashMap<String, Entry>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    failures: u32,
-    first: Instant,
-    locked_until: Option<Instant>,
-    lockouts: u32,
-}
-
-impl Default for Throttle {
-    fn default() -> Self {
-        Self::new(
-            5,
-            Duration::from_secs(900),
-            Duration::from_secs(60),
-            Duration::from_secs(900),
-        )
-    }
-}
-
-impl Throttle {
-    pub fn new(
-        max_failures: u32,
-        window: Duration,
-        lockout: Duration,
-        max_lockout: Duration,
-    ) -> Self {
-        Self {
-            max_failures,
-            window,
-            lockout,
-            max_lockout,
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// `Err(seconds to wait)` while any of `keys` is locked out.
-    pub fn check(&self, keys: &[String]) -> Result<(), u64> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let wait = keys
-            .iter()
-            .filter_map(|k| entries.get(k)?.locked_until)
-            .filter(|until| *until > now)
-            .map(|until| (until - now).as_secs() + 1)
-            .max();
-        match wait {
-            Some(w) => Err(w),
-            None => Ok(()),
-        }
-    }
-
-    pub fn failure(&self, keys: &[String]) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if entries.len() > 100_000 {
-            // Bounded memory under a spray of names: forget expired entries.
-            entries.retain(|_, e| {
-                now.duration_since(e.first) < self.window || e.locked_until.is_some_and(|u| u > now)
-            });
-        }
-        for key in keys {
-            let e = entries.entry(key.clone()).or_insert(Entry {
-                failures: 0,
-                first: now,
-                locked_until: None,
-                lockouts: 0,
-            });
-            if now.duration_since(e.first) > self.window {
-                e.failures = 0;
-                e.first = now;
-            }
-            e.failures += 1;
-            if e.failures >= self.max_failures {
-                let factor = 1u32 << e.lockouts.min(16);
-                let lock = (self.lockout * factor).min(self.max_lockout);
-                e.locked_until = Some(now + lock);
-                e.lockouts += 1;
-                e.failures = 0;
-                e.first = now;
-                tracing::warn!(
-                    key,
-                    seconds = lock.as_secs(),
-                    "Login locked out after repeated failures"
-                );
-            }
-        }
-    }
-
-    pub fn success(&self, key: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.remove(key);
-    }
-}
-
 /// 429 with `Retry-After`.
 pub fn throttled(wait: u64) -> ApiError {
     let mut e = ApiError::new(
@@ -335,36 +228,6 @@ pub fn throttled(wait: u64) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn throttle_locks_out_after_failures_and_doubles() {
-        let t = Throttle::new(
-            3,
-            Duration::from_secs(60),
-            Duration::from_millis(50),
-            Duration::from_secs(1),
-        );
-        let keys = vec!["user:a".to_owned()];
-        for _ in 0..2 {
-            t.failure(&keys);
-            assert!(t.check(&keys).is_ok());
-        }
-        t.failure(&keys);
-        assert!(t.check(&keys).is_err());
-        assert!(t.check(&["user:b".to_owned()]).is_ok());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(t.check(&keys).is_ok(), "the first lockout expired");
-        for _ in 0..3 {
-            t.failure(&keys);
-        }
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(
-            t.check(&keys).is_err(),
-            "the second lockout is twice as long"
-        );
-        t.success("user:a");
-        assert!(t.check(&keys).is_ok());
-    }
 
     #[test]
     fn passwords_and_tokens() {

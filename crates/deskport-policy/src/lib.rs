@@ -11,6 +11,7 @@ mod engine;
 mod model;
 pub mod nft;
 pub mod template;
+pub mod throttle;
 mod validate;
 
 pub use cidr::{addr_bits, Cidr, CidrError, Parsed};

@@ -54,6 +54,12 @@ pub enum Command {
     /// On first start it creates the project `default` and the user `admin`, whose password is
     /// DESKPORT_ADMIN_PASSWORD or generated and printed once.
     Manager(cmd::manager::Args),
+    /// Run the RDP server of this instance, or manage its accounts (`user add|del|passwd|list`).
+    ///
+    /// Clients log on with an account of deskport's own store (per-user NLA). The two switches
+    /// of the article (allow remote connections; NLA only) come from the configuration or the
+    /// manager and apply without a restart. The TLS certificate is made on first start and kept.
+    RdpServer(cmd::rdp_server::Args),
     /// Log in to a manager and keep its URL and an API token in the CLI config.
     Login(cmd::remote::LoginArgs),
     /// Security groups: list, create, delete.
@@ -93,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Firewall(args) => flags.push(config::flag_layer("firewall", args)?),
         Command::Manager(args) => flags.push(config::flag_layer("manager", args)?),
+        Command::RdpServer(args) => flags.push(config::flag_layer("rdp_server", args)?),
         _ => {}
     }
     let settings = config::load(&file, &flags).map_err(usage)?;
@@ -101,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(args) => cmd::config::exec(args, &file, &settings),
         Command::Firewall(args) => cmd::firewall::exec(args, &settings.firewall),
         Command::Manager(args) => cmd::manager::exec(args, &settings.manager),
+        Command::RdpServer(args) => cmd::rdp_server::exec(args, &settings.rdp_server, &file),
         Command::Login(args) => cmd::remote::login(args, &file),
         Command::Sg(args) => cmd::remote::sg(args, &settings.cli),
         Command::Rule(args) => cmd::remote::rule(args, &settings.cli),

@@ -32,6 +32,9 @@ pub struct Settings {
     /// `deskport manager`.
     #[serde(default)]
     pub manager: crate::cmd::manager::ManagerSettings,
+    /// `deskport rdp-server`.
+    #[serde(default)]
+    pub rdp_server: crate::cmd::rdp_server::RdpServerSettings,
     /// The API commands (`sg`, `rule`, `instance`, …): the manager's URL and token.
     #[serde(default)]
     pub cli: crate::cmd::remote::CliSettings,
@@ -154,8 +157,14 @@ pub fn to_toml(settings: &Settings) -> anyhow::Result<String> {
 /// A copy with secrets replaced by `***`.
 pub fn masked(settings: &Settings) -> Settings {
     let mut copy = settings.clone();
-    if copy.cli.token.is_some() {
-        copy.cli.token = Some("***".to_owned());
+    for token in [
+        &mut copy.cli.token,
+        &mut copy.firewall.token,
+        &mut copy.rdp_server.token,
+    ] {
+        if token.is_some() {
+            *token = Some("***".to_owned());
+        }
     }
     copy
 }

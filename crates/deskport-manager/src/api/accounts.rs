@@ -42,8 +42,10 @@ pub async fn login(
             Ok(u)
         }
         None => {
-            s.throttle.failure(&keys);
             tracing::warn!(username, %addr, "Failed login");
+            if let Some(lock) = s.throttle.failure(&keys) {
+                tracing::warn!(username, %addr, seconds = lock.as_secs(), "Login locked out after repeated failures");
+            }
             Err(ApiError::unauthorized("wrong user name or password"))
         }
     }

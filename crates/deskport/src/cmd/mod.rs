@@ -3,4 +3,5 @@
 pub mod config;
 pub mod firewall;
 pub mod manager;
+pub mod rdp_server;
 pub mod remote;

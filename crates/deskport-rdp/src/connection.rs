@@ -1,0 +1,361 @@
+//! One client connection, from the X.224 Connection Request to the end of the session.
+//!
+//! The connection sequence (MS-RDPBCGR 1.3.1.1) is ironrdp-acceptor's state machine, stepped
+//! here rather than through its helpers, for three reasons:
+//! - a negotiation failure (RDP_NEG_FAILURE: HYBRID_REQUIRED_BY_SERVER, SSL_REQUIRED_BY_SERVER)
+//!   that the acceptor encodes is written to the client before the connection closes, so a
+//!   client is never dropped silently;
+//! - NLA runs against deskport's account store, per user ([`crate::credssp`]);
+//! - in TLS mode the Client Info PDU's credentials are checked before the acceptor goes on,
+//!   and a refusal is a Set Error Info PDU, not a dropped connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use deskport_policy::throttle::Throttle;
+use ironrdp_acceptor::{Acceptor, AcceptorState, DesktopSize};
+use ironrdp_async::{Framed as AsyncFramed, FramedWrite};
+use ironrdp_connector::{state_downcast, Sequence as _};
+use ironrdp_core::WriteBuf;
+use ironrdp_pdu::mcs::SendDataRequest;
+use ironrdp_pdu::nego::SecurityProtocol;
+use ironrdp_pdu::rdp::capability_sets::{self as caps, CapabilitySet};
+use ironrdp_pdu::rdp::ClientInfoPdu;
+use ironrdp_pdu::x224::X224;
+use ironrdp_tokio::TokioFramed;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::accounts::Accounts;
+use crate::credssp::{self, NlaOutcome};
+use crate::desktop::DesktopProvider;
+use crate::fixup::Fixups;
+use crate::session::{self, End, SessionParams};
+use crate::tls::TlsIdentity;
+
+/// Everything connections share.
+#[derive(Debug)]
+pub struct Shared {
+    pub accounts: crate::AccountStore,
+    pub tls: TlsIdentity,
+    pub desktops: Arc<dyn DesktopProvider>,
+    pub throttle: Arc<Throttle>,
+    pub frame_interval: Duration,
+    /// The connection sequence must complete within this time.
+    pub handshake_timeout: Duration,
+}
+
+/// The per-connection view of the two switches at the time the client connected.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    pub nla_only: bool,
+}
+
+/// The server's capability sets (MS-RDPBCGR 2.2.7): fast-path output, 32-bit bitmaps, no
+/// drawing orders, fast-path and Unicode input.
+fn capabilities(size: DesktopSize) -> Vec<CapabilitySet> {
+    vec![
+        CapabilitySet::General(caps::General {
+            extra_flags: caps::GeneralExtraFlags::FASTPATH_OUTPUT_SUPPORTED
+                | caps::GeneralExtraFlags::NO_BITMAP_COMPRESSION_HDR,
+            ..Default::default()
+        }),
+        CapabilitySet::Bitmap(caps::Bitmap {
+            pref_bits_per_pix: 32,
+            desktop_width: size.width,
+            desktop_height: size.height,
+            desktop_resize_flag: true,
+            drawing_flags: caps::BitmapDrawingFlags::empty(),
+        }),
+        CapabilitySet::Order(caps::Order::new(
+            caps::OrderFlags::empty(),
+            caps::OrderSupportExFlags::empty(),
+            2048,
+            224,
+        )),
+        CapabilitySet::Pointer(caps::Pointer {
+            color_pointer_cache_size: 32,
+            pointer_cache_size: 32,
+        }),
+        CapabilitySet::Input(caps::Input {
+            input_flags: caps::InputFlags::SCANCODES
+                | caps::InputFlags::MOUSEX
+                | caps::InputFlags::FASTPATH_INPUT
+                | caps::InputFlags::UNICODE
+                | caps::InputFlags::FASTPATH_INPUT_2,
+            keyboard_layout: 0,
+            keyboard_type: None,
+            keyboard_subtype: 0,
+            keyboard_function_key: 12,
+            keyboard_ime_filename: String::new(),
+        }),
+        CapabilitySet::VirtualChannel(caps::VirtualChannel {
+            flags: caps::VirtualChannelFlags::NO_COMPRESSION,
+            chunk_size: None,
+        }),
+        CapabilitySet::MultiFragmentUpdate(caps::MultifragmentUpdate {
+            max_request_size: 8 * 1024 * 1024,
+        }),
+    ]
+}
+
+/// One step of the sequence; what the acceptor encoded is written even when the step fails
+/// (that is how a negotiation failure reaches the client).
+async fn step<S>(
+    framed: &mut AsyncFramed<S>,
+    acceptor: &mut Acceptor,
+    buf: &mut WriteBuf,
+    input: Option<&[u8]>,
+) -> anyhow::Result<()>
+where
+    S: FramedWrite,
+{
+    buf.clear();
+    let result = match input {
+        Some(pdu) => acceptor.step(pdu, None, buf),
+        None => acceptor.step_no_input(buf),
+    };
+    if buf.filled_len() > 0 {
+        framed.write_all(buf.filled()).await?;
+    }
+    result.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn state(acceptor: &Acceptor) -> Option<&AcceptorState> {
+    state_downcast::<AcceptorState>(acceptor.state())
+}
+
+/// Serves one connection; returns when it ends. Errors are the connection's, for the log.
+pub async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admission: Admission,
+    close: watch::Receiver<Option<String>>,
+) -> anyhow::Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let accounts = shared.accounts.current();
+    let (width, height) = shared.desktops.initial_size((0, 0));
+    let size = DesktopSize { width, height };
+    let mut security = SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX;
+    if !admission.nla_only {
+        security |= SecurityProtocol::SSL;
+    }
+    let mut acceptor = Acceptor::new(security, size, capabilities(size), None);
+    let handshake = handshake(&shared, tcp, peer, &mut acceptor, accounts, admission);
+    let (framed, account) = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
+        Ok(Ok(Some(done))) => done,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => anyhow::bail!(
+            "the connection sequence did not complete within {:?}",
+            shared.handshake_timeout
+        ),
+    };
+    let result = acceptor
+        .get_result()
+        .context("the acceptor finished without a result")?;
+    let bpp = result
+        .capabilities
+        .iter()
+        .find_map(|c| match c {
+            CapabilitySet::Bitmap(b) => Some(b.pref_bits_per_pix),
+            _ => None,
+        })
+        .unwrap_or(32);
+    let desktop = shared.desktops.desktop_for(&account, (width, height))?;
+    tracing::info!(%peer, account, bpp, "Session started");
+    let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
+    let params = SessionParams {
+        desktop,
+        io_channel_id: result.io_channel_id,
+        bpp,
+        frame_interval: shared.frame_interval,
+        backlog: result.input_events,
+    };
+    let end = session::run(reader, writer, params, close).await?;
+    match end {
+        End::Client => tracing::info!(%peer, account, "Session ended by the client"),
+        End::Server(reason) => {
+            tracing::info!(%peer, account, reason, "Session closed by the server")
+        }
+    }
+    Ok(())
+}
+
+type Framed = TokioFramed<Fixups<tokio_rustls::server::TlsStream<TcpStream>>>;
+
+/// The connection sequence. `Ok(None)`: the client was refused (and told so).
+async fn handshake(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: &mut Acceptor,
+    accounts: Arc<Accounts>,
+    admission: Admission,
+) -> anyhow::Result<Option<(Framed, String)>> {
+    let mut buf = WriteBuf::new();
+    let ip = peer.ip().to_canonical();
+    let ip_key = format!("ip:{ip}");
+
+    // Negotiation, in the clear.
+    let mut framed = TokioFramed::new(tcp);
+    let protocol = loop {
+        if let Some(protocol) = acceptor.reached_security_upgrade() {
+            break protocol;
+        }
+        let input = match acceptor.next_pdu_hint() {
+            Some(hint) => Some(framed.read_by_hint(hint).await?),
+            None => None,
+        };
+        if let Err(e) = step(&mut framed, acceptor, &mut buf, input.as_deref()).await {
+            tracing::info!(%peer, error = %e, nla_only = admission.nla_only, "Refused at negotiation");
+            return Ok(None);
+        }
+    };
+    if protocol.is_empty() {
+        tracing::info!(%peer, "Refused: standard RDP security is not offered");
+        return Ok(None);
+    }
+
+    // TLS.
+    let tcp = framed.into_inner_no_leftover();
+    let tls = shared
+        .tls
+        .acceptor
+        .accept(tcp)
+        .await
+        .context("TLS handshake")?;
+    acceptor.mark_security_upgrade_as_done();
+    let mut framed = TokioFramed::new(Fixups::new(tls));
+
+    if shared
+        .throttle
+        .check(std::slice::from_ref(&ip_key))
+        .is_err()
+    {
+        tracing::warn!(%peer, "Logon refused: this address is locked out");
+        return Ok(None);
+    }
+
+    // NLA.
+    let mut account = None;
+    if acceptor.should_perform_credssp() {
+        let hybrid_ex = matches!(state(acceptor), Some(AcceptorState::Credssp { protocol, .. }) if protocol.contains(SecurityProtocol::HYBRID_EX));
+        match credssp::authenticate(
+            &mut framed,
+            accounts.clone(),
+            shared.tls.public_key.clone(),
+            hybrid_ex,
+        )
+        .await?
+        {
+            NlaOutcome::Authenticated { account: name } => {
+                let key = format!("user:{}", name.to_ascii_lowercase());
+                if let Err(wait) = shared.throttle.check(std::slice::from_ref(&key)) {
+                    tracing::warn!(%peer, account = name, wait, "Logon refused: the account is locked out");
+                    return Ok(None);
+                }
+                shared.throttle.success(&key);
+                account = Some(name);
+                acceptor.mark_credssp_as_done();
+            }
+            NlaOutcome::Denied { user, reason } => {
+                logon_failed(shared, peer, user.as_deref(), &reason);
+                return Ok(None);
+            }
+        }
+    }
+
+    // The rest of the sequence: channels, Client Info (checked in TLS mode), licensing,
+    // capabilities, finalization.
+    loop {
+        if matches!(state(acceptor), Some(AcceptorState::Accepted { .. })) {
+            break;
+        }
+        let check_client_info = account.is_none()
+            && matches!(
+                state(acceptor),
+                Some(AcceptorState::SecureSettingsExchange { .. })
+            );
+        let input = match acceptor.next_pdu_hint() {
+            Some(hint) => Some(framed.read_by_hint(hint).await?),
+            None => None,
+        };
+        if check_client_info {
+            if let Some(pdu) = &input {
+                match tls_logon(shared, &accounts, peer, pdu) {
+                    Ok(name) => account = Some(name),
+                    Err(reason) => {
+                        // Tell the client (Set Error Info), then close.
+                        buf.clear();
+                        if acceptor.encode_access_denied(&mut buf).unwrap_or(0) > 0 {
+                            let _ = framed.write_all(buf.filled()).await;
+                        }
+                        tracing::info!(%peer, reason, "Refused at logon");
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        step(&mut framed, acceptor, &mut buf, input.as_deref()).await?;
+    }
+    let account = account.context("the connection sequence ended without a logon")?;
+    if framed.get_inner().0.waits_for_server() {
+        tracing::debug!(%peer, "Answered finalization early (client waits for the server)");
+    }
+    Ok(Some((framed, account)))
+}
+
+fn logon_failed(shared: &Shared, peer: SocketAddr, user: Option<&str>, reason: &str) {
+    let mut keys = vec![format!("ip:{}", peer.ip().to_canonical())];
+    if let Some(u) = user {
+        keys.push(format!("user:{}", u.to_ascii_lowercase()));
+    }
+    tracing::warn!(%peer, user, reason, "Logon failed");
+    if let Some(lock) = shared.throttle.failure(&keys) {
+        tracing::warn!(%peer, user, seconds = lock.as_secs(), "Logons locked out after repeated failures");
+    }
+}
+
+/// Checks the credentials of a TLS-mode Client Info PDU; `Ok(account)` or why not.
+fn tls_logon(
+    shared: &Shared,
+    accounts: &Accounts,
+    peer: SocketAddr,
+    pdu: &[u8],
+) -> Result<String, String> {
+    let request: X224<SendDataRequest<'_>> =
+        ironrdp_core::decode(pdu).map_err(|e| format!("undecodable Client Info: {e}"))?;
+    let info: ClientInfoPdu = ironrdp_core::decode(request.0.user_data.as_ref())
+        .map_err(|e| format!("undecodable Client Info: {e}"))?;
+    let credentials = info.client_info.credentials;
+    let user = credentials.username.trim().to_owned();
+    if user.is_empty() {
+        logon_failed(shared, peer, None, "no user name given");
+        return Err("no user name given (give one with the client, e.g. -u NAME)".to_owned());
+    }
+    let key = format!("user:{}", user.to_ascii_lowercase());
+    if let Err(wait) = shared.throttle.check(&[key]) {
+        return Err(format!("account {user:?} is locked out for {wait} s"));
+    }
+    match accounts.get(&user) {
+        Some(account) if accounts.verify(&user, &credentials.password) => {
+            shared
+                .throttle
+                .success(&format!("user:{}", user.to_ascii_lowercase()));
+            Ok(account.name.clone())
+        }
+        _ => {
+            let reason = if credentials.password.is_empty() {
+                "no password given"
+            } else {
+                "wrong user name or password"
+            };
+            logon_failed(shared, peer, Some(&user), reason);
+            Err(reason.to_owned())
+        }
+    }
+}

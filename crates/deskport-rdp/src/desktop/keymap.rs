@@ -1,0 +1,73 @@
+//! RDP scancodes (PC/AT set 1, as the client's keyboard sends them) to X keycodes of an
+//! evdev-based keymap (Xorg and Xvfb with the `evdev` XKB rules): X keycode = Linux input
+//! event code + 8. Base keys have the same number as their set-1 scancode; E0-prefixed keys
+//! are listed. See the Linux kernel's `atkbd` set-1 table and `input-event-codes.h`.
+
+/// The X keycode for `scancode`, or `None` for keys without one.
+pub fn x_keycode(scancode: u8, extended: bool) -> Option<u8> {
+    let evdev: u16 = if extended {
+        match scancode {
+            0x1C => 96,  // KP Enter
+            0x1D => 97,  // Right Ctrl
+            0x35 => 98,  // KP /
+            0x37 => 99,  // Print Screen (SysRq)
+            0x38 => 100, // Right Alt (AltGr)
+            0x46 => 119, // Ctrl+Break → Pause
+            0x47 => 102, // Home
+            0x48 => 103, // Up
+            0x49 => 104, // Page Up
+            0x4B => 105, // Left
+            0x4D => 106, // Right
+            0x4F => 107, // End
+            0x50 => 108, // Down
+            0x51 => 109, // Page Down
+            0x52 => 110, // Insert
+            0x53 => 111, // Delete
+            0x5B => 125, // Left Windows
+            0x5C => 126, // Right Windows
+            0x5D => 127, // Menu
+            0x5E => 116, // Power
+            0x5F => 142, // Sleep
+            0x63 => 143, // Wake
+            0x10 => 165, // Previous track
+            0x19 => 163, // Next track
+            0x20 => 113, // Mute
+            0x22 => 164, // Play/Pause
+            0x24 => 166, // Stop
+            0x2E => 114, // Volume down
+            0x30 => 115, // Volume up
+            _ => return None,
+        }
+    } else {
+        match scancode {
+            0x01..=0x58 => u16::from(scancode), // Esc … F12, the main block and the keypad
+            0x59 => 117,                        // KP =
+            0x64..=0x6E => u16::from(scancode) + 119, // F13-F23 (0x64 → 183)
+            0x70 => 93,                         // Katakana/Hiragana
+            0x73 => 89,                         // RO
+            0x79 => 92,                         // Henkan
+            0x7B => 94,                         // Muhenkan
+            0x7D => 124,                        // Yen
+            _ => return None,
+        }
+    };
+    u8::try_from(evdev + 8).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::x_keycode;
+
+    #[test]
+    fn common_keys() {
+        assert_eq!(x_keycode(0x1E, false), Some(38)); // a
+        assert_eq!(x_keycode(0x1C, false), Some(36)); // Return
+        assert_eq!(x_keycode(0x1C, true), Some(104)); // KP_Enter
+        assert_eq!(x_keycode(0x2A, false), Some(50)); // Shift_L
+        assert_eq!(x_keycode(0x48, true), Some(111)); // Up
+        assert_eq!(x_keycode(0x48, false), Some(80)); // KP_8
+        assert_eq!(x_keycode(0x53, true), Some(119)); // Delete
+        assert_eq!(x_keycode(0x38, true), Some(108)); // AltGr
+        assert_eq!(x_keycode(0x7F, false), None);
+    }
+}

@@ -1,0 +1,106 @@
+//! What a session shows and drives: a [`Desktop`] (screen capture and input injection) and a
+//! [`DesktopProvider`] that hands one out per logon.
+
+pub mod keymap;
+pub mod x11;
+
+use std::sync::Arc;
+
+/// A captured screen: 32-bit pixels `B, G, R, X` (little-endian `0x00RRGGBB`), rows top-down.
+#[derive(Clone)]
+pub struct Frame {
+    pub width: u16,
+    pub height: u16,
+    pub data: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Frame({}x{})", self.width, self.height)
+    }
+}
+
+impl Frame {
+    pub fn stride(&self) -> usize {
+        usize::from(self.width) * 4
+    }
+}
+
+/// Mouse buttons the server injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Button {
+    Left,
+    Middle,
+    Right,
+    /// Extra buttons (back/forward).
+    X1,
+    X2,
+}
+
+/// An input event, already translated from RDP to desktop terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// A key by its RDP scancode (set 1); `extended` is the E0 prefix.
+    Key {
+        scancode: u8,
+        extended: bool,
+        down: bool,
+    },
+    /// A UTF-16 code unit typed without a scancode.
+    Unicode {
+        unit: u16,
+        down: bool,
+    },
+    Move {
+        x: u16,
+        y: u16,
+    },
+    Button {
+        button: Button,
+        down: bool,
+    },
+    /// Wheel steps: positive is up / right (one notch = 120, as in RDP).
+    Wheel {
+        vertical: i32,
+        horizontal: i32,
+    },
+}
+
+/// A screen to capture and to send input to.
+pub trait Desktop: Send + Sync + std::fmt::Debug {
+    /// The screen size in pixels.
+    fn size(&self) -> (u16, u16);
+    /// The whole screen as it is now.
+    fn capture(&self) -> anyhow::Result<Frame>;
+    /// Injects one input event.
+    fn input(&self, event: Input) -> anyhow::Result<()>;
+}
+
+/// Gives each logon its desktop.
+pub trait DesktopProvider: Send + Sync + std::fmt::Debug {
+    /// The desktop of `account`; `requested` is the client's desktop size.
+    fn desktop_for(&self, account: &str, requested: (u16, u16))
+        -> anyhow::Result<Arc<dyn Desktop>>;
+    /// The size to announce before the account is known (the shadowed display's size).
+    fn initial_size(&self, requested: (u16, u16)) -> (u16, u16);
+}
+
+/// Shadowing: every logon sees the same existing display.
+#[derive(Debug)]
+pub struct Shadow {
+    pub desktop: Arc<dyn Desktop>,
+}
+
+impl DesktopProvider for Shadow {
+    fn desktop_for(
+        &self,
+        _account: &str,
+        _requested: (u16, u16),
+    ) -> anyhow::Result<Arc<dyn Desktop>> {
+        Ok(self.desktop.clone())
+    }
+
+    fn initial_size(&self, _requested: (u16, u16)) -> (u16, u16) {
+        self.desktop.size()
+    }
+}

@@ -1,0 +1,61 @@
+//! deskport's RDP server (SPEC §4): the Remote Desktop service of a Linux instance.
+//!
+//! - [`server`]: the listener, which exists only while *Allow remote connections* is on, and a
+//!   task per connection (many clients at once, each bounded by a handshake timeout).
+//! - [`connection`]: the connection sequence on ironrdp-acceptor, with RDP_NEG_FAILURE sent
+//!   for refused security protocols, TLS, per-user NLA ([`credssp`]) or a checked Client Info
+//!   logon, logon throttling, and client fixes ([`fixup`]).
+//! - [`session`]: input to the desktop, screen changes to the client ([`encode`]).
+//! - [`desktop`]: what is shown: an X11 display today.
+//! - [`accounts`], [`tls`]: the account store and the server's certificate.
+
+pub mod accounts;
+pub mod connection;
+pub mod credssp;
+pub mod desktop;
+pub mod encode;
+pub mod fixup;
+pub mod server;
+pub mod session;
+pub mod tls;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use accounts::Accounts;
+
+/// The account store as connections see it: re-read when the file changes (so that
+/// `deskport rdp-server user add` takes effect without a restart); a file that cannot be read
+/// keeps the previous accounts in force.
+#[derive(Debug)]
+pub struct AccountStore {
+    path: PathBuf,
+    cached: Mutex<(Option<SystemTime>, Arc<Accounts>)>,
+}
+
+impl AccountStore {
+    pub fn open(path: &Path) -> Result<Self, accounts::AccountError> {
+        let accounts = Accounts::load(path)?;
+        let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        Ok(Self {
+            path: path.to_owned(),
+            cached: Mutex::new((stamp, Arc::new(accounts))),
+        })
+    }
+
+    /// The accounts now.
+    pub fn current(&self) -> Arc<Accounts> {
+        let stamp = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.0 != stamp {
+            match Accounts::load(&self.path) {
+                Ok(accounts) => *cached = (stamp, Arc::new(accounts)),
+                Err(e) => tracing::error!(error = %e, "Keeping the previous accounts"),
+            }
+        }
+        cached.1.clone()
+    }
+}
