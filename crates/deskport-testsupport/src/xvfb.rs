@@ -76,6 +76,48 @@ impl Xvfb {
         screenshot(&self.display).expect("take a screenshot")
     }
 
+    /// Paints a test pattern on the root window — four coloured quadrants and a
+    /// checkerboard in the middle, so that a copy of the screen is easy to recognise and to
+    /// locate — and returns a screenshot of it.
+    pub fn draw_test_pattern(&self) -> RgbImage {
+        use x11rb::protocol::xproto::{ChangeGCAux, CreateGCAux, Rectangle};
+        let (conn, screen_num) = x11rb::connect(Some(&self.display)).expect("connect to Xvfb");
+        let root = conn.setup().roots[screen_num].root;
+        let gc = conn.generate_id().expect("an X id");
+        conn.create_gc(gc, root, &CreateGCAux::new())
+            .expect("create a GC");
+        let (w, h) = (self.width as i16, self.height as i16);
+        let fill = |color: u32, x: i16, y: i16, width: u16, height: u16| {
+            conn.change_gc(gc, &ChangeGCAux::new().foreground(color))
+                .expect("set colour");
+            conn.poly_fill_rectangle(
+                root,
+                gc,
+                &[Rectangle {
+                    x,
+                    y,
+                    width,
+                    height,
+                }],
+            )
+            .expect("fill");
+        };
+        let (hw, hh) = (self.width / 2, self.height / 2);
+        fill(0xd03030, 0, 0, hw, hh);
+        fill(0x30a040, w / 2, 0, self.width - hw, hh);
+        fill(0x3050d0, 0, h / 2, hw, self.height - hh);
+        fill(0xe0c020, w / 2, h / 2, self.width - hw, self.height - hh);
+        for i in 0..8i16 {
+            for j in 0..8i16 {
+                let color = if (i + j) % 2 == 0 { 0xffffff } else { 0x101010 };
+                fill(color, w / 2 - 64 + i * 16, h / 2 - 64 + j * 16, 16, 16);
+            }
+        }
+        conn.flush().expect("flush");
+        conn.get_input_focus().expect("sync").reply().expect("sync");
+        self.screenshot()
+    }
+
     /// A `Command` for `program` with `DISPLAY` set to this server.
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);

@@ -54,7 +54,9 @@ impl Default for LogSettings {
     fn default() -> Self {
         Self {
             format: LogFormat::Text,
-            filter: "info".to_owned(),
+            // rustls warns about every client that sends an IP address as SNI (all RDP clients
+            // connecting by address do); that is not worth a line per connection.
+            filter: "info,rustls=error".to_owned(),
         }
     }
 }

@@ -13,8 +13,10 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<()> {
         _ => EnvFilter::try_new(&settings.filter)
             .map_err(|e| anyhow::anyhow!("invalid log.filter {:?}: {e}", settings.filter))?,
     };
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match settings.format {
         LogFormat::Text => builder.try_init(),

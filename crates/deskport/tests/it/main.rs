@@ -8,4 +8,5 @@ mod firewall_feed;
 mod firewall_gateway;
 mod firewall_nft;
 mod openapi;
+mod rdp;
 mod support;

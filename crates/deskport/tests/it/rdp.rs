@@ -1,0 +1,473 @@
+//! The RDP server with real clients under Xvfb: xfreerdp (TLS, NLA, with and without the
+//! graphics pipeline) and rdesktop 1.9 connect and show the server display's test pattern;
+//! refusals carry the reason each client reports; logons are throttled and locked out; the
+//! switches apply without a restart; many sessions at once; stalled handshakes time out.
+
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deskport_testsupport::{
+    free_port, image_util, require_program, wait_until, ProcessGuard, Xvfb,
+};
+use image::RgbImage;
+
+pub const PASSWORD: &str = "correct horse battery";
+const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A `deskport rdp-server` sharing an Xvfb display that shows a test pattern.
+pub struct RdpServer {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub pattern: RgbImage,
+    pub log: PathBuf,
+    _desktop: Xvfb,
+    _process: ProcessGuard,
+}
+
+impl RdpServer {
+    /// Starts a server with accounts `alice` and `bob` (password [`PASSWORD`]) and `extra`
+    /// flags, reading `config` as its configuration file.
+    pub fn start(dir: &Path, extra: &[&str], config: Option<&Path>) -> Self {
+        let desktop = Xvfb::start(640, 480);
+        let pattern = desktop.draw_test_pattern();
+        let data = dir.join("rdp");
+        for user in ["alice", "bob"] {
+            add_account(&data, user, PASSWORD);
+        }
+        let port = free_port(LO);
+        let log = dir.join(format!("rdp-server-{port}.log"));
+        let process = ProcessGuard::spawn(
+            "deskport rdp-server",
+            Command::new(env!("CARGO_BIN_EXE_deskport"))
+                .args([
+                    "rdp-server",
+                    "--display",
+                    desktop.display(),
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--data-dir",
+                ])
+                .arg(&data)
+                .args(extra)
+                .env("DESKPORT_CONFIG", config.unwrap_or(Path::new("/dev/null")))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        )
+        .unwrap();
+        wait_until(Duration::from_secs(20), "the RDP server to listen", || {
+            TcpStream::connect((LO, port)).ok().map(|_| ())
+        });
+        Self {
+            port,
+            dir: data,
+            pattern,
+            log,
+            _desktop: desktop,
+            _process: process,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn target(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+pub fn add_account(data: &Path, user: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deskport"))
+        .args(["rdp-server", "--data-dir"])
+        .arg(data)
+        .args(["user", "add", user, "--password-stdin"])
+        .env("DESKPORT_CONFIG", "/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// Where the server's pattern shows on the client's screen, if it does.
+pub fn find_desktop(shot: &RgbImage, pattern: &RgbImage) -> Option<(u32, u32)> {
+    // The checkerboard in the middle of the pattern: distinctive, and away from any edge a
+    // client might draw over.
+    let (cx, cy) = (pattern.width() / 2 - 64, pattern.height() / 2 - 64);
+    let needle = image::imageops::crop_imm(pattern, cx, cy, 128, 128).to_image();
+    let (x, y) = image_util::find(shot, &needle, 8)?;
+    let (ox, oy) = (x.checked_sub(cx)?, y.checked_sub(cy)?);
+    if ox + pattern.width() > shot.width() || oy + pattern.height() > shot.height() {
+        return None;
+    }
+    let diff = image_util::diff_fraction(shot, (ox, oy), pattern, (0, 0), pattern.dimensions(), 8);
+    (diff < 0.01).then_some((ox, oy))
+}
+
+/// Waits until the client display shows the whole pattern; saves the screenshot as
+/// `artifact` and returns it.
+pub fn wait_for_desktop(
+    client: &Xvfb,
+    pattern: &RgbImage,
+    artifact: &str,
+    mut running: impl FnMut() -> bool,
+) -> RgbImage {
+    let started = Instant::now();
+    let shot = wait_until(
+        Duration::from_secs(30),
+        &format!("the remote desktop on the client ({artifact})"),
+        || {
+            assert!(
+                running(),
+                "the client exited before showing the desktop ({artifact})"
+            );
+            let shot = client.screenshot();
+            find_desktop(&shot, pattern).map(|_| shot)
+        },
+    );
+    eprintln!("{artifact}: desktop shown after {:?}", started.elapsed());
+    image_util::save_png(
+        &shot,
+        &deskport_testsupport::artifact_dir("rdp").join(format!("{artifact}.png")),
+    );
+    shot
+}
+
+/// A client program with its output in a log file.
+pub struct Client {
+    pub process: ProcessGuard,
+    pub log: PathBuf,
+}
+
+impl Client {
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the client to exit; its exit code and output.
+    pub fn finish(mut self) -> (Option<i32>, String) {
+        let status = self.process.wait_timeout(Duration::from_secs(30));
+        (status.and_then(|s| s.code()), self.output())
+    }
+}
+
+pub fn xfreerdp(
+    client: &Xvfb,
+    server: &RdpServer,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> Client {
+    require_program("xfreerdp");
+    let log = server.dir.join(format!(
+        "xfreerdp-{}-{}.log",
+        user,
+        Instant::now().elapsed().as_nanos() ^ rand_suffix()
+    ));
+    let process = ProcessGuard::spawn(
+        "xfreerdp",
+        client
+            .command("xfreerdp")
+            .arg(format!("/v:{}", server.target()))
+            .arg(format!("/u:{user}"))
+            .arg(format!("/p:{password}"))
+            .arg("/cert:ignore")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log_file(&log))
+            .stderr(log_file(&log)),
+    )
+    .unwrap();
+    Client { process, log }
+}
+
+pub fn rdesktop(client: &Xvfb, server: &RdpServer, user: &str, password: &str) -> Client {
+    require_program("rdesktop");
+    let log = server
+        .dir
+        .join(format!("rdesktop-{user}-{}.log", rand_suffix()));
+    let mut process = ProcessGuard::spawn(
+        "rdesktop",
+        client
+            .command("rdesktop")
+            .args(["-u", user, "-p", password, &server.target()])
+            // rdesktop keeps the certificates it trusted under $HOME; every test server has
+            // its own, so every test gets its own $HOME.
+            .env("HOME", &server.dir)
+            .stdin(Stdio::piped())
+            .stdout(log_file(&log))
+            .stderr(log_file(&log)),
+    )
+    .unwrap();
+    // rdesktop asks whether to trust the unknown certificate.
+    let mut stdin = process.child_mut().stdin.take().unwrap();
+    let _ = stdin.write_all(b"yes\n");
+    Client { process, log }
+}
+
+/// A log file both stdout and stderr append to.
+fn log_file(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[test]
+fn xfreerdp_shows_the_desktop_with_tls_nla_and_gfx() {
+    let dir = deskport_testsupport::data_dir();
+    let server = RdpServer::start(dir.path(), &["--no-nla-only"], None);
+    let client = Xvfb::start(1024, 768);
+    for (name, args) in [
+        ("xfreerdp-tls", vec!["/sec:tls"]),
+        ("xfreerdp-nla", vec!["/sec:nla"]),
+        ("xfreerdp-nla-gfx", vec!["/sec:nla", "/gfx"]),
+        ("xfreerdp-tls-gfx", vec!["/sec:tls", "/gfx"]),
+    ] {
+        let mut c = xfreerdp(&client, &server, "alice", PASSWORD, &args);
+        wait_for_desktop(&client, &server.pattern, name, || {
+            c.process.try_wait().is_none()
+        });
+        c.process.stop();
+        // The next client must not see the previous one's window.
+        wait_until(
+            Duration::from_secs(10),
+            "the client window to close",
+            || {
+                find_desktop(&client.screenshot(), &server.pattern)
+                    .is_none()
+                    .then_some(())
+            },
+        );
+    }
+    let log = server.log();
+    assert_eq!(log.matches("Session started").count(), 4, "{log}");
+}
+
+#[test]
+fn rdesktop_shows_the_desktop() {
+    let dir = deskport_testsupport::data_dir();
+    let server = RdpServer::start(dir.path(), &["--no-nla-only"], None);
+    let client = Xvfb::start(1024, 768);
+    let mut c = rdesktop(&client, &server, "alice", PASSWORD);
+    wait_for_desktop(&client, &server.pattern, "rdesktop", || {
+        c.process.try_wait().is_none()
+    });
+    let log = server.log();
+    assert!(log.contains("Session started"), "{log}");
+}
+
+#[test]
+fn nla_only_refuses_tls_clients_with_the_reason() {
+    let dir = deskport_testsupport::data_dir();
+    let server = RdpServer::start(dir.path(), &[], None);
+    let client = Xvfb::start(1024, 768);
+    let (code, output) = xfreerdp(&client, &server, "alice", PASSWORD, &["/sec:tls"]).finish();
+    assert_ne!(code, Some(0));
+    assert!(output.contains("HYBRID_REQUIRED_BY_SERVER"), "{output}");
+    let (code, output) = rdesktop(&client, &server, "alice", PASSWORD).finish();
+    assert_ne!(code, Some(0));
+    assert!(output.contains("CredSSP required by server"), "{output}");
+    // NLA clients are served.
+    let mut c = xfreerdp(&client, &server, "alice", PASSWORD, &["/sec:nla"]);
+    wait_for_desktop(&client, &server.pattern, "nla-only-xfreerdp", || {
+        c.process.try_wait().is_none()
+    });
+}
+
+#[test]
+fn wrong_passwords_fail_with_the_clients_authentication_error() {
+    let dir = deskport_testsupport::data_dir();
+    let server = RdpServer::start(dir.path(), &["--no-nla-only"], None);
+    let client = Xvfb::start(1024, 768);
+    let (code, output) =
+        xfreerdp(&client, &server, "alice", "wrong password", &["/sec:nla"]).finish();
+    assert_ne!(code, Some(0));
+    assert!(output.contains("ERRCONNECT_LOGON_FAILURE"), "{output}");
+    let (code, output) = xfreerdp(&client, &server, "mallory", PASSWORD, &["/sec:nla"]).finish();
+    assert_ne!(code, Some(0));
+    assert!(
+        output.contains("ERRCONNECT_LOGON_FAILURE"),
+        "unknown user: {output}"
+    );
+    // TLS mode: the Client Info logon is refused with a Set Error Info PDU.
+    let (code, output) =
+        xfreerdp(&client, &server, "alice", "wrong password", &["/sec:tls"]).finish();
+    assert_ne!(code, Some(0));
+    assert!(
+        output.contains("ERRINFO_SERVER_INSUFFICIENT_PRIVILEGES"),
+        "{output}"
+    );
+    let log = server.log();
+    assert_eq!(log.matches("Logon failed").count(), 3, "{log}");
+    assert!(!log.contains("Session started"), "{log}");
+}
+
+#[test]
+fn repeated_failures_lock_out_and_the_lockout_expires() {
+    let dir = deskport_testsupport::data_dir();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[rdp_server]\nlockout_failures = 2\nlockout_secs = 3\n",
+    )
+    .unwrap();
+    let server = RdpServer::start(dir.path(), &[], Some(&config));
+    let client = Xvfb::start(1024, 768);
+    for _ in 0..2 {
+        let (code, _) = xfreerdp(
+            &client,
+            &server,
+            "bob",
+            "wrong password",
+            &["/sec:nla", "+auth-only"],
+        )
+        .finish();
+        assert_ne!(code, Some(0));
+    }
+    // Locked out: even the right password is refused, and it is logged.
+    let locked = Instant::now();
+    let (code, _) = xfreerdp(
+        &client,
+        &server,
+        "bob",
+        PASSWORD,
+        &["/sec:nla", "+auth-only"],
+    )
+    .finish();
+    assert_ne!(code, Some(0));
+    let log = server.log();
+    assert!(log.contains("locked out"), "{log}");
+    // Another account from another… the same address is locked too (per source address).
+    // After the lockout the right password works again.
+    let ok = wait_until(Duration::from_secs(20), "the lockout to expire", || {
+        let (code, _) = xfreerdp(
+            &client,
+            &server,
+            "bob",
+            PASSWORD,
+            &["/sec:nla", "+auth-only"],
+        )
+        .finish();
+        (code == Some(0)).then_some(())
+    });
+    let _ = ok;
+    eprintln!("lockout lifted after {:?}", locked.elapsed());
+}
+
+#[test]
+fn the_switches_apply_without_a_restart() {
+    let dir = deskport_testsupport::data_dir();
+    let config = dir.path().join("config.toml");
+    let write = |enabled: bool, nla_only: bool| {
+        let tmp = config.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            format!("[rdp_server]\nenabled = {enabled}\nnla_only = {nla_only}\n"),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    };
+    write(true, false);
+    let server = RdpServer::start(dir.path(), &[], Some(&config));
+    let client = Xvfb::start(1024, 768);
+    // A TLS client gets a session (the server logs one more), or is refused.
+    let tls_ok = || {
+        let before = server.log().matches("Session started").count();
+        let mut c = xfreerdp(&client, &server, "alice", PASSWORD, &["/sec:tls"]);
+        wait_until(Duration::from_secs(20), "a session or a refusal", || {
+            if server.log().matches("Session started").count() > before {
+                return Some(true);
+            }
+            c.process.try_wait().map(|_| false)
+        })
+    };
+    assert!(tls_ok(), "TLS clients are allowed at first");
+
+    write(true, true);
+    wait_until(Duration::from_secs(10), "NLA-only to apply", || {
+        (!tls_ok()).then_some(())
+    });
+    let (_, output) = xfreerdp(&client, &server, "alice", PASSWORD, &["/sec:tls"]).finish();
+    assert!(output.contains("HYBRID_REQUIRED_BY_SERVER"), "{output}");
+
+    write(false, true);
+    wait_until(Duration::from_secs(10), "the port to close", || {
+        TcpStream::connect((LO, server.port)).is_err().then_some(())
+    });
+
+    write(true, false);
+    wait_until(Duration::from_secs(10), "the port to open again", || {
+        TcpStream::connect((LO, server.port)).ok().map(|_| ())
+    });
+    assert!(tls_ok());
+}
+
+#[test]
+fn many_sessions_at_once_and_stalled_handshakes_time_out() {
+    let dir = deskport_testsupport::data_dir();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[rdp_server]\nhandshake_timeout_secs = 2\nframe_interval_ms = 100\n",
+    )
+    .unwrap();
+    let server = RdpServer::start(dir.path(), &[], Some(&config));
+    // Stalled clients: a TCP connection that sends nothing is closed after the timeout.
+    let mut stalled = TcpStream::connect((LO, server.port)).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    let read = std::io::Read::read(&mut stalled, &mut buf);
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the stalled connection is closed: {read:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(9));
+
+    const N: usize = 20;
+    for i in 0..N {
+        add_account(&server.dir, &format!("user{i}"), PASSWORD);
+    }
+    let client = Xvfb::start(1024, 768);
+    let mut clients: Vec<Client> = (0..N)
+        .map(|i| {
+            xfreerdp(
+                &client,
+                &server,
+                &format!("user{i}"),
+                PASSWORD,
+                &["/sec:nla", "/size:320x240"],
+            )
+        })
+        .collect();
+    wait_until(Duration::from_secs(60), "20 sessions", || {
+        (server.log().matches("Session started").count() >= N).then_some(())
+    });
+    // All of them are still served: none exited.
+    for c in &mut clients {
+        assert!(c.process.try_wait().is_none(), "{}", c.output());
+    }
+    let log = server.log();
+    for i in 0..N {
+        assert!(
+            log.contains(&format!("account=\"user{i}\"")),
+            "user{i} has a session: {log}"
+        );
+    }
+}
