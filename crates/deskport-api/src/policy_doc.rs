@@ -373,6 +373,31 @@ fn member(
     })
 }
 
+/// The fuzzing oracle (see `fuzz/`): any input either is refused with an error or converts to a
+/// policy whose canonical document converts back to the same policy.
+#[doc(hidden)]
+pub fn fuzz_oracle(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    for doc in [
+        PolicyDocument::from_json(&text),
+        PolicyDocument::from_toml(&text),
+    ] {
+        let Ok(doc) = doc else { continue };
+        let Ok(policy) = doc.to_policy() else {
+            continue;
+        };
+        let again = PolicyDocument::from_json(
+            &PolicyDocument::from_policy(&policy, doc.revision).to_json(),
+        )
+        .and_then(|d| d.to_policy());
+        assert_eq!(
+            again.as_ref(),
+            Ok(&policy),
+            "the canonical document does not round-trip"
+        );
+    }
+}
+
 /// A rule in canonical Neutron form.
 pub fn rule_doc(r: &Rule) -> RuleDoc {
     let (min, max) = match r.l4 {

@@ -161,6 +161,20 @@ fn parse_line(line: &str) -> Option<Flow> {
     })
 }
 
+/// The fuzzing oracle (see `fuzz/`): any text parses without panicking, every flow read
+/// describes itself for deletion, and lines are either read or counted as skipped.
+#[doc(hidden)]
+pub fn fuzz_oracle(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (flows, skipped) = parse_list(&text);
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(flows.len() + skipped, lines);
+    for flow in &flows {
+        assert!(flow.delete_args().len() >= 9);
+        let _ = flow.opening_packet(Direction::Ingress);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

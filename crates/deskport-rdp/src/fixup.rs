@@ -346,6 +346,35 @@ fn request_control_font_list(frame: &[u8]) -> Option<Vec<u8>> {
     Some(buf.into_inner())
 }
 
+/// The fuzzing oracle (see `fuzz/`): feeds `data` to the frame cutter in chunks whose sizes
+/// come from the data itself, and checks that bytes are only ever passed on in order, with
+/// nothing lost or invented besides a Font List the wrapper injects.
+#[doc(hidden)]
+pub fn fuzz_oracle(data: &[u8]) {
+    let _ = frame_len(data);
+    let _ = has_swapped_channel_options(data);
+    let _ = request_control_font_list(data);
+    let mut fixups = Fixups::new(());
+    let mut fed = 0;
+    let mut step = 1;
+    while fed < data.len() {
+        step = (step * 7 + usize::from(data[fed])) % 97 + 1;
+        let end = (fed + step).min(data.len());
+        fixups.pending.extend_from_slice(&data[fed..end]);
+        fixups.cut_frames();
+        fed = end;
+    }
+    let mut passed = fixups.ready.clone();
+    passed.extend_from_slice(&fixups.pending);
+    if passed.len() == data.len() {
+        assert_eq!(passed, data, "bytes were reordered or changed");
+    } else {
+        // Only an injected Font List may add bytes, and only after Request Control.
+        assert!(passed.len() > data.len(), "bytes were lost");
+        assert!(fixups.waits_for_server || fixups.phase == Phase::Done);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

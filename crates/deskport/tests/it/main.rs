@@ -7,6 +7,8 @@ mod cli_manager;
 mod firewall_feed;
 mod firewall_gateway;
 mod firewall_nft;
+mod fuzz_corpus;
 mod openapi;
 mod rdp;
+mod rdp_manager;
 mod support;

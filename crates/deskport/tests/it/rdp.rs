@@ -31,6 +31,15 @@ impl RdpServer {
     /// Starts a server with accounts `alice` and `bob` (password [`PASSWORD`]) and `extra`
     /// flags, reading `config` as its configuration file.
     pub fn start(dir: &Path, extra: &[&str], config: Option<&Path>) -> Self {
+        let server = Self::launch(dir, extra, config);
+        wait_until(Duration::from_secs(20), "the RDP server to listen", || {
+            TcpStream::connect((LO, server.port)).ok().map(|_| ())
+        });
+        server
+    }
+
+    /// Starts the server and waits only until it has started (its port may stay closed).
+    pub fn launch(dir: &Path, extra: &[&str], config: Option<&Path>) -> Self {
         let desktop = Xvfb::start(640, 480);
         let pattern = desktop.draw_test_pattern();
         let data = dir.join("rdp");
@@ -58,8 +67,11 @@ impl RdpServer {
                 .stderr(std::fs::File::create(&log).unwrap()),
         )
         .unwrap();
-        wait_until(Duration::from_secs(20), "the RDP server to listen", || {
-            TcpStream::connect((LO, port)).ok().map(|_| ())
+        wait_until(Duration::from_secs(20), "the RDP server to start", || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|l| l.contains("Sharing the X display"))
+                .map(|_| ())
         });
         Self {
             port,
