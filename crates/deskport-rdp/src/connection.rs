@@ -231,15 +231,6 @@ async fn handshake(
     acceptor.mark_security_upgrade_as_done();
     let mut framed = TokioFramed::new(Fixups::new(tls));
 
-    if shared
-        .throttle
-        .check(std::slice::from_ref(&ip_key))
-        .is_err()
-    {
-        tracing::warn!(%peer, "Logon refused: this address is locked out");
-        return Ok(None);
-    }
-
     // NLA.
     let mut account = None;
     if acceptor.should_perform_credssp() {
@@ -247,6 +238,8 @@ async fn handshake(
         match credssp::authenticate(
             &mut framed,
             accounts.clone(),
+            shared.throttle.clone(),
+            ip_key.clone(),
             shared.tls.public_key.clone(),
             hybrid_ex,
         )
@@ -262,7 +255,13 @@ async fn handshake(
                 account = Some(name);
                 acceptor.mark_credssp_as_done();
             }
-            NlaOutcome::Denied { user, reason } => {
+            NlaOutcome::Denied {
+                user, locked: true, ..
+            } => {
+                tracing::warn!(%peer, user, "Logon refused: the account is locked out");
+                return Ok(None);
+            }
+            NlaOutcome::Denied { user, reason, .. } => {
                 logon_failed(shared, peer, user.as_deref(), &reason);
                 return Ok(None);
             }
@@ -286,7 +285,7 @@ async fn handshake(
         };
         if check_client_info {
             if let Some(pdu) = &input {
-                match tls_logon(shared, &accounts, peer, pdu) {
+                match tls_logon(shared, &accounts, peer, &ip_key, pdu) {
                     Ok(name) => account = Some(name),
                     Err(reason) => {
                         // Tell the client (Set Error Info), then close.
@@ -325,6 +324,7 @@ fn tls_logon(
     shared: &Shared,
     accounts: &Accounts,
     peer: SocketAddr,
+    ip_key: &str,
     pdu: &[u8],
 ) -> Result<String, String> {
     let request: X224<SendDataRequest<'_>> =
@@ -338,8 +338,10 @@ fn tls_logon(
         return Err("no user name given (give one with the client, e.g. -u NAME)".to_owned());
     }
     let key = format!("user:{}", user.to_ascii_lowercase());
-    if let Err(wait) = shared.throttle.check(&[key]) {
-        return Err(format!("account {user:?} is locked out for {wait} s"));
+    if let Err(wait) = shared.throttle.check(&[key, ip_key.to_owned()]) {
+        return Err(format!(
+            "account {user:?} or this address is locked out for {wait} s"
+        ));
     }
     match accounts.get(&user) {
         Some(account) if accounts.verify(&user, &credentials.password) => {

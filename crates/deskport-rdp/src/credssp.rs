@@ -4,9 +4,14 @@
 //! asks a `CredentialsProxy` for the secret of whatever user the client names, after the
 //! NTLM AUTHENTICATE message; [`AccountProxy`] answers from deskport's account store with the
 //! account's NT hash (sspi accepts `$NTLM$:<hex>` in place of a password), so every account
-//! can log on with NLA and the server never needs the plaintext password.
+//! can log on with NLA and the server never needs the plaintext password. An account or a
+//! source address that is locked out gets no secret, and the client is told
+//! STATUS_ACCOUNT_LOCKED_OUT.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use deskport_policy::throttle::Throttle;
 
 use ironrdp_async::{Framed, FramedRead, FramedWrite};
 use ironrdp_connector::sspi::credssp::{
@@ -18,11 +23,16 @@ use ironrdp_pdu::PduHint;
 
 use crate::accounts::Accounts;
 
-/// Answers sspi's lookups from the account store, and remembers who was asked for.
+/// Answers sspi's lookups from the account store, and remembers who was asked for. A locked
+/// out account gets no secret, so its logon fails whatever the password.
 #[derive(Debug)]
 pub struct AccountProxy {
     accounts: Arc<Accounts>,
+    throttle: Arc<Throttle>,
+    /// The throttle key of the client's address (`ip:…`).
+    source: String,
     asked: Arc<Mutex<Option<String>>>,
+    locked: Arc<AtomicBool>,
 }
 
 impl CredentialsProxy for AccountProxy {
@@ -31,6 +41,16 @@ impl CredentialsProxy for AccountProxy {
     fn auth_data_by_user(&mut self, username: &Username) -> std::io::Result<AuthIdentity> {
         let name = username.account_name().to_owned();
         *self.asked.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.clone());
+        let keys = [
+            format!("user:{}", name.to_ascii_lowercase()),
+            self.source.clone(),
+        ];
+        if self.throttle.check(&keys).is_err() {
+            self.locked.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other(format!(
+                "account {name:?} is locked out"
+            )));
+        }
         let account = self
             .accounts
             .get(&name)
@@ -57,6 +77,8 @@ pub enum NlaOutcome {
     Denied {
         user: Option<String>,
         reason: String,
+        /// The account is locked out (the client was told STATUS_ACCOUNT_LOCKED_OUT).
+        locked: bool,
     },
 }
 
@@ -88,6 +110,8 @@ async fn send<S: FramedWrite>(framed: &mut Framed<S>, request: &TsRequest) -> an
 pub async fn authenticate<S>(
     framed: &mut Framed<S>,
     accounts: Arc<Accounts>,
+    throttle: Arc<Throttle>,
+    source: String,
     server_public_key: Vec<u8>,
     hybrid_ex: bool,
 ) -> anyhow::Result<NlaOutcome>
@@ -95,9 +119,13 @@ where
     S: FramedRead + FramedWrite,
 {
     let asked = Arc::new(Mutex::new(None));
+    let locked = Arc::new(AtomicBool::new(false));
     let proxy = AccountProxy {
         accounts,
+        throttle,
+        source,
         asked: asked.clone(),
+        locked: locked.clone(),
     };
     let mode = ServerMode::Ntlm(sspi::ntlm::NtlmConfig::new("deskport".to_owned()));
     let mut server = CredSspServer::new(server_public_key, proxy, mode)
@@ -119,8 +147,11 @@ where
                 };
             }
             Err(ServerError { ts_request, error }) => {
+                let locked = locked.load(Ordering::Relaxed);
                 if let Some(mut reply) = ts_request {
-                    if error.error_type == sspi::ErrorKind::LogonDenied {
+                    if locked {
+                        reply.error_code = Some(NStatusCode::ACCOUNT_LOCKED_OUT);
+                    } else if error.error_type == sspi::ErrorKind::LogonDenied {
                         // As Windows does, so that clients ask for other credentials.
                         reply.error_code = Some(NStatusCode::LOGON_FAILURE);
                     }
@@ -129,6 +160,7 @@ where
                 break NlaOutcome::Denied {
                     user: asked.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                     reason: error.to_string(),
+                    locked,
                 };
             }
         }

@@ -352,7 +352,7 @@ fn repeated_failures_lock_out_and_the_lockout_expires() {
     }
     // Locked out: even the right password is refused, and it is logged.
     let locked = Instant::now();
-    let (code, _) = xfreerdp(
+    let (code, output) = xfreerdp(
         &client,
         &server,
         "bob",
@@ -361,6 +361,7 @@ fn repeated_failures_lock_out_and_the_lockout_expires() {
     )
     .finish();
     assert_ne!(code, Some(0));
+    assert!(output.contains("ERRCONNECT_ACCOUNT_LOCKED_OUT"), "{output}");
     let log = server.log();
     assert!(log.contains("locked out"), "{log}");
     // After the lockout the right password works again.
