@@ -145,15 +145,16 @@ pub async fn serve(
     }
     let mut acceptor = Acceptor::new(security, size, capabilities(size), None);
     let handshake = handshake(&shared, tcp, peer, &mut acceptor, accounts, admission);
-    let (framed, account) = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
-        Ok(Ok(Some(done))) => done,
-        Ok(Ok(None)) => return Ok(()),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => anyhow::bail!(
-            "the connection sequence did not complete within {:?}",
-            shared.handshake_timeout
-        ),
-    };
+    let (framed, account, security) =
+        match tokio::time::timeout(shared.handshake_timeout, handshake).await {
+            Ok(Ok(Some(done))) => done,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => anyhow::bail!(
+                "the connection sequence did not complete within {:?}",
+                shared.handshake_timeout
+            ),
+        };
     let result = acceptor
         .get_result()
         .context("the acceptor finished without a result")?;
@@ -166,7 +167,7 @@ pub async fn serve(
         })
         .unwrap_or(32);
     let desktop = shared.desktops.desktop_for(&account, (width, height))?;
-    tracing::info!(%peer, account, bpp, "Session started");
+    tracing::info!(%peer, account, security, bpp, "Session started");
     let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
     let params = SessionParams {
         desktop,
@@ -195,7 +196,7 @@ async fn handshake(
     acceptor: &mut Acceptor,
     accounts: Arc<Accounts>,
     admission: Admission,
-) -> anyhow::Result<Option<(Framed, String)>> {
+) -> anyhow::Result<Option<(Framed, String, &'static str)>> {
     let mut buf = WriteBuf::new();
     let ip = peer.ip().to_canonical();
     let ip_key = format!("ip:{ip}");
@@ -233,7 +234,8 @@ async fn handshake(
 
     // NLA.
     let mut account = None;
-    if acceptor.should_perform_credssp() {
+    let nla = acceptor.should_perform_credssp();
+    if nla {
         let hybrid_ex = matches!(state(acceptor), Some(AcceptorState::Credssp { protocol, .. }) if protocol.contains(SecurityProtocol::HYBRID_EX));
         match credssp::authenticate(
             &mut framed,
@@ -305,7 +307,8 @@ async fn handshake(
     if framed.get_inner().0.waits_for_server() {
         tracing::debug!(%peer, "Answered finalization early (client waits for the server)");
     }
-    Ok(Some((framed, account)))
+    let security = if nla { "nla" } else { "tls" };
+    Ok(Some((framed, account, security)))
 }
 
 fn logon_failed(shared: &Shared, peer: SocketAddr, user: Option<&str>, reason: &str) {

@@ -118,6 +118,48 @@ impl Xvfb {
         self.screenshot()
     }
 
+    /// Keeps an 8x8 square in the bottom-right corner changing colour every 100 ms until the
+    /// returned guard drops: FreeRDP's shadow server sends nothing until the screen changes.
+    pub fn animate_corner(&self) -> Animation {
+        use x11rb::protocol::xproto::{ChangeGCAux, CreateGCAux, Rectangle};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (display, w, h) = (self.display.clone(), self.width, self.height);
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (conn, screen_num) = x11rb::connect(Some(&display)).expect("connect to Xvfb");
+            let root = conn.setup().roots[screen_num].root;
+            let gc = conn.generate_id().expect("an X id");
+            conn.create_gc(gc, root, &CreateGCAux::new())
+                .expect("create a GC");
+            let mut on = false;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                on = !on;
+                let colour = if on { 0x00ff00 } else { 0xff00ff };
+                conn.change_gc(gc, &ChangeGCAux::new().foreground(colour))
+                    .expect("set colour");
+                let rect = Rectangle {
+                    x: w as i16 - 8,
+                    y: h as i16 - 8,
+                    width: 8,
+                    height: 8,
+                };
+                conn.poly_fill_rectangle(root, gc, &[rect]).expect("fill");
+                conn.flush().expect("flush");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        Animation {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Opens a window covering the whole screen that records the key presses and button
+    /// presses it receives (the server side of an input test).
+    pub fn input_probe(&self) -> InputProbe {
+        InputProbe::open(&self.display, self.width, self.height)
+    }
+
     /// A `Command` for `program` with `DISPLAY` set to this server.
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);
@@ -158,4 +200,84 @@ pub fn screenshot(display: &str) -> anyhow::Result<RgbImage> {
         }
     }
     Ok(image)
+}
+
+/// See [`Xvfb::animate_corner`].
+#[derive(Debug)]
+pub struct Animation {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Animation {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What an [`InputProbe`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeEvent {
+    /// An X keycode went down.
+    Key(u8),
+    /// A mouse button went down at a position in the probe window (= on the screen).
+    Button(u8, i16, i16),
+}
+
+/// See [`Xvfb::input_probe`].
+#[derive(Debug)]
+pub struct InputProbe {
+    events: std::sync::Arc<std::sync::Mutex<Vec<ProbeEvent>>>,
+}
+
+impl InputProbe {
+    fn open(display: &str, width: u16, height: u16) -> Self {
+        use x11rb::protocol::xproto::{CreateWindowAux, EventMask, InputFocus, WindowClass};
+        use x11rb::protocol::Event;
+        let (conn, screen_num) = x11rb::connect(Some(display)).expect("connect to Xvfb");
+        let screen = conn.setup().roots[screen_num].clone();
+        let window = conn.generate_id().expect("an X id");
+        conn.create_window(
+            screen.root_depth,
+            window,
+            screen.root,
+            0,
+            0,
+            width,
+            height,
+            0,
+            WindowClass::INPUT_OUTPUT,
+            screen.root_visual,
+            &CreateWindowAux::new()
+                .background_pixel(0x202020)
+                .override_redirect(1)
+                .event_mask(EventMask::KEY_PRESS | EventMask::BUTTON_PRESS),
+        )
+        .expect("create the probe window");
+        conn.map_window(window).expect("map the probe window");
+        conn.set_input_focus(InputFocus::POINTER_ROOT, window, x11rb::CURRENT_TIME)
+            .expect("focus the probe window");
+        conn.get_input_focus().expect("sync").reply().expect("sync");
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = events.clone();
+        std::thread::spawn(move || {
+            while let Ok(event) = conn.wait_for_event() {
+                let probe = match event {
+                    Event::KeyPress(e) => ProbeEvent::Key(e.detail),
+                    Event::ButtonPress(e) => ProbeEvent::Button(e.detail, e.event_x, e.event_y),
+                    _ => continue,
+                };
+                seen.lock().unwrap().push(probe);
+            }
+        });
+        Self { events }
+    }
+
+    /// Everything seen so far.
+    pub fn events(&self) -> Vec<ProbeEvent> {
+        self.events.lock().unwrap().clone()
+    }
 }

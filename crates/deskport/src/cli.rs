@@ -60,6 +60,12 @@ pub enum Command {
     /// of the article (allow remote connections; NLA only) come from the configuration or the
     /// manager and apply without a restart. The TLS certificate is made on first start and kept.
     RdpServer(cmd::rdp_server::Args),
+    /// Connect to a remote desktop (RDP): a window, or a screenshot with --screenshot.
+    ///
+    /// Offers NLA and TLS (--sec), checks the server's certificate against the known-hosts file
+    /// (the first one seen for HOST:PORT is remembered, a changed one is refused, like ssh) or
+    /// a pinned fingerprint, and says plainly why a connection failed.
+    Connect(cmd::connect::Args),
     /// Log in to a manager and keep its URL and an API token in the CLI config.
     Login(cmd::remote::LoginArgs),
     /// Security groups: list, create, delete.
@@ -102,13 +108,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RdpServer(args) => flags.push(config::flag_layer("rdp_server", args)?),
         _ => {}
     }
-    let settings = config::load(&file, &flags).map_err(usage)?;
+    let mut settings = config::load(&file, &flags).map_err(usage)?;
+    // An interactive client keeps stderr for what the user must know: the library's progress
+    // lines only with a filter the user chose.
+    if matches!(cli.command, Command::Connect(_))
+        && settings.log.filter == config::LogSettings::default().filter
+    {
+        settings.log.filter = "warn".to_owned();
+    }
     crate::logging::init(&settings.log).map_err(usage)?;
     match cli.command {
         Command::Config(args) => cmd::config::exec(args, &file, &settings),
         Command::Firewall(args) => cmd::firewall::exec(args, &settings.firewall),
         Command::Manager(args) => cmd::manager::exec(args, &settings.manager),
         Command::RdpServer(args) => cmd::rdp_server::exec(args, &settings.rdp_server, &file),
+        Command::Connect(args) => cmd::connect::exec(args),
         Command::Login(args) => cmd::remote::login(args, &file),
         Command::Sg(args) => cmd::remote::sg(args, &settings.cli),
         Command::Rule(args) => cmd::remote::rule(args, &settings.cli),

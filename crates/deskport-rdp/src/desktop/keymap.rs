@@ -54,9 +54,45 @@ pub fn x_keycode(scancode: u8, extended: bool) -> Option<u8> {
     u8::try_from(evdev + 8).ok()
 }
 
+/// The RDP scancode `(scancode, extended)` of X keycode `keycode` in an evdev keymap: the
+/// inverse of [`x_keycode`], used by deskport's client to send the keys of the local keyboard.
+pub fn scancode(keycode: u8) -> Option<(u8, bool)> {
+    static TABLE: std::sync::OnceLock<[Option<(u8, bool)>; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = [None; 256];
+        // Base keys first so that a key reachable both ways keeps its unprefixed code.
+        for extended in [true, false] {
+            for code in 0..=u8::MAX {
+                if let Some(k) = x_keycode(code, extended) {
+                    table[usize::from(k)] = Some((code, extended));
+                }
+            }
+        }
+        table
+    })[usize::from(keycode)]
+}
+
 #[cfg(test)]
 mod tests {
-    use super::x_keycode;
+    use super::{scancode, x_keycode};
+
+    #[test]
+    fn every_mapped_key_round_trips() {
+        for extended in [false, true] {
+            for code in 0..=u8::MAX {
+                if let Some(k) = x_keycode(code, extended) {
+                    assert_eq!(
+                        scancode(k),
+                        Some((code, extended)),
+                        "scancode {code:#x} extended={extended}"
+                    );
+                }
+            }
+        }
+        assert_eq!(scancode(38), Some((0x1E, false))); // a
+        assert_eq!(scancode(111), Some((0x48, true))); // Up
+        assert_eq!(scancode(8), None);
+    }
 
     #[test]
     fn common_keys() {

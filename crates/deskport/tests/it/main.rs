@@ -4,6 +4,7 @@
 
 mod cli_config;
 mod cli_manager;
+mod client;
 mod firewall_feed;
 mod firewall_gateway;
 mod firewall_nft;

@@ -87,6 +87,11 @@ impl RdpServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The display the server shares.
+    pub fn desktop(&self) -> &Xvfb {
+        &self._desktop
+    }
+
     pub fn target(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

@@ -1,0 +1,441 @@
+//! Connecting: TCP, security negotiation, TLS with trust on first use, NLA or TLS logon, and
+//! errors that say what went wrong in the user's terms.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ironrdp_async::NetworkClient;
+use ironrdp_connector::sspi::credssp::NStatusCode;
+use ironrdp_connector::sspi::generator::NetworkRequest;
+use ironrdp_connector::{
+    BitmapConfig, ClientConnector, Config, ConnectionResult, ConnectorError, ConnectorErrorKind,
+    ConnectorResult, Credentials, DesktopSize, ServerName,
+};
+use ironrdp_pdu::gcc;
+use ironrdp_pdu::nego::FailureCode;
+use ironrdp_pdu::rdp::capability_sets::{
+    client_codecs_capabilities, MajorPlatformType, RailSupportLevel,
+};
+use ironrdp_pdu::rdp::client_info::{PerformanceFlags, TimezoneInfo};
+use ironrdp_tokio::TokioFramed;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use x509_cert::der::Decode as _;
+
+use crate::known_hosts::{KnownHosts, Trust};
+
+/// Which security the client offers (`--sec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// NLA if the server can, else TLS.
+    Auto,
+    /// Network Level Authentication (CredSSP) only.
+    Nla,
+    /// TLS only; the password goes in the Client Info PDU.
+    Tls,
+}
+
+/// Everything a connection needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+    pub domain: Option<String>,
+    pub size: (u16, u16),
+    pub security: Security,
+    /// `--cert-fingerprint`: accept only this certificate (SHA-256, hex pairs).
+    pub pin: Option<String>,
+    /// Where trusted certificates are remembered.
+    pub known_hosts: PathBuf,
+    pub connect_timeout: Duration,
+}
+
+impl Options {
+    pub fn endpoint(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why a connection failed, in words a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{endpoint} refused the connection: nothing accepts RDP there, or a firewall rejects it (is Remote Desktop enabled on the instance, and does its security group allow your address on this port?)")]
+    Refused { endpoint: String },
+    #[error("no answer from {endpoint} within {seconds} s: the port is probably filtered by a firewall (does the instance's security group allow your address?)")]
+    Filtered { endpoint: String, seconds: u64 },
+    #[error("cannot connect to {endpoint}: {message}")]
+    Network { endpoint: String, message: String },
+    #[error("the server requires Network Level Authentication (it only accepts NLA clients); connect with --sec nla or --sec auto")]
+    NlaRequired,
+    #[error("the server requires TLS security; connect with --sec tls or --sec auto")]
+    TlsRequired,
+    #[error("security negotiation failed: {0}")]
+    Negotiation(String),
+    #[error("the server refused the user name or password")]
+    LogonFailed,
+    #[error("the account is locked out after repeated failed logons; try again later")]
+    LockedOut,
+    #[error("the server denied the logon ({0})")]
+    AccessDenied(String),
+    #[error(
+        "the certificate of {endpoint} has CHANGED.\n  known:    SHA256 {known}\n  received: SHA256 {received}\n\
+         Someone could be intercepting the connection, or the server was reinstalled. If you trust the new \
+         certificate, remove the line for {endpoint} from {known_hosts}."
+    )]
+    CertificateChanged {
+        endpoint: String,
+        known: String,
+        received: String,
+        known_hosts: String,
+    },
+    #[error("the certificate of {endpoint} is not the pinned one.\n  pinned:   SHA256 {pinned}\n  received: SHA256 {received}")]
+    CertificateMismatch {
+        endpoint: String,
+        pinned: String,
+        received: String,
+    },
+    #[error("the server closed the connection during the handshake ({0})")]
+    Closed(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// No network access for CredSSP: NTLM needs none (only Kerberos talks to a KDC).
+#[derive(Debug)]
+struct NoNetwork;
+
+impl NetworkClient for NoNetwork {
+    async fn send(&mut self, _request: &NetworkRequest) -> ConnectorResult<Vec<u8>> {
+        Err(ironrdp_connector::general_err!(
+            "this client does not contact Kerberos servers"
+        ))
+    }
+}
+
+/// Accepts any certificate during the handshake (signatures are still verified); the
+/// certificate itself is checked afterwards against the pin or the known-hosts file.
+#[derive(Debug)]
+struct TrustLater(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for TrustLater {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// SHA-256 of a DER certificate, as `ab:cd:…` — the form the server prints at start.
+pub use deskport_rdp::tls::fingerprint;
+
+fn normalize_fingerprint(text: &str) -> String {
+    let hex: String = text
+        .trim()
+        .trim_start_matches("SHA256:")
+        .trim_start_matches("sha256:")
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    hex.as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn config(opts: &Options) -> Config {
+    Config {
+        desktop_size: DesktopSize {
+            width: opts.size.0,
+            height: opts.size.1,
+        },
+        monitor_layout: None,
+        desktop_scale_factor: 0,
+        desktop_physical_size: None,
+        desktop_orientation: None,
+        device_scale_factor: None,
+        monitor_extended_layout: None,
+        relative_mouse_input: false,
+        enable_tls: opts.security != Security::Nla,
+        enable_credssp: opts.security != Security::Tls,
+        enable_standard_rdp_security: false,
+        credentials: Credentials::UsernamePassword {
+            username: opts.username.clone(),
+            password: opts.password.clone(),
+        },
+        domain: opts.domain.clone(),
+        client_build: 0,
+        client_name: "deskport".to_owned(),
+        keyboard_type: gcc::KeyboardType::IBM_ENHANCED,
+        keyboard_subtype: 0,
+        keyboard_functional_keys_count: 12,
+        keyboard_layout: 0x409,
+        connection_type: gcc::ConnectionType::Lan,
+        ime_file_name: String::new(),
+        // No QOI: this client decodes the classic bitmap and RemoteFX paths.
+        bitmap: Some(BitmapConfig {
+            lossy_compression: false,
+            color_depth: 32,
+            codecs: client_codecs_capabilities(&["qoi:off", "qoiz:off"]).unwrap_or_default(),
+        }),
+        dig_product_id: String::new(),
+        client_dir: "C:\\Windows\\System32\\mstscax.dll".to_owned(),
+        alternate_shell: String::new(),
+        work_dir: String::new(),
+        remote_application_mode: false,
+        rail_support_level: RailSupportLevel::empty(),
+        platform: MajorPlatformType::UNIX,
+        hardware_id: None,
+        request_data: None,
+        autologon: false,
+        enable_audio_playback: false,
+        enable_audio_capture: false,
+        performance_flags: PerformanceFlags::default(),
+        license_cache: None,
+        timezone_info: TimezoneInfo::default(),
+        compression_type: None,
+        enable_server_pointer: false,
+        pointer_software_rendering: true,
+        multitransport_flags: None,
+        support_dyn_vc_gfx_protocol: false,
+    }
+}
+
+/// Maps the connector's errors to what the user should know.
+fn explain(err: ConnectorError) -> ClientError {
+    let text = format!("{err}");
+    match err.kind() {
+        ConnectorErrorKind::Negotiation(failure) => match failure.code() {
+            FailureCode::HYBRID_REQUIRED_BY_SERVER => ClientError::NlaRequired,
+            FailureCode::SSL_REQUIRED_BY_SERVER => ClientError::TlsRequired,
+            _ => ClientError::Negotiation(failure.to_string()),
+        },
+        ConnectorErrorKind::Credssp(e) => match e.nstatus {
+            Some(NStatusCode::ACCOUNT_LOCKED_OUT) => ClientError::LockedOut,
+            _ => ClientError::LogonFailed,
+        },
+        ConnectorErrorKind::AccessDenied => {
+            ClientError::AccessDenied("early user authorization result".into())
+        }
+        _ if text.contains("ServerSetErrorInfo") || text.contains("SetErrorInfo") => {
+            ClientError::AccessDenied(text)
+        }
+        _ => {
+            let lower = text.to_ascii_lowercase();
+            if lower.contains("eof")
+                || lower.contains("not enough bytes")
+                || lower.contains("connection reset")
+            {
+                ClientError::Closed(text)
+            } else {
+                ClientError::Protocol(text)
+            }
+        }
+    }
+}
+
+/// A connected session: the transport and what the connection sequence settled.
+pub struct Connected {
+    pub framed: TokioFramed<tokio_rustls::client::TlsStream<TcpStream>>,
+    pub result: ConnectionResult,
+    pub fingerprint: String,
+    /// Whether the certificate was seen for the first time (and remembered).
+    pub first_use: bool,
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected")
+            .field("desktop_size", &self.result.desktop_size)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects and logs on.
+pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
+    let endpoint = opts.endpoint();
+    let tcp = match tokio::time::timeout(
+        opts.connect_timeout,
+        TcpStream::connect((opts.host.as_str(), opts.port)),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(ClientError::Filtered {
+                endpoint,
+                seconds: opts.connect_timeout.as_secs(),
+            })
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(ClientError::Refused { endpoint })
+        }
+        Ok(Err(e)) => {
+            return Err(ClientError::Network {
+                endpoint,
+                message: e.to_string(),
+            })
+        }
+        Ok(Ok(s)) => s,
+    };
+    let _ = tcp.set_nodelay(true);
+    let local: SocketAddr = tcp.local_addr().map_err(|e| ClientError::Network {
+        endpoint: endpoint.clone(),
+        message: e.to_string(),
+    })?;
+    let mut connector = ClientConnector::new(config(opts), local);
+    let mut framed = TokioFramed::new(tcp);
+    let should_upgrade = ironrdp_async::connect_begin(&mut framed, &mut connector)
+        .await
+        .map_err(explain)?;
+    let tcp = framed.into_inner_no_leftover();
+
+    // TLS: the certificate is checked before anything secret is sent.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls_config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(TrustLater(provider)))
+        .with_no_client_auth();
+    // CredSSP binds to this handshake; a resumed session would not carry the server's key.
+    tls_config.resumption = rustls::client::Resumption::disabled();
+    let server_name = rustls::pki_types::ServerName::try_from(opts.host.clone())
+        .map_err(|e| ClientError::Protocol(format!("{}: {e}", opts.host)))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| ClientError::Closed(format!("TLS: {e}")))?;
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| ClientError::Protocol("the server sent no certificate".into()))?
+        .clone();
+    let received = fingerprint(&cert);
+    let first_use = match &opts.pin {
+        Some(pin) => {
+            let pinned = normalize_fingerprint(pin);
+            if pinned != received {
+                return Err(ClientError::CertificateMismatch {
+                    endpoint,
+                    pinned,
+                    received,
+                });
+            }
+            false
+        }
+        None => {
+            let known_hosts = KnownHosts::new(&opts.known_hosts);
+            match known_hosts.check(&endpoint, &received) {
+                Ok(Trust::Known) => false,
+                Ok(Trust::Added) => true,
+                Ok(Trust::Changed { known }) => {
+                    return Err(ClientError::CertificateChanged {
+                        endpoint,
+                        known,
+                        received,
+                        known_hosts: opts.known_hosts.display().to_string(),
+                    })
+                }
+                Err(e) => {
+                    return Err(ClientError::Protocol(format!(
+                        "cannot use the known-hosts file {}: {e}",
+                        opts.known_hosts.display()
+                    )))
+                }
+            }
+        }
+    };
+    let parsed = x509_cert::Certificate::from_der(&cert)
+        .map_err(|e| ClientError::Protocol(format!("the server's certificate: {e}")))?;
+    let server_public_key = parsed
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes()
+        .to_vec();
+
+    let upgraded = ironrdp_async::mark_as_upgraded(should_upgrade, &mut connector);
+    let mut framed = TokioFramed::new(tls);
+    let outcome = ironrdp_async::connect_finalize(
+        upgraded,
+        connector,
+        &mut framed,
+        &mut NoNetwork,
+        ServerName::new(opts.host.clone()),
+        server_public_key,
+        None,
+    )
+    .await
+    .map_err(explain)?;
+    let result = outcome.into_connected().map_err(explain)?;
+    Ok(Connected {
+        framed,
+        result,
+        fingerprint: received,
+        first_use,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_normalise() {
+        assert_eq!(normalize_fingerprint("SHA256:AB:cd"), "ab:cd");
+        assert_eq!(normalize_fingerprint("abcd"), "ab:cd");
+    }
+}

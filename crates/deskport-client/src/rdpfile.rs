@@ -1,0 +1,191 @@
+//! `.rdp` files, as mstsc writes them: `name:type:value` lines (`s` string, `i` integer).
+//! The fields deskport reads: `full address`, `server port`, `username`, `domain`,
+//! `desktopwidth`, `desktopheight`, `screen mode id` (2 = full screen) and
+//! `enablecredsspsupport` (0 = TLS only).
+
+use std::collections::HashMap;
+
+/// What a `.rdp` file asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RdpFile {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub username: Option<String>,
+    pub domain: Option<String>,
+    pub size: Option<(u16, u16)>,
+    pub fullscreen: bool,
+    /// `Some(false)`: `enablecredsspsupport:i:0`, NLA off.
+    pub credssp: Option<bool>,
+}
+
+/// Why a file was refused: the line and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct RdpFileError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// Splits `HOST[:PORT]` (an IPv6 address with a port in brackets).
+pub fn split_host_port(text: &str) -> Result<(String, Option<u16>), String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("no host given".to_owned());
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{text:?}: missing ]"))?;
+        return match after.strip_prefix(':') {
+            Some(port) => Ok((host.to_owned(), Some(parse_port(port)?))),
+            None if after.is_empty() => Ok((host.to_owned(), None)),
+            None => Err(format!("{text:?} is not HOST[:PORT]")),
+        };
+    }
+    if text.matches(':').count() > 1 {
+        // A bare IPv6 address.
+        return Ok((text.to_owned(), None));
+    }
+    match text.split_once(':') {
+        Some((host, port)) => Ok((host.to_owned(), Some(parse_port(port)?))),
+        None => Ok((text.to_owned(), None)),
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    text.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{text:?} is not a port 1-65535"))
+}
+
+impl RdpFile {
+    pub fn parse(text: &str) -> Result<Self, RdpFileError> {
+        let mut fields: HashMap<String, (usize, String)> = HashMap::new();
+        // mstsc writes UTF-16LE with a BOM; a text editor, UTF-8. Both arrive here as text.
+        for (i, line) in text.trim_start_matches('\u{feff}').lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut parts = line.splitn(3, ':');
+            let (Some(name), Some(kind), Some(value)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(RdpFileError {
+                    line: i + 1,
+                    message: format!("{line:?} is not name:type:value"),
+                });
+            };
+            if !matches!(kind, "s" | "i" | "b") {
+                return Err(RdpFileError {
+                    line: i + 1,
+                    message: format!("unknown field type {kind:?}"),
+                });
+            }
+            fields.insert(
+                name.trim().to_ascii_lowercase(),
+                (i + 1, value.trim().to_owned()),
+            );
+        }
+        let int = |name: &str| -> Result<Option<u32>, RdpFileError> {
+            match fields.get(name) {
+                None => Ok(None),
+                Some((line, v)) => v.parse::<u32>().map(Some).map_err(|_| RdpFileError {
+                    line: *line,
+                    message: format!("{name} {v:?} is not a number"),
+                }),
+            }
+        };
+        let mut file = RdpFile::default();
+        if let Some((line, address)) = fields.get("full address") {
+            let (host, port) = split_host_port(address).map_err(|message| RdpFileError {
+                line: *line,
+                message,
+            })?;
+            file.host = Some(host);
+            file.port = port;
+        }
+        if let Some(port) = int("server port")? {
+            file.port = Some(
+                u16::try_from(port)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or(RdpFileError {
+                        line: fields["server port"].0,
+                        message: format!("server port {port} is not a port"),
+                    })?,
+            );
+        }
+        file.username = fields
+            .get("username")
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty());
+        file.domain = fields
+            .get("domain")
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty());
+        if let (Some(w), Some(h)) = (int("desktopwidth")?, int("desktopheight")?) {
+            let (w, h) = (u16::try_from(w).unwrap_or(0), u16::try_from(h).unwrap_or(0));
+            if !(200..=8192).contains(&w) || !(200..=8192).contains(&h) {
+                return Err(RdpFileError {
+                    line: fields["desktopwidth"].0,
+                    message: format!("desktop size {w}x{h} is not 200x200-8192x8192"),
+                });
+            }
+            file.size = Some((w, h));
+        }
+        file.fullscreen = int("screen mode id")? == Some(2);
+        file.credssp = int("enablecredsspsupport")?.map(|v| v != 0);
+        Ok(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_mstsc_writes() {
+        let file = RdpFile::parse(
+            "\u{feff}screen mode id:i:2\r\ndesktopwidth:i:1280\r\ndesktopheight:i:800\r\n\
+             full address:s:198.18.2.2:3390\r\nusername:s:alice\r\nenablecredsspsupport:i:0\r\n\
+             authentication level:i:2\r\n",
+        )
+        .unwrap();
+        assert_eq!(file.host.as_deref(), Some("198.18.2.2"));
+        assert_eq!(file.port, Some(3390));
+        assert_eq!(file.username.as_deref(), Some("alice"));
+        assert_eq!(file.size, Some((1280, 800)));
+        assert!(file.fullscreen);
+        assert_eq!(file.credssp, Some(false));
+    }
+
+    #[test]
+    fn bad_files_name_the_line() {
+        assert_eq!(
+            RdpFile::parse("full address:s:h\nnonsense\n")
+                .unwrap_err()
+                .line,
+            2
+        );
+        assert_eq!(RdpFile::parse("desktopwidth:i:wide\n").unwrap_err().line, 1);
+        assert!(RdpFile::parse("full address:s:h:99999\n").is_err());
+        assert!(RdpFile::parse("desktopwidth:i:10\ndesktopheight:i:10\n").is_err());
+    }
+
+    #[test]
+    fn host_and_port() {
+        assert_eq!(split_host_port("127.0.0.1"), Ok(("127.0.0.1".into(), None)));
+        assert_eq!(split_host_port("h:3390"), Ok(("h".into(), Some(3390))));
+        assert_eq!(
+            split_host_port("[::1]:3390"),
+            Ok(("::1".into(), Some(3390)))
+        );
+        assert_eq!(
+            split_host_port("2001:db8::1"),
+            Ok(("2001:db8::1".into(), None))
+        );
+        assert!(split_host_port("h:0").is_err());
+        assert!(split_host_port("").is_err());
+    }
+}

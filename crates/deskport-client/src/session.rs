@@ -1,0 +1,439 @@
+//! The active session: reads the server's PDUs into a [`DecodedImage`], hands new pixels to a
+//! [`Frontend`], and sends the frontend's input (fast-path, or slow-path input PDUs when the
+//! server does not accept fast-path input).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ironrdp_async::FramedWrite as _;
+use ironrdp_core::WriteBuf;
+use ironrdp_graphics::image_processing::PixelFormat;
+use ironrdp_pdu::geometry::InclusiveRectangle;
+use ironrdp_pdu::input::fast_path::{FastPathInputEvent, KeyboardFlags as FastKeyboardFlags};
+use ironrdp_pdu::input::{InputEvent, InputEventPdu};
+use ironrdp_pdu::rdp::capability_sets::InputFlags;
+use ironrdp_pdu::rdp::headers::ShareDataPdu;
+use ironrdp_session::image::DecodedImage;
+use ironrdp_session::{ActiveStage, ActiveStageBuilder, ActiveStageOutput};
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
+
+use crate::connect::{ClientError, Connected};
+
+/// What the user (or the window) asks of the session.
+#[derive(Debug, Clone)]
+pub enum UiEvent {
+    /// Keyboard and mouse events, in order.
+    Input(Vec<FastPathInputEvent>),
+    /// Paint this part of the window again from the current image.
+    Repaint(InclusiveRectangle),
+    /// The user closed the window.
+    Close,
+}
+
+/// Where decoded pixels go.
+pub trait Frontend {
+    /// The pixel layout the frontend wants in the image it is handed.
+    const PIXEL_FORMAT: PixelFormat;
+
+    /// New pixels in `region` of `image`. Returns `true` when the frontend is done (the
+    /// session then ends).
+    fn update(&mut self, image: &DecodedImage, region: &InclusiveRectangle)
+        -> anyhow::Result<bool>;
+
+    /// The desktop was resized by the server (after a reactivation); `image` is blank.
+    fn resized(&mut self, image: &DecodedImage) -> anyhow::Result<()>;
+
+    /// Whether the frontend still waits for pixels it has never received (the session then asks
+    /// the server to redraw everything when the server allows it).
+    fn incomplete(&self) -> bool {
+        false
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The frontend had what it wanted (the screenshot is written).
+    Done,
+    /// The user closed the window.
+    Closed,
+    /// The server ended the session, with its reason.
+    Server(String),
+}
+
+/// Writes the first complete frame to a PNG file: every pixel of the desktop has been painted
+/// at least once since the connection.
+#[derive(Debug)]
+pub struct Screenshot {
+    path: PathBuf,
+    width: usize,
+    height: usize,
+    covered: Vec<bool>,
+    missing: usize,
+}
+
+impl Screenshot {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            width: 0,
+            height: 0,
+            covered: Vec::new(),
+            missing: usize::MAX,
+        }
+    }
+
+    fn reset(&mut self, width: u16, height: u16) {
+        self.width = usize::from(width);
+        self.height = usize::from(height);
+        self.covered = vec![false; self.width * self.height];
+        self.missing = self.width * self.height;
+    }
+
+    fn write(&self, image: &DecodedImage) -> anyhow::Result<()> {
+        let mut rgba = image.data().to_vec();
+        for px in rgba.chunks_exact_mut(4) {
+            px[3] = 0xff;
+        }
+        let buffer =
+            image::RgbaImage::from_raw(u32::from(image.width()), u32::from(image.height()), rgba)
+                .ok_or_else(|| anyhow::anyhow!("the decoded image has an unexpected size"))?;
+        buffer
+            .save_with_format(&self.path, image::ImageFormat::Png)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", self.path.display()))
+    }
+}
+
+impl Frontend for Screenshot {
+    const PIXEL_FORMAT: PixelFormat = PixelFormat::RgbA32;
+
+    fn update(
+        &mut self,
+        image: &DecodedImage,
+        region: &InclusiveRectangle,
+    ) -> anyhow::Result<bool> {
+        if self.covered.is_empty() {
+            self.reset(image.width(), image.height());
+        }
+        let right = usize::from(region.right).min(self.width.saturating_sub(1));
+        let bottom = usize::from(region.bottom).min(self.height.saturating_sub(1));
+        for y in usize::from(region.top)..=bottom {
+            let row = &mut self.covered[y * self.width..(y + 1) * self.width];
+            for c in &mut row[usize::from(region.left).min(right)..=right] {
+                if !*c {
+                    *c = true;
+                    self.missing -= 1;
+                }
+            }
+        }
+        if self.missing == 0 {
+            self.write(image)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn resized(&mut self, image: &DecodedImage) -> anyhow::Result<()> {
+        self.reset(image.width(), image.height());
+        Ok(())
+    }
+
+    fn incomplete(&self) -> bool {
+        self.missing != 0
+    }
+}
+
+/// Turns fast-path input events into one slow-path Input PDU, for servers that do not accept
+/// fast-path input (MS-RDPBCGR 2.2.8.1.2).
+fn slow_path(events: &[FastPathInputEvent]) -> InputEventPdu {
+    use ironrdp_pdu::input::scan_code::{KeyboardFlags, ScanCodePdu};
+    use ironrdp_pdu::input::unicode::UnicodePdu;
+    let keyboard_flags = |flags: FastKeyboardFlags| {
+        let mut out = KeyboardFlags::empty();
+        if flags.contains(FastKeyboardFlags::RELEASE) {
+            out |= KeyboardFlags::RELEASE;
+        }
+        if flags.contains(FastKeyboardFlags::EXTENDED) {
+            out |= KeyboardFlags::EXTENDED;
+        }
+        if flags.contains(FastKeyboardFlags::EXTENDED1) {
+            out |= KeyboardFlags::EXTENDED_1;
+        }
+        out
+    };
+    InputEventPdu(
+        events
+            .iter()
+            .filter_map(|event| match event {
+                FastPathInputEvent::KeyboardEvent(flags, code) => {
+                    Some(InputEvent::ScanCode(ScanCodePdu {
+                        flags: keyboard_flags(*flags),
+                        key_code: u16::from(*code),
+                    }))
+                }
+                FastPathInputEvent::UnicodeKeyboardEvent(flags, code) => {
+                    Some(InputEvent::Unicode(UnicodePdu {
+                        flags: if flags.contains(FastKeyboardFlags::RELEASE) {
+                            ironrdp_pdu::input::unicode::KeyboardFlags::RELEASE
+                        } else {
+                            ironrdp_pdu::input::unicode::KeyboardFlags::empty()
+                        },
+                        unicode_code: *code,
+                    }))
+                }
+                FastPathInputEvent::MouseEvent(pdu) => Some(InputEvent::Mouse(*pdu)),
+                FastPathInputEvent::MouseEventEx(pdu) => Some(InputEvent::MouseX(*pdu)),
+                FastPathInputEvent::MouseEventRel(pdu) => Some(InputEvent::MouseRel(*pdu)),
+                FastPathInputEvent::QoeEvent(_) | FastPathInputEvent::SyncEvent(_) => None,
+            })
+            .collect(),
+    )
+}
+
+fn session_error(what: &str, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Protocol(format!("{what}: {e}"))
+}
+
+/// Runs the session until the frontend is done, the user closes it, the server ends it, or
+/// `deadline` passes while the frontend is still incomplete.
+pub async fn run<F: Frontend>(
+    connected: Connected,
+    frontend: &mut F,
+    mut events: Option<mpsc::UnboundedReceiver<UiEvent>>,
+    deadline: Option<(Instant, String)>,
+) -> Result<Ending, ClientError> {
+    let Connected {
+        mut framed, result, ..
+    } = connected;
+    let fast_path_input = result
+        .input_flags
+        .intersects(InputFlags::FASTPATH_INPUT | InputFlags::FASTPATH_INPUT_2);
+    let refresh_rect_support = result.refresh_rect_support;
+    let suppress_output_support = result.suppress_output_support;
+    let activation_factory = result.activation_factory;
+    let mut size = result.desktop_size;
+    let mut image = DecodedImage::new(F::PIXEL_FORMAT, size.width, size.height);
+    let mut stage: ActiveStage = ActiveStageBuilder {
+        static_channels: result.static_channels,
+        user_channel_id: result.user_channel_id,
+        io_channel_id: result.io_channel_id,
+        message_channel_id: result.message_channel_id,
+        share_id: result.share_id,
+        compression_type: result.compression_type,
+        enable_server_pointer: result.enable_server_pointer,
+        pointer_software_rendering: result.pointer_software_rendering,
+    }
+    .build();
+    frontend
+        .resized(&image)
+        .map_err(|e| session_error("frontend", e))?;
+
+    // A server that painted only part of the desktop is asked once a second for the rest.
+    let mut redraw = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    let deadline_at = deadline
+        .as_ref()
+        .map(|(at, _)| tokio::time::Instant::from_std(*at));
+
+    loop {
+        let outputs = tokio::select! {
+            frame = framed.read_pdu() => {
+                let (action, payload) = match frame {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        return Ok(Ending::Server("the server closed the connection".to_owned()))
+                    }
+                    Err(e) => return Err(session_error("reading from the server", e)),
+                };
+                stage
+                    .process(&mut image, action, &payload, framed.last_read_at())
+                    .map_err(|e| session_error("the server sent", e))?
+            }
+            event = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match event {
+                None | Some(UiEvent::Close) => {
+                    let frames = stage.graceful_shutdown().map_err(|e| session_error("shutdown", e))?;
+                    for out in frames {
+                        if let ActiveStageOutput::ResponseFrame(frame) = out {
+                            let _ = framed.write_all(&frame).await;
+                        }
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(1), framed.get_inner_mut().0.shutdown()).await;
+                    return Ok(Ending::Closed);
+                }
+                Some(UiEvent::Repaint(region)) => {
+                    vec![ActiveStageOutput::GraphicsUpdate(region)]
+                }
+                Some(UiEvent::Input(input)) if fast_path_input => {
+                    stage
+                        .process_fastpath_input(&mut image, &input)
+                        .map_err(|e| session_error("input", e))?
+                }
+                Some(UiEvent::Input(input)) => {
+                    let mut buf = WriteBuf::new();
+                    stage
+                        .encode_static(&mut buf, ShareDataPdu::Input(slow_path(&input)))
+                        .map_err(|e| session_error("input", e))?;
+                    vec![ActiveStageOutput::ResponseFrame(buf.into_inner())]
+                }
+            },
+            _ = redraw.tick() => {
+                if frontend.incomplete() {
+                    tracing::debug!("Asking the server to redraw the desktop");
+                    stage
+                        .request_full_redraw(size.width, size.height, refresh_rect_support, suppress_output_support)
+                        .map_err(|e| session_error("redraw request", e))?
+                        .into_iter()
+                        .map(ActiveStageOutput::ResponseFrame)
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            }
+            _ = async {
+                match deadline_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let what = deadline.map(|(_, what)| what).unwrap_or_default();
+                return Err(ClientError::Timeout(what));
+            }
+        };
+
+        for out in outputs {
+            match out {
+                ActiveStageOutput::ResponseFrame(frame) => {
+                    if !frame.is_empty() {
+                        framed
+                            .write_all(&frame)
+                            .await
+                            .map_err(|e| session_error("writing to the server", e))?;
+                    }
+                }
+                ActiveStageOutput::GraphicsUpdate(region) => {
+                    if frontend
+                        .update(&image, &region)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?
+                    {
+                        return Ok(Ending::Done);
+                    }
+                }
+                ActiveStageOutput::Terminate(reason) => {
+                    return Ok(Ending::Server(reason.description()))
+                }
+                ActiveStageOutput::DeactivateAll => {
+                    tracing::debug!("Deactivation-Reactivation Sequence");
+                    let mut activation = activation_factory.create();
+                    let mut buf = WriteBuf::new();
+                    loop {
+                        ironrdp_async::single_sequence_step(&mut framed, &mut activation, &mut buf)
+                            .await
+                            .map_err(|e| session_error("reactivation", e))?;
+                        if let ironrdp_connector::connection_activation::ConnectionActivationState::Finalized {
+                            desktop_size,
+                            share_id,
+                            enable_server_pointer,
+                            pointer_software_rendering,
+                            ..
+                        } = activation.connection_activation_state()
+                        {
+                            size = desktop_size;
+                            image = DecodedImage::new(F::PIXEL_FORMAT, size.width, size.height);
+                            stage.reactivate(
+                                activation.io_channel_id(),
+                                activation.user_channel_id(),
+                                share_id,
+                                enable_server_pointer,
+                                pointer_software_rendering,
+                                stage.static_channel_chunk_size(),
+                            );
+                            frontend
+                                .resized(&image)
+                                .map_err(|e| session_error("frontend", e))?;
+                            break;
+                        }
+                    }
+                }
+                other => tracing::trace!(?other, "Ignored session output"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironrdp_pdu::input::mouse::PointerFlags;
+    use ironrdp_pdu::input::MousePdu;
+
+    #[test]
+    fn slow_path_keeps_keys_and_mouse() {
+        let pdu = slow_path(&[
+            FastPathInputEvent::KeyboardEvent(
+                FastKeyboardFlags::RELEASE | FastKeyboardFlags::EXTENDED,
+                0x48,
+            ),
+            FastPathInputEvent::MouseEvent(MousePdu {
+                flags: PointerFlags::MOVE,
+                number_of_wheel_rotation_units: 0,
+                x_position: 3,
+                y_position: 4,
+            }),
+            FastPathInputEvent::QoeEvent(1),
+        ]);
+        assert_eq!(pdu.0.len(), 2);
+        match &pdu.0[0] {
+            InputEvent::ScanCode(s) => {
+                assert_eq!(s.key_code, 0x48);
+                assert!(s
+                    .flags
+                    .contains(ironrdp_pdu::input::scan_code::KeyboardFlags::RELEASE));
+                assert!(s
+                    .flags
+                    .contains(ironrdp_pdu::input::scan_code::KeyboardFlags::EXTENDED));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&pdu.0[1], InputEvent::Mouse(m) if m.x_position == 3 && m.y_position == 4)
+        );
+    }
+
+    #[test]
+    fn screenshot_waits_for_every_pixel() {
+        let dir = deskport_testsupport::data_dir();
+        let path = dir.path().join("shot.png");
+        let mut shot = Screenshot::new(path.clone());
+        let image = DecodedImage::new(PixelFormat::RgbA32, 100, 50);
+        shot.resized(&image).unwrap();
+        let left = InclusiveRectangle {
+            left: 0,
+            top: 0,
+            right: 49,
+            bottom: 49,
+        };
+        assert!(!shot.update(&image, &left).unwrap());
+        assert!(
+            !shot.update(&image, &left).unwrap(),
+            "the same region twice is not the whole desktop"
+        );
+        assert!(shot.incomplete());
+        let right = InclusiveRectangle {
+            left: 50,
+            top: 0,
+            right: 200, // clipped to the desktop
+            bottom: 49,
+        };
+        assert!(shot.update(&image, &right).unwrap());
+        let png = image::open(&path).unwrap();
+        assert_eq!((png.width(), png.height()), (100, 50));
+    }
+}

@@ -1,0 +1,475 @@
+//! The desktop in an X11 window (on Wayland through XWayland): pixels go up with `PutImage`,
+//! keys go to the server as scancodes (X keycode → PC/AT set 1, the inverse of the table the
+//! server uses to inject them), the mouse and its wheels as pointer events.
+//!
+//! X11 directly rather than winit + softbuffer: the protocol gives us the keyboard's keycodes,
+//! which map one-to-one onto RDP scancodes with the server's own table, and x11rb is already
+//! part of the build; the window is tested under Xvfb like the server.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ironrdp_graphics::image_processing::PixelFormat;
+use ironrdp_pdu::geometry::InclusiveRectangle;
+use ironrdp_pdu::input::fast_path::{FastPathInputEvent, KeyboardFlags};
+use ironrdp_pdu::input::mouse::PointerFlags;
+use ironrdp_pdu::input::MousePdu;
+use ironrdp_session::image::DecodedImage;
+use tokio::sync::mpsc;
+use x11rb::connection::{Connection as _, RequestConnection as _};
+use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder};
+use x11rb::protocol::Event;
+use x11rb::rust_connection::RustConnection;
+use x11rb::wrapper::ConnectionExt as _;
+
+use crate::session::{Frontend, UiEvent};
+
+/// One wheel notch, in the units RDP uses.
+const WHEEL_NOTCH: i16 = 120;
+
+/// A window showing the remote desktop.
+pub struct Window {
+    conn: Arc<RustConnection>,
+    window: xproto::Window,
+    gc: xproto::Gcontext,
+    depth: u8,
+    size: (u16, u16),
+    max_request_bytes: usize,
+}
+
+impl std::fmt::Debug for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Window({}x{})", self.size.0, self.size.1)
+    }
+}
+
+/// The size of the X display's screen, for `-f` without `-g`.
+pub fn screen_size(display: Option<&str>) -> anyhow::Result<(u16, u16)> {
+    let (conn, screen_num) = x11rb::connect(display).context("connect to the X display")?;
+    let screen = &conn.setup().roots[screen_num];
+    Ok((screen.width_in_pixels, screen.height_in_pixels))
+}
+
+fn atom(conn: &RustConnection, name: &str) -> anyhow::Result<xproto::Atom> {
+    Ok(conn.intern_atom(false, name.as_bytes())?.reply()?.atom)
+}
+
+impl Window {
+    /// Opens a `width`×`height` window titled `title` on `$DISPLAY` (or `display`); the returned
+    /// receiver carries the user's input and the window's repaint requests.
+    pub fn open(
+        display: Option<&str>,
+        title: &str,
+        width: u16,
+        height: u16,
+        fullscreen: bool,
+    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<UiEvent>)> {
+        let (conn, screen_num) = x11rb::connect(display).context(
+            "cannot open a window: no X display (is $DISPLAY set? use --screenshot FILE.png without a display)",
+        )?;
+        let setup = conn.setup();
+        let screen = setup.roots[screen_num].clone();
+        let format = setup
+            .pixmap_formats
+            .iter()
+            .find(|f| f.depth == screen.root_depth)
+            .context("the X display has no pixmap format for its root depth")?;
+        anyhow::ensure!(
+            screen.root_depth == 24 && format.bits_per_pixel == 32 && setup.image_byte_order == ImageOrder::LSB_FIRST,
+            "the X display has depth {} with {} bits per pixel; deskport's window needs 24-bit TrueColor",
+            screen.root_depth,
+            format.bits_per_pixel
+        );
+        let window = conn.generate_id()?;
+        let gc = conn.generate_id()?;
+        let events = xproto::EventMask::EXPOSURE
+            | xproto::EventMask::KEY_PRESS
+            | xproto::EventMask::KEY_RELEASE
+            | xproto::EventMask::BUTTON_PRESS
+            | xproto::EventMask::BUTTON_RELEASE
+            | xproto::EventMask::POINTER_MOTION
+            | xproto::EventMask::FOCUS_CHANGE
+            | xproto::EventMask::STRUCTURE_NOTIFY;
+        conn.create_window(
+            screen.root_depth,
+            window,
+            screen.root,
+            0,
+            0,
+            width,
+            height,
+            0,
+            xproto::WindowClass::INPUT_OUTPUT,
+            screen.root_visual,
+            &xproto::CreateWindowAux::new()
+                .background_pixel(screen.black_pixel)
+                .event_mask(events),
+        )?;
+        conn.create_gc(
+            gc,
+            window,
+            &xproto::CreateGCAux::new().graphics_exposures(0),
+        )?;
+
+        let wm_protocols = atom(&conn, "WM_PROTOCOLS")?;
+        let wm_delete = atom(&conn, "WM_DELETE_WINDOW")?;
+        let utf8 = atom(&conn, "UTF8_STRING")?;
+        let net_wm_name = atom(&conn, "_NET_WM_NAME")?;
+        conn.change_property32(
+            xproto::PropMode::REPLACE,
+            window,
+            wm_protocols,
+            xproto::AtomEnum::ATOM,
+            &[wm_delete],
+        )?;
+        conn.change_property8(
+            xproto::PropMode::REPLACE,
+            window,
+            xproto::AtomEnum::WM_NAME,
+            xproto::AtomEnum::STRING,
+            title.as_bytes(),
+        )?;
+        conn.change_property8(
+            xproto::PropMode::REPLACE,
+            window,
+            net_wm_name,
+            utf8,
+            title.as_bytes(),
+        )?;
+        conn.change_property8(
+            xproto::PropMode::REPLACE,
+            window,
+            xproto::AtomEnum::WM_CLASS,
+            xproto::AtomEnum::STRING,
+            b"deskport\0deskport\0",
+        )?;
+        // The desktop has a fixed size (no display control yet): say so to the window manager.
+        let (w, h) = (i32::from(width), i32::from(height));
+        let hints = [
+            0x10 | 0x20, // PMinSize | PMaxSize
+            0,
+            0,
+            0,
+            0,
+            w as u32,
+            h as u32,
+            w as u32,
+            h as u32,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        if !fullscreen {
+            conn.change_property32(
+                xproto::PropMode::REPLACE,
+                window,
+                xproto::AtomEnum::WM_NORMAL_HINTS,
+                xproto::AtomEnum::WM_SIZE_HINTS,
+                &hints,
+            )?;
+        } else {
+            let state = atom(&conn, "_NET_WM_STATE")?;
+            let full = atom(&conn, "_NET_WM_STATE_FULLSCREEN")?;
+            conn.change_property32(
+                xproto::PropMode::REPLACE,
+                window,
+                state,
+                xproto::AtomEnum::ATOM,
+                &[full],
+            )?;
+        }
+        conn.map_window(window)?;
+        conn.flush()?;
+
+        let conn = Arc::new(conn);
+        let max_request_bytes = conn.maximum_request_bytes();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let reader = EventReader {
+            conn: conn.clone(),
+            window,
+            wm_protocols,
+            wm_delete,
+            size: (width, height),
+            pressed: BTreeSet::new(),
+            buttons: PointerFlags::empty(),
+            last: (0, 0),
+            tx,
+        };
+        std::thread::Builder::new()
+            .name("deskport-window".into())
+            .spawn(move || reader.run())
+            .context("start the window's event thread")?;
+        Ok((
+            Self {
+                conn,
+                window,
+                gc,
+                depth: screen.root_depth,
+                size: (width, height),
+                max_request_bytes,
+            },
+            rx,
+        ))
+    }
+
+    /// The X window id (tests drive it with xdotool).
+    pub fn id(&self) -> u32 {
+        self.window
+    }
+
+    fn put(&self, image: &DecodedImage, region: &InclusiveRectangle) -> anyhow::Result<()> {
+        let (iw, ih) = (image.width(), image.height());
+        if iw == 0 || ih == 0 || region.left >= iw || region.top >= ih {
+            return Ok(());
+        }
+        let right = region.right.min(iw - 1);
+        let bottom = region.bottom.min(ih - 1);
+        let width = usize::from(right - region.left) + 1;
+        let stride = image.stride();
+        let row_bytes = width * 4;
+        let rows_per_request = ((self.max_request_bytes.saturating_sub(64)) / row_bytes).max(1);
+        let data = image.data();
+        let mut top = usize::from(region.top);
+        let mut buf =
+            Vec::with_capacity(row_bytes * rows_per_request.min(usize::from(bottom) + 1 - top));
+        while top <= usize::from(bottom) {
+            let rows = rows_per_request.min(usize::from(bottom) + 1 - top);
+            buf.clear();
+            for y in top..top + rows {
+                let start = y * stride + usize::from(region.left) * 4;
+                buf.extend_from_slice(&data[start..start + row_bytes]);
+            }
+            self.conn.put_image(
+                ImageFormat::Z_PIXMAP,
+                self.window,
+                self.gc,
+                width as u16,
+                rows as u16,
+                region.left as i16,
+                top as i16,
+                0,
+                self.depth,
+                &buf,
+            )?;
+            top += rows;
+        }
+        self.conn.flush()?;
+        Ok(())
+    }
+}
+
+impl Frontend for Window {
+    const PIXEL_FORMAT: PixelFormat = PixelFormat::BgrX32;
+
+    fn update(
+        &mut self,
+        image: &DecodedImage,
+        region: &InclusiveRectangle,
+    ) -> anyhow::Result<bool> {
+        self.put(image, region).context("draw in the window")?;
+        Ok(false)
+    }
+
+    fn resized(&mut self, image: &DecodedImage) -> anyhow::Result<()> {
+        let size = (image.width(), image.height());
+        if size != self.size {
+            self.size = size;
+            self.conn.configure_window(
+                self.window,
+                &xproto::ConfigureWindowAux::new()
+                    .width(u32::from(size.0))
+                    .height(u32::from(size.1)),
+            )?;
+            self.conn.flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        let _ = self.conn.destroy_window(self.window);
+        let _ = self.conn.flush();
+    }
+}
+
+/// Reads the window's X events on its own thread and turns them into [`UiEvent`]s.
+struct EventReader {
+    conn: Arc<RustConnection>,
+    window: xproto::Window,
+    wm_protocols: xproto::Atom,
+    wm_delete: xproto::Atom,
+    size: (u16, u16),
+    /// Keys (X keycodes) held down, released when the window loses the focus so that none
+    /// stays stuck on the server.
+    pressed: BTreeSet<u8>,
+    buttons: PointerFlags,
+    /// Where the pointer last was, in desktop coordinates.
+    last: (u16, u16),
+    tx: mpsc::UnboundedSender<UiEvent>,
+}
+
+impl EventReader {
+    fn run(mut self) {
+        loop {
+            let event = match self.conn.wait_for_event() {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::debug!(error = %e, "The X connection ended");
+                    let _ = self.tx.send(UiEvent::Close);
+                    return;
+                }
+            };
+            let Some(ui) = self.translate(event) else {
+                continue;
+            };
+            let close = matches!(ui, UiEvent::Close);
+            if self.tx.send(ui).is_err() || close {
+                return;
+            }
+        }
+    }
+
+    fn position(&self, x: i16, y: i16) -> (u16, u16) {
+        let clamp = |v: i16, max: u16| {
+            u16::try_from(v.max(0))
+                .unwrap_or(0)
+                .min(max.saturating_sub(1))
+        };
+        (clamp(x, self.size.0), clamp(y, self.size.1))
+    }
+
+    fn key(&mut self, keycode: u8, down: bool) -> Option<UiEvent> {
+        let Some((code, extended)) = deskport_rdp::desktop::keymap::scancode(keycode) else {
+            tracing::debug!(keycode, "No scancode for this key");
+            return None;
+        };
+        if down {
+            self.pressed.insert(keycode);
+        } else if !self.pressed.remove(&keycode) {
+            // A release without a press (the key went down before the window had the focus).
+            return None;
+        }
+        let mut flags = KeyboardFlags::empty();
+        if !down {
+            flags |= KeyboardFlags::RELEASE;
+        }
+        if extended {
+            flags |= KeyboardFlags::EXTENDED;
+        }
+        Some(UiEvent::Input(vec![FastPathInputEvent::KeyboardEvent(
+            flags, code,
+        )]))
+    }
+
+    fn mouse(&mut self, flags: PointerFlags, wheel: i16, x: i16, y: i16) -> UiEvent {
+        let (x, y) = self.position(x, y);
+        self.last = (x, y);
+        UiEvent::Input(vec![FastPathInputEvent::MouseEvent(MousePdu {
+            flags,
+            number_of_wheel_rotation_units: wheel,
+            x_position: x,
+            y_position: y,
+        })])
+    }
+
+    fn button(&mut self, button: u8, down: bool, x: i16, y: i16) -> Option<UiEvent> {
+        let wheel = |flags: PointerFlags, units: i16| Some((flags, units));
+        let (flags, units) = match button {
+            1 => (PointerFlags::LEFT_BUTTON, 0),
+            2 => (PointerFlags::MIDDLE_BUTTON_OR_WHEEL, 0),
+            3 => (PointerFlags::RIGHT_BUTTON, 0),
+            // Wheels: X reports each notch as a press and a release; send the press.
+            4..=7 if !down => return None,
+            4 => wheel(PointerFlags::VERTICAL_WHEEL, WHEEL_NOTCH)?,
+            5 => wheel(PointerFlags::VERTICAL_WHEEL, -WHEEL_NOTCH)?,
+            6 => wheel(PointerFlags::HORIZONTAL_WHEEL, -WHEEL_NOTCH)?,
+            7 => wheel(PointerFlags::HORIZONTAL_WHEEL, WHEEL_NOTCH)?,
+            _ => return None,
+        };
+        if units != 0 {
+            return Some(self.mouse(flags, units, x, y));
+        }
+        if down {
+            self.buttons |= flags;
+            Some(self.mouse(flags | PointerFlags::DOWN, 0, x, y))
+        } else {
+            self.buttons -= flags;
+            Some(self.mouse(flags, 0, x, y))
+        }
+    }
+
+    fn translate(&mut self, event: Event) -> Option<UiEvent> {
+        match event {
+            Event::KeyPress(e) if e.event == self.window => self.key(e.detail, true),
+            Event::KeyRelease(e) if e.event == self.window => self.key(e.detail, false),
+            Event::ButtonPress(e) if e.event == self.window => {
+                self.button(e.detail, true, e.event_x, e.event_y)
+            }
+            Event::ButtonRelease(e) if e.event == self.window => {
+                self.button(e.detail, false, e.event_x, e.event_y)
+            }
+            Event::MotionNotify(e) if e.event == self.window => {
+                Some(self.mouse(PointerFlags::MOVE, 0, e.event_x, e.event_y))
+            }
+            Event::FocusOut(_) => {
+                let mut events: Vec<FastPathInputEvent> = std::mem::take(&mut self.pressed)
+                    .into_iter()
+                    .filter_map(deskport_rdp::desktop::keymap::scancode)
+                    .map(|(code, extended)| {
+                        let mut flags = KeyboardFlags::RELEASE;
+                        if extended {
+                            flags |= KeyboardFlags::EXTENDED;
+                        }
+                        FastPathInputEvent::KeyboardEvent(flags, code)
+                    })
+                    .collect();
+                for button in [
+                    PointerFlags::LEFT_BUTTON,
+                    PointerFlags::MIDDLE_BUTTON_OR_WHEEL,
+                    PointerFlags::RIGHT_BUTTON,
+                ] {
+                    if self.buttons.contains(button) {
+                        events.push(FastPathInputEvent::MouseEvent(MousePdu {
+                            flags: button,
+                            number_of_wheel_rotation_units: 0,
+                            x_position: self.last.0,
+                            y_position: self.last.1,
+                        }));
+                    }
+                }
+                self.buttons = PointerFlags::empty();
+                (!events.is_empty()).then_some(UiEvent::Input(events))
+            }
+            Event::Expose(e) if e.window == self.window && e.width > 0 && e.height > 0 => {
+                Some(UiEvent::Repaint(InclusiveRectangle {
+                    left: e.x,
+                    top: e.y,
+                    right: e.x.saturating_add(e.width - 1),
+                    bottom: e.y.saturating_add(e.height - 1),
+                }))
+            }
+            Event::ClientMessage(e)
+                if e.window == self.window
+                    && e.type_ == self.wm_protocols
+                    && e.format == 32
+                    && e.data.as_data32()[0] == self.wm_delete =>
+            {
+                Some(UiEvent::Close)
+            }
+            Event::DestroyNotify(e) if e.window == self.window => Some(UiEvent::Close),
+            Event::Error(e) => {
+                tracing::warn!(error = ?e, "X error");
+                None
+            }
+            _ => None,
+        }
+    }
+}

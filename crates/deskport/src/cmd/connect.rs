@@ -1,0 +1,276 @@
+//! `deskport connect`: the RDP client.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use deskport_client::rdpfile::{split_host_port, RdpFile};
+use deskport_client::session::{self, Ending, Screenshot};
+use deskport_client::window::{self, Window};
+use deskport_client::{Options, Security};
+
+use crate::cli::UsageError;
+use crate::cmd::remote::read_password;
+
+/// Security the client offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sec {
+    /// NLA when the server offers it, else TLS.
+    Auto,
+    /// Network Level Authentication only (the password never reaches an unauthenticated server).
+    Nla,
+    /// TLS only (the password travels inside TLS in the Client Info PDU).
+    Tls,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  deskport connect 127.0.0.1                      # the article's `rdesktop 127.0.0.1`
+  deskport connect 198.18.0.2:3390 -u alice -p - < password.txt
+  deskport connect office.rdp
+  deskport connect 127.0.0.1 -u alice -p - --screenshot desktop.png
+
+Exit status: 0 when the session ended normally or the screenshot was written; 1 when the
+connection was refused, filtered, timed out, the logon failed or the certificate is not the
+trusted one; 2 on a usage error.")]
+pub struct Args {
+    /// HOST[:PORT] (port 3389 unless given; IPv6 as [ADDR]:PORT) or a .rdp file.
+    #[arg(value_name = "HOST[:PORT]|FILE.rdp")]
+    target: String,
+
+    /// User name (default: the .rdp file's, else the local user's).
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    user: Option<String>,
+
+    /// Password; `-` reads it from the first line of stdin. Asked for when omitted.
+    #[arg(
+        short = 'p',
+        long = "password",
+        value_name = "PASSWORD|-",
+        allow_hyphen_values = true
+    )]
+    password: Option<String>,
+
+    /// Domain of the account.
+    #[arg(short = 'd', long = "domain", value_name = "DOMAIN")]
+    domain: Option<String>,
+
+    /// Desktop size (default 1024x768; with -f the screen's size).
+    #[arg(short = 'g', long = "geometry", value_name = "WxH", value_parser = parse_geometry)]
+    geometry: Option<(u16, u16)>,
+
+    /// Full screen.
+    #[arg(short = 'f', long = "fullscreen")]
+    fullscreen: bool,
+
+    /// Security to offer: auto (NLA if the server can, else TLS), nla or tls.
+    #[arg(long = "sec", value_enum, value_name = "auto|nla|tls")]
+    sec: Option<Sec>,
+
+    /// Headless: write the first complete frame to FILE.png and exit.
+    #[arg(long, value_name = "FILE.png")]
+    screenshot: Option<PathBuf>,
+
+    /// Give up after this many seconds without a connection (and, with --screenshot, without
+    /// a complete frame).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+
+    /// Accept only the certificate with this SHA-256 fingerprint (hex, colons optional);
+    /// the known-hosts file is then neither read nor written.
+    #[arg(long, value_name = "SHA256")]
+    cert_fingerprint: Option<String>,
+
+    /// Where certificates are remembered (trust on first use).
+    #[arg(long, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+}
+
+fn parse_geometry(text: &str) -> Result<(u16, u16), String> {
+    let (w, h) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|v| (200..=8192).contains(v))
+    };
+    match (parse(w), parse(h)) {
+        (Some(w), Some(h)) => Ok((w, h)),
+        _ => Err(format!("{text:?}: width and height must be 200-8192")),
+    }
+}
+
+fn read_rdp_file(path: &Path) -> anyhow::Result<RdpFile> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    // mstsc writes UTF-16LE with a byte-order mark.
+    let text = if let Some(rest) = bytes.strip_prefix(&[0xff, 0xfe]) {
+        let units: Vec<u16> = rest
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        String::from_utf16(&units)
+            .map_err(|_| UsageError(format!("{}: not valid UTF-16", path.display())))?
+    } else {
+        String::from_utf8(bytes)
+            .map_err(|_| UsageError(format!("{}: not UTF-8 or UTF-16 text", path.display())))?
+    };
+    RdpFile::parse(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())).into())
+}
+
+fn known_hosts_default() -> anyhow::Result<PathBuf> {
+    Ok(crate::config::default_config_dir()
+        .map_err(|e| UsageError(format!("{e:#} (or pass --known-hosts FILE)")))?
+        .join("known_hosts"))
+}
+
+pub fn exec(args: Args) -> anyhow::Result<()> {
+    let file = if args.target.to_ascii_lowercase().ends_with(".rdp") {
+        read_rdp_file(Path::new(&args.target))?
+    } else {
+        let (host, port) = split_host_port(&args.target).map_err(UsageError)?;
+        RdpFile {
+            host: Some(host),
+            port,
+            ..RdpFile::default()
+        }
+    };
+    let fullscreen = args.fullscreen || file.fullscreen;
+    if fullscreen && args.screenshot.is_some() {
+        return Err(UsageError("-f and --screenshot do not go together".to_owned()).into());
+    }
+    let host = file
+        .host
+        .clone()
+        .ok_or_else(|| UsageError(format!("{}: no `full address` line", args.target)))?;
+    let username = args
+        .user
+        .clone()
+        .or(file.username.clone())
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .ok_or_else(|| UsageError("no user name: pass -u USER".to_owned()))?;
+    let security = match args.sec {
+        Some(Sec::Auto) => Security::Auto,
+        Some(Sec::Nla) => Security::Nla,
+        Some(Sec::Tls) => Security::Tls,
+        None if file.credssp == Some(false) => Security::Tls,
+        None => Security::Auto,
+    };
+    let size = match (args.geometry.or(file.size), fullscreen) {
+        (Some(size), _) => size,
+        (None, true) => window::screen_size(None).context("full screen needs an X display")?,
+        (None, false) => (1024, 768),
+    };
+    let known_hosts = match args.known_hosts.clone() {
+        Some(path) => path,
+        None => known_hosts_default()?,
+    };
+    let password = match args.password.as_deref() {
+        Some("-") => read_password(true, "")?,
+        Some("") => return Err(UsageError("the password is empty".to_owned()).into()),
+        Some(p) => p.to_owned(),
+        None if std::io::stdin().is_terminal() => {
+            read_password(false, &format!("Password for {username}@{host}: "))?
+        }
+        None => {
+            return Err(UsageError(
+                "no password: pass -p PASSWORD, or -p - to read it from stdin".to_owned(),
+            )
+            .into())
+        }
+    };
+    let options = Options {
+        host: host.clone(),
+        port: file.port.unwrap_or(3389),
+        username,
+        password,
+        domain: args.domain.clone().or(file.domain.clone()),
+        size,
+        security,
+        pin: args.cert_fingerprint.clone(),
+        known_hosts,
+        connect_timeout: Duration::from_secs(args.timeout),
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(run(options, args))
+}
+
+async fn run(options: Options, args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let timeout = Duration::from_secs(args.timeout);
+    let connected = tokio::time::timeout(timeout, deskport_client::connect(&options))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no RDP logon at {} within {} s (the server accepted the connection but did not finish the handshake)",
+                options.endpoint(),
+                args.timeout
+            )
+        })??;
+    if connected.first_use {
+        eprintln!(
+            "The certificate of {} was not known; it is now trusted (remembered in {}):\n  SHA256 {}",
+            options.endpoint(),
+            options.known_hosts.display(),
+            connected.fingerprint
+        );
+    }
+    let (width, height) = (
+        connected.result.desktop_size.width,
+        connected.result.desktop_size.height,
+    );
+    tracing::info!(endpoint = %options.endpoint(), width, height, "Connected");
+
+    if let Some(path) = args.screenshot {
+        let mut shot = Screenshot::new(path.clone());
+        let deadline = (
+            started + timeout,
+            format!(
+                "no complete frame from {} within {} s",
+                options.endpoint(),
+                args.timeout
+            ),
+        );
+        match session::run(connected, &mut shot, None, Some(deadline)).await? {
+            Ending::Done => {
+                println!("{} ({width}x{height})", path.display());
+                Ok(())
+            }
+            Ending::Server(reason) => {
+                anyhow::bail!("the server ended the session before a complete frame: {reason}")
+            }
+            Ending::Closed => anyhow::bail!("the session ended before a complete frame"),
+        }
+    } else {
+        let title = format!("{} — deskport", options.endpoint());
+        let (mut window, events) = Window::open(None, &title, width, height, args.fullscreen)?;
+        match session::run(connected, &mut window, Some(events), None).await? {
+            Ending::Server(reason) => eprintln!("Disconnected: {reason}"),
+            Ending::Closed | Ending::Done => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_geometry;
+
+    #[test]
+    fn geometry() {
+        assert_eq!(parse_geometry("1280x800"), Ok((1280, 800)));
+        assert_eq!(parse_geometry("640X480"), Ok((640, 480)));
+        assert!(parse_geometry("1280").is_err());
+        assert!(parse_geometry("100x100").is_err());
+        assert!(parse_geometry("9000x800").is_err());
+        assert!(parse_geometry("axb").is_err());
+    }
+}
