@@ -73,6 +73,8 @@ pub enum ClientError {
     Refused { endpoint: String },
     #[error("no answer from {endpoint} within {seconds} s: the port is probably filtered by a firewall (does the instance's security group allow your address?)")]
     Filtered { endpoint: String, seconds: u64 },
+    #[error("{endpoint} closed the connection before RDP started: a firewall in front of the instance refused it (does its security group allow your address on this port?), or no RDP server answers there")]
+    ClosedBeforeRdp { endpoint: String },
     #[error("cannot connect to {endpoint}: {message}")]
     Network { endpoint: String, message: String },
     #[error("the server requires Network Level Authentication (it only accepts NLA clients); connect with --sec nla or --sec auto")]
@@ -251,9 +253,50 @@ fn config(opts: &Options) -> Config {
     }
 }
 
-/// Maps the connector's errors to what the user should know.
-fn explain(err: ConnectorError) -> ClientError {
-    let text = format!("{err}");
+/// The connector error's text with its causes ("custom error" alone says nothing).
+fn chain_text(err: &ConnectorError) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The I/O error kind somewhere in the error's causes.
+fn io_kind(err: &ConnectorError) -> Option<std::io::ErrorKind> {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+fn is_closed(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe
+    )
+}
+
+/// Maps the connector's errors to what the user should know. `early`: before the server
+/// answered the negotiation request, where a closed connection means a firewall or no RDP.
+fn explain(err: ConnectorError, endpoint: &str, early: bool) -> ClientError {
+    let text = chain_text(&err);
+    let closed = io_kind(&err).is_some_and(is_closed) || {
+        let lower = text.to_ascii_lowercase();
+        lower.contains("eof")
+            || lower.contains("not enough bytes")
+            || lower.contains("connection reset")
+    };
     match err.kind() {
         ConnectorErrorKind::Negotiation(failure) => match failure.code() {
             FailureCode::HYBRID_REQUIRED_BY_SERVER => ClientError::NlaRequired,
@@ -270,17 +313,11 @@ fn explain(err: ConnectorError) -> ClientError {
         _ if text.contains("ServerSetErrorInfo") || text.contains("SetErrorInfo") => {
             ClientError::AccessDenied(text)
         }
-        _ => {
-            let lower = text.to_ascii_lowercase();
-            if lower.contains("eof")
-                || lower.contains("not enough bytes")
-                || lower.contains("connection reset")
-            {
-                ClientError::Closed(text)
-            } else {
-                ClientError::Protocol(text)
-            }
-        }
+        _ if closed && early => ClientError::ClosedBeforeRdp {
+            endpoint: endpoint.to_owned(),
+        },
+        _ if closed => ClientError::Closed(text),
+        _ => ClientError::Protocol(text),
     }
 }
 
@@ -320,6 +357,7 @@ pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             return Err(ClientError::Refused { endpoint })
         }
+        Ok(Err(e)) if is_closed(e.kind()) => return Err(ClientError::ClosedBeforeRdp { endpoint }),
         Ok(Err(e)) => {
             return Err(ClientError::Network {
                 endpoint,
@@ -337,7 +375,7 @@ pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
     let mut framed = TokioFramed::new(tcp);
     let should_upgrade = ironrdp_async::connect_begin(&mut framed, &mut connector)
         .await
-        .map_err(explain)?;
+        .map_err(|e| explain(e, &endpoint, true))?;
     let tcp = framed.into_inner_no_leftover();
 
     // TLS: the certificate is checked before anything secret is sent.
@@ -419,8 +457,10 @@ pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
         None,
     )
     .await
-    .map_err(explain)?;
-    let result = outcome.into_connected().map_err(explain)?;
+    .map_err(|e| explain(e, &endpoint, false))?;
+    let result = outcome
+        .into_connected()
+        .map_err(|e| explain(e, &endpoint, false))?;
     Ok(Connected {
         framed,
         result,

@@ -563,11 +563,23 @@ async fn an_agent_token_reads_only_its_instance() {
         .map(|i| i["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["one"]);
-    assert_eq!(doc["instances"][0]["services"][0]["internal_port"], 13389);
+    // Remote Desktop is off: the gateway publishes no RDP port.
+    assert_eq!(doc["instances"][0]["services"], json!([]));
     assert_eq!(
         doc["instances"][0]["remote_desktop"],
         json!({"enabled": false, "nla_only": true})
     );
+    let iid = one["instance"]["id"].as_str().unwrap();
+    let (status, body) = admin
+        .call(
+            "PUT",
+            &format!("/instances/{iid}/remote-desktop"),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let doc = agent.get("/agent/policy").await;
+    assert_eq!(doc["instances"][0]["services"][0]["internal_port"], 13389);
     assert_eq!(doc["peers"][0]["name"], "two");
     assert!(doc["peers"][0].get("remote_desktop").is_none());
     // The document is a valid policy.

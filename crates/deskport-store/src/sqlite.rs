@@ -1600,11 +1600,17 @@ impl Store for SqliteStore {
             addresses: vec![i.public_address],
             groups: i.groups.iter().map(|(g, _)| *g).collect(),
             internal: i.internal_address,
-            services: vec![Service {
-                protocol: deskport_policy::proto::TCP,
-                public_port: i.public_rdp_port,
-                internal_port: i.rdp_port,
-            }],
+            // *Allow remote connections* off: the gateway publishes no RDP port, so it
+            // refuses like the instance's own closed port.
+            services: if i.rdp_enabled {
+                vec![Service {
+                    protocol: deskport_policy::proto::TCP,
+                    public_port: i.public_rdp_port,
+                    internal_port: i.rdp_port,
+                }]
+            } else {
+                Vec::new()
+            },
         };
         let (mine, others): (Vec<&Instance>, Vec<&Instance>) = instances
             .iter()

@@ -40,6 +40,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Everything on this machine: the manager, one instance with a virtual desktop and its
+    /// RDP server, and the firewall publishing it on 127.0.0.1.
+    ///
+    /// Prints the manager's URL, the credentials (DESKPORT_ADMIN_PASSWORD, DESKPORT_RDP_USER
+    /// and DESKPORT_RDP_PASSWORD replace the generated ones), the certificate's fingerprint and
+    /// the connect commands, and writes the admin's API token into the CLI config so that
+    /// `deskport rule add ...` works at once. Ctrl-C stops everything; running it again keeps
+    /// all state.
+    Up(cmd::up::Args),
     /// Show the effective configuration and where it is read from.
     Config(cmd::config::Args),
     /// Enforce security groups (nftables or the userspace gateway).
@@ -122,6 +131,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Firewall(args) => cmd::firewall::exec(args, &settings.firewall),
         Command::Manager(args) => cmd::manager::exec(args, &settings.manager),
         Command::RdpServer(args) => cmd::rdp_server::exec(args, &settings.rdp_server, &file),
+        Command::Up(args) => cmd::up::exec(args, &settings, &file),
         Command::Connect(args) => cmd::connect::exec(args),
         Command::Login(args) => cmd::remote::login(args, &file),
         Command::Sg(args) => cmd::remote::sg(args, &settings.cli),

@@ -58,7 +58,7 @@ pub struct Args {
     domain: Option<String>,
 
     /// Desktop size (default 1024x768; with -f the screen's size).
-    #[arg(short = 'g', long = "geometry", value_name = "WxH", value_parser = parse_geometry)]
+    #[arg(short = 'g', long = "geometry", value_name = "WxH", value_parser = crate::cmd::parse_size)]
     geometry: Option<(u16, u16)>,
 
     /// Full screen.
@@ -86,22 +86,6 @@ pub struct Args {
     /// Where certificates are remembered (trust on first use).
     #[arg(long, value_name = "FILE")]
     known_hosts: Option<PathBuf>,
-}
-
-fn parse_geometry(text: &str) -> Result<(u16, u16), String> {
-    let (w, h) = text
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
-    let parse = |v: &str| {
-        v.trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|v| (200..=8192).contains(v))
-    };
-    match (parse(w), parse(h)) {
-        (Some(w), Some(h)) => Ok((w, h)),
-        _ => Err(format!("{text:?}: width and height must be 200-8192")),
-    }
 }
 
 fn read_rdp_file(path: &Path) -> anyhow::Result<RdpFile> {
@@ -262,7 +246,7 @@ async fn run(options: Options, args: Args) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_geometry;
+    use crate::cmd::parse_size as parse_geometry;
 
     #[test]
     fn geometry() {

@@ -226,8 +226,8 @@ pub fn exec(args: Args, settings: &FirewallSettings) -> anyhow::Result<()> {
     runtime.block_on(run(args, settings, source))
 }
 
-async fn run(args: Args, settings: &FirewallSettings, source: Source) -> anyhow::Result<()> {
-    let nft = NftBackend::new(NftConfig {
+fn nft_backend(settings: &FirewallSettings) -> NftBackend {
+    NftBackend::new(NftConfig {
         options: Options {
             table: settings.table.clone(),
             placement: match settings.placement {
@@ -243,7 +243,11 @@ async fn run(args: Args, settings: &FirewallSettings, source: Source) -> anyhow:
         },
         cut_revoked: settings.cut_revoked,
         ..NftConfig::default()
-    });
+    })
+}
+
+async fn run(args: Args, settings: &FirewallSettings, source: Source) -> anyhow::Result<()> {
+    let nft = nft_backend(settings);
 
     if let (true, Source::File(policy_path)) = (args.print || args.dry_run, &source) {
         let loaded = agent::load_file(policy_path)?;
@@ -272,8 +276,17 @@ async fn run(args: Args, settings: &FirewallSettings, source: Source) -> anyhow:
         return Ok(());
     }
 
-    let backend = match settings.backend {
-        BackendKind::Nft => Backend::Nft(nft),
+    if let (true, Source::File(policy_path)) = (args.once, &source) {
+        let loaded = agent::load_file(policy_path)?;
+        backend(settings).apply(&loaded).await?;
+        return Ok(());
+    }
+    run_agent(settings, source).await
+}
+
+fn backend(settings: &FirewallSettings) -> Backend {
+    match settings.backend {
+        BackendKind::Nft => Backend::Nft(nft_backend(settings)),
         BackendKind::Gateway => Backend::Gateway(Gateway::new(GatewayConfig {
             max_connections: settings.max_connections,
             idle_timeout: Duration::from_secs(settings.idle_timeout_secs.max(1)),
@@ -281,13 +294,13 @@ async fn run(args: Args, settings: &FirewallSettings, source: Source) -> anyhow:
             cut_revoked: settings.cut_revoked,
             ..GatewayConfig::default()
         })),
-    };
-    if let (true, Source::File(policy_path)) = (args.once, &source) {
-        let loaded = agent::load_file(policy_path)?;
-        backend.apply(&loaded).await?;
-        return Ok(());
     }
+}
 
+/// Runs the agent until SIGINT/SIGTERM: applies `source`'s policy with the configured backend
+/// and follows its changes.
+pub async fn run_agent(settings: &FirewallSettings, source: Source) -> anyhow::Result<()> {
+    let backend = backend(settings);
     let stats = Arc::new(AgentStats::default());
     if let Some(addr) = settings.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)

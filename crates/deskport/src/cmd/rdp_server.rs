@@ -248,7 +248,7 @@ fn user(command: User, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(
+pub(crate) async fn serve(
     settings: RdpServerSettings,
     dir: PathBuf,
     x_display: String,

@@ -181,20 +181,7 @@ pub fn write_cli_config(path: &Path, url: &str, token: &str) -> anyhow::Result<(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    let tmp = path.with_extension("toml.tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("write {}", tmp.display()))?;
-        f.write_all(doc.to_string().as_bytes())?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))?;
-    Ok(())
+    crate::cmd::write_private(path, doc.to_string().as_bytes())
 }
 
 // ---- lookups by name ----

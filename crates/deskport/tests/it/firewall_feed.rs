@@ -71,6 +71,8 @@ fn the_gateway_follows_the_manager_and_survives_its_absence() {
     ]))
     .unwrap();
     let token = created["agent_token"].as_str().unwrap().to_owned();
+    // The gateway publishes the RDP port only while Remote Desktop is on.
+    m.ok(&["instance", "rdp", "desktop", "--enable"]);
     let state = dir.path().join("firewall-state.json");
     let (url, home) = (m.url.clone(), m.home.clone());
     let start_agent = || {

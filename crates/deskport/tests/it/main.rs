@@ -13,3 +13,4 @@ mod openapi;
 mod rdp;
 mod rdp_manager;
 mod support;
+mod up;

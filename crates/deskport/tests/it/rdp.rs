@@ -180,8 +180,20 @@ pub fn xfreerdp(
     password: &str,
     extra: &[&str],
 ) -> Client {
+    xfreerdp_to(client, &server.target(), &server.dir, user, password, extra)
+}
+
+/// xfreerdp to `target`, its log in `dir`.
+pub fn xfreerdp_to(
+    client: &Xvfb,
+    target: &str,
+    dir: &Path,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> Client {
     require_program("xfreerdp");
-    let log = server.dir.join(format!(
+    let log = dir.join(format!(
         "xfreerdp-{}-{}.log",
         user,
         Instant::now().elapsed().as_nanos() ^ rand_suffix()
@@ -190,7 +202,7 @@ pub fn xfreerdp(
         "xfreerdp",
         client
             .command("xfreerdp")
-            .arg(format!("/v:{}", server.target()))
+            .arg(format!("/v:{target}"))
             .arg(format!("/u:{user}"))
             .arg(format!("/p:{password}"))
             .arg("/cert:ignore")
@@ -204,18 +216,21 @@ pub fn xfreerdp(
 }
 
 pub fn rdesktop(client: &Xvfb, server: &RdpServer, user: &str, password: &str) -> Client {
+    rdesktop_to(client, &server.target(), &server.dir, user, password)
+}
+
+/// rdesktop to `target`; `dir` holds its log and serves as its $HOME (certificate store).
+pub fn rdesktop_to(client: &Xvfb, target: &str, dir: &Path, user: &str, password: &str) -> Client {
     require_program("rdesktop");
-    let log = server
-        .dir
-        .join(format!("rdesktop-{user}-{}.log", rand_suffix()));
+    let log = dir.join(format!("rdesktop-{user}-{}.log", rand_suffix()));
     let mut process = ProcessGuard::spawn(
         "rdesktop",
         client
             .command("rdesktop")
-            .args(["-u", user, "-p", password, &server.target()])
+            .args(["-u", user, "-p", password, target])
             // rdesktop keeps the certificates it trusted under $HOME; every test server has
             // its own, so every test gets its own $HOME.
-            .env("HOME", &server.dir)
+            .env("HOME", dir)
             .stdin(Stdio::piped())
             .stdout(log_file(&log))
             .stderr(log_file(&log)),

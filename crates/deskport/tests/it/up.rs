@@ -1,0 +1,381 @@
+//! `deskport up` and the knowledge-base article end to end, with real programs: the manager,
+//! the gateway firewall and the RDP server in one process, the deskport CLI changing rules and
+//! switches, and xfreerdp, rdesktop and deskport's own client connecting (or being refused).
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deskport_testsupport::{
+    free_port, image_util, require_program, wait_until, ProcessGuard, Xvfb,
+};
+use image::RgbImage;
+use nix::sys::signal::Signal;
+
+use crate::rdp::{rdesktop_to, xfreerdp_to, PASSWORD};
+
+const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const ADMIN_PASSWORD: &str = "admin password for the test";
+
+/// A running `deskport up`.
+struct Up {
+    process: ProcessGuard,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    display: String,
+}
+
+impl Up {
+    fn start(dir: &Path, port: u16, console: u16) -> Self {
+        let config = dir.join("config.toml");
+        if !config.exists() {
+            std::fs::write(&config, "").unwrap();
+        }
+        let stamp = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
+        let stdout = dir.join(format!("up-{stamp}.out"));
+        let stderr = dir.join(format!("up-{stamp}.err"));
+        let process = ProcessGuard::spawn(
+            "deskport up",
+            Command::new(env!("CARGO_BIN_EXE_deskport"))
+                .arg("up")
+                .arg("--data-dir")
+                .arg(dir.join("data"))
+                .args(["--console", &format!("127.0.0.1:{console}")])
+                .args(["--rdp-port", &port.to_string(), "--desktop", "1024x768"])
+                .env("DESKPORT_CONFIG", &config)
+                .env("DESKPORT_ADMIN_PASSWORD", ADMIN_PASSWORD)
+                .env("DESKPORT_RDP_USER", "alice")
+                .env("DESKPORT_RDP_PASSWORD", PASSWORD)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&stdout).unwrap())
+                .stderr(std::fs::File::create(&stderr).unwrap()),
+        )
+        .unwrap();
+        let mut up = Self {
+            process,
+            stdout,
+            stderr,
+            dir: dir.to_owned(),
+            port,
+            display: String::new(),
+        };
+        let out = wait_until(Duration::from_secs(60), "deskport up to be ready", || {
+            assert!(
+                up.process.try_wait().is_none(),
+                "deskport up exited: {}\n{}",
+                up.output(),
+                up.log()
+            );
+            let out = up.output();
+            out.contains("deskport is up").then_some(out)
+        });
+        up.display = out
+            .split("desktop on display ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_owned();
+        up
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn target(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A deskport CLI command against this manager (the config `up` wrote); its stdout.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_deskport"))
+            .args(args)
+            .env("DESKPORT_CONFIG", self.dir.join("config.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "deskport {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn stop(mut self) {
+        self.process.signal(Signal::SIGINT);
+        let status = self.process.wait_timeout(Duration::from_secs(20));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "Ctrl-C stops deskport up cleanly: {}",
+            self.log()
+        );
+    }
+}
+
+/// Where the instance's desktop shows on the client's screen, if it does all of it.
+fn find_screen(shot: &RgbImage, desktop: &RgbImage) -> Option<(u32, u32)> {
+    // The terminal's title bar and first line: the most distinctive part of the desktop.
+    let (cx, cy) = (40, 40);
+    let needle = image::imageops::crop_imm(desktop, cx, cy, 256, 48).to_image();
+    let (x, y) = image_util::find(shot, &needle, 8)?;
+    let (ox, oy) = (x.checked_sub(cx)?, y.checked_sub(cy)?);
+    if ox + desktop.width() > shot.width() || oy + desktop.height() > shot.height() {
+        return None;
+    }
+    let diff = image_util::diff_fraction(shot, (ox, oy), desktop, (0, 0), desktop.dimensions(), 8);
+    (diff < 0.01).then_some((ox, oy))
+}
+
+fn wait_for_screen(
+    client: &Xvfb,
+    display: &str,
+    artifact: &str,
+    mut running: impl FnMut() -> bool,
+) {
+    let started = Instant::now();
+    let shot = wait_until(
+        Duration::from_secs(30),
+        &format!("the instance's desktop ({artifact})"),
+        || {
+            assert!(
+                running(),
+                "the client exited before showing the desktop ({artifact})"
+            );
+            let desktop = deskport_testsupport::screenshot(display).ok()?;
+            let shot = client.screenshot();
+            find_screen(&shot, &desktop).map(|_| shot)
+        },
+    );
+    eprintln!("{artifact}: desktop shown after {:?}", started.elapsed());
+    image_util::save_png(
+        &shot,
+        &deskport_testsupport::artifact_dir("up").join(format!("{artifact}.png")),
+    );
+}
+
+/// Sends an RDP negotiation request from `source`; whether an RDP server answered it.
+fn rdp_answers(source: Ipv4Addr, target: SocketAddr) -> bool {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    if socket
+        .connect_timeout(&target.into(), Duration::from_secs(5))
+        .is_err()
+    {
+        return false;
+    }
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // TPKT, X.224 Connection Request, RDP_NEG_REQ (TLS | CredSSP).
+    let request = [
+        0x03, 0x00, 0x00, 0x13, 0x0e, 0xe0, 0, 0, 0, 0, 0, 0x01, 0x00, 0x08, 0x00, 0x03, 0, 0, 0,
+    ];
+    if stream.write_all(&request).is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 19];
+    // An X.224 Connection Confirm.
+    stream.read_exact(&mut answer).is_ok() && answer[0] == 0x03 && answer[5] == 0xd0
+}
+
+fn rule_id(up: &Up, cidr: &str) -> String {
+    let list: serde_json::Value =
+        serde_json::from_str(&up.cli(&["rule", "list", "--group", "default", "--json"])).unwrap();
+    list["security_group_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["remote_ip_prefix"] == cidr)
+        .unwrap_or_else(|| panic!("no rule for {cidr}: {list}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn the_article_end_to_end_with_the_gateway() {
+    require_program("xfreerdp");
+    require_program("rdesktop");
+    let dir = deskport_testsupport::data_dir();
+    let port = free_port(LO);
+    let console = free_port(LO);
+    let up = Up::start(dir.path(), port, console);
+    let target = up.target();
+    let public: SocketAddr = target.parse().unwrap();
+    let out = up.output();
+    assert!(out.contains(&format!("admin / {ADMIN_PASSWORD}")), "{out}");
+    assert!(out.contains(&format!("alice / {PASSWORD}")), "{out}");
+    let fingerprint = out
+        .split("certificate:    SHA256 ")
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .unwrap()
+        .to_owned();
+    let client = Xvfb::start(1280, 900);
+    let logs = dir.path();
+
+    // 1. The security group allows only HTTP and HTTPS: RDP is refused, and the clients say so.
+    let (code, output) =
+        xfreerdp_to(&client, &target, logs, "alice", PASSWORD, &["/sec:nla"]).finish();
+    assert_ne!(code, Some(0), "xfreerdp before the rule: {output}");
+    let (code, output) = rdesktop_to(&client, &target, logs, "alice", PASSWORD).finish();
+    assert_ne!(code, Some(0), "rdesktop before the rule: {output}");
+    let png = dir.path().join("never.png");
+    let connect = |password: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_deskport"))
+            .args([
+                "connect",
+                &target,
+                "-u",
+                "alice",
+                "-p",
+                "-",
+                "--timeout",
+                "10",
+                "--screenshot",
+            ])
+            .arg(&png)
+            .arg("--known-hosts")
+            .arg(dir.path().join("known_hosts"))
+            .env("DESKPORT_CONFIG", "/dev/null")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = writeln!(child.stdin.take().unwrap(), "{password}");
+        child.wait_with_output().unwrap()
+    };
+    let refused = connect(PASSWORD);
+    let message = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert_eq!(refused.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("security group allow your address"),
+        "{message}"
+    );
+    assert!(up.log().contains("Deny"), "the gateway logs the refusals");
+
+    // 2. Open the RDP port for 127.0.0.1/32: xfreerdp with NLA shows the desktop.
+    up.cli(&[
+        "rule",
+        "add",
+        "--group",
+        "default",
+        "--protocol",
+        "tcp",
+        "--port",
+        &port.to_string(),
+        "--cidr",
+        "127.0.0.1/32",
+    ]);
+    let mut xfreerdp = xfreerdp_to(&client, &target, logs, "alice", PASSWORD, &["/sec:nla"]);
+    wait_for_screen(&client, &up.display, "xfreerdp-nla", || {
+        xfreerdp.process.try_wait().is_none()
+    });
+    drop(xfreerdp);
+    let shot = connect(PASSWORD);
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let known = std::fs::read_to_string(dir.path().join("known_hosts")).unwrap();
+    assert!(
+        known.contains(&fingerprint),
+        "the certificate `up` printed is the one served: {known}"
+    );
+
+    // 3. NLA only: rdesktop (no CredSSP with NTLM) is refused with the reason; then allowed.
+    let (code, output) = rdesktop_to(&client, &target, logs, "alice", PASSWORD).finish();
+    assert_ne!(code, Some(0));
+    assert!(output.contains("CredSSP required by server"), "{output}");
+    up.cli(&["instance", "rdp", "desktop", "--no-nla-only"]);
+    wait_until(
+        Duration::from_secs(10),
+        "the switch to reach the RDP server",
+        || up.log().contains("nla_only=false").then_some(()),
+    );
+    let mut rdesktop = rdesktop_to(&client, &target, logs, "alice", PASSWORD);
+    wait_for_screen(&client, &up.display, "rdesktop", || {
+        rdesktop.process.try_wait().is_none()
+    });
+
+    // 4 and 5. Allow only 127.0.0.2: the live rdesktop session from 127.0.0.1 is cut, new
+    // connections from 127.0.0.1 are refused and those from 127.0.0.2 reach the RDP server.
+    up.cli(&[
+        "rule",
+        "add",
+        "--group",
+        "default",
+        "--protocol",
+        "tcp",
+        "--port",
+        &port.to_string(),
+        "--cidr",
+        "127.0.0.2/32",
+    ]);
+    assert!(
+        rdesktop.process.try_wait().is_none(),
+        "still connected while its rule stands"
+    );
+    let id = rule_id(&up, "127.0.0.1/32");
+    let deleted = Instant::now();
+    up.cli(&["rule", "delete", &id]);
+    wait_until(
+        Duration::from_secs(10),
+        "the live session to be cut",
+        || rdesktop.process.try_wait().map(|_| ()),
+    );
+    eprintln!(
+        "rule deleted -> rdesktop session cut after {:?}",
+        deleted.elapsed()
+    );
+    assert!(
+        !rdp_answers(Ipv4Addr::LOCALHOST, public),
+        "127.0.0.1 is refused"
+    );
+    assert!(
+        rdp_answers(Ipv4Addr::new(127, 0, 0, 2), public),
+        "127.0.0.2 reaches the RDP server"
+    );
+
+    // 6. Remote connections off: the port refuses.
+    up.cli(&["instance", "rdp", "desktop", "--disable"]);
+    wait_until(
+        Duration::from_secs(10),
+        "the port to close",
+        || match TcpStream::connect_timeout(&public, Duration::from_secs(2)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            _ => None,
+        },
+    );
+
+    // Ctrl-C stops everything; a second `up` keeps the state: rules, switches, certificate.
+    up.stop();
+    let up = Up::start(dir.path(), port, console);
+    assert!(up.output().contains(&fingerprint), "{}", up.output());
+    let rules = up.cli(&["rule", "list", "--group", "default"]);
+    assert!(
+        rules.contains("127.0.0.2/32") && !rules.contains("127.0.0.1/32"),
+        "{rules}"
+    );
+    let show = up.cli(&["instance", "show", "desktop"]);
+    assert!(show.contains("remote desktop:    disabled"), "{show}");
+    assert!(
+        TcpStream::connect_timeout(&public, Duration::from_secs(2)).is_err(),
+        "still refused"
+    );
+    up.stop();
+}
