@@ -219,15 +219,40 @@ pub fn rdesktop(client: &Xvfb, server: &RdpServer, user: &str, password: &str) -
     rdesktop_to(client, &server.target(), &server.dir, user, password)
 }
 
+/// rdesktop as `alice` with extra flags.
+pub fn rdesktop_args(client: &Xvfb, server: &RdpServer, extra: &[&str]) -> Client {
+    rdesktop_with(
+        client,
+        &server.target(),
+        &server.dir,
+        "alice",
+        PASSWORD,
+        extra,
+    )
+}
+
 /// rdesktop to `target`; `dir` holds its log and serves as its $HOME (certificate store).
 pub fn rdesktop_to(client: &Xvfb, target: &str, dir: &Path, user: &str, password: &str) -> Client {
+    rdesktop_with(client, target, dir, user, password, &[])
+}
+
+fn rdesktop_with(
+    client: &Xvfb,
+    target: &str,
+    dir: &Path,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> Client {
     require_program("rdesktop");
     let log = dir.join(format!("rdesktop-{user}-{}.log", rand_suffix()));
     let mut process = ProcessGuard::spawn(
         "rdesktop",
         client
             .command("rdesktop")
-            .args(["-u", user, "-p", password, target])
+            .args(["-u", user, "-p", password])
+            .args(extra)
+            .arg(target)
             // rdesktop keeps the certificates it trusted under $HOME; every test server has
             // its own, so every test gets its own $HOME.
             .env("HOME", dir)
@@ -501,4 +526,21 @@ fn many_sessions_at_once_and_stalled_handshakes_time_out() {
             "user{i} has a session: {log}"
         );
     }
+}
+
+#[test]
+fn standard_rdp_security_is_refused_with_the_reason() {
+    let dir = deskport_testsupport::data_dir();
+    let server = RdpServer::start(dir.path(), &["--no-nla-only"], None);
+    let client = Xvfb::start(1024, 768);
+    let (code, output) = xfreerdp(&client, &server, "alice", PASSWORD, &["/sec:rdp"]).finish();
+    assert_ne!(code, Some(0));
+    assert!(output.contains("SSL_REQUIRED_BY_SERVER"), "{output}");
+    // rdesktop -4 (RDP 4, standard security, no negotiation request) cannot be told why: an
+    // RDP 4 client does not read a negotiation failure. It is refused, and the log says why.
+    let (code, output) = rdesktop_args(&client, &server, &["-4"]).finish();
+    assert_ne!(code, Some(0), "{output}");
+    let log = server.log();
+    assert_eq!(log.matches("Refused at negotiation").count(), 2, "{log}");
+    assert!(!log.contains("Session started"), "{log}");
 }
