@@ -1,0 +1,187 @@
+"""Turns the output of scripts/bench into bench/RESULTS.md and PNG plots.
+
+Usage: bench-report.py BENCH_OUTPUT CRITERION_DIR OUT_DIR
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def bench_lines(path):
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.startswith("BENCH|"):
+                continue
+            parts = line.rstrip("\n").split("|")
+            if len(parts) != 7:
+                continue
+            _, name, value, unit, base, base_unit, better = parts
+            rows.append(
+                {
+                    "name": name,
+                    "value": float(value),
+                    "unit": unit,
+                    "baseline": float(base),
+                    "baseline_what": base_unit,
+                    "better": better,
+                }
+            )
+    return rows
+
+
+def criterion(crit_dir):
+    """decide/{classifier,linear}/N → decisions/s; compile/N → ms."""
+    result = {"classifier": {}, "linear": {}, "compile": {}}
+    for kind in ("classifier", "linear"):
+        base = os.path.join(crit_dir, "decide", kind)
+        if not os.path.isdir(base):
+            continue
+        for n in sorted(os.listdir(base), key=lambda s: int(s) if s.isdigit() else 0):
+            est = os.path.join(base, n, "new", "estimates.json")
+            meta = os.path.join(base, n, "new", "benchmark.json")
+            if not (n.isdigit() and os.path.exists(est)):
+                continue
+            with open(est) as f:
+                ns = json.load(f)["median"]["point_estimate"]
+            with open(meta) as f:
+                elements = json.load(f)["throughput"]["Elements"]
+            result[kind][int(n)] = elements / (ns / 1e9)
+    base = os.path.join(crit_dir, "compile")
+    if os.path.isdir(base):
+        for n in os.listdir(base):
+            est = os.path.join(base, n, "new", "estimates.json")
+            if n.isdigit() and os.path.exists(est):
+                with open(est) as f:
+                    result["compile"][int(n)] = json.load(f)["median"]["point_estimate"] / 1e6
+    return result
+
+
+def fmt(v):
+    if v >= 1e6:
+        return f"{v / 1e6:.1f} M"
+    if v >= 1e4:
+        return f"{v / 1e3:.1f} k"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 1:
+        return f"{v:.1f}"
+    return f"{v:.3f}"
+
+
+def main():
+    out_path, crit_dir, out_dir = sys.argv[1:4]
+    os.makedirs(out_dir, exist_ok=True)
+    rows = bench_lines(out_path)
+    crit = criterion(crit_dir)
+
+    policy = []
+    for n in sorted(crit["classifier"]):
+        if n in crit["linear"]:
+            policy.append(
+                {
+                    "name": f"policy decisions/s, {n} rules",
+                    "value": crit["classifier"][n],
+                    "unit": "decisions/s",
+                    "baseline": crit["linear"][n],
+                    "baseline_what": "decisions/s linear scan",
+                    "better": "higher",
+                },
+            )
+    rows = policy + rows
+
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {platform.machine()}, "
+        f"{os.cpu_count()} cores, by `scripts/bench`. Every figure is next to its baseline from the "
+        "same run; the ratio is figure / baseline (for \"lower is better\" figures, baseline / figure, "
+        "so above 1 is always better than the baseline).",
+        "",
+        "| benchmark | figure | baseline (same run) | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["better"] == "higher":
+            ratio = r["value"] / r["baseline"] if r["baseline"] else float("nan")
+        else:
+            ratio = r["baseline"] / r["value"] if r["value"] else float("nan")
+        lines.append(
+            f"| {r['name']} | {fmt(r['value'])} {r['unit']} | {fmt(r['baseline'])} {r['baseline_what']} | {ratio:.2f} |"
+        )
+    if crit["compile"]:
+        lines += ["", "Classifier compile time: " + ", ".join(
+            f"{fmt(ms)} ms at {n} rules" for n, ms in sorted(crit["compile"].items())) + "."]
+
+    plots = []
+    if crit["classifier"]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for kind, label in (("classifier", "deskport classifier"), ("linear", "linear scan (baseline)")):
+            xs = sorted(crit[kind])
+            ax.plot(xs, [crit[kind][x] for x in xs], marker="o", label=label)
+        ax.axhline(10e6, color="grey", linestyle="--", label="target 10 M/s")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("rules")
+        ax.set_ylabel("decisions per second (one core)")
+        ax.set_title("Policy decisions/s against rule count")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "decisions.png"), dpi=100)
+        plots.append(("decisions.png", "Policy decisions/s against rule count"))
+
+    nft = [r for r in rows if r["name"].startswith("nft compile")]
+    if nft:
+        xs = [int(r["name"].split(",")[1].split()[0]) for r in nft]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(xs, [r["value"] for r in nft], marker="o", label="compile + atomic apply")
+        ax.axhline(200, color="grey", linestyle="--", label="target 200 ms")
+        ax.set_xscale("log")
+        ax.set_xlabel("rules")
+        ax.set_ylabel("ms")
+        ax.set_title("nftables: compile + apply time")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "nft-apply.png"), dpi=100)
+        plots.append(("nft-apply.png", "nftables compile + atomic apply time against rule count"))
+
+    ratio_rows = [r for r in rows if not r["name"].startswith("policy")]
+    if ratio_rows:
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(ratio_rows) + 1))
+        names = [r["name"] for r in ratio_rows]
+        ratios = [
+            (r["value"] / r["baseline"]) if r["better"] == "higher" else (r["baseline"] / r["value"])
+            for r in ratio_rows
+        ]
+        ax.barh(names, ratios)
+        ax.axvline(1, color="grey", linestyle="--")
+        ax.set_xlabel("figure against its same-run baseline (above 1 = better)")
+        ax.invert_yaxis()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "ratios.png"), dpi=100)
+        plots.append(("ratios.png", "Every other figure against its baseline"))
+
+    if plots:
+        lines += ["", "## Plots", ""]
+        for name, title in plots:
+            lines += [f"![{title}]({name})", ""]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    lines += ["", f"Commit {commit}. Raw output: `target/bench-output.txt` of the run."]
+    with open(os.path.join(out_dir, "RESULTS.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
