@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod console;
 mod convert;
 pub mod error;
 mod extract;
@@ -137,6 +138,7 @@ pub fn app(state: AppState, body_limit: usize) -> axum::Router {
     let (api, _) = api::router();
     axum::Router::new()
         .nest("/api/v1", api)
+        .merge(console::router())
         .route("/healthz", axum::routing::get(healthz))
         .route("/metrics", axum::routing::get(metrics))
         .fallback(|| async { ApiError::not_found("page") })

@@ -414,7 +414,7 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
         "\
 deskport is up (state in {dir}).
 
-  manager (API):  {url}/api/v1      admin / {admin_password}
+  console:        {url}/      admin / {admin_password}   (API: {url}/api/v1)
   instance:       {INSTANCE}: RDP at {public} (forwarded to {internal}), desktop on display {display}
   RDP account:    {user} / {rdp_password}
   certificate:    SHA256 {fingerprint}

@@ -331,15 +331,18 @@ fn a_failed_apply_leaves_the_previous_ruleset_in_force() {
 
     std::fs::write(dir.path().join("break"), "").unwrap();
     write_policy(&file, &policy(2, ""));
-    wait_until(
-        Duration::from_secs(10),
-        "the agent to report the refused apply",
-        || {
-            let text = std::fs::read_to_string(&log).unwrap();
-            (text.contains("nft refused the ruleset") && text.contains("no_such_chain"))
-                .then_some(())
-        },
-    );
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("nft refused the ruleset") && text.contains("no_such_chain") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the agent did not report the refused apply; its log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(list(), before);
     assert!(reaches(&net.a, INST4, 3389), "revision 1 is still enforced");
 

@@ -5,6 +5,7 @@
 mod cli_config;
 mod cli_manager;
 mod client;
+mod console;
 mod firewall_feed;
 mod firewall_gateway;
 mod firewall_nft;
