@@ -82,6 +82,11 @@ impl Browser {
             .click()
             .await
             .unwrap();
+        self.wait_new_page(old).await;
+    }
+
+    /// Waits until `old` (an element of the previous page) is gone and the new page loaded.
+    async fn wait_new_page(&self, old: fantoccini::elements::Element) {
         for _ in 0..100 {
             if old.tag_name().await.is_err() {
                 let ready = self
@@ -221,13 +226,32 @@ async fn story(m: &Manager, url: &str) {
         "{}",
         b.body().await
     );
-    c.find(Locator::Id("password"))
+    // With the keyboard alone: from the user name (which kept its value), Tab to the
+    // password, type it, Enter.
+    let old = c.find(Locator::Css("html")).await.unwrap();
+    c.find(Locator::Id("username"))
         .await
         .unwrap()
-        .send_keys(PASSWORD)
+        .click()
         .await
         .unwrap();
-    b.click_nav(Locator::Css("form button[type=submit]")).await;
+    let focused = c.active_element().await.unwrap();
+    assert_eq!(
+        focused.attr("id").await.unwrap().as_deref(),
+        Some("username")
+    );
+    focused.send_keys("\u{E004}").await.unwrap();
+    let focused = c.active_element().await.unwrap();
+    assert_eq!(
+        focused.attr("id").await.unwrap().as_deref(),
+        Some("password"),
+        "Tab reaches the password"
+    );
+    focused
+        .send_keys(&format!("{PASSWORD}\u{E007}"))
+        .await
+        .unwrap();
+    b.wait_new_page(old).await;
 
     // Access & Security: the default group.
     b.wait_for("table[aria-label='Security groups']").await;
@@ -248,6 +272,65 @@ async fn story(m: &Manager, url: &str) {
     );
     b.assert_labelled("Access & Security").await;
     b.shot("access-security").await;
+
+    // Create a group (a duplicate name is refused next to its field), then delete it.
+    c.find(Locator::Id("name"))
+        .await
+        .unwrap()
+        .send_keys("default")
+        .await
+        .unwrap();
+    b.click_nav(Locator::Css(
+        "form[action='/access-security'] button[type=submit]",
+    ))
+    .await;
+    assert!(
+        !b.text("#name-error").await.is_empty(),
+        "a duplicate name is refused at its field"
+    );
+    let name = c.find(Locator::Id("name")).await.unwrap();
+    name.clear().await.unwrap();
+    name.send_keys("web-servers").await.unwrap();
+    c.find(Locator::Id("description"))
+        .await
+        .unwrap()
+        .send_keys("HTTP only")
+        .await
+        .unwrap();
+    b.click_nav(Locator::Css(
+        "form[action='/access-security'] button[type=submit]",
+    ))
+    .await;
+    assert!(
+        b.body()
+            .await
+            .contains("Created security group web-servers"),
+        "{}",
+        b.body().await
+    );
+    b.click_nav(Locator::LinkText("Back to Access & Security"))
+        .await;
+    assert!(m.ok(&["sg", "list"]).contains("web-servers"));
+    b.click_nav(Locator::Css(
+        "button[aria-label='Delete security group web-servers']",
+    ))
+    .await;
+    assert!(
+        b.body()
+            .await
+            .contains("Deleted security group web-servers"),
+        "{}",
+        b.body().await
+    );
+    assert!(!m.ok(&["sg", "list"]).contains("web-servers"));
+    assert!(
+        c.find(Locator::Css(
+            "button[aria-label='Delete security group default']"
+        ))
+        .await
+        .is_err(),
+        "default cannot be deleted"
+    );
 
     // Edit Rules: only 80 and 443 are open.
     b.click_nav(Locator::LinkText("Edit Rules")).await;
