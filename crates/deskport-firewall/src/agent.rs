@@ -187,11 +187,13 @@ pub async fn run(
             return run_manager(client, state, backend, stats, shutdown).await;
         }
     };
+    // The stamp first, the contents second: a change made while the first policy is read and
+    // applied changes the stamp, and is applied on the next poll.
+    let mut stamp = file_stamp(&path);
     let mut current = load_file(&path)?;
     let started = Instant::now();
     backend.apply(&current).await?;
     stats.applied(current.revision, started.elapsed());
-    let mut stamp = file_stamp(&path);
     let mut last_error: Option<String> = None;
     tokio::pin!(shutdown);
     loop {
@@ -237,10 +239,12 @@ pub async fn run(
     }
 }
 
-/// Modification time and size: a cheap change detector.
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// Modification time, size and inode: a cheap change detector. The inode catches a file
+/// replaced by rename within the file system's timestamp granularity.
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
 /// The manager source: long-poll the feed, apply each new document, keep it on disk, report
