@@ -144,6 +144,12 @@ pub async fn serve(
         security |= SecurityProtocol::SSL;
     }
     let mut acceptor = Acceptor::new(security, size, capabilities(size), None);
+    if shared.desktops.honors_client_size() {
+        acceptor.set_honor_client_desktop_size(Some(DesktopSize {
+            width: 8192,
+            height: 8192,
+        }));
+    }
     let handshake = handshake(&shared, tcp, peer, &mut acceptor, accounts, admission);
     let (framed, account, security) =
         match tokio::time::timeout(shared.handshake_timeout, handshake).await {
@@ -166,7 +172,21 @@ pub async fn serve(
             _ => None,
         })
         .unwrap_or(32);
-    let desktop = shared.desktops.desktop_for(&account, (width, height))?;
+    // The size the client works at: what its Bitmap capability confirms.
+    let negotiated = result
+        .capabilities
+        .iter()
+        .find_map(|c| match c {
+            CapabilitySet::Bitmap(b) if b.desktop_width > 0 && b.desktop_height > 0 => {
+                Some((b.desktop_width, b.desktop_height))
+            }
+            _ => None,
+        })
+        .unwrap_or((width, height));
+    let desktop = {
+        let (desktops, account) = (shared.desktops.clone(), account.clone());
+        tokio::task::spawn_blocking(move || desktops.desktop_for(&account, negotiated)).await??
+    };
     tracing::info!(%peer, account, security, bpp, "Session started");
     let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
     let params = SessionParams {

@@ -72,11 +72,23 @@ pub fn find(haystack: &RgbImage, needle: &RgbImage, tolerance: u8) -> Option<(u3
             if !close(*haystack.get_pixel(x, y), first, tolerance) {
                 continue;
             }
-            let size = (needle.width(), needle.height());
-            if diff_fraction(haystack, (x, y), needle, (0, 0), size, tolerance) == 0.0 {
+            if matches_at(haystack, (x, y), needle, tolerance) {
                 return Some((x, y));
             }
         }
     }
     None
+}
+
+/// Whether all of `needle` equals `haystack` at (`x`,`y`), stopping at the first difference.
+fn matches_at(haystack: &RgbImage, (x, y): (u32, u32), needle: &RgbImage, tolerance: u8) -> bool {
+    (0..needle.height()).all(|ny| {
+        (0..needle.width()).all(|nx| {
+            close(
+                *haystack.get_pixel(x + nx, y + ny),
+                *needle.get_pixel(nx, ny),
+                tolerance,
+            )
+        })
+    })
 }

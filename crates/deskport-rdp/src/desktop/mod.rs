@@ -2,6 +2,7 @@
 //! [`DesktopProvider`] that hands one out per logon.
 
 pub mod keymap;
+pub mod sessions;
 pub mod x11;
 
 use std::sync::Arc;
@@ -83,6 +84,11 @@ pub trait DesktopProvider: Send + Sync + std::fmt::Debug {
         -> anyhow::Result<Arc<dyn Desktop>>;
     /// The size to announce before the account is known (the shadowed display's size).
     fn initial_size(&self, requested: (u16, u16)) -> (u16, u16);
+    /// Whether a session takes the size the client asks for (virtual desktops) rather than
+    /// the provider's (a shared display).
+    fn honors_client_size(&self) -> bool {
+        false
+    }
 }
 
 /// Shadowing: every logon sees the same existing display.

@@ -9,8 +9,9 @@ use anyhow::Context as _;
 use deskport_policy::throttle::Throttle;
 use deskport_rdp::accounts::Accounts;
 use deskport_rdp::connection::Shared;
+use deskport_rdp::desktop::sessions::{SessionConfig, VirtualSessions};
 use deskport_rdp::desktop::x11::X11Desktop;
-use deskport_rdp::desktop::Shadow;
+use deskport_rdp::desktop::{DesktopProvider, Shadow};
 use deskport_rdp::server::{ServerConfig, Switches};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -26,8 +27,17 @@ pub struct RdpServerSettings {
     pub listen: SocketAddr,
     /// Holds the account store and the TLS certificate; default `~/.local/share/deskport/rdp`.
     pub data_dir: Option<PathBuf>,
-    /// Share this existing X display (e.g. `:0`).
+    /// Share this existing X display (e.g. `:0`); without it every account gets its own
+    /// virtual desktop.
     pub display: Option<String>,
+    /// Virtual desktops: the session's programs, each run with `sh -c` as the account's Unix
+    /// user (the first is the session: when it exits, the user has logged off).
+    pub session_commands: Vec<String>,
+    /// Virtual desktops: end a session nobody has been connected to for this many seconds.
+    pub session_timeout_secs: u64,
+    /// Virtual desktops, running as root: the Unix account every session runs as (default:
+    /// the one named like the RDP account; an account without one is refused).
+    pub session_unix_user: Option<String>,
     /// *Allow remote connections to this computer*.
     pub enabled: bool,
     /// *Allow connections only from computers running Remote Desktop with NLA*.
@@ -55,6 +65,9 @@ impl Default for RdpServerSettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 3389)),
             data_dir: None,
             display: None,
+            session_commands: SessionConfig::default_commands(),
+            session_timeout_secs: 3600,
+            session_unix_user: None,
             enabled: true,
             nla_only: true,
             manager: None,
@@ -80,7 +93,8 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
-    /// Share this existing X display (e.g. :0): every logon sees and drives it.
+    /// Share this existing X display (e.g. :0): every logon sees and drives it [default:
+    /// a virtual desktop per account, kept across reconnections].
     #[arg(long, value_name = ":N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     display: Option<String>,
@@ -165,18 +179,11 @@ pub fn exec(args: Args, settings: &RdpServerSettings, file: &ConfigFile) -> anyh
     if let Some(UserCommand::User(command)) = args.command {
         return user(command, &dir);
     }
-    let Some(display) = settings.display.clone() else {
-        return Err(UsageError(
-            "give --display :N: this server shares an existing X display (virtual per-user sessions are the next step)"
-                .to_owned(),
-        )
-        .into());
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(serve(settings.clone(), dir, display, file.clone(), flags))
+    runtime.block_on(serve(settings.clone(), dir, file.clone(), flags))
 }
 
 fn now_ms() -> i64 {
@@ -251,7 +258,6 @@ fn user(command: User, dir: &Path) -> anyhow::Result<()> {
 pub(crate) async fn serve(
     settings: RdpServerSettings,
     dir: PathBuf,
-    x_display: String,
     file: ConfigFile,
     flags: config::FlagLayer,
 ) -> anyhow::Result<()> {
@@ -267,15 +273,33 @@ pub(crate) async fn serve(
             "There are no accounts yet: add one with 'deskport rdp-server user add NAME'"
         );
     }
-    let desktop = X11Desktop::connect(&x_display)?;
-    let size = deskport_rdp::desktop::Desktop::size(&desktop);
-    tracing::info!(%x_display, ?size, "Sharing the X display");
+    let desktops: Arc<dyn DesktopProvider> = match &settings.display {
+        Some(x_display) => {
+            let desktop = X11Desktop::connect(x_display)?;
+            let size = deskport_rdp::desktop::Desktop::size(&desktop);
+            tracing::info!(%x_display, ?size, "Sharing the X display");
+            Arc::new(Shadow {
+                desktop: Arc::new(desktop),
+            })
+        }
+        None => {
+            if settings.session_commands.is_empty() {
+                return Err(UsageError("[rdp_server] session_commands is empty: a virtual desktop needs at least its session program".to_owned()).into());
+            }
+            tracing::info!(commands = ?settings.session_commands, "Virtual desktops: one per account");
+            VirtualSessions::new(SessionConfig {
+                commands: settings.session_commands.clone(),
+                disconnected_timeout: Duration::from_secs(settings.session_timeout_secs.max(1)),
+                default_size: (1280, 800),
+                log_dir: dir.join("sessions"),
+                unix_user: settings.session_unix_user.clone(),
+            })
+        }
+    };
     let shared = Arc::new(Shared {
         accounts,
         tls: tls.clone(),
-        desktops: Arc::new(Shadow {
-            desktop: Arc::new(desktop),
-        }),
+        desktops,
         throttle: Arc::new(Throttle::new(
             settings.lockout_failures,
             Duration::from_secs(settings.lockout_window_secs),

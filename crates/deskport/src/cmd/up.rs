@@ -374,7 +374,6 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
     let mut rdp = tokio::spawn(crate::cmd::rdp_server::serve(
         rdp_settings,
         rdp_dir,
-        desktop.display.clone(),
         file.clone(),
         flags,
     ));

@@ -115,8 +115,15 @@ fn the_gateway_follows_the_manager_and_survives_its_absence() {
         changed.elapsed()
     );
     assert!(!reaches(Ipv4Addr::new(127, 0, 0, 3), public));
-    let kept = std::fs::read_to_string(&state).unwrap();
-    assert!(kept.contains("127.0.0.2/32"), "{kept}");
+    // The agent keeps what it applied on disk, right after applying it.
+    wait_until(
+        Duration::from_secs(10),
+        "the applied policy to be kept on disk",
+        || {
+            let kept = std::fs::read_to_string(&state).ok()?;
+            kept.contains("127.0.0.2/32").then_some(())
+        },
+    );
     let revision = |m: &Manager| -> u64 {
         let shown: serde_json::Value =
             serde_json::from_str(&m.ok(&["instance", "show", "desktop", "--json"])).unwrap();

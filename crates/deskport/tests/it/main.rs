@@ -13,5 +13,6 @@ mod fuzz_corpus;
 mod openapi;
 mod rdp;
 mod rdp_manager;
+mod rdp_sessions;
 mod support;
 mod up;

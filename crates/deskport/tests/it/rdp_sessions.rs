@@ -1,0 +1,369 @@
+//! Virtual desktops (`deskport rdp-server` without `--display`), with real clients under Xvfb:
+//! each account gets its own desktop running as a Unix account; typed keys reach the session's
+//! application as the right characters; a reconnection shows the same desktop; a second client
+//! takes the session over; a session nobody is connected to ends after its timeout; logging off
+//! ends it.
+
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deskport_testsupport::{
+    free_port, image_util, require_program, wait_until, ProcessGuard, Xvfb,
+};
+use image::RgbImage;
+
+use crate::rdp::{add_account, xfreerdp_to, PASSWORD};
+
+const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A server of virtual desktops; the sessions run `cat` in an xterm, writing what is typed to
+/// `typed-ACCOUNT.txt` in `shared`.
+struct Server {
+    port: u16,
+    log: PathBuf,
+    shared: PathBuf,
+    _process: ProcessGuard,
+}
+
+impl Server {
+    fn start(dir: &Path, timeout_secs: u64) -> Self {
+        require_program("Xvfb");
+        require_program("xterm");
+        let data = dir.join("rdp");
+        for user in ["alice", "bob"] {
+            add_account(&data, user, PASSWORD);
+        }
+        // The sessions run as `nobody` (tests run as root): it may write here only.
+        let shared = dir.join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[rdp_server]\nsession_unix_user = \"nobody\"\nsession_timeout_secs = {timeout_secs}\n\
+                 session_commands = [\"exec xterm -geometry 80x20+0+0 -e /bin/sh -c 'exec cat > {}/typed-$USER.txt'\"]\n",
+                shared.display()
+            ),
+        )
+        .unwrap();
+        let port = free_port(LO);
+        let log = dir.join("rdp-server.log");
+        let process = ProcessGuard::spawn(
+            "deskport rdp-server",
+            Command::new(env!("CARGO_BIN_EXE_deskport"))
+                .args([
+                    "rdp-server",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--data-dir",
+                ])
+                .arg(&data)
+                .env("DESKPORT_CONFIG", &config)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        )
+        .unwrap();
+        wait_until(Duration::from_secs(20), "the RDP server to listen", || {
+            TcpStream::connect((LO, port)).ok().map(|_| ())
+        });
+        Self {
+            port,
+            log,
+            shared,
+            _process: process,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn target(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The X display of `account`'s newest session, from the log.
+    fn display_of(&self, account: &str) -> String {
+        wait_until(Duration::from_secs(20), "the session to start", || {
+            self.log()
+                .lines()
+                .rev()
+                .find(|l| {
+                    l.contains("Session started on a new desktop")
+                        && l.contains(&format!("account=\"{account}\""))
+                })
+                .and_then(|l| l.split("x_display=\"").nth(1))
+                .and_then(|r| r.split('"').next())
+                .map(str::to_owned)
+        })
+    }
+
+    fn typed(&self, account: &str) -> String {
+        std::fs::read_to_string(self.shared.join(format!("typed-{account}.txt")))
+            .unwrap_or_default()
+    }
+}
+
+/// Where the session's screen shows on the client's screen, if it all does.
+fn shows(shot: &RgbImage, desktop: &RgbImage) -> bool {
+    // The terminal's top-left corner: the most distinctive part of the session's screen.
+    let needle = image::imageops::crop_imm(desktop, 0, 0, 200, 60).to_image();
+    let Some((x, y)) = image_util::find(shot, &needle, 8) else {
+        return false;
+    };
+    x + desktop.width() <= shot.width()
+        && y + desktop.height() <= shot.height()
+        && image_util::diff_fraction(shot, (x, y), desktop, (0, 0), desktop.dimensions(), 8) < 0.01
+}
+
+fn wait_shown(client: &Xvfb, display: &str, artifact: &str) {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("the session on the client ({artifact})"),
+        || {
+            let desktop = deskport_testsupport::screenshot(display).ok()?;
+            let shot = client.screenshot();
+            shows(&shot, &desktop).then(|| {
+                image_util::save_png(
+                    &shot,
+                    &deskport_testsupport::artifact_dir("rdp-sessions")
+                        .join(format!("{artifact}.png")),
+                )
+            })
+        },
+    );
+}
+
+fn x_socket(display: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "/tmp/.X11-unix/X{}",
+        display.trim_start_matches(':')
+    ))
+}
+
+#[test]
+fn each_account_gets_a_desktop_that_survives_reconnection_and_takes_keys() {
+    require_program("xdotool");
+    let dir = deskport_testsupport::data_dir();
+    let server = Server::start(dir.path(), 3600);
+    let client = Xvfb::start(1024, 768);
+    let target = server.target();
+    let logs = dir.path();
+
+    // alice's first logon starts her desktop at the client's size.
+    let mut first = xfreerdp_to(
+        &client,
+        &target,
+        logs,
+        "alice",
+        PASSWORD,
+        &["/sec:nla", "/size:800x600"],
+    );
+    let alice = server.display_of("alice");
+    assert_eq!(
+        deskport_testsupport::screenshot(&alice)
+            .unwrap()
+            .dimensions(),
+        (800, 600)
+    );
+    wait_shown(&client, &alice, "alice-first");
+    // Its programs run as the Unix account.
+    let ps = Command::new("ps")
+        .args(["-o", "user=", "-C", "xterm"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).contains("nobody"),
+        "the session runs as nobody"
+    );
+
+    // Keys typed on the client reach the session's application as characters.
+    let xdotool = |args: &[&str]| {
+        assert!(
+            client
+                .command("xdotool")
+                .args(args)
+                .status()
+                .unwrap()
+                .success(),
+            "xdotool {args:?}"
+        );
+    };
+    xdotool(&["mousemove", "100", "100", "click", "1"]);
+    xdotool(&["type", "--delay", "30", "Hello 123 !@#"]);
+    xdotool(&["key", "Up", "Return"]);
+    let typed = wait_until(
+        Duration::from_secs(10),
+        "the typed line in the session",
+        || {
+            let t = server.typed("nobody");
+            t.contains('\n').then_some(t)
+        },
+    );
+    assert!(typed.starts_with("Hello 123 !@#"), "{typed:?}");
+    assert!(
+        typed.contains("\u{1b}[A") || typed.contains("\u{1b}OA"),
+        "the Up arrow: {typed:?}"
+    );
+
+    // A second client takes the session over: the first is disconnected.
+    let shot = dir.path().join("takeover.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_deskport"))
+        .args([
+            "connect",
+            &target,
+            "-u",
+            "alice",
+            "-p",
+            PASSWORD,
+            "-g",
+            "800x600",
+            "--screenshot",
+        ])
+        .arg(&shot)
+        .arg("--known-hosts")
+        .arg(dir.path().join("known_hosts"))
+        .env("DESKPORT_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the first client to be disconnected",
+        || first.process.try_wait().map(|_| ()),
+    );
+    let desktop = deskport_testsupport::screenshot(&alice).unwrap();
+    let png = image::open(&shot).unwrap().to_rgb8();
+    assert!(
+        image_util::diff_fraction(&png, (0, 0), &desktop, (0, 0), desktop.dimensions(), 8) < 0.01,
+        "the second client sees the same desktop"
+    );
+    assert!(
+        server.log().contains("Reattaching to the session"),
+        "{}",
+        server.log()
+    );
+
+    // Reconnecting shows the same desktop (same display, same terminal with its state).
+    let again = xfreerdp_to(
+        &client,
+        &target,
+        logs,
+        "alice",
+        PASSWORD,
+        &["/sec:nla", "/size:800x600"],
+    );
+    wait_shown(&client, &alice, "alice-reconnected");
+    assert_eq!(
+        server
+            .log()
+            .matches("Session started on a new desktop")
+            .count(),
+        1
+    );
+    drop(again);
+
+    // bob gets a desktop of his own.
+    let bob_client = xfreerdp_to(
+        &client,
+        &target,
+        logs,
+        "bob",
+        PASSWORD,
+        &["/sec:nla", "/size:640x480"],
+    );
+    let bob = server.display_of("bob");
+    assert_ne!(bob, alice);
+    assert_eq!(
+        deskport_testsupport::screenshot(&bob).unwrap().dimensions(),
+        (640, 480)
+    );
+    drop(bob_client);
+}
+
+#[test]
+fn sessions_end_when_left_alone_or_logged_off() {
+    require_program("xdotool");
+    let dir = deskport_testsupport::data_dir();
+    let server = Server::start(dir.path(), 2);
+    let client = Xvfb::start(1024, 768);
+    let target = server.target();
+
+    // Left alone: ended after the timeout, its X server gone.
+    let first = xfreerdp_to(
+        &client,
+        &target,
+        dir.path(),
+        "alice",
+        PASSWORD,
+        &["/sec:nla", "/size:800x600"],
+    );
+    let alice = server.display_of("alice");
+    wait_shown(&client, &alice, "before-timeout");
+    drop(first);
+    let left = Instant::now();
+    wait_until(
+        Duration::from_secs(20),
+        "the disconnected session to end",
+        || {
+            server
+                .log()
+                .contains("reason=\"disconnected too long\"")
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "session ended {:?} after the client left (timeout 2 s)",
+        left.elapsed()
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the session's X server to exit",
+        || (!x_socket(&alice).exists()).then_some(()),
+    );
+
+    // Logging off (the session's program exits: Ctrl-D ends `cat`, then the terminal).
+    let mut second = xfreerdp_to(
+        &client,
+        &target,
+        dir.path(),
+        "alice",
+        PASSWORD,
+        &["/sec:nla", "/size:800x600"],
+    );
+    let fresh = wait_until(Duration::from_secs(20), "a new session", || {
+        (server
+            .log()
+            .matches("Session started on a new desktop")
+            .count()
+            == 2)
+            .then(|| server.display_of("alice"))
+    });
+    wait_shown(&client, &fresh, "new-session");
+    assert!(client
+        .command("xdotool")
+        .args(["mousemove", "100", "100", "click", "1", "key", "ctrl+d"])
+        .status()
+        .unwrap()
+        .success());
+    wait_until(
+        Duration::from_secs(20),
+        "the logged-off session to end",
+        || server.log().contains("reason=\"logged off\"").then_some(()),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the client to be disconnected",
+        || second.process.try_wait().map(|_| ()),
+    );
+}
