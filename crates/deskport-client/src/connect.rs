@@ -245,7 +245,8 @@ fn config(opts: &Options) -> Config {
         performance_flags: PerformanceFlags::default(),
         license_cache: None,
         timezone_info: TimezoneInfo::default(),
-        compression_type: None,
+        // Bulk compression of the server's updates (XCRUSH, or less if the server picks less).
+        compression_type: Some(ironrdp_pdu::rdp::client_info::CompressionType::Rdp61),
         enable_server_pointer: false,
         pointer_software_rendering: true,
         multitransport_flags: None,

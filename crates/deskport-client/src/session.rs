@@ -71,6 +71,7 @@ pub struct Screenshot {
     height: usize,
     covered: Vec<bool>,
     missing: usize,
+    completed_at: Option<Instant>,
 }
 
 impl Screenshot {
@@ -81,7 +82,13 @@ impl Screenshot {
             height: 0,
             covered: Vec::new(),
             missing: usize::MAX,
+            completed_at: None,
         }
+    }
+
+    /// When the last missing pixel arrived (before the PNG was written).
+    pub fn completed_at(&self) -> Option<Instant> {
+        self.completed_at
     }
 
     fn reset(&mut self, width: u16, height: u16) {
@@ -128,6 +135,7 @@ impl Frontend for Screenshot {
             }
         }
         if self.missing == 0 {
+            self.completed_at = Some(Instant::now());
             self.write(image)?;
             return Ok(true);
         }

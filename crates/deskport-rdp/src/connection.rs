@@ -22,6 +22,7 @@ use ironrdp_core::WriteBuf;
 use ironrdp_pdu::mcs::SendDataRequest;
 use ironrdp_pdu::nego::SecurityProtocol;
 use ironrdp_pdu::rdp::capability_sets::{self as caps, CapabilitySet};
+use ironrdp_pdu::rdp::client_info::{ClientInfoFlags, CompressionType};
 use ironrdp_pdu::rdp::ClientInfoPdu;
 use ironrdp_pdu::x224::X224;
 use ironrdp_tokio::TokioFramed;
@@ -43,6 +44,10 @@ pub struct Shared {
     pub desktops: Arc<dyn DesktopProvider>,
     pub throttle: Arc<Throttle>,
     pub frame_interval: Duration,
+    /// How screen updates are coded.
+    pub codec: crate::encode::Codec,
+    /// Bulk-compress screen updates for clients that offer it (MPPC, NCRUSH or XCRUSH).
+    pub bulk_compression: bool,
     /// The connection sequence must complete within this time.
     pub handshake_timeout: Duration,
 }
@@ -151,16 +156,20 @@ pub async fn serve(
         }));
     }
     let handshake = handshake(&shared, tcp, peer, &mut acceptor, accounts, admission);
-    let (framed, account, security) =
-        match tokio::time::timeout(shared.handshake_timeout, handshake).await {
-            Ok(Ok(Some(done))) => done,
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => anyhow::bail!(
-                "the connection sequence did not complete within {:?}",
-                shared.handshake_timeout
-            ),
-        };
+    let Handshake {
+        framed,
+        account,
+        security,
+        compression,
+    } = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
+        Ok(Ok(Some(done))) => done,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => anyhow::bail!(
+            "the connection sequence did not complete within {:?}",
+            shared.handshake_timeout
+        ),
+    };
     let result = acceptor
         .get_result()
         .context("the acceptor finished without a result")?;
@@ -187,12 +196,20 @@ pub async fn serve(
         let (desktops, account) = (shared.desktops.clone(), account.clone());
         tokio::task::spawn_blocking(move || desktops.desktop_for(&account, negotiated)).await??
     };
-    tracing::info!(%peer, account, security, bpp, "Session started");
+    let no_compression_header = result.capabilities.iter().any(|c| {
+        matches!(c, CapabilitySet::General(g)
+            if g.extra_flags.contains(caps::GeneralExtraFlags::NO_BITMAP_COMPRESSION_HDR))
+    });
+    let compression = compression.filter(|_| shared.bulk_compression);
+    tracing::info!(%peer, account, security, bpp, ?compression, "Session started");
     let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
     let params = SessionParams {
         desktop,
         io_channel_id: result.io_channel_id,
         bpp,
+        codec: shared.codec,
+        no_compression_header,
+        compression,
         frame_interval: shared.frame_interval,
         backlog: result.input_events,
     };
@@ -216,7 +233,7 @@ async fn handshake(
     acceptor: &mut Acceptor,
     accounts: Arc<Accounts>,
     admission: Admission,
-) -> anyhow::Result<Option<(Framed, String, &'static str)>> {
+) -> anyhow::Result<Option<Handshake>> {
     let mut buf = WriteBuf::new();
     let ip = peer.ip().to_canonical();
     let ip_key = format!("ip:{ip}");
@@ -254,6 +271,7 @@ async fn handshake(
 
     // NLA.
     let mut account = None;
+    let mut compression = None;
     let nla = acceptor.should_perform_credssp();
     if nla {
         let hybrid_ex = matches!(state(acceptor), Some(AcceptorState::Credssp { protocol, .. }) if protocol.contains(SecurityProtocol::HYBRID_EX));
@@ -296,15 +314,18 @@ async fn handshake(
         if matches!(state(acceptor), Some(AcceptorState::Accepted { .. })) {
             break;
         }
-        let check_client_info = account.is_none()
-            && matches!(
-                state(acceptor),
-                Some(AcceptorState::SecureSettingsExchange { .. })
-            );
+        let client_info = matches!(
+            state(acceptor),
+            Some(AcceptorState::SecureSettingsExchange { .. })
+        );
+        let check_client_info = account.is_none() && client_info;
         let input = match acceptor.next_pdu_hint() {
             Some(hint) => Some(framed.read_by_hint(hint).await?),
             None => None,
         };
+        if client_info {
+            compression = input.as_deref().and_then(client_compression);
+        }
         if check_client_info {
             if let Some(pdu) = &input {
                 match tls_logon(shared, &accounts, peer, &ip_key, pdu) {
@@ -328,7 +349,31 @@ async fn handshake(
         tracing::debug!(%peer, "Answered finalization early (client waits for the server)");
     }
     let security = if nla { "nla" } else { "tls" };
-    Ok(Some((framed, account, security)))
+    Ok(Some(Handshake {
+        framed,
+        account,
+        security,
+        compression,
+    }))
+}
+
+/// A completed connection sequence.
+struct Handshake {
+    framed: Framed,
+    account: String,
+    security: &'static str,
+    /// The best bulk compression the client's Client Info offers.
+    compression: Option<CompressionType>,
+}
+
+/// The bulk compression a Client Info PDU offers (INFO_COMPRESSION and its type), if any.
+fn client_compression(pdu: &[u8]) -> Option<CompressionType> {
+    let request: X224<SendDataRequest<'_>> = ironrdp_core::decode(pdu).ok()?;
+    let info: ClientInfoPdu = ironrdp_core::decode(request.0.user_data.as_ref()).ok()?;
+    info.client_info
+        .flags
+        .contains(ClientInfoFlags::COMPRESSION)
+        .then_some(info.client_info.compression_type)
 }
 
 fn logon_failed(shared: &Shared, peer: SocketAddr, user: Option<&str>, reason: &str) {

@@ -1,16 +1,24 @@
 //! Screen updates on the wire: which tiles changed, and the fast-path Bitmap Update PDUs that
 //! carry them (MS-RDPBCGR 2.2.9.1.2.1.2).
 //!
-//! This first encoder sends *uncompressed* bitmaps at the session's colour depth (15, 16, 24
-//! or 32 bits), which every client decodes (rdesktop included). Compressed codecs come with
-//! the fast desktop path.
+//! Two codecs, chosen per session:
+//! - **planar** (RDP 6.0 bitmap compression, MS-RDPEGDI 2.2.2.5.1) for 32-bit sessions: the
+//!   colour planes are delta- and run-length-coded, lossless; xfreerdp, mstsc, IronRDP and
+//!   rdesktop (`-a 32`) decode it. A tile that would not shrink goes raw;
+//! - **raw** (uncompressed) at 15, 16 and 24 bits, which every client decodes (rdesktop's
+//!   default 24-bit session included), and for tiles whose width is not a multiple of 4.
+//!
+//! Figures behind the choice: `scripts/bench` (bench/RESULTS.md).
 
+use ironrdp_bulk::{BulkCompressor, CompressionType as BulkType};
 use ironrdp_core::{Encode as _, WriteCursor};
-use ironrdp_pdu::bitmap::{BitmapData, BitmapUpdateData, Compression};
+use ironrdp_pdu::bitmap::{BitmapData, BitmapUpdateData, CompressedDataHeader, Compression};
 use ironrdp_pdu::fast_path::{
     EncryptionFlags, FastPathHeader, FastPathUpdatePdu, Fragmentation, UpdateCode,
 };
 use ironrdp_pdu::geometry::InclusiveRectangle;
+use ironrdp_pdu::rdp::client_info::CompressionType;
+use ironrdp_pdu::rdp::headers::CompressionFlags;
 
 use crate::desktop::Frame;
 
@@ -29,20 +37,74 @@ pub struct Rect {
     pub height: u16,
 }
 
-/// Encodes rectangles of captured frames for one session.
-#[derive(Debug, Clone, Copy)]
-pub struct RawEncoder {
-    bpp: u16,
+/// How screen updates are coded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// Planar at 32 bits per pixel, raw otherwise.
+    #[default]
+    Auto,
+    /// Always uncompressed (for comparisons and for clients that mis-decode planar).
+    Raw,
 }
 
-impl RawEncoder {
+/// Encodes rectangles of captured frames for one session.
+pub struct Encoder {
+    bpp: u16,
+    planar: bool,
+    /// Both sides announced NO_BITMAP_COMPRESSION_HDR: compressed bitmaps go without the
+    /// 8-byte header.
+    no_compression_header: bool,
+    /// Bulk compression of every update PDU: one history for the whole session, so PDUs are
+    /// compressed in the order they are sent.
+    bulk: Option<(BulkCompressor, CompressionType)>,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("bpp", &self.bpp)
+            .field("planar", &self.planar)
+            .field("bulk", &self.bulk.as_ref().map(|b| b.1))
+            .finish()
+    }
+}
+
+impl Encoder {
     /// For a session at `bpp` bits per pixel (8 is not supported: sent as 16).
-    pub fn new(bpp: u16) -> Self {
+    /// `no_compression_header`: the client's General capability has NO_BITMAP_COMPRESSION_HDR
+    /// (the server's always has).
+    pub fn new(bpp: u16, codec: Codec, no_compression_header: bool) -> Self {
         let bpp = match bpp {
             15 | 16 | 24 | 32 => bpp,
             _ => 16,
         };
-        Self { bpp }
+        Self {
+            bpp,
+            planar: bpp == 32 && codec == Codec::Auto,
+            no_compression_header,
+            bulk: None,
+        }
+    }
+
+    /// Bulk-compresses the update PDUs with `compression` (what the client's Client Info
+    /// offered), or not at all with `None`.
+    pub fn with_bulk_compression(mut self, compression: Option<CompressionType>) -> Self {
+        self.bulk = compression.map(|t| {
+            let level = match t {
+                CompressionType::K8 => BulkType::Rdp4,
+                CompressionType::K64 => BulkType::Rdp5,
+                CompressionType::Rdp6 => BulkType::Rdp6,
+                CompressionType::Rdp61 => BulkType::Rdp61,
+            };
+            (BulkCompressor::new(level), t)
+        });
+        self
+    }
+
+    /// Whether 32-bit tiles are planar-coded.
+    pub fn planar(&self) -> bool {
+        self.planar
     }
 
     pub fn bpp(&self) -> u16 {
@@ -128,19 +190,63 @@ impl RawEncoder {
         out
     }
 
+    /// `rect` of a 32-bit `frame` as an RDP 6.0 planar bitmap stream with RLE (alpha plane
+    /// included, all opaque), if that is smaller than the raw tile.
+    fn planar_tile(&self, frame: &Frame, rect: Rect) -> Option<Vec<u8>> {
+        use ironrdp_graphics::rdp6::BitmapStreamEncoder;
+        if !self.planar || !rect.width.is_multiple_of(4) {
+            return None;
+        }
+        let (w, h) = (usize::from(rect.width), usize::from(rect.height));
+        let stride = frame.stride();
+        // Rows bottom-up, like every RDP bitmap.
+        let pixels = (rect.y..rect.y + rect.height).rev().flat_map(|row| {
+            let start = usize::from(row) * stride + usize::from(rect.x) * 4;
+            frame.data[start..start + w * 4].chunks_exact(4)
+        });
+        let raw_len = w * h * 4;
+        let mut out = vec![0u8; raw_len + 64];
+        let planes = (
+            pixels.clone().map(|p| p[2]),
+            pixels.clone().map(|p| p[1]),
+            pixels.map(|p| p[0]),
+            std::iter::repeat_n(0xffu8, w * h),
+        );
+        let len = BitmapStreamEncoder::new(w, h)
+            .encode_channels_stream_alpha(planes, &mut out, true)
+            .ok()?;
+        // ironrdp-graphics 0.11 writes the alpha plane but sets the "no alpha" bit (0x20) in
+        // the format header; clear it so decoders read the planes as written (rdesktop accepts
+        // only this form: RLE with alpha, header 0x10).
+        out[0] &= !0x20;
+        (len < raw_len).then(|| {
+            out.truncate(len);
+            out
+        })
+    }
+
     /// Fast-path Bitmap Update PDUs for `rects` of `frame`, appended to `out`.
-    pub fn encode(&self, frame: &Frame, rects: &[Rect], out: &mut Vec<u8>) -> anyhow::Result<()> {
-        let mut batch: Vec<(Rect, Vec<u8>)> = Vec::new();
+    pub fn encode(
+        &mut self,
+        frame: &Frame,
+        rects: &[Rect],
+        out: &mut Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let mut batch: Vec<(Rect, Tile)> = Vec::new();
         let mut batch_len = 0;
         for rect in rects {
-            let pixels = self.pixels(frame, *rect);
-            if batch_len + pixels.len() + 32 > MAX_PDU_DATA && !batch.is_empty() {
+            let tile = match self.planar_tile(frame, *rect) {
+                Some(data) => Tile::Planar(data),
+                None => Tile::Raw(self.pixels(frame, *rect)),
+            };
+            let len = tile.data().len() + 32;
+            if batch_len + len > MAX_PDU_DATA && !batch.is_empty() {
                 self.flush(&batch, out)?;
                 batch.clear();
                 batch_len = 0;
             }
-            batch_len += pixels.len() + 32;
-            batch.push((*rect, pixels));
+            batch_len += len;
+            batch.push((*rect, tile));
         }
         if !batch.is_empty() {
             self.flush(&batch, out)?;
@@ -148,32 +254,67 @@ impl RawEncoder {
         Ok(())
     }
 
-    fn flush(&self, batch: &[(Rect, Vec<u8>)], out: &mut Vec<u8>) -> anyhow::Result<()> {
+    fn flush(&mut self, batch: &[(Rect, Tile)], out: &mut Vec<u8>) -> anyhow::Result<()> {
         let rectangles = batch
             .iter()
-            .map(|(r, pixels)| BitmapData {
-                rectangle: InclusiveRectangle {
-                    left: r.x,
-                    top: r.y,
-                    right: r.x + r.width - 1,
-                    bottom: r.y + r.height - 1,
-                },
-                width: r.width,
-                height: r.height,
-                bits_per_pixel: self.bpp,
-                compression_flags: Compression::empty(),
-                compressed_data_header: None,
-                bitmap_data: pixels,
+            .map(|(r, tile)| {
+                let (compression_flags, compressed_data_header) = match tile {
+                    Tile::Raw(_) => (Compression::empty(), None),
+                    Tile::Planar(_) if self.no_compression_header => (
+                        Compression::BITMAP_COMPRESSION | Compression::NO_BITMAP_COMPRESSION_HDR,
+                        None,
+                    ),
+                    Tile::Planar(data) => (
+                        Compression::BITMAP_COMPRESSION,
+                        Some(CompressedDataHeader {
+                            main_body_size: data.len() as u16,
+                            scan_width: r.width,
+                            uncompressed_size: r.width * r.height * 4,
+                        }),
+                    ),
+                };
+                BitmapData {
+                    rectangle: InclusiveRectangle {
+                        left: r.x,
+                        top: r.y,
+                        right: r.x + r.width - 1,
+                        bottom: r.y + r.height - 1,
+                    },
+                    width: r.width,
+                    height: r.height,
+                    bits_per_pixel: self.bpp,
+                    compression_flags,
+                    compressed_data_header,
+                    bitmap_data: tile.data(),
+                }
             })
             .collect();
         let body = ironrdp_core::encode_vec(&BitmapUpdateData { rectangles })
             .map_err(|e| anyhow::anyhow!("encode a bitmap update: {e}"))?;
+        let mut compression_flags = None;
+        let mut compression_type = None;
+        let mut data = body.as_slice();
+        if let Some((compressor, kind)) = &mut self.bulk {
+            let (size, flags) = compressor
+                .compress(&body)
+                .map_err(|e| anyhow::anyhow!("bulk-compress an update: {e}"))?;
+            // Compressed, or sent as it is with the history flushed: the client must know
+            // either way. No flags: the PDU was outside the compressible sizes.
+            let level2 = CompressionFlags::from_bits_truncate((flags & 0xe0) as u8);
+            if !level2.is_empty() {
+                compression_flags = Some(level2);
+                compression_type = Some(*kind);
+                if level2.contains(CompressionFlags::COMPRESSED) {
+                    data = compressor.compressed_data(size);
+                }
+            }
+        }
         let update = FastPathUpdatePdu {
             fragmentation: Fragmentation::Single,
             update_code: UpdateCode::Bitmap,
-            compression_flags: None,
-            compression_type: None,
-            data: &body,
+            compression_flags,
+            compression_type,
+            data,
         };
         let header = FastPathHeader::new(EncryptionFlags::empty(), update.size());
         let start = out.len();
@@ -189,6 +330,20 @@ impl RawEncoder {
     }
 }
 
+/// One coded tile.
+enum Tile {
+    Raw(Vec<u8>),
+    Planar(Vec<u8>),
+}
+
+impl Tile {
+    fn data(&self) -> &[u8] {
+        match self {
+            Tile::Raw(d) | Tile::Planar(d) => d,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -200,12 +355,13 @@ mod tests {
             width: w,
             height: h,
             data: Arc::new(vec![fill; usize::from(w) * usize::from(h) * 4]),
+            generation: 0,
         }
     }
 
     #[test]
     fn only_changed_tiles_are_found() {
-        let e = RawEncoder::new(32);
+        let e = Encoder::new(32, Codec::Raw, true);
         let a = frame(200, 70, 0);
         assert_eq!(e.changed_tiles(None, &a).len(), 4 * 3);
         assert!(e.changed_tiles(Some(&a), &a).is_empty());
@@ -228,6 +384,140 @@ mod tests {
     }
 
     #[test]
+    fn planar_tiles_decode_to_the_captured_pixels() {
+        use ironrdp_graphics::rdp6::BitmapStreamDecoder;
+        // Gradients and checks: compressible, like a desktop.
+        let (w, h) = (128u16, 40u16);
+        let mut data = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let check = if (x / 8 + y / 8) % 2 == 0 { 0xe0 } else { 0x20 };
+                data.extend_from_slice(&[(x * 2) as u8, (y * 5) as u8, check, 0]);
+            }
+        }
+        let f = Frame {
+            width: w,
+            height: h,
+            data: Arc::new(data),
+            generation: 0,
+        };
+        let rect = Rect {
+            x: 64,
+            y: 8,
+            width: 64,
+            height: 32,
+        };
+        let e = Encoder::new(32, Codec::Auto, true);
+        let stream = e
+            .planar_tile(&f, rect)
+            .expect("a compressible tile is planar");
+        assert_eq!(stream[0], 0x10, "RLE with an alpha plane");
+        assert!(stream.len() < 64 * 32 * 4 / 4, "{} bytes", stream.len());
+        let mut rgb = Vec::new();
+        BitmapStreamDecoder::default()
+            .decode_bitmap_stream_to_rgb24(&stream, &mut rgb, 64, 32)
+            .unwrap();
+        assert_eq!(rgb.len(), 64 * 32 * 3);
+        // The decoder keeps the stream's row order: bottom-up.
+        for (i, px) in rgb.chunks_exact(3).enumerate() {
+            let (x, y) = (64 + i % 64, 8 + 31 - i / 64);
+            let src = &f.data[(y * usize::from(w) + x) * 4..][..3];
+            assert_eq!(px, [src[2], src[1], src[0]], "pixel ({x}, {y})");
+        }
+        // Widths that are not a multiple of 4, raw sessions and noise go raw.
+        assert!(e.planar_tile(&f, Rect { width: 62, ..rect }).is_none());
+        assert!(Encoder::new(32, Codec::Raw, true)
+            .planar_tile(&f, rect)
+            .is_none());
+        // A tile the planes would not shrink (a 4x1 sliver of noise) goes raw.
+        let sliver = Rect {
+            x: 0,
+            y: 0,
+            width: 4,
+            height: 1,
+        };
+        let noisy = Frame {
+            width: 4,
+            height: 1,
+            data: Arc::new((0..16u8).map(|i| i.wrapping_mul(97)).collect()),
+            generation: 0,
+        };
+        assert!(e.planar_tile(&noisy, sliver).is_none());
+    }
+
+    /// The update PDUs in `out`: (compression flags byte with the type, data).
+    fn updates(out: &[u8]) -> Vec<(Option<u8>, Vec<u8>)> {
+        use ironrdp_core::{decode_cursor, ReadCursor};
+        let mut cursor = ReadCursor::new(out);
+        let mut found = Vec::new();
+        while !cursor.is_empty() {
+            let _header: FastPathHeader = decode_cursor(&mut cursor).unwrap();
+            let update: FastPathUpdatePdu<'_> = decode_cursor(&mut cursor).unwrap();
+            let flags = update
+                .compression_flags
+                .map(|f| f.bits() | update.compression_type.map_or(0, |t| t.as_u8()));
+            found.push((flags, update.data.to_vec()));
+        }
+        found
+    }
+
+    #[test]
+    fn bulk_compressed_updates_decompress_to_the_plain_ones() {
+        use ironrdp_bulk::BulkCompressor;
+        let mut data = Vec::new();
+        for y in 0..96u32 {
+            for x in 0..256u32 {
+                data.extend_from_slice(&[(x ^ y) as u8, (x * 3) as u8, (y * 7) as u8, 0]);
+            }
+        }
+        let f = Frame {
+            width: 256,
+            height: 96,
+            data: Arc::new(data),
+            generation: 0,
+        };
+        for kind in [
+            CompressionType::K64,
+            CompressionType::Rdp6,
+            CompressionType::Rdp61,
+        ] {
+            for codec in [Codec::Raw, Codec::Auto] {
+                let mut plain = Encoder::new(32, codec, true);
+                let mut packed = Encoder::new(32, codec, true).with_bulk_compression(Some(kind));
+                let rects = plain.changed_tiles(None, &f);
+                let mut receiver = BulkCompressor::new(BulkType::Rdp61);
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                // Twice: the second round finds the first in the history.
+                for _ in 0..2 {
+                    a.clear();
+                    b.clear();
+                    plain.encode(&f, &rects, &mut a).unwrap();
+                    packed.encode(&f, &rects, &mut b).unwrap();
+                    let (plain_updates, packed_updates) = (updates(&a), updates(&b));
+                    assert_eq!(plain_updates.len(), packed_updates.len());
+                    for ((none, expected), (flags, data)) in
+                        plain_updates.iter().zip(&packed_updates)
+                    {
+                        assert_eq!(*none, None);
+                        let flags = u32::from(flags.expect("compression flags on every update"));
+                        let got = receiver.decompress(data, flags).unwrap();
+                        assert_eq!(got, expected.as_slice(), "{kind:?} {codec:?}");
+                    }
+                }
+                // XCRUSH's 2 MB history finds the first round again; MPPC's 64 KB cannot.
+                if kind == CompressionType::Rdp61 {
+                    assert!(
+                        b.len() < a.len() / 4,
+                        "{codec:?}: {} vs {} bytes",
+                        b.len(),
+                        a.len()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn pixels_convert_and_pad() {
         let mut f = frame(3, 1, 0);
         Arc::make_mut(&mut f.data)
@@ -239,14 +529,16 @@ mod tests {
             height: 1,
         };
         assert_eq!(
-            RawEncoder::new(24).pixels(&f, r),
+            Encoder::new(24, Codec::Auto, true).pixels(&f, r),
             vec![0x10, 0x20, 0x30, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0]
         );
-        let p16 = RawEncoder::new(16).pixels(&f, r);
+        let p16 = Encoder::new(16, Codec::Auto, true).pixels(&f, r);
         assert_eq!(p16.len(), 8);
         assert_eq!(u16::from_le_bytes([p16[2], p16[3]]), 0xffff);
         let mut out = Vec::new();
-        RawEncoder::new(32).encode(&f, &[r], &mut out).unwrap();
+        Encoder::new(32, Codec::Raw, true)
+            .encode(&f, &[r], &mut out)
+            .unwrap();
         // A fast-path output header (action 0) with the PDU's length.
         assert_eq!(out[0] & 0x03, 0);
     }

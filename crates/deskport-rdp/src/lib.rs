@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use accounts::Accounts;
+pub use encode::Codec;
 
 /// The account store as connections see it: re-read when the file changes (so that
 /// `deskport rdp-server user add` takes effect without a restart); a file that cannot be read

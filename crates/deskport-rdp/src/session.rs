@@ -16,7 +16,7 @@ use ironrdp_pdu::Action;
 use tokio::sync::watch;
 
 use crate::desktop::{Button, Desktop, Frame, Input};
-use crate::encode::RawEncoder;
+use crate::encode::{Codec, Encoder};
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,11 @@ pub struct SessionParams {
     pub desktop: Arc<dyn Desktop>,
     pub io_channel_id: u16,
     pub bpp: u16,
+    pub codec: Codec,
+    /// The client's General capability has NO_BITMAP_COMPRESSION_HDR.
+    pub no_compression_header: bool,
+    /// Bulk compression of the updates (the best the client offered), if any.
+    pub compression: Option<ironrdp_pdu::rdp::client_info::CompressionType>,
     /// Time between screen checks.
     pub frame_interval: Duration,
     /// Input events the client sent during connection finalization.
@@ -50,7 +55,8 @@ where
     R: FramedRead,
     W: FramedWrite,
 {
-    let encoder = RawEncoder::new(params.bpp);
+    let mut encoder = Encoder::new(params.bpp, params.codec, params.no_compression_header)
+        .with_bulk_compression(params.compression);
     let desktop = params.desktop.clone();
     for pdu in &params.backlog {
         if let Some(end) = handle_input(&*desktop, params.io_channel_id, Action::X224, pdu)? {
@@ -76,6 +82,13 @@ where
             _ = ticker.tick() => {
                 let d = desktop.clone();
                 let frame = tokio::task::spawn_blocking(move || d.capture()).await??;
+                if previous.as_ref().is_some_and(|p| {
+                    p.generation != 0
+                        && p.generation == frame.generation
+                        && (p.width, p.height) == (frame.width, frame.height)
+                }) {
+                    continue;
+                }
                 let rects = encoder.changed_tiles(previous.as_ref(), &frame);
                 if !rects.is_empty() {
                     out.clear();

@@ -13,6 +13,9 @@ pub struct Frame {
     pub width: u16,
     pub height: u16,
     pub data: Arc<Vec<u8>>,
+    /// Equal generations (other than 0) of one desktop mean equal pixels: a session skips
+    /// comparing a frame it has already seen. 0 means unknown (compare the pixels).
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for Frame {

@@ -423,6 +423,7 @@ fn fit(frame: Frame, size: (u16, u16)) -> Frame {
         width: size.0,
         height: size.1,
         data: Arc::new(data),
+        generation: frame.generation,
     }
 }
 
@@ -452,6 +453,7 @@ mod tests {
             width: 2,
             height: 2,
             data: Arc::new((0u8..16).collect()),
+            generation: 0,
         };
         let bigger = fit(frame.clone(), (3, 1));
         assert_eq!(*bigger.data, vec![0, 1, 2, 3, 4, 5, 6, 7, 0, 0, 0, 0]);

@@ -1,10 +1,16 @@
 //! An X11 display as a [`Desktop`]: screen capture over the X protocol, input through the
 //! XTEST extension.
+//!
+//! Capture follows the DAMAGE extension where the server has it: the screen is read once in
+//! full, then only the rectangles the X server reports as drawn to; a still screen costs one
+//! non-blocking event poll per check. Without DAMAGE every check reads the whole screen.
 
 use std::sync::Mutex;
 
 use anyhow::Context as _;
 use x11rb::connection::Connection as _;
+use x11rb::protocol::damage::{self, ConnectionExt as _};
+use x11rb::protocol::xfixes::{self, ConnectionExt as _};
 use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder};
 use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::RustConnection;
@@ -14,11 +20,24 @@ use super::{keymap, Button, Desktop, Frame, Input};
 /// A connection to one X display.
 pub struct X11Desktop {
     display: String,
-    conn: Mutex<RustConnection>,
+    conn: Mutex<Capture>,
     root: xproto::Window,
     width: u16,
     height: u16,
 }
+
+/// The connection and what capture keeps between checks.
+struct Capture {
+    conn: RustConnection,
+    /// The damage object on the root window and a region to fetch its rectangles into.
+    damage: Option<(damage::Damage, xfixes::Region)>,
+    /// The screen as last read.
+    frame: Option<Frame>,
+    generation: u64,
+}
+
+/// Above this many damaged rectangles, one read of their bounding box is cheaper.
+const MAX_RECTS: usize = 32;
 
 impl std::fmt::Debug for X11Desktop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,9 +74,22 @@ impl X11Desktop {
             .with_context(|| {
                 format!("display {display} has no XTEST extension (needed for input)")
             })?;
+        let x_display = display;
+        let damage = match track_damage(&conn, root) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, %x_display, "No DAMAGE extension: every screen check reads the whole screen");
+                None
+            }
+        };
         Ok(Self {
             display: display.to_owned(),
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Capture {
+                conn,
+                damage,
+                frame: None,
+                generation: 0,
+            }),
             root,
             width,
             height,
@@ -65,7 +97,7 @@ impl X11Desktop {
     }
 
     fn fake(&self, kind: u8, detail: u8, x: i16, y: i16) -> anyhow::Result<()> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = &self.conn.lock().unwrap_or_else(|e| e.into_inner()).conn;
         conn.xtest_fake_input(kind, detail, x11rb::CURRENT_TIME, self.root, x, y, 0)?;
         conn.flush()?;
         Ok(())
@@ -78,32 +110,71 @@ impl Desktop for X11Desktop {
     }
 
     fn capture(&self) -> anyhow::Result<Frame> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let reply = conn
-            .get_image(
-                ImageFormat::Z_PIXMAP,
-                self.root,
-                0,
-                0,
-                self.width,
-                self.height,
-                !0,
-            )?
-            .reply()
-            .context("capture the screen")?;
-        let expected = usize::from(self.width) * usize::from(self.height) * 4;
-        anyhow::ensure!(
-            reply.data.len() >= expected,
-            "short screen capture ({} bytes)",
-            reply.data.len()
-        );
-        let mut data = reply.data;
-        data.truncate(expected);
-        Ok(Frame {
-            width: self.width,
-            height: self.height,
+        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let state = &mut *guard;
+        let (w, h) = (self.width, self.height);
+        let (Some((damage, region)), Some(frame)) = (state.damage, state.frame.as_ref()) else {
+            // The first read (or no DAMAGE): all of the screen. Damage drawn before this read
+            // is in the image; clear it so that only later drawing is reported.
+            if let Some((damage, _)) = state.damage {
+                state
+                    .conn
+                    .damage_subtract(damage, x11rb::NONE, x11rb::NONE)?;
+            }
+            let mut data = vec![0u8; usize::from(w) * usize::from(h) * 4];
+            read_rect(&state.conn, self.root, &mut data, w, (0, 0, w, h))?;
+            state.generation += 1;
+            let frame = Frame {
+                width: w,
+                height: h,
+                data: std::sync::Arc::new(data),
+                generation: state.generation,
+            };
+            state.frame = Some(frame.clone());
+            return Ok(frame);
+        };
+        let mut damaged = false;
+        while let Some(event) = state.conn.poll_for_event()? {
+            damaged |= matches!(event, x11rb::protocol::Event::DamageNotify(_));
+        }
+        if !damaged {
+            return Ok(frame.clone());
+        }
+        // Take the damage (drawing after this is reported again), then read what it covers.
+        state.conn.damage_subtract(damage, x11rb::NONE, region)?;
+        let rects = state.conn.xfixes_fetch_region(region)?.reply()?.rectangles;
+        let clamp = |r: &xproto::Rectangle| {
+            let x0 = r.x.clamp(0, w as i16) as u16;
+            let y0 = r.y.clamp(0, h as i16) as u16;
+            let x1 = (i32::from(r.x) + i32::from(r.width)).clamp(0, i32::from(w)) as u16;
+            let y1 = (i32::from(r.y) + i32::from(r.height)).clamp(0, i32::from(h)) as u16;
+            (x0, y0, x1.saturating_sub(x0), y1.saturating_sub(y0))
+        };
+        let mut areas: Vec<(u16, u16, u16, u16)> = rects
+            .iter()
+            .map(clamp)
+            .filter(|a| a.2 > 0 && a.3 > 0)
+            .collect();
+        if areas.len() > MAX_RECTS {
+            let x0 = areas.iter().map(|a| a.0).min().unwrap_or(0);
+            let y0 = areas.iter().map(|a| a.1).min().unwrap_or(0);
+            let x1 = areas.iter().map(|a| a.0 + a.2).max().unwrap_or(0);
+            let y1 = areas.iter().map(|a| a.1 + a.3).max().unwrap_or(0);
+            areas = vec![(x0, y0, x1 - x0, y1 - y0)];
+        }
+        let mut data = (*frame.data).clone();
+        for area in areas {
+            read_rect(&state.conn, self.root, &mut data, w, area)?;
+        }
+        state.generation += 1;
+        let frame = Frame {
+            width: w,
+            height: h,
             data: std::sync::Arc::new(data),
-        })
+            generation: state.generation,
+        };
+        state.frame = Some(frame.clone());
+        Ok(frame)
     }
 
     fn input(&self, event: Input) -> anyhow::Result<()> {
@@ -170,4 +241,64 @@ impl Desktop for X11Desktop {
             }
         }
     }
+}
+
+/// Creates a damage object on `root` (reporting when the damaged area becomes non-empty) and
+/// a region to fetch the damaged rectangles into.
+fn track_damage(
+    conn: &RustConnection,
+    root: xproto::Window,
+) -> anyhow::Result<(damage::Damage, xfixes::Region)> {
+    conn.xfixes_query_version(5, 0)?
+        .reply()
+        .context("query XFIXES")?;
+    conn.damage_query_version(1, 1)?
+        .reply()
+        .context("query DAMAGE")?;
+    let damage = conn.generate_id()?;
+    conn.damage_create(damage, root, damage::ReportLevel::NON_EMPTY)?;
+    let region = conn.generate_id()?;
+    conn.xfixes_create_region(region, &[])?;
+    conn.flush()?;
+    Ok((damage, region))
+}
+
+/// Reads the area `(x, y, width, height)` of the screen into `screen` (rows of `screen_width`
+/// 32-bit pixels).
+fn read_rect(
+    conn: &RustConnection,
+    root: xproto::Window,
+    screen: &mut [u8],
+    screen_width: u16,
+    (x, y, width, height): (u16, u16, u16, u16),
+) -> anyhow::Result<()> {
+    let reply = conn
+        .get_image(
+            ImageFormat::Z_PIXMAP,
+            root,
+            x as i16,
+            y as i16,
+            width,
+            height,
+            !0,
+        )?
+        .reply()
+        .context("capture the screen")?;
+    let row = usize::from(width) * 4;
+    anyhow::ensure!(
+        reply.data.len() >= row * usize::from(height),
+        "short screen capture ({} bytes)",
+        reply.data.len()
+    );
+    let stride = usize::from(screen_width) * 4;
+    for (i, src) in reply
+        .data
+        .chunks_exact(row)
+        .take(usize::from(height))
+        .enumerate()
+    {
+        let start = (usize::from(y) + i) * stride + usize::from(x) * 4;
+        screen[start..start + row].copy_from_slice(src);
+    }
+    Ok(())
 }

@@ -225,6 +225,13 @@ async fn run(options: Options, args: Args) -> anyhow::Result<()> {
         );
         match session::run(connected, &mut shot, None, Some(deadline)).await? {
             Ending::Done => {
+                if let Some(at) = shot.completed_at() {
+                    // Read by the RDP benchmark (connect → first complete frame).
+                    tracing::info!(
+                        elapsed_ms = format!("{:.1}", (at - started).as_secs_f64() * 1000.0),
+                        "First complete frame"
+                    );
+                }
                 println!("{} ({width}x{height})", path.display());
                 Ok(())
             }

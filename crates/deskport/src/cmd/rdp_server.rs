@@ -51,6 +51,12 @@ pub struct RdpServerSettings {
     pub handshake_timeout_secs: u64,
     /// Milliseconds between screen checks.
     pub frame_interval_ms: u64,
+    /// Screen update coding: `auto` (planar bitmaps at 32 bits per pixel, raw otherwise) or
+    /// `raw` (always uncompressed).
+    pub codec: deskport_rdp::Codec,
+    /// Bulk-compress screen updates for clients that offer it (xfreerdp does by default,
+    /// rdesktop with -z).
+    pub bulk_compression: bool,
     /// Failed logons (per user and per source address) before a lockout.
     pub lockout_failures: u32,
     /// Seconds the failures are counted over.
@@ -75,6 +81,8 @@ impl Default for RdpServerSettings {
             max_connections: 64,
             handshake_timeout_secs: 20,
             frame_interval_ms: 33,
+            codec: deskport_rdp::Codec::Auto,
+            bulk_compression: true,
             lockout_failures: 5,
             lockout_window_secs: 900,
             lockout_secs: 60,
@@ -307,6 +315,8 @@ pub(crate) async fn serve(
             Duration::from_secs(settings.lockout_secs.saturating_mul(16)),
         )),
         frame_interval: Duration::from_millis(settings.frame_interval_ms.max(5)),
+        codec: settings.codec,
+        bulk_compression: settings.bulk_compression,
         handshake_timeout: Duration::from_secs(settings.handshake_timeout_secs.max(1)),
     });
     let initial = Switches {

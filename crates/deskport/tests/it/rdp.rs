@@ -327,6 +327,26 @@ fn rdesktop_shows_the_desktop() {
     assert!(log.contains("Session started"), "{log}");
 }
 
+/// At 32 bits per pixel the server sends planar (RDP 6.0) bitmaps, bulk-compressed (MPPC,
+/// 64 KB history) when rdesktop asks for it (-z); rdesktop decodes both.
+#[test]
+fn rdesktop_at_32_bits_decodes_planar_bitmaps_and_mppc() {
+    let dir = deskport_testsupport::data_dir();
+    let server = RdpServer::start(dir.path(), &["--no-nla-only"], None);
+    let client = Xvfb::start(1024, 768);
+    let mut c = rdesktop_args(&client, &server, &["-a", "32", "-z"]);
+    wait_for_desktop(&client, &server.pattern, "rdesktop-32bpp", || {
+        c.process.try_wait().is_none()
+    });
+    let log = std::fs::read_to_string(&c.log).unwrap_or_default();
+    assert!(!log.contains("failed to decompress"), "{log}");
+    let log = server.log();
+    assert!(
+        log.contains("bpp=32") && log.contains("compression=Some(K64)"),
+        "{log}"
+    );
+}
+
 #[test]
 fn nla_only_refuses_tls_clients_with_the_reason() {
     let dir = deskport_testsupport::data_dir();
