@@ -66,6 +66,11 @@ impl Xvfb {
         &self.display
     }
 
+    /// The Xvfb process (to read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self._process.pid()
+    }
+
     /// The screen size this server was started with.
     pub fn size(&self) -> (u16, u16) {
         (self.width, self.height)
@@ -146,6 +151,63 @@ impl Xvfb {
                 conn.poly_fill_rectangle(root, gc, &[rect]).expect("fill");
                 conn.flush().expect("flush");
                 std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        Animation {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The benchmarks' workload: a 320x240 picture (smooth gradients crossed by a fine
+    /// pattern, different in every frame) that moves across the screen at `fps` frames per
+    /// second, drawn with PutImage, until the returned guard drops. Deterministic: frame `n`
+    /// always looks the same, so two servers see the same work.
+    pub fn animate_workload(&self, fps: u32) -> Animation {
+        use x11rb::protocol::xproto::CreateGCAux;
+        const W: u16 = 320;
+        const H: u16 = 240;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (display, sw, sh) = (self.display.clone(), self.width, self.height);
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (conn, screen_num) = x11rb::connect(Some(&display)).expect("connect to Xvfb");
+            let screen = &conn.setup().roots[screen_num];
+            let (root, depth) = (screen.root, screen.root_depth);
+            let gc = conn.generate_id().expect("an X id");
+            conn.create_gc(gc, root, &CreateGCAux::new())
+                .expect("create a GC");
+            let period = std::time::Duration::from_secs(1) / fps.max(1);
+            let mut next = std::time::Instant::now();
+            let mut data = vec![0u8; usize::from(W) * usize::from(H) * 4];
+            for frame in 0u32.. {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                for (i, px) in data.chunks_exact_mut(4).enumerate() {
+                    let (x, y) = ((i % usize::from(W)) as u32, (i / usize::from(W)) as u32);
+                    let t = frame.wrapping_mul(7);
+                    px[0] = (x + t) as u8; // blue: a gradient that scrolls
+                    px[1] = (y * 2 + t / 2) as u8; // green: a slower gradient
+                    px[2] = if (x / 8 + y / 8 + frame) % 2 == 0 {
+                        0xe0
+                    } else {
+                        0x20
+                    }; // red: checks
+                    px[3] = 0;
+                }
+                let x = ((frame * 6) % u32::from(sw - W)) as i16;
+                let y = ((frame * 4) % u32::from(sh - H)) as i16;
+                conn.put_image(ImageFormat::Z_PIXMAP, root, gc, W, H, x, y, 0, depth, &data)
+                    .expect("draw a frame");
+                conn.get_input_focus().expect("sync").reply().expect("sync");
+                next += period;
+                let now = std::time::Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else {
+                    next = now;
+                }
             }
         });
         Animation {
