@@ -78,6 +78,16 @@ def fmt(v):
     return f"{v:.3f}"
 
 
+def ratio_of(r):
+    """Figure against baseline, above 1 = better; 1 when both are 0, None when undefined."""
+    value, base = r["value"], r["baseline"]
+    if value == 0 and base == 0:
+        return 1.0
+    if r["better"] == "higher":
+        return value / base if base else None
+    return base / value if value else None
+
+
 def main():
     out_path, crit_dir, out_dir = sys.argv[1:4]
     os.makedirs(out_dir, exist_ok=True)
@@ -111,12 +121,10 @@ def main():
         "|---|---:|---:|---:|",
     ]
     for r in rows:
-        if r["better"] == "higher":
-            ratio = r["value"] / r["baseline"] if r["baseline"] else float("nan")
-        else:
-            ratio = r["baseline"] / r["value"] if r["value"] else float("nan")
+        ratio = ratio_of(r)
+        shown = f"{ratio:.2f}" if ratio is not None else "—"
         lines.append(
-            f"| {r['name']} | {fmt(r['value'])} {r['unit']} | {fmt(r['baseline'])} {r['baseline_what']} | {ratio:.2f} |"
+            f"| {r['name']} | {fmt(r['value'])} {r['unit']} | {fmt(r['baseline'])} {r['baseline_what']} | {shown} |"
         )
     if crit["compile"]:
         lines += ["", "Classifier compile time: " + ", ".join(
@@ -154,15 +162,36 @@ def main():
         fig.savefig(os.path.join(out_dir, "nft-apply.png"), dpi=100)
         plots.append(("nft-apply.png", "nftables compile + atomic apply time against rule count"))
 
-    ratio_rows = [r for r in rows if not r["name"].startswith("policy")]
+    rdp = {r["name"]: r for r in rows if r["name"].startswith("rdp ") and "freerdp-shadow" in r["baseline_what"]}
+    modes = [m for m in ("bitmaps", "/gfx offered") if f"rdp animation bytes/s, {m}" in rdp]
+    if modes:
+        fig, axes = plt.subplots(1, 3, figsize=(11, 4))
+        metrics = (
+            ("rdp animation bytes/s, {}", "kB/s on the wire"),
+            ("rdp animation server CPU, {}", "server CPU %"),
+            ("rdp animation frames shown by the client, {}", "frames shown / s"),
+        )
+        for ax, (key, label) in zip(axes, metrics):
+            xs = range(len(modes))
+            ours = [rdp[key.format(m)]["value"] for m in modes]
+            theirs = [rdp[key.format(m)]["baseline"] for m in modes]
+            ax.bar([x - 0.2 for x in xs], ours, width=0.4, label="deskport")
+            ax.bar([x + 0.2 for x in xs], theirs, width=0.4, label="freerdp-shadow")
+            ax.set_xticks(list(xs), modes)
+            ax.set_title(label)
+        axes[0].legend()
+        fig.suptitle("RDP: a 10 s animation watched by xfreerdp, same display, same run")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "rdp.png"), dpi=100)
+        plots.append(("rdp.png", "RDP server: bytes, CPU and frames per second against FreeRDP's shadow server"))
+
+    ratio_rows = [r for r in rows if not r["name"].startswith("policy") and ratio_of(r) is not None]
     if ratio_rows:
-        fig, ax = plt.subplots(figsize=(7, 0.45 * len(ratio_rows) + 1))
+        fig, ax = plt.subplots(figsize=(8, 0.4 * len(ratio_rows) + 1))
         names = [r["name"] for r in ratio_rows]
-        ratios = [
-            (r["value"] / r["baseline"]) if r["better"] == "higher" else (r["baseline"] / r["value"])
-            for r in ratio_rows
-        ]
+        ratios = [ratio_of(r) for r in ratio_rows]
         ax.barh(names, ratios)
+        ax.set_xscale("log")
         ax.axvline(1, color="grey", linestyle="--")
         ax.set_xlabel("figure against its same-run baseline (above 1 = better)")
         ax.invert_yaxis()

@@ -198,6 +198,7 @@ impl Window {
             wm_delete,
             size: (width, height),
             pressed: BTreeSet::new(),
+            unicode_down: std::collections::BTreeMap::new(),
             buttons: PointerFlags::empty(),
             last: (0, 0),
             tx,
@@ -310,6 +311,8 @@ struct EventReader {
     /// Keys (X keycodes) held down, released when the window loses the focus so that none
     /// stays stuck on the server.
     pressed: BTreeSet<u8>,
+    /// Keys sent as characters (UTF-16 units), by X keycode, until released.
+    unicode_down: std::collections::BTreeMap<u8, Vec<u16>>,
     buttons: PointerFlags,
     /// Where the pointer last was, in desktop coordinates.
     last: (u16, u16),
@@ -346,10 +349,9 @@ impl EventReader {
         (clamp(x, self.size.0), clamp(y, self.size.1))
     }
 
-    fn key(&mut self, keycode: u8, down: bool) -> Option<UiEvent> {
+    fn key(&mut self, keycode: u8, down: bool, state: xproto::KeyButMask) -> Option<UiEvent> {
         let Some((code, extended)) = deskport_rdp::desktop::keymap::scancode(keycode) else {
-            tracing::debug!(keycode, "No scancode for this key");
-            return None;
+            return self.unicode_key(keycode, down, state);
         };
         if down {
             self.pressed.insert(keycode);
@@ -367,6 +369,51 @@ impl EventReader {
         Some(UiEvent::Input(vec![FastPathInputEvent::KeyboardEvent(
             flags, code,
         )]))
+    }
+
+    /// A key without a scancode (a keycode the local keymap gives a character that no PC key
+    /// has, as input methods and `xdotool type` do): sent as the character, with RDP Unicode
+    /// keyboard events.
+    fn unicode_key(
+        &mut self,
+        keycode: u8,
+        down: bool,
+        state: xproto::KeyButMask,
+    ) -> Option<UiEvent> {
+        let units: Vec<u16> = if down {
+            let mapping = self
+                .conn
+                .get_keyboard_mapping(keycode, 1)
+                .ok()?
+                .reply()
+                .ok()?;
+            let shifted = state.contains(xproto::KeyButMask::SHIFT);
+            let level = usize::from(shifted);
+            let keysym = match mapping.keysyms.get(level) {
+                Some(&k) if k != 0 => k,
+                _ => *mapping.keysyms.first()?,
+            };
+            let Some(c) = deskport_rdp::desktop::keymap::char_of(keysym) else {
+                tracing::debug!(keycode, keysym, "No scancode or character for this key");
+                return None;
+            };
+            let units: Vec<u16> = c.encode_utf16(&mut [0; 2]).to_vec();
+            self.unicode_down.insert(keycode, units.clone());
+            units
+        } else {
+            self.unicode_down.remove(&keycode)?
+        };
+        let flags = if down {
+            KeyboardFlags::empty()
+        } else {
+            KeyboardFlags::RELEASE
+        };
+        Some(UiEvent::Input(
+            units
+                .into_iter()
+                .map(|u| FastPathInputEvent::UnicodeKeyboardEvent(flags, u))
+                .collect(),
+        ))
     }
 
     fn mouse(&mut self, flags: PointerFlags, wheel: i16, x: i16, y: i16) -> UiEvent {
@@ -408,8 +455,8 @@ impl EventReader {
 
     fn translate(&mut self, event: Event) -> Option<UiEvent> {
         match event {
-            Event::KeyPress(e) if e.event == self.window => self.key(e.detail, true),
-            Event::KeyRelease(e) if e.event == self.window => self.key(e.detail, false),
+            Event::KeyPress(e) if e.event == self.window => self.key(e.detail, true, e.state),
+            Event::KeyRelease(e) if e.event == self.window => self.key(e.detail, false, e.state),
             Event::ButtonPress(e) if e.event == self.window => {
                 self.button(e.detail, true, e.event_x, e.event_y)
             }
@@ -431,6 +478,14 @@ impl EventReader {
                         FastPathInputEvent::KeyboardEvent(flags, code)
                     })
                     .collect();
+                events.extend(
+                    std::mem::take(&mut self.unicode_down)
+                        .into_values()
+                        .flatten()
+                        .map(|u| {
+                            FastPathInputEvent::UnicodeKeyboardEvent(KeyboardFlags::RELEASE, u)
+                        }),
+                );
                 for button in [
                     PointerFlags::LEFT_BUTTON,
                     PointerFlags::MIDDLE_BUTTON_OR_WHEEL,

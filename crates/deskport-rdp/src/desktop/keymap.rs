@@ -72,9 +72,30 @@ pub fn scancode(keycode: u8) -> Option<(u8, bool)> {
     })[usize::from(keycode)]
 }
 
+/// The X keysym that types `c`: Latin-1 characters are their own keysym, every other
+/// character is a Unicode keysym (`0x0100_0000` + code point), as X11 defines them.
+pub fn keysym_of(c: char) -> u32 {
+    let cp = u32::from(c);
+    match cp {
+        0x20..=0x7e | 0xa0..=0xff => cp,
+        _ => 0x0100_0000 + cp,
+    }
+}
+
+/// The character a keysym types, for printable Latin-1 and Unicode keysyms (and the legacy
+/// EuroSign); `None` for function keys, modifiers and the legacy non-Latin-1 sets.
+pub fn char_of(keysym: u32) -> Option<char> {
+    match keysym {
+        0x20..=0x7e | 0xa0..=0xff => char::from_u32(keysym),
+        0x20ac => Some('€'),
+        0x0100_00a0..=0x0110_ffff => char::from_u32(keysym - 0x0100_0000),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{scancode, x_keycode};
+    use super::{char_of, keysym_of, scancode, x_keycode};
 
     #[test]
     fn every_mapped_key_round_trips() {
@@ -92,6 +113,18 @@ mod tests {
         assert_eq!(scancode(38), Some((0x1E, false))); // a
         assert_eq!(scancode(111), Some((0x48, true))); // Up
         assert_eq!(scancode(8), None);
+    }
+
+    #[test]
+    fn characters_and_keysyms() {
+        for c in ['a', 'Z', '~', ' ', 'é', 'ÿ', '€', 'ß', 'Ж', '中', '😀'] {
+            assert_eq!(char_of(keysym_of(c)), Some(c), "{c}");
+        }
+        assert_eq!(keysym_of('é'), 0xe9);
+        assert_eq!(keysym_of('€'), 0x0100_20ac);
+        assert_eq!(char_of(0x20ac), Some('€')); // the legacy EuroSign
+        assert_eq!(char_of(0xff0d), None); // Return
+        assert_eq!(char_of(0xffe1), None); // Shift_L
     }
 
     #[test]

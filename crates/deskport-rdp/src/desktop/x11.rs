@@ -34,6 +34,21 @@ struct Capture {
     /// The screen as last read.
     frame: Option<Frame>,
     generation: u64,
+    unicode: UnicodeKeys,
+}
+
+/// Characters typed without a scancode (RDP Unicode keyboard events) go through keycodes the
+/// keymap leaves unused: each character gets one (its keysym on both shift levels, so held
+/// modifiers do not change it), reused while it stays among the last few.
+#[derive(Debug, Default)]
+struct UnicodeKeys {
+    spare: Vec<u8>,
+    /// (keysym, keycode), most recently assigned last.
+    assigned: Vec<(u32, u8)>,
+    /// The high half of a surrogate pair waiting for its low half.
+    high_surrogate: Option<u16>,
+    /// Keycodes pressed per UTF-16 unit, released with it.
+    down: Vec<(u16, u8)>,
 }
 
 /// Above this many damaged rectangles, one read of their bounding box is cheaper.
@@ -85,6 +100,10 @@ impl X11Desktop {
         Ok(Self {
             display: display.to_owned(),
             conn: Mutex::new(Capture {
+                unicode: UnicodeKeys {
+                    spare: spare_keycodes(&conn)?,
+                    ..UnicodeKeys::default()
+                },
                 conn,
                 damage,
                 frame: None,
@@ -99,6 +118,79 @@ impl X11Desktop {
     fn fake(&self, kind: u8, detail: u8, x: i16, y: i16) -> anyhow::Result<()> {
         let conn = &self.conn.lock().unwrap_or_else(|e| e.into_inner()).conn;
         conn.xtest_fake_input(kind, detail, x11rb::CURRENT_TIME, self.root, x, y, 0)?;
+        conn.flush()?;
+        Ok(())
+    }
+}
+
+impl X11Desktop {
+    /// One RDP Unicode keyboard event (a UTF-16 code unit going down or up).
+    fn unicode(&self, unit: u16, down: bool) -> anyhow::Result<()> {
+        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let Capture { conn, unicode, .. } = &mut *guard;
+        if !down {
+            if let Some(i) = unicode.down.iter().position(|(u, _)| *u == unit) {
+                let (_, keycode) = unicode.down.remove(i);
+                conn.xtest_fake_input(
+                    xproto::KEY_RELEASE_EVENT,
+                    keycode,
+                    x11rb::CURRENT_TIME,
+                    self.root,
+                    0,
+                    0,
+                    0,
+                )?;
+                conn.flush()?;
+            }
+            return Ok(());
+        }
+        let c = match unit {
+            0xd800..=0xdbff => {
+                unicode.high_surrogate = Some(unit);
+                return Ok(());
+            }
+            0xdc00..=0xdfff => match unicode.high_surrogate.take() {
+                Some(high) => char::decode_utf16([high, unit]).next().and_then(Result::ok),
+                None => None,
+            },
+            _ => char::from_u32(u32::from(unit)),
+        };
+        let Some(c) = c else {
+            tracing::debug!(unit, "An unpaired UTF-16 surrogate ignored");
+            return Ok(());
+        };
+        let keysym = keymap::keysym_of(c);
+        let keycode = match unicode.assigned.iter().position(|(k, _)| *k == keysym) {
+            Some(i) => {
+                let entry = unicode.assigned.remove(i);
+                unicode.assigned.push(entry);
+                entry.1
+            }
+            None => {
+                // The least recently assigned keycode, or a fresh one.
+                let keycode = if unicode.assigned.len() < unicode.spare.len() {
+                    unicode.spare[unicode.assigned.len()]
+                } else if !unicode.assigned.is_empty() {
+                    unicode.assigned.remove(0).1
+                } else {
+                    tracing::debug!(unit, "No spare keycode for Unicode input");
+                    return Ok(());
+                };
+                conn.change_keyboard_mapping(1, keycode, 2, &[keysym, keysym])?;
+                unicode.assigned.push((keysym, keycode));
+                keycode
+            }
+        };
+        unicode.down.push((unit, keycode));
+        conn.xtest_fake_input(
+            xproto::KEY_PRESS_EVENT,
+            keycode,
+            x11rb::CURRENT_TIME,
+            self.root,
+            0,
+            0,
+            0,
+        )?;
         conn.flush()?;
         Ok(())
     }
@@ -197,10 +289,7 @@ impl Desktop for X11Desktop {
                     Ok(())
                 }
             },
-            Input::Unicode { unit, .. } => {
-                tracing::debug!(unit, "Unicode keyboard input is not mapped on this desktop");
-                Ok(())
-            }
+            Input::Unicode { unit, down } => self.unicode(unit, down),
             Input::Move { x, y } => {
                 let (x, y) = (
                     x.min(self.width.saturating_sub(1)),
@@ -301,4 +390,25 @@ fn read_rect(
         screen[start..start + row].copy_from_slice(src);
     }
     Ok(())
+}
+
+/// Keycodes of the keymap without any keysym (at most 16, from the top), for Unicode input.
+fn spare_keycodes(conn: &RustConnection) -> anyhow::Result<Vec<u8>> {
+    let setup = conn.setup();
+    let (min, max) = (setup.min_keycode, setup.max_keycode);
+    let mapping = conn
+        .get_keyboard_mapping(min, max - min + 1)?
+        .reply()
+        .context("read the keyboard mapping")?;
+    let per = usize::from(mapping.keysyms_per_keycode).max(1);
+    let mut spare: Vec<u8> = mapping
+        .keysyms
+        .chunks(per)
+        .enumerate()
+        .filter(|(_, syms)| syms.iter().all(|s| *s == 0))
+        .map(|(i, _)| min + i as u8)
+        .collect();
+    spare.reverse();
+    spare.truncate(16);
+    Ok(spare)
 }

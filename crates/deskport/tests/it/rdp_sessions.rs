@@ -46,7 +46,7 @@ impl Server {
             &config,
             format!(
                 "[rdp_server]\nsession_unix_user = \"nobody\"\nsession_timeout_secs = {timeout_secs}\n\
-                 session_commands = [\"exec xterm -geometry 80x20+0+0 -e /bin/sh -c 'exec cat > {}/typed-$USER.txt'\"]\n",
+                 session_commands = [\"LC_ALL=C.UTF-8 exec xterm -u8 -geometry 80x20+0+0 -e /bin/sh -c 'exec cat > {}/typed-$USER.txt'\"]\n",
                 shared.display()
             ),
         )
@@ -272,6 +272,30 @@ fn each_account_gets_a_desktop_that_survives_reconnection_and_takes_keys() {
         1
     );
     drop(again);
+
+    // deskport's own window: characters no PC key has (typed here by xdotool through a
+    // remapped keycode) travel as RDP Unicode events and arrive as the same characters.
+    let _window = ProcessGuard::spawn(
+        "deskport connect",
+        client
+            .command(env!("CARGO_BIN_EXE_deskport"))
+            .args(["connect", &target, "-u", "alice", "-p", PASSWORD, "-g", "800x600"])
+            .arg("--known-hosts")
+            .arg(dir.path().join("known_hosts"))
+            .env("DESKPORT_CONFIG", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("window.log")).unwrap()),
+    )
+    .unwrap();
+    wait_shown(&client, &alice, "alice-deskport-window");
+    xdotool(&["mousemove", "100", "100", "click", "1"]);
+    xdotool(&["type", "--delay", "50", "é€ß😀 x"]);
+    xdotool(&["key", "Return"]);
+    let typed = wait_until(Duration::from_secs(10), "the Unicode line in the session", || {
+        let t = server.typed("nobody");
+        (t.lines().count() >= 2).then_some(t)
+    });
+    assert_eq!(typed.lines().nth(1), Some("é€ß😀 x"), "{typed:?}");
 
     // bob gets a desktop of his own.
     let bob_client = xfreerdp_to(
