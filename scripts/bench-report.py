@@ -169,7 +169,7 @@ def main():
         metrics = (
             ("rdp animation bytes/s, {}", "kB/s on the wire"),
             ("rdp animation server CPU, {}", "server CPU %"),
-            ("rdp animation frames shown by the client, {}", "frames shown / s"),
+            ("rdp animation screen changes seen by the client, {}", "screen changes seen by the client / s"),
         )
         for ax, (key, label) in zip(axes, metrics):
             xs = range(len(modes))
@@ -179,9 +179,10 @@ def main():
             ax.bar([x + 0.2 for x in xs], theirs, width=0.4, label="freerdp-shadow")
             ax.set_xticks(list(xs), modes)
             ax.set_title(label)
-        axes[0].legend()
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=2)
         fig.suptitle("RDP: a 10 s animation watched by xfreerdp, same display, same run")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
         fig.savefig(os.path.join(out_dir, "rdp.png"), dpi=100)
         plots.append(("rdp.png", "RDP server: bytes, CPU and frames per second against FreeRDP's shadow server"))
 
