@@ -201,6 +201,10 @@ pub async fn serve(
             if g.extra_flags.contains(caps::GeneralExtraFlags::NO_BITMAP_COMPRESSION_HDR))
     });
     let compression = compression.filter(|_| shared.bulk_compression);
+    let new_pointer = result
+        .capabilities
+        .iter()
+        .any(|c| matches!(c, CapabilitySet::Pointer(p) if p.pointer_cache_size > 0));
     tracing::info!(%peer, account, security, bpp, ?compression, "Session started");
     let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
     let params = SessionParams {
@@ -209,6 +213,7 @@ pub async fn serve(
         bpp,
         codec: shared.codec,
         no_compression_header,
+        new_pointer,
         compression,
         frame_interval: shared.frame_interval,
         backlog: result.input_events,

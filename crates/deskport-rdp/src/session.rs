@@ -36,6 +36,8 @@ pub struct SessionParams {
     pub codec: Codec,
     /// The client's General capability has NO_BITMAP_COMPRESSION_HDR.
     pub no_compression_header: bool,
+    /// The client takes 32-bit New Pointer updates (else 24-bit Color Pointer ones).
+    pub new_pointer: bool,
     /// Bulk compression of the updates (the best the client offered), if any.
     pub compression: Option<ironrdp_pdu::rdp::client_info::CompressionType>,
     /// Time between screen checks.
@@ -64,6 +66,7 @@ where
         }
     }
     let mut previous: Option<Frame> = None;
+    let mut sent_cursor: Option<u32> = None;
     let mut ticker = tokio::time::interval(params.frame_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out = Vec::new();
@@ -81,7 +84,16 @@ where
             }
             _ = ticker.tick() => {
                 let d = desktop.clone();
-                let frame = tokio::task::spawn_blocking(move || d.capture()).await??;
+                let (frame, cursor) = tokio::task::spawn_blocking(move || {
+                    d.capture().map(|f| (f, d.cursor()))
+                })
+                .await??;
+                if let Some(cursor) = cursor.filter(|c| Some(c.serial) != sent_cursor) {
+                    out.clear();
+                    crate::encode::pointer_update(&cursor, params.new_pointer, &mut out)?;
+                    writer.write_all(&out).await?;
+                    sent_cursor = Some(cursor.serial);
+                }
                 if previous.as_ref().is_some_and(|p| {
                     p.generation != 0
                         && p.generation == frame.generation

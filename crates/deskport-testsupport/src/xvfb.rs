@@ -343,3 +343,19 @@ impl InputProbe {
         self.events.lock().unwrap().clone()
     }
 }
+
+/// A pointer image: size, hotspot and premultiplied ARGB pixels.
+pub type CursorImage = ((u16, u16), (u16, u16), Vec<u32>);
+
+/// The pointer image `display` shows now (XFIXES).
+pub fn cursor_image(display: &str) -> anyhow::Result<CursorImage> {
+    use x11rb::protocol::xfixes::ConnectionExt as _;
+    let (conn, _) = x11rb::connect(Some(display))?;
+    conn.xfixes_query_version(5, 0)?.reply()?;
+    let reply = conn.xfixes_get_cursor_image()?.reply()?;
+    Ok((
+        (reply.width, reply.height),
+        (reply.xhot, reply.yhot),
+        reply.cursor_image,
+    ))
+}

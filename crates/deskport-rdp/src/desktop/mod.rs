@@ -30,6 +30,28 @@ impl Frame {
     }
 }
 
+/// The pointer's image: `argb` holds premultiplied `0xAARRGGBB` pixels, rows top-down (as
+/// XFIXES reports them).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// Changes whenever the image does.
+    pub serial: u32,
+    pub width: u16,
+    pub height: u16,
+    pub hotspot: (u16, u16),
+    pub argb: Arc<Vec<u32>>,
+}
+
+impl std::fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Cursor(#{} {}x{} hot {:?})",
+            self.serial, self.width, self.height, self.hotspot
+        )
+    }
+}
+
 /// Mouse buttons the server injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Button {
@@ -78,6 +100,10 @@ pub trait Desktop: Send + Sync + std::fmt::Debug {
     fn capture(&self) -> anyhow::Result<Frame>;
     /// Injects one input event.
     fn input(&self, event: Input) -> anyhow::Result<()>;
+    /// The pointer's image as of the last capture, if the desktop knows it.
+    fn cursor(&self) -> Option<Cursor> {
+        None
+    }
 }
 
 /// Gives each logon its desktop.

@@ -441,6 +441,10 @@ impl Desktop for Attached {
         self.current()?;
         self.session.desktop.input(event)
     }
+
+    fn cursor(&self) -> Option<super::Cursor> {
+        self.session.desktop.cursor()
+    }
 }
 
 #[cfg(test)]

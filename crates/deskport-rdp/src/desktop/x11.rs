@@ -15,7 +15,7 @@ use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder}
 use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::RustConnection;
 
-use super::{keymap, Button, Desktop, Frame, Input};
+use super::{keymap, Button, Cursor, Desktop, Frame, Input};
 
 /// A connection to one X display.
 pub struct X11Desktop {
@@ -35,6 +35,10 @@ struct Capture {
     frame: Option<Frame>,
     generation: u64,
     unicode: UnicodeKeys,
+    /// The pointer image, re-read after XFIXES reports a change (`None` until first read or
+    /// without XFIXES).
+    cursor: Option<Cursor>,
+    cursor_changed: bool,
 }
 
 /// Characters typed without a scancode (RDP Unicode keyboard events) go through keycodes the
@@ -104,6 +108,8 @@ impl X11Desktop {
                     spare: spare_keycodes(&conn)?,
                     ..UnicodeKeys::default()
                 },
+                cursor: None,
+                cursor_changed: damage.is_some(),
                 conn,
                 damage,
                 frame: None,
@@ -201,6 +207,14 @@ impl Desktop for X11Desktop {
         (self.width, self.height)
     }
 
+    fn cursor(&self) -> Option<Cursor> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cursor
+            .clone()
+    }
+
     fn capture(&self) -> anyhow::Result<Frame> {
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *guard;
@@ -227,7 +241,15 @@ impl Desktop for X11Desktop {
         };
         let mut damaged = false;
         while let Some(event) = state.conn.poll_for_event()? {
-            damaged |= matches!(event, x11rb::protocol::Event::DamageNotify(_));
+            match event {
+                x11rb::protocol::Event::DamageNotify(_) => damaged = true,
+                x11rb::protocol::Event::XfixesCursorNotify(_) => state.cursor_changed = true,
+                _ => {}
+            }
+        }
+        if state.cursor_changed {
+            state.cursor_changed = false;
+            state.cursor = read_cursor(&state.conn);
         }
         if !damaged {
             return Ok(frame.clone());
@@ -348,6 +370,7 @@ fn track_damage(
     conn.damage_create(damage, root, damage::ReportLevel::NON_EMPTY)?;
     let region = conn.generate_id()?;
     conn.xfixes_create_region(region, &[])?;
+    conn.xfixes_select_cursor_input(root, xfixes::CursorNotifyMask::DISPLAY_CURSOR)?;
     conn.flush()?;
     Ok((damage, region))
 }
@@ -411,4 +434,19 @@ fn spare_keycodes(conn: &RustConnection) -> anyhow::Result<Vec<u8>> {
     spare.reverse();
     spare.truncate(16);
     Ok(spare)
+}
+
+/// The pointer's current image (XFIXES GetCursorImage), `None` if it cannot be read.
+fn read_cursor(conn: &RustConnection) -> Option<Cursor> {
+    let reply = conn.xfixes_get_cursor_image().ok()?.reply().ok()?;
+    if reply.width == 0 || reply.height == 0 {
+        return None;
+    }
+    Some(Cursor {
+        serial: reply.cursor_serial,
+        width: reply.width,
+        height: reply.height,
+        hotspot: (reply.xhot, reply.yhot),
+        argb: std::sync::Arc::new(reply.cursor_image),
+    })
 }

@@ -156,6 +156,8 @@ fn each_account_gets_a_desktop_that_survives_reconnection_and_takes_keys() {
     let target = server.target();
     let logs = dir.path();
 
+    // The client display's own pointer, before any RDP client runs.
+    let own_pointer = deskport_testsupport::cursor_image(client.display()).unwrap();
     // alice's first logon starts her desktop at the client's size.
     let mut first = xfreerdp_to(
         &client,
@@ -196,6 +198,36 @@ fn each_account_gets_a_desktop_that_survives_reconnection_and_takes_keys() {
         );
     };
     xdotool(&["mousemove", "100", "100", "click", "1"]);
+    // The pointer is over the terminal: the client shows the terminal's pointer (an I-beam),
+    // the same shape the session's X server shows (checked before typing: xterm hides the
+    // pointer while one types).
+    wait_until(
+        Duration::from_secs(10),
+        "the session's pointer on the client",
+        || {
+            let (size, hot, pixels) = deskport_testsupport::cursor_image(&alice).ok()?;
+            // Until the click arrives the session shows its root window's pointer.
+            if (size, hot, &pixels) == (own_pointer.0, own_pointer.1, &own_pointer.2) {
+                return None;
+            }
+            let (csize, chot, cpixels) =
+                deskport_testsupport::cursor_image(client.display()).ok()?;
+            // RDP keeps the hotspot inside the image.
+            let clamp = |(x, y): (u16, u16), (w, h): (u16, u16)| (x.min(w - 1), y.min(h - 1));
+            let shape = |p: &[u32]| p.iter().map(|v| v >> 24 >= 128).collect::<Vec<_>>();
+            (size == csize && clamp(hot, size) == chot && shape(&pixels) == shape(&cpixels))
+                .then_some(())
+        },
+    );
+    let session_pointer = deskport_testsupport::cursor_image(&alice).unwrap();
+    eprintln!(
+        "the session's pointer: {:?}, hotspot {:?}",
+        session_pointer.0, session_pointer.1
+    );
+    assert_ne!(
+        session_pointer, own_pointer,
+        "the session's pointer differs from the client display's own"
+    );
     xdotool(&["type", "--delay", "30", "Hello 123 !@#"]);
     xdotool(&["key", "Up", "Return"]);
     let typed = wait_until(
@@ -279,7 +311,9 @@ fn each_account_gets_a_desktop_that_survives_reconnection_and_takes_keys() {
         "deskport connect",
         client
             .command(env!("CARGO_BIN_EXE_deskport"))
-            .args(["connect", &target, "-u", "alice", "-p", PASSWORD, "-g", "800x600"])
+            .args([
+                "connect", &target, "-u", "alice", "-p", PASSWORD, "-g", "800x600",
+            ])
             .arg("--known-hosts")
             .arg(dir.path().join("known_hosts"))
             .env("DESKPORT_CONFIG", "/dev/null")
@@ -291,10 +325,14 @@ fn each_account_gets_a_desktop_that_survives_reconnection_and_takes_keys() {
     xdotool(&["mousemove", "100", "100", "click", "1"]);
     xdotool(&["type", "--delay", "50", "é€ß😀 x"]);
     xdotool(&["key", "Return"]);
-    let typed = wait_until(Duration::from_secs(10), "the Unicode line in the session", || {
-        let t = server.typed("nobody");
-        (t.lines().count() >= 2).then_some(t)
-    });
+    let typed = wait_until(
+        Duration::from_secs(10),
+        "the Unicode line in the session",
+        || {
+            let t = server.typed("nobody");
+            (t.lines().count() >= 2).then_some(t)
+        },
+    );
     assert_eq!(typed.lines().nth(1), Some("é€ß😀 x"), "{typed:?}");
 
     // bob gets a desktop of his own.
