@@ -149,6 +149,11 @@ pub async fn serve(
         security |= SecurityProtocol::SSL;
     }
     let mut acceptor = Acceptor::new(security, size, capabilities(size), None);
+    // The clipboard channel, for clients that join it.
+    let (clipboard_tx, clipboard_rx) = tokio::sync::mpsc::unbounded_channel();
+    acceptor.attach_static_channel(ironrdp_cliprdr::CliprdrServer::new(Box::new(
+        crate::clipboard::Backend::new(clipboard_tx),
+    )));
     if shared.desktops.honors_client_size() {
         acceptor.set_honor_client_desktop_size(Some(DesktopSize {
             width: 8192,
@@ -217,6 +222,11 @@ pub async fn serve(
         compression,
         frame_interval: shared.frame_interval,
         backlog: result.input_events,
+        channels: session::Channels {
+            set: result.static_channels,
+            user_channel_id: result.user_channel_id,
+            clipboard: Some(clipboard_rx),
+        },
     };
     let end = session::run(reader, writer, params, close).await?;
     match end {

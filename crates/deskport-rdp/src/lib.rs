@@ -10,6 +10,7 @@
 //! - [`accounts`], [`tls`]: the account store and the server's certificate.
 
 pub mod accounts;
+pub mod clipboard;
 pub mod connection;
 pub mod credssp;
 pub mod desktop;

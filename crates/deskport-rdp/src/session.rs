@@ -15,8 +15,13 @@ use ironrdp_pdu::x224::X224;
 use ironrdp_pdu::Action;
 use tokio::sync::watch;
 
+use crate::clipboard::{self, FromClient, ToX, XClipboard};
 use crate::desktop::{Button, Desktop, Frame, Input};
 use crate::encode::{Codec, Encoder};
+use ironrdp_cliprdr::pdu::ClipboardFormatId;
+use ironrdp_cliprdr::CliprdrServer;
+use ironrdp_svc::{server_encode_svc_messages, StaticChannelSet, SvcMessage, SvcProcessor};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +49,75 @@ pub struct SessionParams {
     pub frame_interval: Duration,
     /// Input events the client sent during connection finalization.
     pub backlog: Vec<Vec<u8>>,
+    /// The static virtual channels the client joined (cliprdr), and what their backends report.
+    pub channels: Channels,
+}
+
+/// Static virtual channels of a session.
+#[derive(Debug)]
+pub struct Channels {
+    pub set: StaticChannelSet,
+    pub user_channel_id: u16,
+    /// What the clipboard channel's backend reports.
+    pub clipboard: Option<UnboundedReceiver<FromClient>>,
+}
+
+impl Channels {
+    /// Runs `f` on the clipboard channel and appends the messages it returns, encoded, to `out`.
+    fn with_cliprdr(
+        &mut self,
+        out: &mut Vec<u8>,
+        f: impl FnOnce(&mut CliprdrServer) -> ironrdp_pdu::PduResult<Vec<SvcMessage>>,
+    ) {
+        let Some(id) = self.set.get_channel_id_by_type::<CliprdrServer>() else {
+            return;
+        };
+        let Some(cliprdr) = self
+            .set
+            .get_by_type_mut::<CliprdrServer>()
+            .and_then(|c| c.channel_processor_downcast_mut::<CliprdrServer>())
+        else {
+            return;
+        };
+        let msgs = match f(cliprdr) {
+            Ok(msgs) => msgs,
+            Err(e) => {
+                tracing::debug!(error = %e, "Clipboard channel");
+                return;
+            }
+        };
+        match server_encode_svc_messages(msgs, id, self.user_channel_id) {
+            Ok(bytes) => out.extend_from_slice(&bytes),
+            Err(e) => tracing::debug!(error = %e, "Clipboard channel"),
+        }
+    }
+
+    /// A PDU the client sent on one of the channels; the answers are appended to `out`.
+    fn process(&mut self, channel_id: u16, data: &[u8], out: &mut Vec<u8>) {
+        let Some(channel) = self.set.get_by_channel_id_mut(channel_id) else {
+            tracing::debug!(channel_id, "Data on an unknown channel ignored");
+            return;
+        };
+        let msgs = match channel.process(data) {
+            Ok(msgs) => msgs,
+            Err(e) => {
+                tracing::debug!(error = %e, channel_id, "Undecodable channel data ignored");
+                return;
+            }
+        };
+        match server_encode_svc_messages(msgs, channel_id, self.user_channel_id) {
+            Ok(bytes) => out.extend_from_slice(&bytes),
+            Err(e) => tracing::debug!(error = %e, channel_id, "Channel answer not encodable"),
+        }
+    }
+}
+
+/// The next item of an optional receiver; never resolves without one.
+async fn next<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs the session until the client leaves, `close` carries a reason, or the transport fails.
@@ -60,26 +134,105 @@ where
     let mut encoder = Encoder::new(params.bpp, params.codec, params.no_compression_header)
         .with_bulk_compression(params.compression);
     let desktop = params.desktop.clone();
+    let mut channels = params.channels;
+    let mut out = Vec::new();
     for pdu in &params.backlog {
-        if let Some(end) = handle_input(&*desktop, params.io_channel_id, Action::X224, pdu)? {
+        let end = handle_input(
+            &*desktop,
+            params.io_channel_id,
+            Action::X224,
+            pdu,
+            &mut channels,
+            &mut out,
+        )?;
+        if let Some(end) = end {
             return Ok(end);
         }
     }
+    // The clipboard: the channel starts (capabilities, monitor ready); the X side runs on the
+    // session's display.
+    channels.with_cliprdr(&mut out, SvcProcessor::start);
+    if !out.is_empty() {
+        writer.write_all(&out).await?;
+    }
+    let mut x_clipboard = match desktop.x_display() {
+        Some(d) if channels.clipboard.is_some() => match XClipboard::start(&d) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                tracing::warn!(error = %e, "No clipboard for this session");
+                None
+            }
+        },
+        _ => None,
+    };
+    let mut copied = x_clipboard
+        .as_mut()
+        .map(|x| std::mem::replace(&mut x.copied, tokio::sync::mpsc::unbounded_channel().1));
+    // What an X application last copied, offered to the client.
+    let mut session_text: Option<String> = None;
     let mut previous: Option<Frame> = None;
     let mut sent_cursor: Option<u32> = None;
     let mut ticker = tokio::time::interval(params.frame_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut out = Vec::new();
     loop {
         tokio::select! {
+            event = next(&mut channels.clipboard) => {
+                let Some(event) = event else {
+                    channels.clipboard = None;
+                    continue;
+                };
+                out.clear();
+                match event {
+                    FromClient::Copied { text: true } => channels.with_cliprdr(&mut out, |c| {
+                        c.initiate_paste(ClipboardFormatId::CF_UNICODETEXT).map(Into::into)
+                    }),
+                    FromClient::Copied { text: false } => {}
+                    FromClient::Text(Some(text)) => {
+                        if let Some(x) = &x_clipboard {
+                            let _ = x.to_x.send(ToX::Own(text));
+                        }
+                    }
+                    FromClient::Text(None) => {}
+                    FromClient::WantsText => channels.with_cliprdr(&mut out, |c| {
+                        c.submit_format_data(clipboard::text_response(session_text.as_deref()))
+                            .map(Into::into)
+                    }),
+                }
+                if !out.is_empty() {
+                    writer.write_all(&out).await?;
+                }
+            }
+            text = next(&mut copied) => {
+                let Some(text) = text else {
+                    copied = None;
+                    continue;
+                };
+                session_text = Some(text);
+                out.clear();
+                channels.with_cliprdr(&mut out, |c| {
+                    if c.is_ready() {
+                        c.initiate_copy(&[clipboard::text_format()]).map(Into::into)
+                    } else {
+                        Ok(Vec::new())
+                    }
+                });
+                if !out.is_empty() {
+                    writer.write_all(&out).await?;
+                }
+            }
             read = reader.read_pdu() => {
                 let (action, pdu) = match read {
                     Ok(r) => r,
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(End::Client),
                     Err(e) => return Err(e.into()),
                 };
-                if let Some(end) = handle_input(&*desktop, params.io_channel_id, action, &pdu)? {
+                out.clear();
+                let end = handle_input(&*desktop, params.io_channel_id, action, &pdu, &mut channels, &mut out)?;
+                if let Some(end) = end {
                     return Ok(end);
+                }
+                if !out.is_empty() {
+                    writer.write_all(&out).await?;
                 }
             }
             _ = ticker.tick() => {
@@ -135,6 +288,8 @@ fn handle_input(
     io_channel_id: u16,
     action: Action,
     pdu: &[u8],
+    channels: &mut Channels,
+    out: &mut Vec<u8>,
 ) -> anyhow::Result<Option<End>> {
     match action {
         Action::FastPath => {
@@ -187,7 +342,14 @@ fn handle_input(
                         _ => Ok(None),
                     }
                 }
-                // Virtual channels (clipboard, sound, dynamic channels) are not served yet.
+                McsMessage::SendDataRequest(SendDataRequest {
+                    channel_id,
+                    user_data,
+                    ..
+                }) => {
+                    channels.process(channel_id, user_data.as_ref(), out);
+                    Ok(None)
+                }
                 _ => Ok(None),
             }
         }

@@ -100,6 +100,10 @@ pub trait Desktop: Send + Sync + std::fmt::Debug {
     fn capture(&self) -> anyhow::Result<Frame>;
     /// Injects one input event.
     fn input(&self, event: Input) -> anyhow::Result<()>;
+    /// The X display to serve the clipboard on, if the desktop has one.
+    fn x_display(&self) -> Option<String> {
+        None
+    }
     /// The pointer's image as of the last capture, if the desktop knows it.
     fn cursor(&self) -> Option<Cursor> {
         None

@@ -445,6 +445,10 @@ impl Desktop for Attached {
     fn cursor(&self) -> Option<super::Cursor> {
         self.session.desktop.cursor()
     }
+
+    fn x_display(&self) -> Option<String> {
+        self.session.desktop.x_display()
+    }
 }
 
 #[cfg(test)]

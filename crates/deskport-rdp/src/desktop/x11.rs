@@ -207,6 +207,10 @@ impl Desktop for X11Desktop {
         (self.width, self.height)
     }
 
+    fn x_display(&self) -> Option<String> {
+        Some(self.display.clone())
+    }
+
     fn cursor(&self) -> Option<Cursor> {
         self.conn
             .lock()

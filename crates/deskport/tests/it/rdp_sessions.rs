@@ -429,3 +429,73 @@ fn sessions_end_when_left_alone_or_logged_off() {
         || second.process.try_wait().map(|_| ()),
     );
 }
+
+/// `xclip` putting `text` on the CLIPBOARD selection of `display` (it serves it until the
+/// guard drops or another program takes the selection).
+fn copy_on(display: &str, text: &str) -> ProcessGuard {
+    use std::io::Write as _;
+    let mut process = ProcessGuard::spawn(
+        "xclip",
+        Command::new("xclip")
+            .args(["-selection", "clipboard", "-i", "-quiet"])
+            .env("DISPLAY", display)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let mut stdin = process.child_mut().stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).unwrap();
+    drop(stdin);
+    process
+}
+
+/// What pasting from CLIPBOARD on `display` gives, if anything.
+fn paste_on(display: &str) -> Option<String> {
+    let out = Command::new("xclip")
+        .args(["-selection", "clipboard", "-o"])
+        .env("DISPLAY", display)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn clipboard_text_crosses_both_ways() {
+    require_program("xclip");
+    let dir = deskport_testsupport::data_dir();
+    let server = Server::start(dir.path(), 3600);
+    let client = Xvfb::start(1024, 768);
+    let target = server.target();
+    let _session = xfreerdp_to(
+        &client,
+        &target,
+        dir.path(),
+        "alice",
+        PASSWORD,
+        &["/sec:nla", "/size:800x600", "+clipboard"],
+    );
+    let alice = server.display_of("alice");
+    wait_shown(&client, &alice, "clipboard");
+
+    // Copied on the client, pasted in the session.
+    let from_client = "copied on the client: grüße ✓";
+    let _client_copy = copy_on(client.display(), from_client);
+    wait_until(
+        Duration::from_secs(15),
+        "the client's text in the session",
+        || (paste_on(&alice).as_deref() == Some(from_client)).then_some(()),
+    );
+
+    // Copied in the session, pasted on the client.
+    let from_session = "copied in the session: 日本語 and €";
+    let _session_copy = copy_on(&alice, from_session);
+    wait_until(
+        Duration::from_secs(15),
+        "the session's text on the client",
+        || (paste_on(client.display()).as_deref() == Some(from_session)).then_some(()),
+    );
+}
