@@ -54,6 +54,8 @@ pub struct Options {
     /// Where trusted certificates are remembered.
     pub known_hosts: PathBuf,
     pub connect_timeout: Duration,
+    /// Join the clipboard channel, reporting what the server does on it here.
+    pub clipboard: Option<tokio::sync::mpsc::UnboundedSender<deskport_rdp::clipboard::FromPeer>>,
 }
 
 impl Options {
@@ -373,6 +375,11 @@ pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
         message: e.to_string(),
     })?;
     let mut connector = ClientConnector::new(config(opts), local);
+    if let Some(tx) = &opts.clipboard {
+        connector.attach_static_channel(ironrdp_cliprdr::CliprdrClient::new(Box::new(
+            deskport_rdp::clipboard::Backend::new(tx.clone()),
+        )));
+    }
     let mut framed = TokioFramed::new(tcp);
     let should_upgrade = ironrdp_async::connect_begin(&mut framed, &mut connector)
         .await

@@ -19,6 +19,9 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 
 use crate::connect::{ClientError, Connected};
+use deskport_rdp::clipboard::{self, FromPeer, ToX, XClipboard};
+use ironrdp_cliprdr::pdu::ClipboardFormatId;
+use ironrdp_cliprdr::{CliprdrClient, CliprdrSvcMessages};
 
 /// What the user (or the window) asks of the session.
 #[derive(Debug, Clone)]
@@ -203,6 +206,48 @@ fn session_error(what: &str, e: impl std::fmt::Display) -> ClientError {
     ClientError::Protocol(format!("{what}: {e}"))
 }
 
+/// The clipboard of a windowed session: what the server reports on the channel, and the X
+/// side on the local display.
+#[derive(Debug)]
+pub struct Clipboard {
+    pub from_server: mpsc::UnboundedReceiver<FromPeer>,
+    pub x: XClipboard,
+}
+
+/// The next item of an optional receiver; never resolves without one.
+async fn next<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `f` on the clipboard channel; the bytes to send, if any.
+fn with_cliprdr(
+    stage: &mut ActiveStage,
+    f: impl FnOnce(
+        &mut CliprdrClient,
+    ) -> ironrdp_pdu::PduResult<CliprdrSvcMessages<ironrdp_cliprdr::Client>>,
+) -> Vec<ActiveStageOutput> {
+    let Some(cliprdr) = stage.get_svc_processor_mut::<CliprdrClient>() else {
+        return Vec::new();
+    };
+    let messages = match f(cliprdr) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(error = %e, "Clipboard channel");
+            return Vec::new();
+        }
+    };
+    match stage.process_svc_processor_messages(messages) {
+        Ok(frame) => vec![ActiveStageOutput::ResponseFrame(frame)],
+        Err(e) => {
+            tracing::debug!(error = %e, "Clipboard channel");
+            Vec::new()
+        }
+    }
+}
+
 /// Runs the session until the frontend is done, the user closes it, the server ends it, or
 /// `deadline` passes while the frontend is still incomplete.
 pub async fn run<F: Frontend>(
@@ -210,7 +255,18 @@ pub async fn run<F: Frontend>(
     frontend: &mut F,
     mut events: Option<mpsc::UnboundedReceiver<UiEvent>>,
     deadline: Option<(Instant, String)>,
+    clipboard: Option<Clipboard>,
 ) -> Result<Ending, ClientError> {
+    let (mut from_server, x_clipboard) = match clipboard {
+        Some(Clipboard { from_server, x }) => (Some(from_server), Some(x)),
+        None => (None, None),
+    };
+    let (to_x, mut copied) = match x_clipboard {
+        Some(x) => (Some(x.to_x), Some(x.copied)),
+        None => (None, None),
+    };
+    // What was last copied on this display, offered to the server.
+    let mut local_text: Option<String> = None;
     let Connected {
         mut framed, result, ..
     } = connected;
@@ -248,6 +304,52 @@ pub async fn run<F: Frontend>(
 
     loop {
         let outputs = tokio::select! {
+            event = next(&mut from_server) => match event.inspect(|e| tracing::debug!(?e, "Clipboard event from the server")) {
+                None => {
+                    from_server = None;
+                    Vec::new()
+                }
+                Some(FromPeer::Copied { text: true }) => with_cliprdr(&mut stage, |c| {
+                    c.initiate_paste(ClipboardFormatId::CF_UNICODETEXT)
+                }),
+                Some(FromPeer::Copied { text: false } | FromPeer::Text(None) | FromPeer::Ready) => {
+                    Vec::new()
+                }
+                // The channel's first format list: what this display has, maybe nothing.
+                Some(FromPeer::FormatListRequested) => {
+                    let formats = if local_text.is_some() {
+                        vec![clipboard::text_format()]
+                    } else {
+                        Vec::new()
+                    };
+                    with_cliprdr(&mut stage, |c| c.initiate_copy(&formats))
+                }
+                Some(FromPeer::Text(Some(text))) => {
+                    if let Some(to_x) = &to_x {
+                        let _ = to_x.send(ToX::Own(text));
+                    }
+                    Vec::new()
+                }
+                Some(FromPeer::WantsText) => with_cliprdr(&mut stage, |c| {
+                    c.submit_format_data(clipboard::text_response(local_text.as_deref()))
+                }),
+            },
+            text = next(&mut copied) => match text {
+                None => {
+                    copied = None;
+                    Vec::new()
+                }
+                Some(text) => {
+                    local_text = Some(text);
+                    with_cliprdr(&mut stage, |c| {
+                        if c.is_ready() {
+                            c.initiate_copy(&[clipboard::text_format()])
+                        } else {
+                            Ok(Vec::new().into())
+                        }
+                    })
+                }
+            },
             frame = framed.read_pdu() => {
                 let (action, payload) = match frame {
                     Ok(f) => f,

@@ -31,27 +31,32 @@ use x11rb::wrapper::ConnectionExt as _;
 /// Texts longer than this are not fetched from X (no INCR transfers).
 const MAX_TEXT: u32 = 4 << 20;
 
-/// What the client's side of the channel reports.
+/// What the other side of the channel reports (the client, for the server's channel; the
+/// server, for the client's).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FromClient {
-    /// The client copied something; `text` if it offers text.
+pub enum FromPeer {
+    /// The peer copied something; `text` if it offers text.
     Copied { text: bool },
-    /// The client pastes: it wants the session's text.
+    /// The peer pastes: it wants our text.
     WantsText,
-    /// The text the server asked for (`None`: the client had none to give).
+    /// The text we asked for (`None`: the peer had none to give).
     Text(Option<String>),
+    /// The channel is up: both sides exchanged capabilities and a first format list.
+    Ready,
+    /// (Client role) the server is ready for our first format list.
+    FormatListRequested,
 }
 
-/// The cliprdr backend: forwards what matters to the session loop.
+/// The cliprdr backend (either role): forwards what matters to the session loop.
 #[derive(Debug)]
 pub struct Backend {
-    tx: UnboundedSender<FromClient>,
+    tx: UnboundedSender<FromPeer>,
 }
 
 ironrdp_core::impl_as_any!(Backend);
 
 impl Backend {
-    pub fn new(tx: UnboundedSender<FromClient>) -> Self {
+    pub fn new(tx: UnboundedSender<FromPeer>) -> Self {
         Self { tx }
     }
 }
@@ -65,9 +70,13 @@ impl CliprdrBackend for Backend {
         ClipboardGeneralCapabilityFlags::USE_LONG_FORMAT_NAMES
     }
 
-    fn on_ready(&mut self) {}
+    fn on_ready(&mut self) {
+        let _ = self.tx.send(FromPeer::Ready);
+    }
 
-    fn on_request_format_list(&mut self) {}
+    fn on_request_format_list(&mut self) {
+        let _ = self.tx.send(FromPeer::FormatListRequested);
+    }
 
     fn on_process_negotiated_capabilities(&mut self, _: ClipboardGeneralCapabilityFlags) {}
 
@@ -75,19 +84,19 @@ impl CliprdrBackend for Backend {
         let text = available_formats.iter().any(|f| {
             f.id() == ClipboardFormatId::CF_UNICODETEXT || f.id() == ClipboardFormatId::CF_TEXT
         });
-        let _ = self.tx.send(FromClient::Copied { text });
+        let _ = self.tx.send(FromPeer::Copied { text });
     }
 
     fn on_format_data_request(&mut self, _request: FormatDataRequest) {
         // Only Unicode text is ever announced, so that is what the client asks for.
-        let _ = self.tx.send(FromClient::WantsText);
+        let _ = self.tx.send(FromPeer::WantsText);
     }
 
     fn on_format_data_response(&mut self, response: FormatDataResponse<'_>) {
         let text = (!response.is_error())
             .then(|| response.to_unicode_string().ok())
             .flatten();
-        let _ = self.tx.send(FromClient::Text(text));
+        let _ = self.tx.send(FromPeer::Text(text));
     }
 
     fn on_file_contents_request(&mut self, _: FileContentsRequest) {}
@@ -194,6 +203,10 @@ impl Worker {
             clipboard,
             xfixes::SelectionEventMask::SET_SELECTION_OWNER,
         )?;
+        // What is on the clipboard already is offered too.
+        if conn.get_selection_owner(clipboard)?.reply()?.owner != x11rb::NONE {
+            conn.convert_selection(window, clipboard, utf8, property, x11rb::CURRENT_TIME)?;
+        }
         conn.flush()?;
         Ok(Self {
             conn,
@@ -215,6 +228,10 @@ impl Worker {
         loop {
             match orders.try_recv() {
                 Ok(ToX::Own(text)) => {
+                    tracing::debug!(
+                        bytes = text.len(),
+                        "Owning the X clipboard with the peer's text"
+                    );
                     self.owned = Some(text);
                     self.conn.set_selection_owner(
                         self.window,
@@ -271,6 +288,7 @@ impl Worker {
                     .reply()?;
                 if reply.type_ == self.utf8 || reply.type_ == u32::from(xproto::AtomEnum::STRING) {
                     let text = String::from_utf8_lossy(&reply.value).into_owned();
+                    tracing::debug!(bytes = text.len(), "Text copied on the X display");
                     let _ = copied.send(text);
                 }
             }

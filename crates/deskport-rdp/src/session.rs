@@ -15,7 +15,7 @@ use ironrdp_pdu::x224::X224;
 use ironrdp_pdu::Action;
 use tokio::sync::watch;
 
-use crate::clipboard::{self, FromClient, ToX, XClipboard};
+use crate::clipboard::{self, FromPeer, ToX, XClipboard};
 use crate::desktop::{Button, Desktop, Frame, Input};
 use crate::encode::{Codec, Encoder};
 use ironrdp_cliprdr::pdu::ClipboardFormatId;
@@ -59,7 +59,7 @@ pub struct Channels {
     pub set: StaticChannelSet,
     pub user_channel_id: u16,
     /// What the clipboard channel's backend reports.
-    pub clipboard: Option<UnboundedReceiver<FromClient>>,
+    pub clipboard: Option<UnboundedReceiver<FromPeer>>,
 }
 
 impl Channels {
@@ -183,17 +183,22 @@ where
                 };
                 out.clear();
                 match event {
-                    FromClient::Copied { text: true } => channels.with_cliprdr(&mut out, |c| {
+                    FromPeer::Copied { text: true } => channels.with_cliprdr(&mut out, |c| {
                         c.initiate_paste(ClipboardFormatId::CF_UNICODETEXT).map(Into::into)
                     }),
-                    FromClient::Copied { text: false } => {}
-                    FromClient::Text(Some(text)) => {
+                    FromPeer::Copied { text: false } => {}
+                    FromPeer::Text(Some(text)) => {
                         if let Some(x) = &x_clipboard {
                             let _ = x.to_x.send(ToX::Own(text));
                         }
                     }
-                    FromClient::Text(None) => {}
-                    FromClient::WantsText => channels.with_cliprdr(&mut out, |c| {
+                    FromPeer::Text(None) | FromPeer::FormatListRequested => {}
+                    // Offer what the session copied before the client was ready.
+                    FromPeer::Ready if session_text.is_some() => channels.with_cliprdr(&mut out, |c| {
+                        c.initiate_copy(&[clipboard::text_format()]).map(Into::into)
+                    }),
+                    FromPeer::Ready => {}
+                    FromPeer::WantsText => channels.with_cliprdr(&mut out, |c| {
                         c.submit_format_data(clipboard::text_response(session_text.as_deref()))
                             .map(Into::into)
                     }),

@@ -177,6 +177,7 @@ pub fn exec(args: Args) -> anyhow::Result<()> {
         pin: args.cert_fingerprint.clone(),
         known_hosts,
         connect_timeout: Duration::from_secs(args.timeout),
+        clipboard: None,
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -187,8 +188,16 @@ pub fn exec(args: Args) -> anyhow::Result<()> {
     runtime.block_on(run(options, args))
 }
 
-async fn run(options: Options, args: Args) -> anyhow::Result<()> {
+async fn run(mut options: Options, args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
+    // A window shares the clipboard (text, both ways); a screenshot does not.
+    let clipboard = if args.screenshot.is_none() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        options.clipboard = Some(tx);
+        Some(rx)
+    } else {
+        None
+    };
     let timeout = Duration::from_secs(args.timeout);
     let connected = tokio::time::timeout(timeout, deskport_client::connect(&options))
         .await
@@ -223,7 +232,7 @@ async fn run(options: Options, args: Args) -> anyhow::Result<()> {
                 args.timeout
             ),
         );
-        match session::run(connected, &mut shot, None, Some(deadline)).await? {
+        match session::run(connected, &mut shot, None, Some(deadline), None).await? {
             Ending::Done => {
                 if let Some(at) = shot.completed_at() {
                     // Read by the RDP benchmark (connect → first complete frame).
@@ -243,7 +252,17 @@ async fn run(options: Options, args: Args) -> anyhow::Result<()> {
     } else {
         let title = format!("{} — deskport", options.endpoint());
         let (mut window, events) = Window::open(None, &title, width, height, args.fullscreen)?;
-        match session::run(connected, &mut window, Some(events), None).await? {
+        let clipboard = clipboard.and_then(|from_server| {
+            let display = std::env::var("DISPLAY").unwrap_or_default();
+            match deskport_rdp::clipboard::XClipboard::start(&display) {
+                Ok(x) => Some(session::Clipboard { from_server, x }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "No clipboard");
+                    None
+                }
+            }
+        });
+        match session::run(connected, &mut window, Some(events), None, clipboard).await? {
             Ending::Server(reason) => eprintln!("Disconnected: {reason}"),
             Ending::Closed | Ending::Done => {}
         }

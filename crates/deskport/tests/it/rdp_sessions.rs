@@ -481,21 +481,52 @@ fn clipboard_text_crosses_both_ways() {
     let alice = server.display_of("alice");
     wait_shown(&client, &alice, "clipboard");
 
+    texts_cross(&client, &alice);
+}
+
+/// Text copied on the client display can be pasted in the session, and the other way round.
+fn texts_cross(client: &Xvfb, session: &str) {
     // Copied on the client, pasted in the session.
     let from_client = "copied on the client: grüße ✓";
     let _client_copy = copy_on(client.display(), from_client);
     wait_until(
         Duration::from_secs(15),
         "the client's text in the session",
-        || (paste_on(&alice).as_deref() == Some(from_client)).then_some(()),
+        || (paste_on(session).as_deref() == Some(from_client)).then_some(()),
     );
 
     // Copied in the session, pasted on the client.
     let from_session = "copied in the session: 日本語 and €";
-    let _session_copy = copy_on(&alice, from_session);
+    let _session_copy = copy_on(session, from_session);
     wait_until(
         Duration::from_secs(15),
         "the session's text on the client",
         || (paste_on(client.display()).as_deref() == Some(from_session)).then_some(()),
     );
+}
+
+#[test]
+fn clipboard_text_crosses_both_ways_with_deskport_connect() {
+    require_program("xclip");
+    let dir = deskport_testsupport::data_dir();
+    let server = Server::start(dir.path(), 3600);
+    let client = Xvfb::start(1024, 768);
+    let target = server.target();
+    let _window = ProcessGuard::spawn(
+        "deskport connect",
+        client
+            .command(env!("CARGO_BIN_EXE_deskport"))
+            .args([
+                "connect", &target, "-u", "alice", "-p", PASSWORD, "-g", "800x600",
+            ])
+            .arg("--known-hosts")
+            .arg(dir.path().join("known_hosts"))
+            .env("DESKPORT_CONFIG", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("window.log")).unwrap()),
+    )
+    .unwrap();
+    let alice = server.display_of("alice");
+    wait_shown(&client, &alice, "clipboard-deskport");
+    texts_cross(&client, &alice);
 }
