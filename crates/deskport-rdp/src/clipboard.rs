@@ -11,8 +11,7 @@
 //! The cliprdr backend and the X worker only pass events; the session loop owns the channel
 //! (see `session.rs`).
 
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use ironrdp_cliprdr::backend::CliprdrBackend;
@@ -129,11 +128,55 @@ pub enum ToX {
     Own(String),
 }
 
-/// The X side of one session's clipboard: a thread with its own connection and an unmapped
-/// window. Dropping the handle ends the thread.
+/// Gives the X side its orders (from any thread: the X connection is shared). When the last
+/// clone drops, the worker thread ends.
+#[derive(Debug, Clone)]
+pub struct ToXSender {
+    worker: Arc<Worker>,
+    _stop: Arc<StopOnDrop>,
+}
+
+impl ToXSender {
+    pub fn send(&self, order: ToX) -> anyhow::Result<()> {
+        match order {
+            ToX::Own(text) => {
+                tracing::debug!(
+                    bytes = text.len(),
+                    "Owning the X clipboard with the peer's text"
+                );
+                *self.worker.owned.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+                self.worker.conn.set_selection_owner(
+                    self.worker.window,
+                    self.worker.clipboard,
+                    x11rb::CURRENT_TIME,
+                )?;
+                self.worker.conn.flush()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Wakes the worker with a message that tells it to end.
+#[derive(Debug)]
+struct StopOnDrop(Arc<Worker>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let w = &self.0;
+        let stop = xproto::ClientMessageEvent::new(32, w.window, w.stop, [0u32; 5]);
+        let _ = w
+            .conn
+            .send_event(false, w.window, xproto::EventMask::NO_EVENT, stop);
+        let _ = w.conn.flush();
+    }
+}
+
+/// The X side of one session's clipboard: a thread blocked on its own X connection (an
+/// unmapped window, XFIXES selection events) — no polling.
 #[derive(Debug)]
 pub struct XClipboard {
-    pub to_x: mpsc::Sender<ToX>,
+    pub to_x: ToXSender,
     /// Texts X applications copied.
     pub copied: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
@@ -141,21 +184,28 @@ pub struct XClipboard {
 impl XClipboard {
     /// Starts the worker on `display`.
     pub fn start(display: &str) -> anyhow::Result<Self> {
-        let (to_x, orders) = mpsc::channel();
         let (tx, copied) = tokio::sync::mpsc::unbounded_channel();
-        let worker = Worker::connect(display)?;
+        let worker = Arc::new(Worker::connect(display)?);
+        let thread_worker = worker.clone();
         std::thread::Builder::new()
             .name("deskport-clipboard".into())
             .spawn(move || {
-                if let Err(e) = worker.run(&orders, &tx) {
+                if let Err(e) = thread_worker.run(&tx) {
                     tracing::debug!(error = %e, "The clipboard worker stopped");
                 }
             })
             .context("start the clipboard thread")?;
-        Ok(Self { to_x, copied })
+        Ok(Self {
+            to_x: ToXSender {
+                _stop: Arc::new(StopOnDrop(worker.clone())),
+                worker,
+            },
+            copied,
+        })
     }
 }
 
+#[derive(Debug)]
 struct Worker {
     conn: RustConnection,
     window: xproto::Window,
@@ -164,8 +214,9 @@ struct Worker {
     targets: xproto::Atom,
     text_atom: xproto::Atom,
     property: xproto::Atom,
+    stop: xproto::Atom,
     /// The text this worker provides while it owns `CLIPBOARD`.
-    owned: Option<String>,
+    owned: Mutex<Option<String>>,
 }
 
 impl Worker {
@@ -195,6 +246,7 @@ impl Worker {
         let targets = atom("TARGETS")?;
         let text_atom = atom("TEXT")?;
         let property = atom("DESKPORT_CLIPBOARD")?;
+        let stop = atom("DESKPORT_CLIPBOARD_STOP")?;
         conn.xfixes_query_version(5, 0)?
             .reply()
             .context("query XFIXES")?;
@@ -216,45 +268,25 @@ impl Worker {
             targets,
             text_atom,
             property,
-            owned: None,
+            stop,
+            owned: Mutex::new(None),
         })
     }
 
-    fn run(
-        mut self,
-        orders: &mpsc::Receiver<ToX>,
-        copied: &UnboundedSender<String>,
-    ) -> anyhow::Result<()> {
+    fn run(&self, copied: &UnboundedSender<String>) -> anyhow::Result<()> {
         loop {
-            match orders.try_recv() {
-                Ok(ToX::Own(text)) => {
-                    tracing::debug!(
-                        bytes = text.len(),
-                        "Owning the X clipboard with the peer's text"
-                    );
-                    self.owned = Some(text);
-                    self.conn.set_selection_owner(
-                        self.window,
-                        self.clipboard,
-                        x11rb::CURRENT_TIME,
-                    )?;
-                    self.conn.flush()?;
+            match self.conn.wait_for_event()? {
+                Event::ClientMessage(e) if e.window == self.window && e.type_ == self.stop => {
+                    let _ = self.conn.destroy_window(self.window);
+                    let _ = self.conn.flush();
+                    return Ok(());
                 }
-                Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
-                Err(mpsc::TryRecvError::Empty) => {}
-            }
-            let mut idle = true;
-            while let Some(event) = self.conn.poll_for_event()? {
-                idle = false;
-                self.handle(event, copied)?;
-            }
-            if idle {
-                std::thread::sleep(Duration::from_millis(25));
+                event => self.handle(event, copied)?,
             }
         }
     }
 
-    fn handle(&mut self, event: Event, copied: &UnboundedSender<String>) -> anyhow::Result<()> {
+    fn handle(&self, event: Event, copied: &UnboundedSender<String>) -> anyhow::Result<()> {
         match event {
             Event::XfixesSelectionNotify(e)
                 if e.selection == self.clipboard
@@ -262,7 +294,7 @@ impl Worker {
                     && e.owner != x11rb::NONE =>
             {
                 // Another application copied: ask for its text as UTF-8.
-                self.owned = None;
+                *self.owned.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.conn.convert_selection(
                     self.window,
                     self.clipboard,
@@ -293,7 +325,9 @@ impl Worker {
                 }
             }
             Event::SelectionRequest(e) => self.answer(&e)?,
-            Event::SelectionClear(e) if e.selection == self.clipboard => self.owned = None,
+            Event::SelectionClear(e) if e.selection == self.clipboard => {
+                *self.owned.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
             _ => {}
         }
         Ok(())
@@ -307,7 +341,8 @@ impl Worker {
             e.property
         };
         let string = u32::from(xproto::AtomEnum::STRING);
-        let stored = match &self.owned {
+        let owned = self.owned.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let stored = match &owned {
             Some(_) if e.selection != self.clipboard => false,
             Some(_) if e.target == self.targets => {
                 let offered = [self.targets, self.utf8, self.text_atom, string];
