@@ -7,7 +7,8 @@
 //! - bytes on the wire (server → client, counted by a relay in this process) and CPU time of
 //!   the server process and of the X server per second during a fixed 10 s animation
 //!   ([`Xvfb::animate_workload`], 30 frames/s) watched by `xfreerdp`, once with plain bitmaps
-//!   and once with the graphics pipeline offered (`/gfx`);
+//!   and once with the graphics pipeline offered (`/gfx`); deskport also against itself with
+//!   raw bitmaps, without bulk compression and with whole-screen polling instead of XDamage;
 //! - the same with a still screen (target ≈ 0).
 //!
 //! Run: `cargo bench -p deskport --bench rdp` (env `RDP_BENCH_SECS` sets the measured
@@ -372,6 +373,12 @@ fn main() {
             "deskport-planar",
             "bulk_compression = false\n",
         ),
+        deskport_server(
+            dir.path(),
+            &desktop,
+            "deskport-poll",
+            "capture = \"poll\"\n",
+        ),
     ];
 
     // Connect → first complete frame. The shadow server sends nothing until the screen
@@ -405,6 +412,25 @@ fn main() {
             let (raw, _) = workload(dir.path(), &desktop, &client, &servers[2], gfx);
             let (planar, _) = workload(dir.path(), &desktop, &client, &servers[3], gfx);
             eprintln!("{mode}: deskport raw {raw:?}; planar only {planar:?}");
+            // The capture choice: XDamage against reading the whole screen at every check.
+            let (poll, poll_still) = workload(dir.path(), &desktop, &client, &servers[4], gfx);
+            eprintln!("{mode}: deskport polling {poll:?} still {poll_still:?}");
+            println!(
+                "BENCH|rdp animation server CPU, XDamage vs whole-screen polling|{:.1}|%|{:.1}|% polling|lower",
+                ours.server_cpu, poll.server_cpu
+            );
+            println!(
+                "BENCH|rdp animation X server CPU, XDamage vs whole-screen polling|{:.1}|%|{:.1}|% polling|lower",
+                ours.x_cpu, poll.x_cpu
+            );
+            println!(
+                "BENCH|rdp still screen server CPU, XDamage vs whole-screen polling|{:.1}|%|{:.1}|% polling|lower",
+                ours_still.server_cpu, poll_still.server_cpu
+            );
+            println!(
+                "BENCH|rdp still screen X server CPU, XDamage vs whole-screen polling|{:.1}|%|{:.1}|% polling|lower",
+                ours_still.x_cpu, poll_still.x_cpu
+            );
             for (name, other) in [
                 ("raw bitmaps", raw),
                 ("planar without bulk compression", planar),

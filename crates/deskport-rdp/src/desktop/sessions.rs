@@ -36,6 +36,8 @@ pub struct SessionConfig {
     /// Running as root: run every session as this Unix account instead of the one named like
     /// the RDP account (e.g. the instance's only user).
     pub unix_user: Option<String>,
+    /// How the sessions' screens are read.
+    pub capture: super::x11::Capture,
 }
 
 impl SessionConfig {
@@ -275,7 +277,7 @@ impl VirtualSessions {
                 }
             }
         }
-        let desktop = match X11Desktop::connect(&display) {
+        let desktop = match X11Desktop::connect(&display, self.config.capture) {
             Ok(d) => Arc::new(d),
             Err(e) => {
                 for c in children.iter_mut() {

@@ -17,17 +17,28 @@ use x11rb::rust_connection::RustConnection;
 
 use super::{keymap, Button, Cursor, Desktop, Frame, Input};
 
+/// How the screen is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capture {
+    /// Only what the DAMAGE extension reports as drawn (the whole screen without DAMAGE).
+    #[default]
+    Damage,
+    /// The whole screen at every check; sessions compare it tile by tile (for comparison).
+    Poll,
+}
+
 /// A connection to one X display.
 pub struct X11Desktop {
     display: String,
-    conn: Mutex<Capture>,
+    conn: Mutex<CaptureState>,
     root: xproto::Window,
     width: u16,
     height: u16,
 }
 
 /// The connection and what capture keeps between checks.
-struct Capture {
+struct CaptureState {
     conn: RustConnection,
     /// The damage object on the root window and a region to fetch its rectangles into.
     damage: Option<(damage::Damage, xfixes::Region)>,
@@ -70,7 +81,7 @@ impl std::fmt::Debug for X11Desktop {
 
 impl X11Desktop {
     /// Connects to `display` (e.g. `:0`) and checks that it can be captured and driven.
-    pub fn connect(display: &str) -> anyhow::Result<Self> {
+    pub fn connect(display: &str, mode: Capture) -> anyhow::Result<Self> {
         let (conn, screen_num) = x11rb::connect(Some(display))
             .with_context(|| format!("connect to X display {display}"))?;
         let setup = conn.setup();
@@ -94,16 +105,19 @@ impl X11Desktop {
                 format!("display {display} has no XTEST extension (needed for input)")
             })?;
         let x_display = display;
-        let damage = match track_damage(&conn, root) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                tracing::warn!(error = %e, %x_display, "No DAMAGE extension: every screen check reads the whole screen");
-                None
-            }
+        let damage = match mode {
+            Capture::Poll => None,
+            Capture::Damage => match track_damage(&conn, root) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, %x_display, "No DAMAGE extension: every screen check reads the whole screen");
+                    None
+                }
+            },
         };
         Ok(Self {
             display: display.to_owned(),
-            conn: Mutex::new(Capture {
+            conn: Mutex::new(CaptureState {
                 unicode: UnicodeKeys {
                     spare: spare_keycodes(&conn)?,
                     ..UnicodeKeys::default()
@@ -133,7 +147,7 @@ impl X11Desktop {
     /// One RDP Unicode keyboard event (a UTF-16 code unit going down or up).
     fn unicode(&self, unit: u16, down: bool) -> anyhow::Result<()> {
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let Capture { conn, unicode, .. } = &mut *guard;
+        let CaptureState { conn, unicode, .. } = &mut *guard;
         if !down {
             if let Some(i) = unicode.down.iter().position(|(u, _)| *u == unit) {
                 let (_, keycode) = unicode.down.remove(i);

@@ -57,6 +57,9 @@ pub struct RdpServerSettings {
     /// Bulk-compress screen updates for clients that offer it (xfreerdp does by default,
     /// rdesktop with -z).
     pub bulk_compression: bool,
+    /// How the screen is read: `damage` (only what the X server reports as drawn) or `poll`
+    /// (the whole screen at every check, compared tile by tile).
+    pub capture: deskport_rdp::desktop::x11::Capture,
     /// Failed logons (per user and per source address) before a lockout.
     pub lockout_failures: u32,
     /// Seconds the failures are counted over.
@@ -83,6 +86,7 @@ impl Default for RdpServerSettings {
             frame_interval_ms: 33,
             codec: deskport_rdp::Codec::Auto,
             bulk_compression: true,
+            capture: deskport_rdp::desktop::x11::Capture::Damage,
             lockout_failures: 5,
             lockout_window_secs: 900,
             lockout_secs: 60,
@@ -283,7 +287,7 @@ pub(crate) async fn serve(
     }
     let desktops: Arc<dyn DesktopProvider> = match &settings.display {
         Some(x_display) => {
-            let desktop = X11Desktop::connect(x_display)?;
+            let desktop = X11Desktop::connect(x_display, settings.capture)?;
             let size = deskport_rdp::desktop::Desktop::size(&desktop);
             tracing::info!(%x_display, ?size, "Sharing the X display");
             Arc::new(Shadow {
@@ -301,6 +305,7 @@ pub(crate) async fn serve(
                 default_size: (1280, 800),
                 log_dir: dir.join("sessions"),
                 unix_user: settings.session_unix_user.clone(),
+                capture: settings.capture,
             })
         }
     };
