@@ -20,7 +20,7 @@ use ironrdp_pdu::geometry::InclusiveRectangle;
 use ironrdp_pdu::rdp::client_info::CompressionType;
 use ironrdp_pdu::rdp::headers::CompressionFlags;
 
-use crate::desktop::{Cursor, Frame};
+use crate::desktop::{Area, Cursor, Frame};
 
 /// Tile width of the change detection and of the update rectangles.
 pub const TILE_WIDTH: u16 = 64;
@@ -157,6 +157,37 @@ impl Encoder {
         rects
     }
 
+    /// The tiles of a `width`x`height` screen that `areas` touch.
+    pub fn tiles_covering(&self, areas: &[Area], width: u16, height: u16) -> Vec<Rect> {
+        let th = self.tile_height();
+        let mut rects = Vec::new();
+        let mut y = 0;
+        while y < height {
+            let h = th.min(height - y);
+            let mut x = 0;
+            while x < width {
+                let w = TILE_WIDTH.min(width - x);
+                let touched = areas.iter().any(|&(ax, ay, aw, ah)| {
+                    ax < x + w
+                        && x < ax.saturating_add(aw)
+                        && ay < y + h
+                        && y < ay.saturating_add(ah)
+                });
+                if touched {
+                    rects.push(Rect {
+                        x,
+                        y,
+                        width: w,
+                        height: h,
+                    });
+                }
+                x += w;
+            }
+            y += h;
+        }
+        rects
+    }
+
     /// The pixels of `rect`, bottom-up, converted to the session depth, rows padded to 4 bytes.
     fn pixels(&self, frame: &Frame, rect: Rect) -> Vec<u8> {
         let bpp = self.bytes_per_pixel();
@@ -199,17 +230,28 @@ impl Encoder {
         }
         let (w, h) = (usize::from(rect.width), usize::from(rect.height));
         let stride = frame.stride();
-        // Rows bottom-up, like every RDP bitmap.
-        let pixels = (rect.y..rect.y + rect.height).rev().flat_map(|row| {
+        // The colour planes, rows bottom-up like every RDP bitmap. Split here in one tight
+        // loop: handing the encoder iterators over the interleaved pixels cost it most of its
+        // time (profiled).
+        let (mut r, mut g, mut b) = (
+            Vec::with_capacity(w * h),
+            Vec::with_capacity(w * h),
+            Vec::with_capacity(w * h),
+        );
+        for row in (rect.y..rect.y + rect.height).rev() {
             let start = usize::from(row) * stride + usize::from(rect.x) * 4;
-            frame.data[start..start + w * 4].chunks_exact(4)
-        });
+            for p in frame.data[start..start + w * 4].chunks_exact(4) {
+                b.push(p[0]);
+                g.push(p[1]);
+                r.push(p[2]);
+            }
+        }
         let raw_len = w * h * 4;
         let mut out = vec![0u8; raw_len + 64];
         let planes = (
-            pixels.clone().map(|p| p[2]),
-            pixels.clone().map(|p| p[1]),
-            pixels.map(|p| p[0]),
+            r.iter().copied(),
+            g.iter().copied(),
+            b.iter().copied(),
             std::iter::repeat_n(0xffu8, w * h),
         );
         let len = BitmapStreamEncoder::new(w, h)
@@ -652,6 +694,18 @@ mod tests {
         assert_eq!(c.xor_mask.len(), 20);
         assert_eq!(c.and_mask, &[0, 0, 0x20, 0]);
         assert_eq!(&c.xor_mask[10..13], &[0, 0, 0xff]);
+    }
+
+    #[test]
+    fn damaged_areas_select_the_tiles_they_touch() {
+        let e = Encoder::new(32, Codec::Auto, true);
+        // Tiles are 64x32 at 32 bpp; the screen is 200x70 (partial tiles at the edges).
+        assert!(e.tiles_covering(&[], 200, 70).is_empty());
+        let tiles = e.tiles_covering(&[(63, 31, 2, 2), (199, 69, 1, 1)], 200, 70);
+        let corners: Vec<(u16, u16)> = tiles.iter().map(|r| (r.x, r.y)).collect();
+        assert_eq!(corners, vec![(0, 0), (64, 0), (0, 32), (64, 32), (192, 64)]);
+        assert_eq!((tiles[4].width, tiles[4].height), (8, 6));
+        assert_eq!(e.tiles_covering(&[(0, 0, 200, 70)], 200, 70).len(), 4 * 3);
     }
 
     #[test]

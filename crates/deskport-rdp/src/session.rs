@@ -170,7 +170,10 @@ where
         .map(|x| std::mem::replace(&mut x.copied, tokio::sync::mpsc::unbounded_channel().1));
     // What an X application last copied, offered to the client.
     let mut session_text: Option<String> = None;
+    // The last frame sent: its generation and size always; its pixels only for desktops that
+    // cannot say what changed (then tiles are compared).
     let mut previous: Option<Frame> = None;
+    let mut sent: Option<(u64, u16, u16)> = None;
     let mut sent_cursor: Option<u32> = None;
     let mut ticker = tokio::time::interval(params.frame_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -242,8 +245,10 @@ where
             }
             _ = ticker.tick() => {
                 let d = desktop.clone();
-                let (frame, cursor) = tokio::task::spawn_blocking(move || {
-                    d.capture().map(|f| (f, d.cursor()))
+                let since = sent.map(|s| s.0);
+                let (frame, cursor, changes) = tokio::task::spawn_blocking(move || {
+                    d.capture()
+                        .map(|f| (f, d.cursor(), since.and_then(|g| d.changes_since(g))))
                 })
                 .await??;
                 if let Some(cursor) = cursor.filter(|c| Some(c.serial) != sent_cursor) {
@@ -252,20 +257,27 @@ where
                     writer.write_all(&out).await?;
                     sent_cursor = Some(cursor.serial);
                 }
-                if previous.as_ref().is_some_and(|p| {
-                    p.generation != 0
-                        && p.generation == frame.generation
-                        && (p.width, p.height) == (frame.width, frame.height)
-                }) {
+                let same_size = sent.is_some_and(|s| (s.1, s.2) == (frame.width, frame.height));
+                if same_size && frame.generation != 0 && sent.map(|s| s.0) == Some(frame.generation) {
                     continue;
                 }
-                let rects = encoder.changed_tiles(previous.as_ref(), &frame);
+                let tracked = changes.is_some();
+                let rects = match changes {
+                    // The desktop knows what changed since the last frame sent.
+                    Some(areas) if same_size => {
+                        encoder.tiles_covering(&areas, frame.width, frame.height)
+                    }
+                    _ => encoder.changed_tiles(previous.as_ref(), &frame),
+                };
                 if !rects.is_empty() {
                     out.clear();
                     encoder.encode(&frame, &rects, &mut out)?;
                     writer.write_all(&out).await?;
                 }
-                previous = Some(frame);
+                sent = Some((frame.generation, frame.width, frame.height));
+                // Keep the pixels only where they are compared next time (holding them would
+                // make the desktop copy its screen before updating it).
+                previous = (!tracked).then_some(frame);
             }
             changed = close.changed() => {
                 let reason = match changed {

@@ -52,6 +52,9 @@ impl std::fmt::Debug for Cursor {
     }
 }
 
+/// A screen area: x, y, width, height.
+pub type Area = (u16, u16, u16, u16);
+
 /// Mouse buttons the server injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Button {
@@ -100,6 +103,13 @@ pub trait Desktop: Send + Sync + std::fmt::Debug {
     fn capture(&self) -> anyhow::Result<Frame>;
     /// Injects one input event.
     fn input(&self, event: Input) -> anyhow::Result<()>;
+    /// The areas `(x, y, width, height)` drawn to after the frame of `generation`, if the
+    /// desktop tracks them (then sessions need not compare pixels); `None` if it does not or
+    /// no longer remembers that generation.
+    fn changes_since(&self, generation: u64) -> Option<Vec<Area>> {
+        let _ = generation;
+        None
+    }
     /// The X display to serve the clipboard on, if the desktop has one.
     fn x_display(&self) -> Option<String> {
         None

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::x11::X11Desktop;
-use super::{Desktop, DesktopProvider, Frame, Input};
+use super::{Area, Desktop, DesktopProvider, Frame, Input};
 
 /// How sessions are made and when they end.
 #[derive(Debug, Clone)]
@@ -450,6 +450,10 @@ impl Desktop for Attached {
 
     fn x_display(&self) -> Option<String> {
         self.session.desktop.x_display()
+    }
+
+    fn changes_since(&self, generation: u64) -> Option<Vec<Area>> {
+        self.session.desktop.changes_since(generation)
     }
 }
 

@@ -15,7 +15,7 @@ use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder}
 use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::RustConnection;
 
-use super::{keymap, Button, Cursor, Desktop, Frame, Input};
+use super::{keymap, Area, Button, Cursor, Desktop, Frame, Input};
 
 /// How the screen is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -50,7 +50,12 @@ struct CaptureState {
     /// without XFIXES).
     cursor: Option<Cursor>,
     cursor_changed: bool,
+    /// The areas read at each of the last generations (DAMAGE mode only).
+    history: std::collections::VecDeque<(u64, Vec<Area>)>,
 }
+
+/// Generations whose changes are remembered for sessions that fell behind.
+const HISTORY: usize = 32;
 
 /// Characters typed without a scancode (RDP Unicode keyboard events) go through keycodes the
 /// keymap leaves unused: each character gets one (its keysym on both shift levels, so held
@@ -124,6 +129,7 @@ impl X11Desktop {
                 },
                 cursor: None,
                 cursor_changed: damage.is_some(),
+                history: std::collections::VecDeque::new(),
                 conn,
                 damage,
                 frame: None,
@@ -225,6 +231,27 @@ impl Desktop for X11Desktop {
         Some(self.display.clone())
     }
 
+    fn changes_since(&self, generation: u64) -> Option<Vec<Area>> {
+        let state = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        state.damage?;
+        if generation == state.generation {
+            return Some(Vec::new());
+        }
+        // The history must reach back to the generation right after `generation`.
+        let oldest = state.history.front()?.0;
+        if generation + 1 < oldest || generation > state.generation {
+            return None;
+        }
+        Some(
+            state
+                .history
+                .iter()
+                .filter(|(g, _)| *g > generation)
+                .flat_map(|(_, areas)| areas.iter().copied())
+                .collect(),
+        )
+    }
+
     fn cursor(&self) -> Option<Cursor> {
         self.conn
             .lock()
@@ -255,6 +282,10 @@ impl Desktop for X11Desktop {
                 generation: state.generation,
             };
             state.frame = Some(frame.clone());
+            state.history.clear();
+            state
+                .history
+                .push_back((state.generation, vec![(0, 0, w, h)]));
             return Ok(frame);
         };
         let mut damaged = false;
@@ -282,7 +313,7 @@ impl Desktop for X11Desktop {
             let y1 = (i32::from(r.y) + i32::from(r.height)).clamp(0, i32::from(h)) as u16;
             (x0, y0, x1.saturating_sub(x0), y1.saturating_sub(y0))
         };
-        let mut areas: Vec<(u16, u16, u16, u16)> = rects
+        let mut areas: Vec<Area> = rects
             .iter()
             .map(clamp)
             .filter(|a| a.2 > 0 && a.3 > 0)
@@ -294,15 +325,25 @@ impl Desktop for X11Desktop {
             let y1 = areas.iter().map(|a| a.1 + a.3).max().unwrap_or(0);
             areas = vec![(x0, y0, x1 - x0, y1 - y0)];
         }
-        let mut data = (*frame.data).clone();
-        for area in areas {
-            read_rect(&state.conn, self.root, &mut data, w, area)?;
+        // Update the kept screen in place (copied only while a session still holds it).
+        let mut data = state
+            .frame
+            .take()
+            .map(|f| f.data)
+            .context("no screen to update")?;
+        let screen = std::sync::Arc::make_mut(&mut data);
+        for &area in &areas {
+            read_rect(&state.conn, self.root, screen, w, area)?;
         }
         state.generation += 1;
+        state.history.push_back((state.generation, areas));
+        if state.history.len() > HISTORY {
+            state.history.pop_front();
+        }
         let frame = Frame {
             width: w,
             height: h,
-            data: std::sync::Arc::new(data),
+            data,
             generation: state.generation,
         };
         state.frame = Some(frame.clone());
