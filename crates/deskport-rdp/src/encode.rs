@@ -2,9 +2,9 @@
 //! carry them (MS-RDPBCGR 2.2.9.1.2.1.2).
 //!
 //! Two codecs, chosen per session:
-//! - **planar** (RDP 6.0 bitmap compression, MS-RDPEGDI 2.2.2.5.1) for 32-bit sessions: the
-//!   colour planes are delta- and run-length-coded, lossless; xfreerdp, mstsc, IronRDP and
-//!   rdesktop (`-a 32`) decode it. A tile that would not shrink goes raw;
+//! - **planar** (RDP 6.0 bitmap compression, MS-RDPEGDI 2.2.2.5.1, `planar.rs`) for 32-bit
+//!   sessions: the colour planes are delta- and run-length-coded, lossless; xfreerdp, mstsc,
+//!   IronRDP and rdesktop (`-a 32`) decode it. A tile that would not shrink goes raw;
 //! - **raw** (uncompressed) at 15, 16 and 24 bits, which every client decodes (rdesktop's
 //!   default 24-bit session included), and for tiles whose width is not a multiple of 4.
 //!
@@ -21,6 +21,7 @@ use ironrdp_pdu::rdp::client_info::CompressionType;
 use ironrdp_pdu::rdp::headers::CompressionFlags;
 
 use crate::desktop::{Area, Cursor, Frame};
+use crate::planar::PlanarEncoder;
 
 /// Tile width of the change detection and of the update rectangles.
 pub const TILE_WIDTH: u16 = 64;
@@ -58,6 +59,7 @@ pub struct Encoder {
     /// Bulk compression of every update PDU: one history for the whole session, so PDUs are
     /// compressed in the order they are sent.
     bulk: Option<(BulkCompressor, CompressionType)>,
+    planar_encoder: PlanarEncoder,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -84,6 +86,7 @@ impl Encoder {
             planar: bpp == 32 && codec == Codec::Auto,
             no_compression_header,
             bulk: None,
+            planar_encoder: PlanarEncoder::default(),
         }
     }
 
@@ -223,48 +226,24 @@ impl Encoder {
 
     /// `rect` of a 32-bit `frame` as an RDP 6.0 planar bitmap stream with RLE (alpha plane
     /// included, all opaque), if that is smaller than the raw tile.
-    fn planar_tile(&self, frame: &Frame, rect: Rect) -> Option<Vec<u8>> {
-        use ironrdp_graphics::rdp6::BitmapStreamEncoder;
+    fn planar_tile(&mut self, frame: &Frame, rect: Rect) -> Option<Vec<u8>> {
         if !self.planar || !rect.width.is_multiple_of(4) {
             return None;
         }
         let (w, h) = (usize::from(rect.width), usize::from(rect.height));
         let stride = frame.stride();
-        // The colour planes, rows bottom-up like every RDP bitmap. Split here in one tight
-        // loop: handing the encoder iterators over the interleaved pixels cost it most of its
-        // time (profiled).
-        let (mut r, mut g, mut b) = (
-            Vec::with_capacity(w * h),
-            Vec::with_capacity(w * h),
-            Vec::with_capacity(w * h),
-        );
-        for row in (rect.y..rect.y + rect.height).rev() {
-            let start = usize::from(row) * stride + usize::from(rect.x) * 4;
-            for p in frame.data[start..start + w * 4].chunks_exact(4) {
-                b.push(p[0]);
-                g.push(p[1]);
-                r.push(p[2]);
-            }
-        }
         let raw_len = w * h * 4;
-        let mut out = vec![0u8; raw_len + 64];
-        let planes = (
-            r.iter().copied(),
-            g.iter().copied(),
-            b.iter().copied(),
-            std::iter::repeat_n(0xffu8, w * h),
+        let mut out = Vec::with_capacity(raw_len / 4);
+        self.planar_encoder.encode(
+            w,
+            h,
+            |y| {
+                let start = (usize::from(rect.y) + y) * stride + usize::from(rect.x) * 4;
+                &frame.data[start..start + w * 4]
+            },
+            &mut out,
         );
-        let len = BitmapStreamEncoder::new(w, h)
-            .encode_channels_stream_alpha(planes, &mut out, true)
-            .ok()?;
-        // ironrdp-graphics 0.11 writes the alpha plane but sets the "no alpha" bit (0x20) in
-        // the format header; clear it so decoders read the planes as written (rdesktop accepts
-        // only this form: RLE with alpha, header 0x10).
-        out[0] &= !0x20;
-        (len < raw_len).then(|| {
-            out.truncate(len);
-            out
-        })
+        (out.len() < raw_len).then_some(out)
     }
 
     /// Fast-path Bitmap Update PDUs for `rects` of `frame`, appended to `out`.
@@ -531,7 +510,7 @@ mod tests {
             width: 64,
             height: 32,
         };
-        let e = Encoder::new(32, Codec::Auto, true);
+        let mut e = Encoder::new(32, Codec::Auto, true);
         let stream = e
             .planar_tile(&f, rect)
             .expect("a compressible tile is planar");

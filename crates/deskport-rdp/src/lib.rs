@@ -16,6 +16,7 @@ pub mod credssp;
 pub mod desktop;
 pub mod encode;
 pub mod fixup;
+pub mod planar;
 pub mod server;
 pub mod session;
 pub mod tls;
