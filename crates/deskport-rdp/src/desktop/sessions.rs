@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::io::BufRead as _;
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -207,34 +208,7 @@ impl VirtualSessions {
                 .open(&log_path)
                 .with_context(|| format!("open {}", log_path.display()))
         };
-        use std::os::unix::process::CommandExt as _;
-        let mut xvfb = Command::new("Xvfb")
-            .args([
-                "-displayfd",
-                "1",
-                "-nolisten",
-                "tcp",
-                "-noreset",
-                "-screen",
-                "0",
-            ])
-            .arg(format!("{}x{}x24", size.0, size.1))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log()?)
-            .process_group(0)
-            .spawn()
-            .context("start Xvfb for the session (is the xvfb package installed?)")?;
-        let mut line = String::new();
-        if let Some(out) = xvfb.stdout.take() {
-            std::io::BufReader::new(out).read_line(&mut line)?;
-        }
-        let Ok(number) = line.trim().parse::<u32>() else {
-            let _ = xvfb.kill();
-            let _ = xvfb.wait();
-            anyhow::bail!("Xvfb did not start (see {})", log_path.display());
-        };
-        let display = format!(":{number}");
+        let (xvfb, display) = start_xvfb(size, &log_path, true)?;
         let mut children = vec![xvfb];
         let spawn = |command: &str| -> anyhow::Result<Child> {
             let mut c = Command::new("/bin/sh");
@@ -255,7 +229,7 @@ impl VirtualSessions {
                     .current_dir(if home.is_dir() {
                         home.as_path()
                     } else {
-                        std::path::Path::new("/")
+                        Path::new("/")
                     });
             } else if let Some(home) = std::env::var_os("HOME") {
                 c.current_dir(home);
@@ -455,6 +429,53 @@ impl Desktop for Attached {
     fn changes_since(&self, generation: u64) -> Option<Vec<Area>> {
         self.session.desktop.changes_since(generation)
     }
+}
+
+/// Starts Xvfb with one `size` screen at 24-bit depth, its errors appended to `log`; it picks a
+/// free display number itself (`-displayfd`). `own_group`: in a process group of its own (so
+/// that a session can be stopped as a whole). Returns the process and the display name.
+pub fn start_xvfb(
+    size: (u16, u16),
+    log: &Path,
+    own_group: bool,
+) -> anyhow::Result<(Child, String)> {
+    use std::os::unix::process::CommandExt as _;
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let mut command = Command::new("Xvfb");
+    command
+        .args([
+            "-displayfd",
+            "1",
+            "-nolisten",
+            "tcp",
+            "-noreset",
+            "-screen",
+            "0",
+        ])
+        .arg(format!("{}x{}x24", size.0, size.1))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    if own_group {
+        command.process_group(0);
+    }
+    let mut xvfb = command.spawn().map_err(|e| {
+        anyhow::anyhow!("cannot start Xvfb ({e}); the xvfb package provides it (scripts/install-deps installs it)")
+    })?;
+    let mut line = String::new();
+    if let Some(out) = xvfb.stdout.take() {
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let Ok(number) = line.trim().parse::<u32>() else {
+        let _ = xvfb.kill();
+        let _ = xvfb.wait();
+        anyhow::bail!("Xvfb did not start (see {})", log.display());
+    };
+    Ok((xvfb, format!(":{number}")))
 }
 
 #[cfg(test)]

@@ -103,7 +103,6 @@ struct Desktop {
 
 impl Desktop {
     fn start(size: (u16, u16), log: &Path) -> anyhow::Result<Self> {
-        use std::io::BufRead as _;
         let log_file = || {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -111,35 +110,7 @@ impl Desktop {
                 .open(log)
                 .with_context(|| format!("open {}", log.display()))
         };
-        let mut xvfb = Command::new("Xvfb")
-            .args([
-                "-displayfd",
-                "1",
-                "-nolisten",
-                "tcp",
-                "-noreset",
-                "-screen",
-                "0",
-            ])
-            .arg(format!("{}x{}x24", size.0, size.1))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file()?)
-            .spawn()
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot start Xvfb for the instance's desktop ({e}); scripts/run installs it"
-                )
-            })?;
-        let mut line = String::new();
-        if let Some(stdout) = xvfb.stdout.take() {
-            std::io::BufReader::new(stdout).read_line(&mut line)?;
-        }
-        let Ok(number) = line.trim().parse::<u32>() else {
-            let _ = xvfb.kill();
-            anyhow::bail!("Xvfb did not start (see {})", log.display());
-        };
-        let display = format!(":{number}");
+        let (xvfb, display) = deskport_rdp::desktop::sessions::start_xvfb(size, log, false)?;
         let mut children = vec![xvfb];
         // The background is set once the window manager runs (it paints the root itself).
         let session = [

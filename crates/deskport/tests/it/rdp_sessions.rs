@@ -307,20 +307,7 @@ fn each_account_gets_a_desktop_that_survives_reconnection_and_takes_keys() {
 
     // deskport's own window: characters no PC key has (typed here by xdotool through a
     // remapped keycode) travel as RDP Unicode events and arrive as the same characters.
-    let _window = ProcessGuard::spawn(
-        "deskport connect",
-        client
-            .command(env!("CARGO_BIN_EXE_deskport"))
-            .args([
-                "connect", &target, "-u", "alice", "-p", PASSWORD, "-g", "800x600",
-            ])
-            .arg("--known-hosts")
-            .arg(dir.path().join("known_hosts"))
-            .env("DESKPORT_CONFIG", "/dev/null")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("window.log")).unwrap()),
-    )
-    .unwrap();
+    let _window = deskport_window(&client, &target, dir.path());
     wait_shown(&client, &alice, "alice-deskport-window");
     xdotool(&["mousemove", "100", "100", "click", "1"]);
     xdotool(&["type", "--delay", "50", "é€ß😀 x"]);
@@ -512,21 +499,26 @@ fn clipboard_text_crosses_both_ways_with_deskport_connect() {
     let server = Server::start(dir.path(), 3600);
     let client = Xvfb::start(1024, 768);
     let target = server.target();
-    let _window = ProcessGuard::spawn(
+    let _window = deskport_window(&client, &target, dir.path());
+    let alice = server.display_of("alice");
+    wait_shown(&client, &alice, "clipboard-deskport");
+    texts_cross(&client, &alice);
+}
+
+/// `deskport connect` as alice in a window on `client` (log in `dir`).
+fn deskport_window(client: &Xvfb, target: &str, dir: &Path) -> ProcessGuard {
+    ProcessGuard::spawn(
         "deskport connect",
         client
             .command(env!("CARGO_BIN_EXE_deskport"))
             .args([
-                "connect", &target, "-u", "alice", "-p", PASSWORD, "-g", "800x600",
+                "connect", target, "-u", "alice", "-p", PASSWORD, "-g", "800x600",
             ])
             .arg("--known-hosts")
-            .arg(dir.path().join("known_hosts"))
+            .arg(dir.join("known_hosts"))
             .env("DESKPORT_CONFIG", "/dev/null")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("window.log")).unwrap()),
+            .stderr(std::fs::File::create(dir.join("window.log")).unwrap()),
     )
-    .unwrap();
-    let alice = server.display_of("alice");
-    wait_shown(&client, &alice, "clipboard-deskport");
-    texts_cross(&client, &alice);
+    .unwrap()
 }
