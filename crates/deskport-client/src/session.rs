@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 
 use crate::connect::{ClientError, Connected};
-use deskport_rdp::clipboard::{self, FromPeer, ToX, XClipboard};
+use deskport_rdp::clipboard::{self, next, FromPeer, ToX, XClipboard};
 use ironrdp_cliprdr::pdu::ClipboardFormatId;
 use ironrdp_cliprdr::{CliprdrClient, CliprdrSvcMessages};
 
@@ -214,14 +214,6 @@ pub struct Clipboard {
     pub x: XClipboard,
 }
 
-/// The next item of an optional receiver; never resolves without one.
-async fn next<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
-    match rx {
-        Some(r) => r.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Runs `f` on the clipboard channel; the bytes to send, if any.
 fn with_cliprdr(
     stage: &mut ActiveStage,
@@ -257,13 +249,12 @@ pub async fn run<F: Frontend>(
     deadline: Option<(Instant, String)>,
     clipboard: Option<Clipboard>,
 ) -> Result<Ending, ClientError> {
-    let (mut from_server, x_clipboard) = match clipboard {
-        Some(Clipboard { from_server, x }) => (Some(from_server), Some(x)),
-        None => (None, None),
-    };
-    let (to_x, mut copied) = match x_clipboard {
-        Some(x) => (Some(x.to_x), Some(x.copied)),
-        None => (None, None),
+    let (mut from_server, to_x, mut copied) = match clipboard {
+        Some(Clipboard {
+            from_server,
+            x: XClipboard { to_x, copied },
+        }) => (Some(from_server), Some(to_x), Some(copied)),
+        None => (None, None, None),
     };
     // What was last copied on this display, offered to the server.
     let mut local_text: Option<String> = None;

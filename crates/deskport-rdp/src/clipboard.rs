@@ -30,6 +30,15 @@ use x11rb::wrapper::ConnectionExt as _;
 /// Texts longer than this are not fetched from X (no INCR transfers).
 const MAX_TEXT: u32 = 4 << 20;
 
+/// The next item of an optional receiver (a channel a session may not have); never resolves
+/// without one, so it can sit in a `select!` either way.
+pub async fn next<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What the other side of the channel reports (the client, for the server's channel; the
 /// server, for the client's).
 #[derive(Debug, Clone, PartialEq, Eq)]

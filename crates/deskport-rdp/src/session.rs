@@ -15,7 +15,7 @@ use ironrdp_pdu::x224::X224;
 use ironrdp_pdu::Action;
 use tokio::sync::watch;
 
-use crate::clipboard::{self, FromPeer, ToX, XClipboard};
+use crate::clipboard::{self, next, FromPeer, ToX, XClipboard};
 use crate::desktop::{Button, Desktop, Frame, Input};
 use crate::encode::{Codec, Encoder};
 use ironrdp_cliprdr::pdu::ClipboardFormatId;
@@ -112,14 +112,6 @@ impl Channels {
     }
 }
 
-/// The next item of an optional receiver; never resolves without one.
-async fn next<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
-    match rx {
-        Some(r) => r.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Runs the session until the client leaves, `close` carries a reason, or the transport fails.
 pub async fn run<R, W>(
     mut reader: Framed<R>,
@@ -155,7 +147,7 @@ where
     if !out.is_empty() {
         writer.write_all(&out).await?;
     }
-    let mut x_clipboard = match desktop.x_display() {
+    let x_clipboard = match desktop.x_display() {
         Some(d) if channels.clipboard.is_some() => match XClipboard::start(&d) {
             Ok(x) => Some(x),
             Err(e) => {
@@ -165,9 +157,10 @@ where
         },
         _ => None,
     };
-    let mut copied = x_clipboard
-        .as_mut()
-        .map(|x| std::mem::replace(&mut x.copied, tokio::sync::mpsc::unbounded_channel().1));
+    let (to_x, mut copied) = match x_clipboard {
+        Some(XClipboard { to_x, copied }) => (Some(to_x), Some(copied)),
+        None => (None, None),
+    };
     // What an X application last copied, offered to the client.
     let mut session_text: Option<String> = None;
     // The last frame sent: its generation and size always; its pixels only for desktops that
@@ -191,8 +184,8 @@ where
                     }),
                     FromPeer::Copied { text: false } => {}
                     FromPeer::Text(Some(text)) => {
-                        if let Some(x) = &x_clipboard {
-                            let _ = x.to_x.send(ToX::Own(text));
+                        if let Some(to_x) = &to_x {
+                            let _ = to_x.send(ToX::Own(text));
                         }
                     }
                     FromPeer::Text(None) | FromPeer::FormatListRequested => {}
