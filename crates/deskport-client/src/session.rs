@@ -258,6 +258,8 @@ pub async fn run<F: Frontend>(
     };
     // What was last copied on this display, offered to the server.
     let mut local_text: Option<String> = None;
+    // Whether the server has been offered `local_text` (it cannot be before the channel is ready).
+    let mut offered = false;
     let Connected {
         mut framed, result, ..
     } = connected;
@@ -303,12 +305,18 @@ pub async fn run<F: Frontend>(
                 Some(FromPeer::Copied { text: true }) => with_cliprdr(&mut stage, |c| {
                     c.initiate_paste(ClipboardFormatId::CF_UNICODETEXT)
                 }),
-                Some(FromPeer::Copied { text: false } | FromPeer::Text(None) | FromPeer::Ready) => {
-                    Vec::new()
+                Some(FromPeer::Copied { text: false } | FromPeer::Text(None)) => Vec::new(),
+                // Text copied here after the first format list went out but before the server
+                // answered it could not be offered then (the channel was not ready): now.
+                Some(FromPeer::Ready) if local_text.is_some() && !offered => {
+                    offered = true;
+                    with_cliprdr(&mut stage, |c| c.initiate_copy(&[clipboard::text_format()]))
                 }
+                Some(FromPeer::Ready) => Vec::new(),
                 // The channel's first format list: what this display has, maybe nothing.
                 Some(FromPeer::FormatListRequested) => {
-                    let formats = if local_text.is_some() {
+                    offered = local_text.is_some();
+                    let formats = if offered {
                         vec![clipboard::text_format()]
                     } else {
                         Vec::new()
@@ -333,7 +341,8 @@ pub async fn run<F: Frontend>(
                 Some(text) => {
                     local_text = Some(text);
                     with_cliprdr(&mut stage, |c| {
-                        if c.is_ready() {
+                        offered = c.is_ready();
+                        if offered {
                             c.initiate_copy(&[clipboard::text_format()])
                         } else {
                             Ok(Vec::new().into())
