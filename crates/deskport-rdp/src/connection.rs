@@ -154,6 +154,12 @@ pub async fn serve(
     acceptor.attach_static_channel(ironrdp_cliprdr::CliprdrServer::new(Box::new(
         crate::clipboard::Backend::new(clipboard_tx),
     )));
+    // Display control, where the desktop can follow the client's window.
+    let resize_requests = shared.desktops.can_resize().then(|| {
+        let (drdynvc, requests) = crate::display_control::channel();
+        acceptor.attach_static_channel(drdynvc);
+        requests
+    });
     if shared.desktops.honors_client_size() {
         acceptor.set_honor_client_desktop_size(Some(DesktopSize {
             width: 8192,
@@ -227,6 +233,7 @@ pub async fn serve(
             user_channel_id: result.user_channel_id,
             clipboard: Some(clipboard_rx),
         },
+        resizing: resize_requests.map(|requests| session::Resizing { requests, acceptor }),
     };
     let end = session::run(reader, writer, params, close).await?;
     match end {

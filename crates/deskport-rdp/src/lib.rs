@@ -14,6 +14,7 @@ pub mod clipboard;
 pub mod connection;
 pub mod credssp;
 pub mod desktop;
+pub mod display_control;
 pub mod encode;
 pub mod fixup;
 pub mod planar;

@@ -3,14 +3,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use ironrdp_acceptor::{Acceptor, AcceptorState, DesktopSize};
 use ironrdp_async::{Framed, FramedRead, FramedWrite};
+use ironrdp_connector::{state_downcast, Sequence as _};
+use ironrdp_core::WriteBuf;
 use ironrdp_pdu::input::fast_path::{FastPathInput, FastPathInputEvent, KeyboardFlags};
 use ironrdp_pdu::input::mouse::PointerFlags;
 use ironrdp_pdu::input::mouse_x::PointerXFlags;
 use ironrdp_pdu::input::scan_code;
 use ironrdp_pdu::input::{InputEvent, MousePdu};
-use ironrdp_pdu::mcs::{DisconnectProviderUltimatum, McsMessage, SendDataRequest};
-use ironrdp_pdu::rdp::headers::{ShareControlHeader, ShareControlPdu, ShareDataPdu};
+use ironrdp_pdu::mcs::{
+    DisconnectProviderUltimatum, McsMessage, SendDataIndication, SendDataRequest,
+};
+use ironrdp_pdu::rdp::headers::{
+    ServerDeactivateAll, ShareControlHeader, ShareControlPdu, ShareDataPdu,
+};
 use ironrdp_pdu::x224::X224;
 use ironrdp_pdu::Action;
 use tokio::sync::watch;
@@ -20,7 +28,7 @@ use crate::desktop::{Button, Desktop, Frame, Input};
 use crate::encode::{Codec, Encoder};
 use ironrdp_cliprdr::pdu::ClipboardFormatId;
 use ironrdp_cliprdr::CliprdrServer;
-use ironrdp_svc::{server_encode_svc_messages, StaticChannelSet, SvcMessage, SvcProcessor};
+use ironrdp_svc::{server_encode_svc_messages, StaticChannelSet, SvcMessage};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Why a session ended.
@@ -49,8 +57,25 @@ pub struct SessionParams {
     pub frame_interval: Duration,
     /// Input events the client sent during connection finalization.
     pub backlog: Vec<Vec<u8>>,
-    /// The static virtual channels the client joined (cliprdr), and what their backends report.
+    /// The static virtual channels the client joined (cliprdr, drdynvc), and what their
+    /// backends report.
     pub channels: Channels,
+    /// Screen size changes the client may ask for (desktops that can resize).
+    pub resizing: Option<Resizing>,
+}
+
+/// What follows a client's request for another screen size: the sizes it asks for, and the
+/// acceptor that ran the connection sequence (its Deactivation-Reactivation Sequence
+/// announces the new size).
+pub struct Resizing {
+    pub requests: UnboundedReceiver<(u16, u16)>,
+    pub acceptor: Acceptor,
+}
+
+impl std::fmt::Debug for Resizing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resizing").finish_non_exhaustive()
+    }
 }
 
 /// Static virtual channels of a session.
@@ -89,6 +114,28 @@ impl Channels {
         match server_encode_svc_messages(msgs, id, self.user_channel_id) {
             Ok(bytes) => out.extend_from_slice(&bytes),
             Err(e) => tracing::debug!(error = %e, "Clipboard channel"),
+        }
+    }
+
+    /// Starts every channel the client joined (cliprdr: capabilities and monitor ready;
+    /// drdynvc: its capabilities); what they send is appended to `out`.
+    fn start_all(&mut self, out: &mut Vec<u8>) {
+        let user_channel_id = self.user_channel_id;
+        for (_, channel, channel_id) in self.set.iter_mut() {
+            let Some(channel_id) = channel_id else {
+                continue;
+            };
+            let msgs = match channel.start() {
+                Ok(msgs) => msgs,
+                Err(e) => {
+                    tracing::debug!(error = %e, channel_id, "Channel not started");
+                    continue;
+                }
+            };
+            match server_encode_svc_messages(msgs, channel_id, user_channel_id) {
+                Ok(bytes) => out.extend_from_slice(&bytes),
+                Err(e) => tracing::debug!(error = %e, channel_id, "Channel start not encodable"),
+            }
         }
     }
 
@@ -141,9 +188,8 @@ where
             return Ok(end);
         }
     }
-    // The clipboard: the channel starts (capabilities, monitor ready); the X side runs on the
-    // session's display.
-    channels.with_cliprdr(&mut out, SvcProcessor::start);
+    // The channels start (the clipboard's X side runs on the session's display).
+    channels.start_all(&mut out);
     if !out.is_empty() {
         writer.write_all(&out).await?;
     }
@@ -168,6 +214,10 @@ where
     let mut previous: Option<Frame> = None;
     let mut sent: Option<(u64, u16, u16)> = None;
     let mut sent_cursor: Option<u32> = None;
+    let (mut resize_requests, mut acceptor) = match params.resizing {
+        Some(Resizing { requests, acceptor }) => (Some(requests), Some(acceptor)),
+        None => (None, None),
+    };
     let mut ticker = tokio::time::interval(params.frame_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -202,6 +252,47 @@ where
                 if !out.is_empty() {
                     writer.write_all(&out).await?;
                 }
+            }
+            size = next(&mut resize_requests) => {
+                let Some(mut size) = size else {
+                    resize_requests = None;
+                    continue;
+                };
+                // A window being dragged asks many times: the last size counts.
+                while let Some(later) = resize_requests.as_mut().and_then(|r| r.try_recv().ok()) {
+                    size = later;
+                }
+                if size == desktop.size() {
+                    continue;
+                }
+                let d = desktop.clone();
+                let resized = tokio::task::spawn_blocking(move || d.resize(size.0, size.1)).await?;
+                let size = match resized {
+                    Ok(size) => size,
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "The screen keeps its size");
+                        continue;
+                    }
+                };
+                let Some(old) = acceptor.take() else {
+                    continue;
+                };
+                let (next_acceptor, backlog) =
+                    reactivate(&mut reader, &mut writer, params.io_channel_id, old, &mut channels, size).await?;
+                acceptor = Some(next_acceptor);
+                out.clear();
+                for pdu in &backlog {
+                    if let Some(end) = handle_input(&*desktop, params.io_channel_id, Action::X224, pdu, &mut channels, &mut out)? {
+                        return Ok(end);
+                    }
+                }
+                if !out.is_empty() {
+                    writer.write_all(&out).await?;
+                }
+                // Everything again, at the new size; the pointer too.
+                sent = None;
+                previous = None;
+                sent_cursor = None;
             }
             text = next(&mut copied) => {
                 let Some(text) = text else {
@@ -290,6 +381,65 @@ where
             }
         }
     }
+}
+
+/// Tells the client the share is deactivated, then runs the capability exchange and the
+/// finalization again with the screen at `size` (the static channels keep their state);
+/// returns the acceptor for the next time and the input the client sent meanwhile.
+async fn reactivate<R, W>(
+    reader: &mut Framed<R>,
+    writer: &mut Framed<W>,
+    io_channel_id: u16,
+    acceptor: Acceptor,
+    channels: &mut Channels,
+    (width, height): (u16, u16),
+) -> anyhow::Result<(Acceptor, Vec<Vec<u8>>)>
+where
+    R: FramedRead,
+    W: FramedWrite,
+{
+    let deactivate = ShareControlHeader {
+        share_id: 0,
+        pdu_source: io_channel_id,
+        share_control_pdu: ShareControlPdu::ServerDeactivateAll(ServerDeactivateAll),
+    };
+    let pdu = X224(SendDataIndication {
+        initiator_id: channels.user_channel_id,
+        channel_id: io_channel_id,
+        user_data: ironrdp_core::encode_vec(&deactivate)?.into(),
+    });
+    writer.write_all(&ironrdp_core::encode_vec(&pdu)?).await?;
+    let mut acceptor = Acceptor::new_deactivation_reactivation(
+        acceptor,
+        std::mem::take(&mut channels.set),
+        DesktopSize { width, height },
+    )
+    .map_err(|e| anyhow::anyhow!("reactivation: {e}"))?;
+    let mut buf = WriteBuf::new();
+    while !matches!(
+        state_downcast::<AcceptorState>(acceptor.state()),
+        Some(AcceptorState::Accepted { .. })
+    ) {
+        let input = match acceptor.next_pdu_hint() {
+            Some(hint) => Some(reader.read_by_hint(hint).await?),
+            None => None,
+        };
+        buf.clear();
+        match &input {
+            Some(pdu) => acceptor.step(pdu, None, &mut buf),
+            None => acceptor.step_no_input(&mut buf),
+        }
+        .map_err(|e| anyhow::anyhow!("reactivation: {e}"))?;
+        if buf.filled_len() > 0 {
+            writer.write_all(buf.filled()).await?;
+        }
+    }
+    let result = acceptor
+        .get_result()
+        .context("the reactivation finished without a result")?;
+    channels.set = result.static_channels;
+    tracing::info!(width, height, "Reactivated at the new screen size");
+    Ok((acceptor, result.input_events))
 }
 
 /// Applies one client PDU; `Some` when it ends the session.

@@ -118,6 +118,14 @@ pub trait Desktop: Send + Sync + std::fmt::Debug {
     fn cursor(&self) -> Option<Cursor> {
         None
     }
+    /// Whether [`Desktop::resize`] can work (the client may then ask for other sizes).
+    fn can_resize(&self) -> bool {
+        false
+    }
+    /// Changes the screen to `width` x `height`; the size it has afterwards.
+    fn resize(&self, width: u16, height: u16) -> anyhow::Result<(u16, u16)> {
+        anyhow::bail!("this desktop cannot change its size to {width}x{height}")
+    }
 }
 
 /// Gives each logon its desktop.
@@ -130,6 +138,10 @@ pub trait DesktopProvider: Send + Sync + std::fmt::Debug {
     /// Whether a session takes the size the client asks for (virtual desktops) rather than
     /// the provider's (a shared display).
     fn honors_client_size(&self) -> bool {
+        false
+    }
+    /// Whether its desktops may change size when the client asks (display control).
+    fn can_resize(&self) -> bool {
         false
     }
 }

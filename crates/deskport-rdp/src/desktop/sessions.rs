@@ -1,5 +1,7 @@
 //! Virtual desktops, one per account, as a Windows instance gives each user their own session:
-//! the first logon starts an X server (Xvfb, at the client's size) and the session command;
+//! the first logon starts an X server (Xvnc where installed, else Xvfb; at the client's size)
+//! and the session command; on Xvnc the screen follows later size requests (RandR) and a
+//! reattaching client's size;
 //! a disconnect keeps the session and a later logon reattaches to the same windows; a second
 //! client of the same account takes the session over (the first is disconnected); the session
 //! ends when its command exits (logoff) or after it stayed disconnected for the timeout.
@@ -39,6 +41,52 @@ pub struct SessionConfig {
     pub unix_user: Option<String>,
     /// How the sessions' screens are read.
     pub capture: super::x11::Capture,
+    /// The sessions' X server.
+    pub x_server: XServer,
+}
+
+/// The X server of virtual sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XServer {
+    /// Xvnc where it is installed (its screen follows the client's size), else Xvfb.
+    #[default]
+    Auto,
+    /// Xvfb: the screen keeps the size of the first logon.
+    Xvfb,
+    /// TigerVNC's Xvnc with its VNC port closed: the screen changes size when the client
+    /// asks (RandR).
+    Xvnc,
+}
+
+impl XServer {
+    /// `Auto` made concrete: Xvnc if it is on `PATH`, else Xvfb.
+    pub fn resolve(self) -> Self {
+        // (Xvnc is looked up on PATH each time: installing it takes effect for new sessions.)
+        match self {
+            Self::Auto if on_path("Xvnc") => Self::Xvnc,
+            Self::Auto => Self::Xvfb,
+            other => other,
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self.resolve() {
+            Self::Xvnc => "Xvnc",
+            _ => "Xvfb",
+        }
+    }
+}
+
+/// Whether an executable `program` is in one of `PATH`'s directories.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 impl SessionConfig {
@@ -56,6 +104,8 @@ struct Session {
     account: String,
     display: String,
     desktop: Arc<X11Desktop>,
+    /// The X server can change the screen size.
+    resizable: bool,
     children: Mutex<Vec<Child>>,
     /// Bumped by every attach: an older attachment sees it and gives up (takeover).
     generation: AtomicU64,
@@ -208,8 +258,9 @@ impl VirtualSessions {
                 .open(&log_path)
                 .with_context(|| format!("open {}", log_path.display()))
         };
-        let (xvfb, display) = start_xvfb(size, &log_path, true)?;
-        let mut children = vec![xvfb];
+        let x_server = self.config.x_server.resolve();
+        let (server, display) = start_x_server(x_server, size, &log_path, true)?;
+        let mut children = vec![server];
         let spawn = |command: &str| -> anyhow::Result<Child> {
             let mut c = Command::new("/bin/sh");
             c.arg("-c")
@@ -238,7 +289,7 @@ impl VirtualSessions {
                 .with_context(|| format!("start the session command {command:?}"))
         };
         // The user's programs must be able to use the display: with -displayfd and no
-        // -auth, Xvfb accepts local clients.
+        // -auth, the X server accepts local clients.
         for command in &self.config.commands {
             match spawn(command) {
                 Ok(child) => children.push(child),
@@ -265,6 +316,7 @@ impl VirtualSessions {
         tracing::info!(
             account,
             x_display,
+            x_server = x_server.program(),
             width = size.0,
             height = size.1,
             "Session started on a new desktop"
@@ -273,6 +325,7 @@ impl VirtualSessions {
             account: account.to_owned(),
             display,
             desktop,
+            resizable: x_server == XServer::Xvnc,
             children: Mutex::new(children),
             generation: AtomicU64::new(0),
             attached: Mutex::new((0, Instant::now())),
@@ -317,6 +370,12 @@ impl DesktopProvider for VirtualSessions {
         let session = match existing.filter(|s| !s.logged_off()) {
             Some(s) => {
                 tracing::info!(account, x_display = s.display, "Reattaching to the session");
+                // The session takes the new client's size where the X server can.
+                if s.resizable && s.desktop.size() != size {
+                    if let Err(e) = s.desktop.resize(size.0, size.1) {
+                        tracing::warn!(account, error = %e, "The session keeps its size");
+                    }
+                }
                 s
             }
             None => {
@@ -338,7 +397,7 @@ impl DesktopProvider for VirtualSessions {
         Ok(Arc::new(Attached {
             session,
             generation,
-            size,
+            size: Mutex::new(size),
         }))
     }
 
@@ -349,6 +408,10 @@ impl DesktopProvider for VirtualSessions {
     fn honors_client_size(&self) -> bool {
         true
     }
+
+    fn can_resize(&self) -> bool {
+        self.config.x_server.resolve() == XServer::Xvnc
+    }
 }
 
 /// One client's view of a session: gives up when another client takes the session over or
@@ -358,7 +421,7 @@ impl DesktopProvider for VirtualSessions {
 struct Attached {
     session: Arc<Session>,
     generation: u64,
-    size: (u16, u16),
+    size: Mutex<(u16, u16)>,
 }
 
 impl Attached {
@@ -405,12 +468,27 @@ fn fit(frame: Frame, size: (u16, u16)) -> Frame {
 
 impl Desktop for Attached {
     fn size(&self) -> (u16, u16) {
-        self.size
+        *self.size.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn capture(&self) -> anyhow::Result<Frame> {
         self.current()?;
-        Ok(fit(self.session.desktop.capture()?, self.size))
+        Ok(fit(self.session.desktop.capture()?, self.size()))
+    }
+
+    fn can_resize(&self) -> bool {
+        self.session.resizable
+    }
+
+    fn resize(&self, width: u16, height: u16) -> anyhow::Result<(u16, u16)> {
+        self.current()?;
+        anyhow::ensure!(
+            self.session.resizable,
+            "the session's X server cannot change its size"
+        );
+        let size = self.session.desktop.resize(width, height)?;
+        *self.size.lock().unwrap_or_else(|e| e.into_inner()) = size;
+        Ok(size)
     }
 
     fn input(&self, event: Input) -> anyhow::Result<()> {
@@ -431,10 +509,21 @@ impl Desktop for Attached {
     }
 }
 
-/// Starts Xvfb with one `size` screen at 24-bit depth, its errors appended to `log`; it picks a
-/// free display number itself (`-displayfd`). `own_group`: in a process group of its own (so
-/// that a session can be stopped as a whole). Returns the process and the display name.
+/// Starts Xvfb with one `size` screen at 24-bit depth (see [`start_x_server`]).
 pub fn start_xvfb(
+    size: (u16, u16),
+    log: &Path,
+    own_group: bool,
+) -> anyhow::Result<(Child, String)> {
+    start_x_server(XServer::Xvfb, size, log, own_group)
+}
+
+/// Starts an X server with one `size` screen at 24-bit depth, its errors appended to `log`;
+/// it picks a free display number itself (`-displayfd`) and listens on no TCP port (Xvnc:
+/// no VNC port either). `own_group`: in a process group of its own (so that a session can be
+/// stopped as a whole). Returns the process and the display name.
+pub fn start_x_server(
+    kind: XServer,
     size: (u16, u16),
     log: &Path,
     own_group: bool,
@@ -445,37 +534,44 @@ pub fn start_xvfb(
         .append(true)
         .open(log)
         .with_context(|| format!("open {}", log.display()))?;
-    let mut command = Command::new("Xvfb");
+    let program = kind.program();
+    let mut command = Command::new(program);
+    command.args(["-displayfd", "1", "-nolisten", "tcp", "-noreset"]);
+    if program == "Xvnc" {
+        command
+            .arg("-geometry")
+            .arg(format!("{}x{}", size.0, size.1))
+            .args(["-depth", "24", "-rfbport", "-1", "-SecurityTypes", "None"]);
+    } else {
+        command
+            .args(["-screen", "0"])
+            .arg(format!("{}x{}x24", size.0, size.1));
+    }
     command
-        .args([
-            "-displayfd",
-            "1",
-            "-nolisten",
-            "tcp",
-            "-noreset",
-            "-screen",
-            "0",
-        ])
-        .arg(format!("{}x{}x24", size.0, size.1))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr);
     if own_group {
         command.process_group(0);
     }
-    let mut xvfb = command.spawn().map_err(|e| {
-        anyhow::anyhow!("cannot start Xvfb ({e}); the xvfb package provides it (scripts/install-deps installs it)")
+    let package = if program == "Xvnc" {
+        "tigervnc-standalone-server"
+    } else {
+        "xvfb"
+    };
+    let mut server = command.spawn().map_err(|e| {
+        anyhow::anyhow!("cannot start {program} ({e}); the {package} package provides it (scripts/install-deps installs it)")
     })?;
     let mut line = String::new();
-    if let Some(out) = xvfb.stdout.take() {
+    if let Some(out) = server.stdout.take() {
         std::io::BufReader::new(out).read_line(&mut line)?;
     }
     let Ok(number) = line.trim().parse::<u32>() else {
-        let _ = xvfb.kill();
-        let _ = xvfb.wait();
-        anyhow::bail!("Xvfb did not start (see {})", log.display());
+        let _ = server.kill();
+        let _ = server.wait();
+        anyhow::bail!("{program} did not start (see {})", log.display());
     };
-    Ok((xvfb, format!(":{number}")))
+    Ok((server, format!(":{number}")))
 }
 
 #[cfg(test)]

@@ -5,11 +5,13 @@
 //! full, then only the rectangles the X server reports as drawn to; a still screen costs one
 //! non-blocking event poll per check. Without DAMAGE every check reads the whole screen.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use anyhow::Context as _;
 use x11rb::connection::Connection as _;
 use x11rb::protocol::damage::{self, ConnectionExt as _};
+use x11rb::protocol::randr::{self, ConnectionExt as _};
 use x11rb::protocol::xfixes::{self, ConnectionExt as _};
 use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder};
 use x11rb::protocol::xtest::ConnectionExt as _;
@@ -33,8 +35,8 @@ pub struct X11Desktop {
     display: String,
     conn: Mutex<CaptureState>,
     root: xproto::Window,
-    width: u16,
-    height: u16,
+    /// The screen size, `width << 16 | height` (changed by [`Desktop::resize`]).
+    size: AtomicU32,
 }
 
 /// The connection and what capture keeps between checks.
@@ -79,7 +81,9 @@ impl std::fmt::Debug for X11Desktop {
         write!(
             f,
             "X11Desktop({} {}x{})",
-            self.display, self.width, self.height
+            self.display,
+            self.size().0,
+            self.size().1
         )
     }
 }
@@ -136,8 +140,7 @@ impl X11Desktop {
                 generation: 0,
             }),
             root,
-            width,
-            height,
+            size: AtomicU32::new(pack(width, height)),
         })
     }
 
@@ -224,7 +227,33 @@ impl X11Desktop {
 
 impl Desktop for X11Desktop {
     fn size(&self) -> (u16, u16) {
-        (self.width, self.height)
+        let size = self.size.load(Ordering::SeqCst);
+        ((size >> 16) as u16, size as u16)
+    }
+
+    fn resize(&self, width: u16, height: u16) -> anyhow::Result<(u16, u16)> {
+        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let state = &mut *guard;
+        let current = self.size();
+        if current == (width, height) {
+            return Ok(current);
+        }
+        set_screen_size(&state.conn, self.root, current, (width, height)).with_context(|| {
+            format!(
+                "the X server of {} cannot change its screen size to {width}x{height}",
+                self.display
+            )
+        })?;
+        // What the server made of it (it may round).
+        let geometry = state.conn.get_geometry(self.root)?.reply()?;
+        let size = (geometry.width, geometry.height);
+        self.size.store(pack(size.0, size.1), Ordering::SeqCst);
+        // The next capture reads the whole screen at its new size.
+        state.frame = None;
+        state.history.clear();
+        let x_display = &self.display;
+        tracing::info!(x_display, width = size.0, height = size.1, "Screen resized");
+        Ok(size)
     }
 
     fn x_display(&self) -> Option<String> {
@@ -263,7 +292,7 @@ impl Desktop for X11Desktop {
     fn capture(&self) -> anyhow::Result<Frame> {
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *guard;
-        let (w, h) = (self.width, self.height);
+        let (w, h) = self.size();
         let (Some((damage, region)), Some(frame)) = (state.damage, state.frame.as_ref()) else {
             // The first read (or no DAMAGE): all of the screen. Damage drawn before this read
             // is in the image; clear it so that only later drawing is reported.
@@ -372,9 +401,10 @@ impl Desktop for X11Desktop {
             },
             Input::Unicode { unit, down } => self.unicode(unit, down),
             Input::Move { x, y } => {
+                let (width, height) = self.size();
                 let (x, y) = (
-                    x.min(self.width.saturating_sub(1)),
-                    y.min(self.height.saturating_sub(1)),
+                    x.min(width.saturating_sub(1)),
+                    y.min(height.saturating_sub(1)),
                 );
                 self.fake(xproto::MOTION_NOTIFY_EVENT, 0, x as i16, y as i16)
             }
@@ -411,6 +441,111 @@ impl Desktop for X11Desktop {
             }
         }
     }
+}
+
+fn pack(width: u16, height: u16) -> u32 {
+    u32::from(width) << 16 | u32::from(height)
+}
+
+/// Changes the screen of `root` from `current` to `size` through RandR 1.2: a mode of that
+/// size (made if the server has none) on the first output's CRTC. The screen must hold the
+/// CRTC at every step, so it grows first and shrinks last.
+fn set_screen_size(
+    conn: &RustConnection,
+    root: xproto::Window,
+    current: (u16, u16),
+    size: (u16, u16),
+) -> anyhow::Result<()> {
+    let (width, height) = size;
+    conn.randr_query_version(1, 2)?
+        .reply()
+        .context("no RandR 1.2")?;
+    let resources = conn.randr_get_screen_resources_current(root)?.reply()?;
+    let timestamp = resources.config_timestamp;
+    let mut output = None;
+    for &id in &resources.outputs {
+        let info = conn.randr_get_output_info(id, timestamp)?.reply()?;
+        let crtc = if info.crtc != x11rb::NONE {
+            info.crtc
+        } else {
+            match info.crtcs.first() {
+                Some(&c) => c,
+                None => continue,
+            }
+        };
+        output = Some((id, crtc, info.modes));
+        break;
+    }
+    let (output, crtc, output_modes) = output.context("the screen has no output with a CRTC")?;
+    let mode = match resources
+        .modes
+        .iter()
+        .find(|m| m.width == width && m.height == height)
+    {
+        Some(m) => {
+            if !output_modes.contains(&m.id) {
+                conn.randr_add_output_mode(output, m.id)?.check()?;
+            }
+            m.id
+        }
+        None => {
+            let name = format!("{width}x{height}");
+            let info = randr::ModeInfo {
+                id: 0,
+                width,
+                height,
+                dot_clock: u32::from(width) * u32::from(height) * 60,
+                hsync_start: width,
+                hsync_end: width,
+                htotal: width,
+                hskew: 0,
+                vsync_start: height,
+                vsync_end: height,
+                vtotal: height,
+                name_len: name.len() as u16,
+                mode_flags: randr::ModeFlag::default(),
+            };
+            let mode = conn
+                .randr_create_mode(root, info, name.as_bytes())?
+                .reply()
+                .context("create a mode")?
+                .mode;
+            conn.randr_add_output_mode(output, mode)?.check()?;
+            mode
+        }
+    };
+    // 96 dots per inch.
+    let mm = |px: u16| (u32::from(px) * 254).div_ceil(960);
+    let (grow_w, grow_h) = (width.max(current.0), height.max(current.1));
+    if (grow_w, grow_h) != current {
+        conn.randr_set_screen_size(root, grow_w, grow_h, mm(grow_w), mm(grow_h))?
+            .check()
+            .context("grow the screen")?;
+    }
+    let status = conn
+        .randr_set_crtc_config(
+            crtc,
+            x11rb::CURRENT_TIME,
+            timestamp,
+            0,
+            0,
+            mode,
+            randr::Rotation::ROTATE0,
+            &[output],
+        )?
+        .reply()
+        .context("set the mode")?
+        .status;
+    anyhow::ensure!(
+        status == randr::SetConfig::SUCCESS,
+        "setting the mode failed: {status:?}"
+    );
+    if (grow_w, grow_h) != size {
+        conn.randr_set_screen_size(root, width, height, mm(width), mm(height))?
+            .check()
+            .context("shrink the screen")?;
+    }
+    Ok(())
 }
 
 /// Creates a damage object on `root` (reporting when the damaged area becomes non-empty) and

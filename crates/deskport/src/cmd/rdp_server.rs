@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use deskport_policy::throttle::Throttle;
 use deskport_rdp::accounts::Accounts;
 use deskport_rdp::connection::Shared;
-use deskport_rdp::desktop::sessions::{SessionConfig, VirtualSessions};
+use deskport_rdp::desktop::sessions::{SessionConfig, VirtualSessions, XServer};
 use deskport_rdp::desktop::x11::X11Desktop;
 use deskport_rdp::desktop::{DesktopProvider, Shadow};
 use deskport_rdp::server::{ServerConfig, Switches};
@@ -38,6 +38,9 @@ pub struct RdpServerSettings {
     /// Virtual desktops, running as root: the Unix account every session runs as (default:
     /// the one named like the RDP account; an account without one is refused).
     pub session_unix_user: Option<String>,
+    /// Virtual desktops: the X server, `auto` (Xvnc where installed, else Xvfb), `xvnc` (the
+    /// screen follows the client's window size) or `xvfb` (fixed size).
+    pub session_x_server: XServer,
     /// *Allow remote connections to this computer*.
     pub enabled: bool,
     /// *Allow connections only from computers running Remote Desktop with NLA*.
@@ -77,6 +80,7 @@ impl Default for RdpServerSettings {
             session_commands: SessionConfig::default_commands(),
             session_timeout_secs: 3600,
             session_unix_user: None,
+            session_x_server: XServer::Auto,
             enabled: true,
             nla_only: true,
             manager: None,
@@ -298,7 +302,13 @@ pub(crate) async fn serve(
             if settings.session_commands.is_empty() {
                 return Err(UsageError("[rdp_server] session_commands is empty: a virtual desktop needs at least its session program".to_owned()).into());
             }
-            tracing::info!(commands = ?settings.session_commands, "Virtual desktops: one per account");
+            if settings.session_x_server == XServer::Xvnc
+                && !deskport_rdp::desktop::sessions::on_path("Xvnc")
+            {
+                return Err(UsageError("[rdp_server] session_x_server = \"xvnc\" but Xvnc is not installed (the tigervnc-standalone-server package provides it; \"auto\" falls back to Xvfb)".to_owned()).into());
+            }
+            let x_server = settings.session_x_server.resolve();
+            tracing::info!(commands = ?settings.session_commands, ?x_server, "Virtual desktops: one per account");
             VirtualSessions::new(SessionConfig {
                 commands: settings.session_commands.clone(),
                 disconnected_timeout: Duration::from_secs(settings.session_timeout_secs.max(1)),
@@ -306,6 +316,7 @@ pub(crate) async fn serve(
                 log_dir: dir.join("sessions"),
                 unix_user: settings.session_unix_user.clone(),
                 capture: settings.capture,
+                x_server: settings.session_x_server,
             })
         }
     };

@@ -73,6 +73,7 @@ fn bad_configuration_is_a_usage_error_naming_the_key_and_source() {
         ("[lgo]\n", "lgo"),
         ("[log]\nformat = \"xml\"\n", "xml"),
         ("[log\n", "TOML"),
+        ("[rdp_server]\nsession_x_server = \"weston\"\n", "weston"),
     ];
     for (text, needle) in cases {
         std::fs::write(&file, text).unwrap();

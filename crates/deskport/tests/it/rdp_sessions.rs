@@ -522,3 +522,63 @@ fn deskport_window(client: &Xvfb, target: &str, dir: &Path) -> ProcessGuard {
     )
     .unwrap()
 }
+
+/// The size of `display`'s screen.
+fn screen_size(display: &str) -> Option<(u32, u32)> {
+    deskport_testsupport::screenshot(display)
+        .ok()
+        .map(|s| s.dimensions())
+}
+
+/// The client's window changes size: the client asks for the new size over display control,
+/// the session's X server (Xvnc) takes it, and the client shows the whole session at it.
+#[test]
+fn the_session_screen_follows_the_clients_window() {
+    require_program("Xvnc");
+    require_program("xdotool");
+    let dir = deskport_testsupport::data_dir();
+    let server = Server::start(dir.path(), 3600);
+    let client = Xvfb::start(1280, 1024);
+    let target = server.target();
+    let session = xfreerdp_to(
+        &client,
+        &target,
+        dir.path(),
+        "alice",
+        PASSWORD,
+        &["/sec:nla", "/size:800x600", "/dynamic-resolution"],
+    );
+    let alice = server.display_of("alice");
+    // A background unlike the client's black screen: the whole session must show, at its size.
+    require_program("xsetroot");
+    assert!(Command::new("xsetroot")
+        .args(["-solid", "#1f4e79"])
+        .env("DISPLAY", &alice)
+        .status()
+        .unwrap()
+        .success());
+    wait_shown(&client, &alice, "resize-before");
+    assert_eq!(screen_size(&alice), Some((800, 600)));
+
+    for (width, height) in [(1024u32, 700u32), (640, 480)] {
+        assert!(client
+            .command("xdotool")
+            .args(["search", "--class", "xfreerdp", "windowsize", "%@"])
+            .args([width.to_string(), height.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        wait_until(
+            Duration::from_secs(20),
+            &format!("the session's screen to become {width}x{height}"),
+            || (screen_size(&alice) == Some((width, height))).then_some(()),
+        );
+        wait_shown(&client, &alice, &format!("resize-{width}x{height}"));
+    }
+    assert!(
+        server.log().contains("Reactivated at the new screen size"),
+        "{}",
+        server.log()
+    );
+    drop(session);
+}
