@@ -56,6 +56,8 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Join the clipboard channel, reporting what the server does on it here.
     pub clipboard: Option<tokio::sync::mpsc::UnboundedSender<deskport_rdp::clipboard::FromPeer>>,
+    /// Join the Display Control channel (a window asks the server for its new size).
+    pub display_control: bool,
 }
 
 impl Options {
@@ -379,6 +381,11 @@ pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
         connector.attach_static_channel(ironrdp_cliprdr::CliprdrClient::new(Box::new(
             deskport_rdp::clipboard::Backend::new(tx.clone()),
         )));
+    }
+    if opts.display_control {
+        connector.attach_static_channel(ironrdp_dvc::DrdynvcClient::new().with_dynamic_channel(
+            ironrdp_displaycontrol::client::DisplayControlClient::new(|_| Ok(Vec::new())),
+        ));
     }
     let mut framed = TokioFramed::new(tcp);
     let should_upgrade = ironrdp_async::connect_begin(&mut framed, &mut connector)

@@ -30,6 +30,8 @@ pub enum UiEvent {
     Input(Vec<FastPathInputEvent>),
     /// Paint this part of the window again from the current image.
     Repaint(InclusiveRectangle),
+    /// The window has this size now (the server is asked for it, if it can change size).
+    Resized(u16, u16),
     /// The user closed the window.
     Close,
 }
@@ -46,6 +48,11 @@ pub trait Frontend {
 
     /// The desktop was resized by the server (after a reactivation); `image` is blank.
     fn resized(&mut self, image: &DecodedImage) -> anyhow::Result<()>;
+
+    /// The server follows size changes from now on (display control is ready).
+    fn resizable(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     /// Whether the frontend still waits for pixels it has never received (the session then asks
     /// the server to redraw everything when the server allows it).
@@ -295,8 +302,48 @@ pub async fn run<F: Frontend>(
         .as_ref()
         .map(|(at, _)| tokio::time::Instant::from_std(*at));
 
+    // A size the window asked for, sent when it has stayed the same for a moment (a window
+    // being dragged changes size many times).
+    let mut wanted: Option<((u16, u16), tokio::time::Instant)> = None;
+    let mut resizable = false;
     loop {
+        if !resizable && stage.display_control_capabilities().is_some() {
+            resizable = true;
+            tracing::debug!("The server follows the window's size (display control)");
+            frontend
+                .resizable()
+                .map_err(|e| session_error("frontend", e))?;
+        }
         let outputs = tokio::select! {
+            _ = async {
+                match wanted {
+                    Some((_, at)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(((width, height), _)) = wanted.take() else {
+                    continue;
+                };
+                let (width, height) = ironrdp_displaycontrol::pdu::MonitorLayoutEntry::adjust_display_size(
+                    u32::from(width),
+                    u32::from(height),
+                );
+                if (width, height) == (u32::from(size.width), u32::from(size.height)) {
+                    continue;
+                }
+                match stage.encode_resize(width, height, None, None) {
+                    Some(frame) => {
+                        tracing::info!(width, height, "Asking the server for the window's size");
+                        vec![ActiveStageOutput::ResponseFrame(
+                            frame.map_err(|e| session_error("resize request", e))?,
+                        )]
+                    }
+                    None => {
+                        tracing::info!(width, height, "The server cannot change the desktop's size (no Display Control)");
+                        Vec::new()
+                    }
+                }
+            }
             event = next(&mut from_server) => match event.inspect(|e| tracing::debug!(?e, "Clipboard event from the server")) {
                 None => {
                     from_server = None;
@@ -380,6 +427,13 @@ pub async fn run<F: Frontend>(
                 }
                 Some(UiEvent::Repaint(region)) => {
                     vec![ActiveStageOutput::GraphicsUpdate(region)]
+                }
+                Some(UiEvent::Resized(width, height)) => {
+                    wanted = Some((
+                        (width, height),
+                        tokio::time::Instant::now() + Duration::from_millis(200),
+                    ));
+                    Vec::new()
                 }
                 Some(UiEvent::Input(input)) if fast_path_input => {
                     stage

@@ -144,36 +144,10 @@ impl Window {
             xproto::AtomEnum::STRING,
             b"deskport\0deskport\0",
         )?;
-        // The desktop has a fixed size (no display control yet): say so to the window manager.
-        let (w, h) = (i32::from(width), i32::from(height));
-        let hints = [
-            0x10 | 0x20, // PMinSize | PMaxSize
-            0,
-            0,
-            0,
-            0,
-            w as u32,
-            h as u32,
-            w as u32,
-            h as u32,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ];
+        // The desktop has a fixed size until the server offers display control: say so to
+        // the window manager.
         if !fullscreen {
-            conn.change_property32(
-                xproto::PropMode::REPLACE,
-                window,
-                xproto::AtomEnum::WM_NORMAL_HINTS,
-                xproto::AtomEnum::WM_SIZE_HINTS,
-                &hints,
-            )?;
+            set_size_hints(&conn, window, (width, height), (width, height))?;
         } else {
             let state = atom(&conn, "_NET_WM_STATE")?;
             let full = atom(&conn, "_NET_WM_STATE_FULLSCREEN")?;
@@ -278,6 +252,13 @@ impl Frontend for Window {
         Ok(false)
     }
 
+    fn resizable(&mut self) -> anyhow::Result<()> {
+        // What MS-RDPEDISP allows a monitor to be.
+        set_size_hints(&self.conn, self.window, (200, 200), (8192, 8192))?;
+        self.conn.flush()?;
+        Ok(())
+    }
+
     fn resized(&mut self, image: &DecodedImage) -> anyhow::Result<()> {
         let size = (image.width(), image.height());
         if size != self.size {
@@ -299,6 +280,30 @@ impl Drop for Window {
         let _ = self.conn.destroy_window(self.window);
         let _ = self.conn.flush();
     }
+}
+
+/// Tells the window manager the sizes the window may take (WM_NORMAL_HINTS: PMinSize and
+/// PMaxSize).
+fn set_size_hints(
+    conn: &RustConnection,
+    window: xproto::Window,
+    min: (u16, u16),
+    max: (u16, u16),
+) -> anyhow::Result<()> {
+    let mut hints = [0u32; 18];
+    hints[0] = 0x10 | 0x20;
+    hints[5] = u32::from(min.0);
+    hints[6] = u32::from(min.1);
+    hints[7] = u32::from(max.0);
+    hints[8] = u32::from(max.1);
+    conn.change_property32(
+        xproto::PropMode::REPLACE,
+        window,
+        xproto::AtomEnum::WM_NORMAL_HINTS,
+        xproto::AtomEnum::WM_SIZE_HINTS,
+        &hints,
+    )?;
+    Ok(())
 }
 
 /// Reads the window's X events on its own thread and turns them into [`UiEvent`]s.
@@ -520,6 +525,12 @@ impl EventReader {
                 Some(UiEvent::Close)
             }
             Event::DestroyNotify(e) if e.window == self.window => Some(UiEvent::Close),
+            Event::ConfigureNotify(e)
+                if e.window == self.window && (e.width, e.height) != self.size =>
+            {
+                self.size = (e.width, e.height);
+                Some(UiEvent::Resized(e.width, e.height))
+            }
             Event::Error(e) => {
                 tracing::warn!(error = ?e, "X error");
                 None

@@ -178,6 +178,7 @@ pub fn exec(args: Args) -> anyhow::Result<()> {
         known_hosts,
         connect_timeout: Duration::from_secs(args.timeout),
         clipboard: None,
+        display_control: false,
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -190,8 +191,10 @@ pub fn exec(args: Args) -> anyhow::Result<()> {
 
 async fn run(mut options: Options, args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    // A window shares the clipboard (text, both ways); a screenshot does not.
+    // A window shares the clipboard (text, both ways) and asks the server to follow its size;
+    // a screenshot does neither.
     let clipboard = if args.screenshot.is_none() {
+        options.display_control = true;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         options.clipboard = Some(tx);
         Some(rx)

@@ -533,52 +533,68 @@ fn screen_size(display: &str) -> Option<(u32, u32)> {
 /// The client's window changes size: the client asks for the new size over display control,
 /// the session's X server (Xvnc) takes it, and the client shows the whole session at it.
 #[test]
-fn the_session_screen_follows_the_clients_window() {
+fn the_session_screen_follows_xfreerdps_window() {
     require_program("Xvnc");
-    require_program("xdotool");
     let dir = deskport_testsupport::data_dir();
     let server = Server::start(dir.path(), 3600);
     let client = Xvfb::start(1280, 1024);
-    let target = server.target();
-    let session = xfreerdp_to(
+    let _session = xfreerdp_to(
         &client,
-        &target,
+        &server.target(),
         dir.path(),
         "alice",
         PASSWORD,
         &["/sec:nla", "/size:800x600", "/dynamic-resolution"],
     );
+    screen_follows_window(&server, &client, "xfreerdp");
+}
+
+/// The same with `deskport connect`'s window.
+#[test]
+fn the_session_screen_follows_deskport_connects_window() {
+    require_program("Xvnc");
+    let dir = deskport_testsupport::data_dir();
+    let server = Server::start(dir.path(), 3600);
+    let client = Xvfb::start(1280, 1024);
+    let _window = deskport_window(&client, &server.target(), dir.path());
+    screen_follows_window(&server, &client, "deskport");
+}
+
+/// Alice's session (800x600) shows in the window of class `class`, then follows the window
+/// to two other sizes.
+fn screen_follows_window(server: &Server, client: &Xvfb, class: &str) {
+    require_program("xdotool");
+    require_program("xsetroot");
     let alice = server.display_of("alice");
     // A background unlike the client's black screen: the whole session must show, at its size.
-    require_program("xsetroot");
     assert!(Command::new("xsetroot")
         .args(["-solid", "#1f4e79"])
         .env("DISPLAY", &alice)
         .status()
         .unwrap()
         .success());
-    wait_shown(&client, &alice, "resize-before");
+    wait_shown(client, &alice, &format!("resize-{class}-before"));
     assert_eq!(screen_size(&alice), Some((800, 600)));
-
     for (width, height) in [(1024u32, 700u32), (640, 480)] {
-        assert!(client
-            .command("xdotool")
-            .args(["search", "--class", "xfreerdp", "windowsize", "%@"])
-            .args([width.to_string(), height.to_string()])
-            .status()
-            .unwrap()
-            .success());
+        // (The window may not be ready for display control at once: ask until it follows.)
         wait_until(
             Duration::from_secs(20),
             &format!("the session's screen to become {width}x{height}"),
-            || (screen_size(&alice) == Some((width, height))).then_some(()),
+            || {
+                let _ = client
+                    .command("xdotool")
+                    .args(["search", "--class", class, "windowsize", "%@"])
+                    .args([width.to_string(), height.to_string()])
+                    .status();
+                std::thread::sleep(Duration::from_millis(300));
+                (screen_size(&alice) == Some((width, height))).then_some(())
+            },
         );
-        wait_shown(&client, &alice, &format!("resize-{width}x{height}"));
+        wait_shown(client, &alice, &format!("resize-{class}-{width}x{height}"));
     }
     assert!(
         server.log().contains("Reactivated at the new screen size"),
         "{}",
         server.log()
     );
-    drop(session);
 }
