@@ -50,6 +50,29 @@ impl Flow {
     }
 
     /// Arguments for `conntrack -D` that select exactly this flow.
+    /// Arguments of `ss -K` that abort the local TCP socket that accepted this flow (its
+    /// destination is this host): both ends then see a reset. `None` for other flows.
+    pub fn kill_socket_args(&self) -> Option<Vec<String>> {
+        let FlowL4::Ports { sport, dport } = self.l4 else {
+            return None;
+        };
+        if self.protocol != 6 {
+            return None;
+        }
+        let endpoint = |addr: IpAddr, port: u16| match addr {
+            IpAddr::V4(a) => format!("{a}:{port}"),
+            IpAddr::V6(a) => format!("[{a}]:{port}"),
+        };
+        Some(vec![
+            "-K".to_owned(),
+            "-t".to_owned(),
+            "src".to_owned(),
+            endpoint(self.dst, dport),
+            "dst".to_owned(),
+            endpoint(self.src, sport),
+        ])
+    }
+
     pub fn delete_args(&self) -> Vec<String> {
         let family = match self.src {
             IpAddr::V4(_) => "ipv4",
@@ -221,6 +244,26 @@ garbage line
         assert_eq!(
             flows[0].opening_packet(Direction::Egress).remote,
             "198.18.2.2".parse::<IpAddr>().unwrap()
+        );
+        // The accepting socket of a TCP flow, from its own side; nothing for other protocols.
+        assert_eq!(
+            flows[0].kill_socket_args().unwrap().join(" "),
+            "-K -t src 198.18.2.2:3389 dst 198.18.0.2:40000"
+        );
+        assert_eq!(flows[1].kill_socket_args(), None);
+        assert_eq!(flows[2].kill_socket_args(), None);
+        let v6 = Flow {
+            protocol: 6,
+            src: "2001:db8::2".parse().unwrap(),
+            dst: "2001:db8:2::2".parse().unwrap(),
+            l4: FlowL4::Ports {
+                sport: 40000,
+                dport: 3389,
+            },
+        };
+        assert_eq!(
+            v6.kill_socket_args().unwrap().join(" "),
+            "-K -t src [2001:db8:2::2]:3389 dst [2001:db8::2]:40000"
         );
     }
 }

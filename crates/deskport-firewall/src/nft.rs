@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use deskport_policy::nft::{self, Options};
+use deskport_policy::nft::{self, Options, Placement};
 use deskport_policy::{Classifier, Direction, GroupId, Policy};
 use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 
-use crate::conntrack::{self, Flow};
+use crate::conntrack::{self, Flow, FlowL4};
 
 /// Configuration of the nftables backend.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct NftConfig {
     pub nft: PathBuf,
     /// The `conntrack` program.
     pub conntrack: PathBuf,
+    /// The `ss` program (host placement: aborts the local sockets of cut flows).
+    pub ss: PathBuf,
     /// Table name, placement and logging of the generated ruleset.
     pub options: Options,
     /// Delete tracked flows that the new policy no longer allows (SPEC §1: the default).
@@ -35,6 +37,7 @@ impl Default for NftConfig {
         Self {
             nft: PathBuf::from("nft"),
             conntrack: PathBuf::from("conntrack"),
+            ss: PathBuf::from("ss"),
             options: Options::default(),
             cut_revoked: true,
         }
@@ -169,7 +172,22 @@ impl NftBackend {
                 owner.insert(*a, index);
             }
         }
+        let only_ports = &self.config.options.only_ports;
         let allowed = |flow: &Flow| {
+            if !only_ports.is_empty() {
+                // Only connections to the instance's ports are judged, and only inbound.
+                let FlowL4::Ports { dport, .. } = flow.l4 else {
+                    return true;
+                };
+                if !only_ports.contains(&dport) {
+                    return true;
+                }
+                return owner.get(&flow.dst).is_none_or(|c| {
+                    classifiers[*c]
+                        .decide(&flow.opening_packet(Direction::Ingress))
+                        .is_allow()
+                });
+            }
             let ingress = owner.get(&flow.dst).is_none_or(|c| {
                 classifiers[*c]
                     .decide(&flow.opening_packet(Direction::Ingress))
@@ -206,6 +224,22 @@ impl NftBackend {
                     .status()
                     .await
                     .map_err(|source| self.spawn_error(&self.config.conntrack, source))?;
+                // On the instance itself the accepting socket is here: abort it, so that both
+                // ends learn at once (a deleted conntrack entry alone waits for the next packet,
+                // and the server's next packet would be taken for a new outgoing flow).
+                if self.config.options.placement == Placement::Host {
+                    if let Some(args) = flow.kill_socket_args() {
+                        let killed = Command::new(&self.config.ss)
+                            .args(&args)
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .await;
+                        if let Err(e) = killed {
+                            tracing::warn!(error = %e, "Could not run ss to abort a revoked connection");
+                        }
+                    }
+                }
                 // A flow that ended meanwhile is not an error.
                 if status.success() {
                     cut += 1;

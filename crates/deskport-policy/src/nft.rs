@@ -53,6 +53,11 @@ pub struct Options {
     pub deny: Deny,
     /// A revision number written into the header, to tell which policy is in force.
     pub revision: u64,
+    /// Host placement on a machine that shares its addresses with other services (`deskport
+    /// up`): only new TCP and UDP connections to these destination ports are the instance's
+    /// and judged by its groups (loopback included); everything else, and all outgoing
+    /// traffic, passes. Empty: the whole host is the instance.
+    pub only_ports: Vec<u16>,
 }
 
 impl Default for Options {
@@ -64,6 +69,7 @@ impl Default for Options {
             log_rate: 10,
             deny: Deny::Reject,
             revision: 0,
+            only_ports: Vec::new(),
         }
     }
 }
@@ -501,10 +507,23 @@ fn render(
             "forward",
             &[("daddr", Direction::Ingress), ("saddr", Direction::Egress)],
         )],
+        Placement::Host if !options.only_ports.is_empty() => {
+            &[("input", "input", &[("daddr", Direction::Ingress)])]
+        }
         Placement::Host => &[
             ("input", "input", &[("daddr", Direction::Ingress)]),
             ("output", "output", &[("saddr", Direction::Egress)]),
         ],
+    };
+    // Scoped to some ports: only new connections to them are dispatched.
+    let scope = if options.placement == Placement::Host && !options.only_ports.is_empty() {
+        let ports: Vec<String> = options.only_ports.iter().map(u16::to_string).collect();
+        format!(
+            "meta l4proto {{ tcp, udp }} th dport {{ {} }} ",
+            ports.join(", ")
+        )
+    } else {
+        String::new()
     };
     for (chain, hook, jumps) in hooks {
         let _ = writeln!(w, "\tchain {chain} {{");
@@ -513,7 +532,7 @@ fn render(
             "\t\ttype filter hook {hook} priority filter; policy accept;"
         );
         let _ = writeln!(w, "\t\tct state established,related accept");
-        if options.placement == Placement::Host {
+        if options.placement == Placement::Host && scope.is_empty() {
             // The instance's own loopback, and IPv6 neighbour discovery, which the host needs
             // to be reachable at all (Neutron allows it implicitly too).
             let lo = if *hook == "input" { "iif" } else { "oif" };
@@ -531,7 +550,7 @@ fn render(
                 };
                 let _ = writeln!(
                     w,
-                    "\t\t{ip} {field} vmap @{}_{}",
+                    "\t\t{scope}{ip} {field} vmap @{}_{}",
                     direction_tag(*direction),
                     family_tag(family)
                 );
@@ -631,6 +650,27 @@ mod tests {
             },
         );
         expect_test::expect_file!["../tests/snapshots/article.nft"].assert_eq(&text);
+
+        // `deskport up` with nftables: the host's own port 3389 on every address, loopback too.
+        let up = Policy {
+            members: vec![Member {
+                name: "desktop".into(),
+                addresses: vec!["127.0.0.1".parse().unwrap()],
+                groups: vec![default],
+                ..Member::default()
+            }],
+            ..policy
+        };
+        let text = compile(
+            &up,
+            &Options {
+                revision: 7,
+                placement: Placement::Host,
+                only_ports: vec![3389],
+                ..Options::default()
+            },
+        );
+        expect_test::expect_file!["../tests/snapshots/up-host-3389.nft"].assert_eq(&text);
     }
 }
 

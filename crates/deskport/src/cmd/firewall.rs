@@ -29,6 +29,10 @@ pub struct FirewallSettings {
     pub state: Option<PathBuf>,
     /// nft: `forward` (a gateway in front of the instances) or `host` (on the instance).
     pub placement: PlacementKind,
+    /// nft with `placement = "host"` on a machine whose addresses other services share: only
+    /// connections to these ports are the instance's and judged by its groups (loopback
+    /// included); empty: the whole host is the instance.
+    pub host_ports: Vec<u16>,
     /// nft: the table name in the `inet` family.
     pub table: String,
     /// nft: `reject` (reset / ICMP prohibited) or `drop` for denied new connections.
@@ -59,6 +63,7 @@ impl Default for FirewallSettings {
             token: None,
             state: None,
             placement: PlacementKind::Forward,
+            host_ports: Vec::new(),
             table: "deskport".to_owned(),
             deny: DenyKind::Reject,
             log_denied: false,
@@ -216,6 +221,17 @@ pub fn exec(args: Args, settings: &FirewallSettings) -> anyhow::Result<()> {
             UsageError("--print, --once and --dry-run read a --policy file".to_owned()).into(),
         );
     }
+    if !settings.host_ports.is_empty()
+        && (settings.backend != BackendKind::Nft || settings.placement != PlacementKind::Host)
+    {
+        return Err(UsageError(
+            "[firewall] host_ports is for backend = \"nft\" with placement = \"host\"".to_owned(),
+        )
+        .into());
+    }
+    if settings.host_ports.contains(&0) {
+        return Err(UsageError("[firewall] host_ports: 0 is not a port".to_owned()).into());
+    }
     if (args.print || args.once) && settings.backend != BackendKind::Nft {
         return Err(UsageError("--print and --once are for --backend nft".to_owned()).into());
     }
@@ -239,6 +255,7 @@ fn nft_backend(settings: &FirewallSettings) -> NftBackend {
                 DenyKind::Reject => Deny::Reject,
                 DenyKind::Drop => Deny::Drop,
             },
+            only_ports: settings.host_ports.clone(),
             ..Options::default()
         },
         cut_revoked: settings.cut_revoked,

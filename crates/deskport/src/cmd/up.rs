@@ -1,7 +1,13 @@
 //! `deskport up`: the whole system on one machine — the manager on SQLite, one local instance
-//! (`desktop`) with a virtual X desktop and the RDP server, and the gateway firewall publishing
-//! the instance's RDP port on 127.0.0.1, all in this process; Ctrl-C stops everything, and
-//! running it again keeps all state (database, accounts, certificate, credentials).
+//! (`desktop`) with a virtual X desktop and the RDP server, and the firewall, all in this
+//! process; Ctrl-C stops everything, and running it again keeps all state (database, accounts,
+//! certificate, credentials).
+//!
+//! The firewall: by default the userspace gateway publishes the instance's RDP port on
+//! 127.0.0.1 and forwards allowed connections to the RDP server on an internal port. With
+//! `--firewall nft` (root) the RDP server listens on the public port itself and an nftables
+//! table in host placement judges new connections to that port only (loopback included: the
+//! rest of the machine's services are not the instance's).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -34,7 +40,9 @@ pub struct Args {
     /// The public RDP port on 127.0.0.1, published by the firewall.
     #[arg(long, value_name = "PORT", default_value_t = 3389, value_parser = clap::value_parser!(u16).range(1..))]
     rdp_port: u16,
-    /// The firewall backend.
+    /// The firewall: `gateway` (userspace, no privileges: publishes the port and forwards to
+    /// the RDP server) or `nft` (root: the RDP server on the port itself, behind an nftables
+    /// table that judges connections to that port).
     #[arg(
         long,
         value_enum,
@@ -157,12 +165,10 @@ impl Drop for Desktop {
 }
 
 pub fn exec(args: Args, settings: &Settings, file: &ConfigFile) -> anyhow::Result<()> {
-    if args.firewall == BackendKind::Nft {
+    if args.firewall == BackendKind::Nft && !nix::unistd::geteuid().is_root() {
         return Err(UsageError(
-            "`up --firewall nft` is not available: on one machine the published address is loopback, \
-             which nftables cannot filter per instance without moving the instance into its own \
-             network namespace; use the gateway here, and `deskport firewall --backend nft` on a \
-             gateway or instance host"
+            "`up --firewall nft` changes the kernel's nftables ruleset: run it as root (or use the \
+             default gateway firewall, which needs no privileges)"
                 .to_owned(),
         )
         .into());
@@ -334,9 +340,11 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
     let fingerprint = deskport_rdp::tls::load_or_create(&rdp_dir.join("tls"))?.fingerprint;
 
     // The desktop and its RDP server, following the manager's switches.
+    let nft = args.firewall == BackendKind::Nft;
     let desktop = Desktop::start(args.desktop, &dir.join("desktop.log"))?;
     let mut rdp_settings = settings.rdp_server.clone();
-    rdp_settings.listen = internal;
+    // (With nftables nothing forwards: the RDP server is on the public port.)
+    rdp_settings.listen = if nft { public } else { internal };
     rdp_settings.data_dir = Some(rdp_dir.clone());
     rdp_settings.display = Some(desktop.display.clone());
     rdp_settings.manager = Some(url.clone());
@@ -352,6 +360,11 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
     // The firewall publishing the instance.
     let mut firewall_settings = settings.firewall.clone();
     firewall_settings.backend = args.firewall;
+    if nft {
+        firewall_settings.placement = crate::cmd::firewall::PlacementKind::Host;
+        firewall_settings.host_ports = vec![args.rdp_port];
+    }
+    let table = firewall_settings.table.clone();
     firewall_settings.manager = Some(url.clone());
     firewall_settings.token = Some(agent_token.clone());
     let source = Source::Manager {
@@ -363,10 +376,23 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
             async move { crate::cmd::firewall::run_agent(&firewall_settings, source).await },
         );
 
-    // Ready when the firewall publishes the port.
+    // Ready when the firewall publishes the port (gateway), or when the RDP server listens and
+    // the nftables table is in force (nft: connections are refused until a rule allows them).
     let ready = async {
         loop {
-            if tokio::net::TcpStream::connect(public).await.is_ok() {
+            let up = if nft {
+                std::net::TcpListener::bind(public).is_err()
+                    && tokio::process::Command::new("nft")
+                        .args(["list", "table", "inet", &table])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .await
+                        .is_ok_and(|s| s.success())
+            } else {
+                tokio::net::TcpStream::connect(public).await.is_ok()
+            };
+            if up {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -385,7 +411,7 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
 deskport is up (state in {dir}).
 
   console:        {url}/      admin / {admin_password}   (API: {url}/api/v1)
-  instance:       {INSTANCE}: RDP at {public} (forwarded to {internal}), desktop on display {display}
+  instance:       {INSTANCE}: RDP at {public} ({path}), desktop on display {display}
   RDP account:    {user} / {rdp_password}
   certificate:    SHA256 {fingerprint}
 
@@ -403,6 +429,11 @@ then connect:
 Ctrl-C stops everything; `deskport up` again keeps all state.",
         dir = dir.display(),
         display = desktop.display,
+        path = if nft {
+            format!("filtered by nftables: table inet {table}")
+        } else {
+            format!("forwarded to {internal}")
+        },
         rule = if args.rdp_port == 3389 {
             "--template rdp".to_owned()
         } else {

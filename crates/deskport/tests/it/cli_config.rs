@@ -126,3 +126,31 @@ fn usage_errors_exit_2_and_help_and_version_exit_0() {
         format!("deskport {}\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn host_ports_outside_nft_host_placement_is_a_usage_error() {
+    let home = deskport_testsupport::data_dir();
+    let policy = home.path().join("policy.toml");
+    std::fs::write(&policy, "").unwrap();
+    for (env, needle) in [
+        (
+            ("DESKPORT_FIREWALL__HOST_PORTS", "[3389]"),
+            "host_ports is for",
+        ),
+        (("DESKPORT_FIREWALL__HOST_PORTS", "[0]"), "host_ports"),
+    ] {
+        let r = run(deskport(home.path())
+            .env(env.0, env.1)
+            .env("DESKPORT_FIREWALL__BACKEND", "nft")
+            .env(
+                "DESKPORT_FIREWALL__PLACEMENT",
+                if env.1 == "[0]" { "host" } else { "forward" },
+            )
+            .arg("firewall")
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--dry-run"));
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stderr.contains(needle), "{}", r.stderr);
+    }
+}

@@ -30,7 +30,7 @@ struct Up {
 }
 
 impl Up {
-    fn start(dir: &Path, port: u16, console: u16) -> Self {
+    fn start(dir: &Path, port: u16, console: u16, firewall: &str) -> Self {
         let config = dir.join("config.toml");
         if !config.exists() {
             std::fs::write(&config, "").unwrap();
@@ -46,6 +46,7 @@ impl Up {
                 .arg(dir.join("data"))
                 .args(["--console", &format!("127.0.0.1:{console}")])
                 .args(["--rdp-port", &port.to_string(), "--desktop", "1024x768"])
+                .args(["--firewall", firewall])
                 .env("DESKPORT_CONFIG", &config)
                 .env("DESKPORT_ADMIN_PASSWORD", ADMIN_PASSWORD)
                 .env("DESKPORT_RDP_USER", "alice")
@@ -206,12 +207,30 @@ fn rule_id(up: &Up, cidr: &str) -> String {
 
 #[test]
 fn the_article_end_to_end_with_the_gateway() {
+    article_end_to_end("gateway");
+}
+
+/// The same story with `up --firewall nft`, in a network namespace of its own (its loopback,
+/// its nftables ruleset and its conntrack table are the test's alone): the RDP server listens
+/// on the public port itself, and an nftables table judges new connections to it.
+#[test]
+fn the_article_end_to_end_with_nftables() {
+    require_program("nft");
+    require_program("conntrack");
+    let ns = deskport_testsupport::Netns::new();
+    // Every program the story starts (deskport up, Xvfb, the clients) is started from this
+    // thread and so runs in the namespace too.
+    ns.run_in(|| article_end_to_end("nft"));
+}
+
+/// The knowledge-base article with `deskport up --firewall FIREWALL`.
+fn article_end_to_end(firewall: &str) {
     require_program("xfreerdp");
     require_program("rdesktop");
     let dir = deskport_testsupport::data_dir();
     let port = free_port(LO);
     let console = free_port(LO);
-    let up = Up::start(dir.path(), port, console);
+    let up = Up::start(dir.path(), port, console, firewall);
     let target = up.target();
     let public: SocketAddr = target.parse().unwrap();
     let out = up.output();
@@ -265,7 +284,16 @@ fn the_article_end_to_end_with_the_gateway() {
         message.contains("security group allow your address"),
         "{message}"
     );
-    assert!(up.log().contains("Deny"), "the gateway logs the refusals");
+    if firewall == "gateway" {
+        assert!(up.log().contains("Deny"), "the gateway logs the refusals");
+    } else {
+        let table = Command::new("nft")
+            .args(["list", "table", "inet", "deskport"])
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&table.stdout);
+        assert!(table.contains(&format!("th dport {port}")), "{table}");
+    }
 
     // 2. Open the RDP port for 127.0.0.1/32: xfreerdp with NLA shows the desktop.
     up.cli(&[
@@ -280,6 +308,9 @@ fn the_article_end_to_end_with_the_gateway() {
         "--cidr",
         "127.0.0.1/32",
     ]);
+    wait_until(Duration::from_secs(10), "the rule to be in force", || {
+        rdp_answers(Ipv4Addr::LOCALHOST, public).then_some(())
+    });
     let mut xfreerdp = xfreerdp_to(&client, &target, logs, "alice", PASSWORD, &["/sec:nla"]);
     wait_for_screen(&client, &up.display, "xfreerdp-nla", || {
         xfreerdp.process.try_wait().is_none()
@@ -364,7 +395,7 @@ fn the_article_end_to_end_with_the_gateway() {
 
     // Ctrl-C stops everything; a second `up` keeps the state: rules, switches, certificate.
     up.stop();
-    let up = Up::start(dir.path(), port, console);
+    let up = Up::start(dir.path(), port, console, firewall);
     assert!(up.output().contains(&fingerprint), "{}", up.output());
     let rules = up.cli(&["rule", "list", "--group", "default"]);
     assert!(
