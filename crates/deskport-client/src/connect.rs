@@ -251,8 +251,9 @@ fn config(opts: &Options) -> Config {
         timezone_info: TimezoneInfo::default(),
         // Bulk compression of the server's updates (XCRUSH, or less if the server picks less).
         compression_type: Some(ironrdp_pdu::rdp::client_info::CompressionType::Rdp61),
-        enable_server_pointer: false,
-        pointer_software_rendering: true,
+        // The server's pointer shapes and moves, shown as the window's X cursor.
+        enable_server_pointer: true,
+        pointer_software_rendering: false,
         multitransport_flags: None,
         support_dyn_vc_gfx_protocol: false,
     }

@@ -54,11 +54,34 @@ pub trait Frontend {
         Ok(())
     }
 
+    /// The server's pointer shape changed.
+    fn pointer_shape(&mut self, shape: PointerShape) -> anyhow::Result<()> {
+        let _ = shape;
+        Ok(())
+    }
+
+    /// A program on the server moved the pointer to `(x, y)` on the desktop.
+    fn pointer_position(&mut self, x: u16, y: u16) -> anyhow::Result<()> {
+        let _ = (x, y);
+        Ok(())
+    }
+
     /// Whether the frontend still waits for pixels it has never received (the session then asks
     /// the server to redraw everything when the server allows it).
     fn incomplete(&self) -> bool {
         false
     }
+}
+
+/// What the pointer looks like over the desktop.
+#[derive(Debug, Clone)]
+pub enum PointerShape {
+    /// The server's image: RGBA, straight alpha (ironrdp's "accelerated" target).
+    Bitmap(std::sync::Arc<ironrdp_graphics::pointer::DecodedPointer>),
+    /// No pointer.
+    Hidden,
+    /// The client's own default pointer.
+    Default,
 }
 
 /// How a session ended.
@@ -526,6 +549,18 @@ pub async fn run<F: Frontend>(
                         }
                     }
                 }
+                ActiveStageOutput::PointerBitmap(pointer) => frontend
+                    .pointer_shape(PointerShape::Bitmap(pointer))
+                    .map_err(|e| session_error("frontend", e))?,
+                ActiveStageOutput::PointerHidden => frontend
+                    .pointer_shape(PointerShape::Hidden)
+                    .map_err(|e| session_error("frontend", e))?,
+                ActiveStageOutput::PointerDefault => frontend
+                    .pointer_shape(PointerShape::Default)
+                    .map_err(|e| session_error("frontend", e))?,
+                ActiveStageOutput::PointerPosition { x, y } => frontend
+                    .pointer_position(x, y)
+                    .map_err(|e| session_error("frontend", e))?,
                 other => tracing::trace!(?other, "Ignored session output"),
             }
         }

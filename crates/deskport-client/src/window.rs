@@ -18,12 +18,13 @@ use ironrdp_pdu::input::MousePdu;
 use ironrdp_session::image::DecodedImage;
 use tokio::sync::mpsc;
 use x11rb::connection::{Connection as _, RequestConnection as _};
+use x11rb::protocol::render::{self, ConnectionExt as _};
 use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder};
 use x11rb::protocol::Event;
 use x11rb::rust_connection::RustConnection;
 use x11rb::wrapper::ConnectionExt as _;
 
-use crate::session::{Frontend, UiEvent};
+use crate::session::{Frontend, PointerShape, UiEvent};
 
 /// One wheel notch, in the units RDP uses.
 const WHEEL_NOTCH: i16 = 120;
@@ -36,6 +37,10 @@ pub struct Window {
     depth: u8,
     size: (u16, u16),
     max_request_bytes: usize,
+    /// The window has the keyboard focus (the server may then move the pointer in it).
+    focused: Arc<std::sync::atomic::AtomicBool>,
+    /// The X cursor showing the server's pointer, if one was made.
+    cursor: Option<xproto::Cursor>,
 }
 
 impl std::fmt::Debug for Window {
@@ -165,6 +170,7 @@ impl Window {
         let conn = Arc::new(conn);
         let max_request_bytes = conn.maximum_request_bytes();
         let (tx, rx) = mpsc::unbounded_channel();
+        let focused = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = EventReader {
             conn: conn.clone(),
             window,
@@ -175,6 +181,7 @@ impl Window {
             unicode_down: std::collections::BTreeMap::new(),
             buttons: PointerFlags::empty(),
             last: (0, 0),
+            focused: focused.clone(),
             tx,
         };
         std::thread::Builder::new()
@@ -189,9 +196,87 @@ impl Window {
                 depth: screen.root_depth,
                 size: (width, height),
                 max_request_bytes,
+                focused,
+                cursor: None,
             },
             rx,
         ))
+    }
+
+    /// An X cursor (RENDER) from `rgba` pixels with straight alpha.
+    fn make_cursor(
+        &self,
+        width: u16,
+        height: u16,
+        hotspot: (u16, u16),
+        rgba: &[u8],
+    ) -> anyhow::Result<xproto::Cursor> {
+        anyhow::ensure!(
+            width > 0 && height > 0 && rgba.len() >= usize::from(width) * usize::from(height) * 4,
+            "a {width}x{height} pointer with {} bytes",
+            rgba.len()
+        );
+        let formats = self.conn.render_query_pict_formats()?.reply()?;
+        let format = formats
+            .formats
+            .iter()
+            .find(|f| {
+                f.type_ == render::PictType::DIRECT
+                    && f.depth == 32
+                    && f.direct.alpha_mask == 0xff
+                    && f.direct.alpha_shift == 24
+                    && f.direct.red_shift == 16
+                    && f.direct.green_shift == 8
+                    && f.direct.blue_shift == 0
+            })
+            .context("the X server has no ARGB32 picture format")?
+            .id;
+        // ARGB32 wants premultiplied 0xAARRGGBB words (little-endian: B, G, R, A).
+        let mut argb = Vec::with_capacity(usize::from(width) * usize::from(height) * 4);
+        for px in rgba
+            .chunks_exact(4)
+            .take(usize::from(width) * usize::from(height))
+        {
+            let a = u16::from(px[3]);
+            let pre = |c: u8| ((u16::from(c) * a + 127) / 255) as u8;
+            argb.extend_from_slice(&[pre(px[2]), pre(px[1]), pre(px[0]), px[3]]);
+        }
+        let pixmap = self.conn.generate_id()?;
+        self.conn
+            .create_pixmap(32, pixmap, self.window, width, height)?;
+        let gc = self.conn.generate_id()?;
+        self.conn
+            .create_gc(gc, pixmap, &xproto::CreateGCAux::new())?;
+        self.conn.put_image(
+            ImageFormat::Z_PIXMAP,
+            pixmap,
+            gc,
+            width,
+            height,
+            0,
+            0,
+            0,
+            32,
+            &argb,
+        )?;
+        let picture = self.conn.generate_id()?;
+        self.conn.render_create_picture(
+            picture,
+            pixmap,
+            format,
+            &render::CreatePictureAux::new(),
+        )?;
+        let cursor = self.conn.generate_id()?;
+        self.conn.render_create_cursor(
+            cursor,
+            picture,
+            hotspot.0.min(width - 1),
+            hotspot.1.min(height - 1),
+        )?;
+        self.conn.render_free_picture(picture)?;
+        self.conn.free_gc(gc)?;
+        self.conn.free_pixmap(pixmap)?;
+        Ok(cursor)
     }
 
     /// The X window id (tests drive it with xdotool).
@@ -250,6 +335,49 @@ impl Frontend for Window {
     ) -> anyhow::Result<bool> {
         self.put(image, region).context("draw in the window")?;
         Ok(false)
+    }
+
+    fn pointer_shape(&mut self, shape: PointerShape) -> anyhow::Result<()> {
+        let cursor = match shape {
+            PointerShape::Default => x11rb::NONE,
+            PointerShape::Hidden => self.make_cursor(1, 1, (0, 0), &[0, 0, 0, 0])?,
+            PointerShape::Bitmap(p) => self.make_cursor(
+                p.width,
+                p.height,
+                (p.hotspot_x, p.hotspot_y),
+                &p.bitmap_data,
+            )?,
+        };
+        self.conn.change_window_attributes(
+            self.window,
+            &xproto::ChangeWindowAttributesAux::new().cursor(cursor),
+        )?;
+        if let Some(old) =
+            std::mem::replace(&mut self.cursor, (cursor != x11rb::NONE).then_some(cursor))
+        {
+            self.conn.free_cursor(old)?;
+        }
+        self.conn.flush()?;
+        Ok(())
+    }
+
+    fn pointer_position(&mut self, x: u16, y: u16) -> anyhow::Result<()> {
+        // Only while the user works in this window (as xfreerdp does).
+        if !self.focused.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.conn.warp_pointer(
+            x11rb::NONE,
+            self.window,
+            0,
+            0,
+            0,
+            0,
+            x.min(i16::MAX as u16) as i16,
+            y.min(i16::MAX as u16) as i16,
+        )?;
+        self.conn.flush()?;
+        Ok(())
     }
 
     fn resizable(&mut self) -> anyhow::Result<()> {
@@ -321,6 +449,7 @@ struct EventReader {
     buttons: PointerFlags,
     /// Where the pointer last was, in desktop coordinates.
     last: (u16, u16),
+    focused: Arc<std::sync::atomic::AtomicBool>,
     tx: mpsc::UnboundedSender<UiEvent>,
 }
 
@@ -471,7 +600,14 @@ impl EventReader {
             Event::MotionNotify(e) if e.event == self.window => {
                 Some(self.mouse(PointerFlags::MOVE, 0, e.event_x, e.event_y))
             }
+            Event::FocusIn(e) if e.event == self.window => {
+                self.focused
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                None
+            }
             Event::FocusOut(_) => {
+                self.focused
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
                 let mut events: Vec<FastPathInputEvent> = std::mem::take(&mut self.pressed)
                     .into_iter()
                     .filter_map(deskport_rdp::desktop::keymap::scancode)

@@ -418,6 +418,20 @@ pub fn pointer_update(cursor: &Cursor, new_pointer: bool, out: &mut Vec<u8>) -> 
     write_update(&update, out)
 }
 
+/// Appends a Pointer Position Update: the client moves its pointer to `(x, y)`.
+pub fn pointer_position(x: u16, y: u16, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let body = ironrdp_core::encode_vec(&ironrdp_pdu::pointer::PointerPositionAttribute { x, y })
+        .map_err(|e| anyhow::anyhow!("encode a pointer position: {e}"))?;
+    let update = FastPathUpdatePdu {
+        fragmentation: Fragmentation::Single,
+        update_code: UpdateCode::PositionPointer,
+        compression_flags: None,
+        compression_type: None,
+        data: &body,
+    };
+    write_update(&update, out)
+}
+
 /// Appends a fast-path output PDU with one update.
 fn write_update(update: &FastPathUpdatePdu<'_>, out: &mut Vec<u8>) -> anyhow::Result<()> {
     let header = FastPathHeader::new(EncryptionFlags::empty(), update.size());

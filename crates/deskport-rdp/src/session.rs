@@ -214,6 +214,9 @@ where
     let mut previous: Option<Frame> = None;
     let mut sent: Option<(u64, u16, u16)> = None;
     let mut sent_cursor: Option<u32> = None;
+    // The serial of the last program's pointer move the client was told about (moves from
+    // before this session are not news).
+    let mut sent_pointer_move: u64 = desktop.pointer_moved().map_or(0, |(s, _)| s);
     let (mut resize_requests, mut acceptor) = match params.resizing {
         Some(Resizing { requests, acceptor }) => (Some(requests), Some(acceptor)),
         None => (None, None),
@@ -340,6 +343,15 @@ where
                     crate::encode::pointer_update(&cursor, params.new_pointer, &mut out)?;
                     writer.write_all(&out).await?;
                     sent_cursor = Some(cursor.serial);
+                }
+                // A program moved the pointer: the client's follows (moves from input do not
+                // come back).
+                if let Some((serial, (x, y))) = desktop.pointer_moved().filter(|m| m.0 > sent_pointer_move) {
+                    tracing::debug!(x, y, "A program moved the pointer");
+                    out.clear();
+                    crate::encode::pointer_position(x, y, &mut out)?;
+                    writer.write_all(&out).await?;
+                    sent_pointer_move = serial;
                 }
                 let same_size = sent.is_some_and(|s| (s.1, s.2) == (frame.width, frame.height));
                 if same_size && frame.generation != 0 && sent.map(|s| s.0) == Some(frame.generation) {

@@ -118,6 +118,11 @@ pub trait Desktop: Send + Sync + std::fmt::Debug {
     fn cursor(&self) -> Option<Cursor> {
         None
     }
+    /// The last time a program moved the pointer (not input from a client): a serial that
+    /// grows with each such move, and the position, as of the last capture.
+    fn pointer_moved(&self) -> Option<(u64, (u16, u16))> {
+        None
+    }
     /// Whether [`Desktop::resize`] can work (the client may then ask for other sizes).
     fn can_resize(&self) -> bool {
         false

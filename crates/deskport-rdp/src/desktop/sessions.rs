@@ -500,6 +500,10 @@ impl Desktop for Attached {
         self.session.desktop.cursor()
     }
 
+    fn pointer_moved(&self) -> Option<(u64, (u16, u16))> {
+        self.session.desktop.pointer_moved()
+    }
+
     fn x_display(&self) -> Option<String> {
         self.session.desktop.x_display()
     }

@@ -5,7 +5,7 @@
 //! full, then only the rectangles the X server reports as drawn to; a still screen costs one
 //! non-blocking event poll per check. Without DAMAGE every check reads the whole screen.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use anyhow::Context as _;
@@ -37,6 +37,8 @@ pub struct X11Desktop {
     root: xproto::Window,
     /// The screen size, `width << 16 | height` (changed by [`Desktop::resize`]).
     size: AtomicU32,
+    /// Where input last put the pointer, `1 << 32 | x << 16 | y` (0: nowhere yet).
+    injected: AtomicU64,
 }
 
 /// The connection and what capture keeps between checks.
@@ -54,6 +56,11 @@ struct CaptureState {
     cursor_changed: bool,
     /// The areas read at each of the last generations (DAMAGE mode only).
     history: std::collections::VecDeque<(u64, Vec<Area>)>,
+    /// Where the pointer was at the last capture.
+    pointer_seen: Option<(u16, u16)>,
+    /// The last time a program (not input from a client) moved the pointer: a serial and the
+    /// position.
+    pointer_moved: Option<(u64, (u16, u16))>,
 }
 
 /// Generations whose changes are remembered for sessions that fell behind.
@@ -134,6 +141,8 @@ impl X11Desktop {
                 cursor: None,
                 cursor_changed: damage.is_some(),
                 history: std::collections::VecDeque::new(),
+                pointer_seen: None,
+                pointer_moved: None,
                 conn,
                 damage,
                 frame: None,
@@ -141,7 +150,25 @@ impl X11Desktop {
             }),
             root,
             size: AtomicU32::new(pack(width, height)),
+            injected: AtomicU64::new(0),
         })
+    }
+
+    /// Notes where the pointer is; a change that input did not cause was a program's.
+    fn follow_pointer(&self, state: &mut CaptureState) -> anyhow::Result<()> {
+        let reply = state.conn.query_pointer(self.root)?.reply()?;
+        if !reply.same_screen {
+            return Ok(());
+        }
+        let position = (reply.root_x.max(0) as u16, reply.root_y.max(0) as u16);
+        let before = state.pointer_seen.replace(position);
+        let injected = self.injected.load(Ordering::SeqCst);
+        let by_input = injected != 0 && injected as u32 == pack(position.0, position.1);
+        if before.is_some_and(|b| b != position) && !by_input {
+            let serial = state.pointer_moved.map_or(1, |(s, _)| s + 1);
+            state.pointer_moved = Some((serial, position));
+        }
+        Ok(())
     }
 
     fn fake(&self, kind: u8, detail: u8, x: i16, y: i16) -> anyhow::Result<()> {
@@ -281,6 +308,13 @@ impl Desktop for X11Desktop {
         )
     }
 
+    fn pointer_moved(&self) -> Option<(u64, (u16, u16))> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pointer_moved
+    }
+
     fn cursor(&self) -> Option<Cursor> {
         self.conn
             .lock()
@@ -293,6 +327,7 @@ impl Desktop for X11Desktop {
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *guard;
         let (w, h) = self.size();
+        self.follow_pointer(state)?;
         let (Some((damage, region)), Some(frame)) = (state.damage, state.frame.as_ref()) else {
             // The first read (or no DAMAGE): all of the screen. Damage drawn before this read
             // is in the image; clear it so that only later drawing is reported.
@@ -406,6 +441,8 @@ impl Desktop for X11Desktop {
                     x.min(width.saturating_sub(1)),
                     y.min(height.saturating_sub(1)),
                 );
+                self.injected
+                    .store(1 << 32 | u64::from(pack(x, y)), Ordering::SeqCst);
                 self.fake(xproto::MOTION_NOTIFY_EVENT, 0, x as i16, y as i16)
             }
             Input::Button { button, down } => {
