@@ -85,6 +85,10 @@ pub enum ClientError {
     NlaRequired,
     #[error("the server requires TLS security; connect with --sec tls or --sec auto")]
     TlsRequired,
+    #[error("the server does not support Network Level Authentication (it answered NLA with standard RDP security); connect with --sec tls or --sec auto")]
+    NlaUnsupported,
+    #[error("the server offers only standard RDP security, whose encryption is broken and which deskport does not speak; enable TLS (or NLA) on the server")]
+    StandardSecurityOnly,
     #[error("security negotiation failed: {0}")]
     Negotiation(String),
     #[error("the server refused the user name or password")]
@@ -243,7 +247,9 @@ fn config(opts: &Options) -> Config {
         platform: MajorPlatformType::UNIX,
         hardware_id: None,
         request_data: None,
-        autologon: false,
+        // The password is given: log on with it at once (xrdp, like Windows, shows its own
+        // logon screen otherwise).
+        autologon: true,
         enable_audio_playback: false,
         enable_audio_capture: false,
         performance_flags: PerformanceFlags::default(),
@@ -309,6 +315,14 @@ fn explain(err: ConnectorError, endpoint: &str, early: bool) -> ClientError {
             FailureCode::SSL_REQUIRED_BY_SERVER => ClientError::TlsRequired,
             _ => ClientError::Negotiation(failure.to_string()),
         },
+        _ if text.contains("server selected STANDARD_RDP_SECURITY") => {
+            let advertised = text.split("but server selected").next().unwrap_or("");
+            if advertised.contains("SSL") {
+                ClientError::StandardSecurityOnly
+            } else {
+                ClientError::NlaUnsupported
+            }
+        }
         ConnectorErrorKind::Credssp(e) => match e.nstatus {
             Some(NStatusCode::ACCOUNT_LOCKED_OUT) => ClientError::LockedOut,
             _ => ClientError::LogonFailed,

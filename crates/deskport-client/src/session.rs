@@ -66,6 +66,17 @@ pub trait Frontend {
         Ok(())
     }
 
+    /// When the frontend wants [`Frontend::wake`] called (without new pixels), if ever.
+    fn wake_at(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Called at [`Frontend::wake_at`]; `true` when the frontend is done.
+    fn wake(&mut self, image: &DecodedImage) -> anyhow::Result<bool> {
+        let _ = image;
+        Ok(false)
+    }
+
     /// Whether the frontend still waits for pixels it has never received (the session then asks
     /// the server to redraw everything when the server allows it).
     fn incomplete(&self) -> bool {
@@ -95,8 +106,10 @@ pub enum Ending {
     Server(String),
 }
 
-/// Writes the first complete frame to a PNG file: every pixel of the desktop has been painted
-/// at least once since the connection.
+/// Writes the desktop to a PNG file once every pixel has been painted at least once since the
+/// connection and the screen then stayed still for [`SETTLE`] (servers such as xrdp paint a
+/// blank desktop first), or at the latest [`SETTLE_MAX`] after it was complete (a screen that
+/// never stops changing).
 #[derive(Debug)]
 pub struct Screenshot {
     path: PathBuf,
@@ -105,7 +118,13 @@ pub struct Screenshot {
     covered: Vec<bool>,
     missing: usize,
     completed_at: Option<Instant>,
+    last_change: Option<Instant>,
 }
+
+/// How long the complete screen must stay unchanged before it is written.
+pub const SETTLE: Duration = Duration::from_millis(300);
+/// How long after the screen was first complete it is written anyway.
+pub const SETTLE_MAX: Duration = Duration::from_secs(2);
 
 impl Screenshot {
     pub fn new(path: PathBuf) -> Self {
@@ -116,6 +135,7 @@ impl Screenshot {
             covered: Vec::new(),
             missing: usize::MAX,
             completed_at: None,
+            last_change: None,
         }
     }
 
@@ -167,8 +187,22 @@ impl Frontend for Screenshot {
                 }
             }
         }
-        if self.missing == 0 {
-            self.completed_at = Some(Instant::now());
+        let now = Instant::now();
+        self.last_change = Some(now);
+        if self.missing == 0 && self.completed_at.is_none() {
+            self.completed_at = Some(now);
+        }
+        Ok(false)
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        let complete = self.completed_at.filter(|_| self.missing == 0)?;
+        let still = self.last_change.unwrap_or(complete) + SETTLE;
+        Some(still.min(complete + SETTLE_MAX))
+    }
+
+    fn wake(&mut self, image: &DecodedImage) -> anyhow::Result<bool> {
+        if self.wake_at().is_some_and(|at| Instant::now() >= at) {
             self.write(image)?;
             return Ok(true);
         }
@@ -330,6 +364,7 @@ pub async fn run<F: Frontend>(
     let mut wanted: Option<((u16, u16), tokio::time::Instant)> = None;
     let mut resizable = false;
     loop {
+        let wake_at = frontend.wake_at().map(tokio::time::Instant::from_std);
         if !resizable && stage.display_control_capabilities().is_some() {
             resizable = true;
             tracing::debug!("The server follows the window's size (display control)");
@@ -338,6 +373,17 @@ pub async fn run<F: Frontend>(
                 .map_err(|e| session_error("frontend", e))?;
         }
         let outputs = tokio::select! {
+            _ = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if frontend.wake(&image).map_err(|e| ClientError::Protocol(e.to_string()))? {
+                    return Ok(Ending::Done);
+                }
+                Vec::new()
+            }
             _ = async {
                 match wanted {
                     Some((_, at)) => tokio::time::sleep_until(at).await,
@@ -485,7 +531,8 @@ pub async fn run<F: Frontend>(
                 }
             }
             _ = async {
-                match deadline_at {
+                // (A complete screen waiting to settle is not late.)
+                match deadline_at.filter(|_| wake_at.is_none()) {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
@@ -631,7 +678,20 @@ mod tests {
             right: 200, // clipped to the desktop
             bottom: 49,
         };
-        assert!(shot.update(&image, &right).unwrap());
+        // Complete: written once the screen stayed still for SETTLE, not before.
+        assert!(!shot.update(&image, &right).unwrap());
+        assert!(!shot.incomplete());
+        let at = shot.wake_at().expect("a complete screen waits to settle");
+        assert!(at > Instant::now() && at <= Instant::now() + SETTLE);
+        assert!(!shot.wake(&image).unwrap(), "too early");
+        assert!(!path.exists());
+        std::thread::sleep(SETTLE);
+        // A change restarts the wait, but never past SETTLE_MAX after completion.
+        assert!(!shot.update(&image, &left).unwrap());
+        let later = shot.wake_at().unwrap();
+        assert!(later > at && later <= shot.completed_at().unwrap() + SETTLE_MAX);
+        std::thread::sleep(later.saturating_duration_since(Instant::now()));
+        assert!(shot.wake(&image).unwrap());
         let png = image::open(&path).unwrap();
         assert_eq!((png.width(), png.height()), (100, 50));
     }

@@ -69,7 +69,8 @@ pub struct Args {
     #[arg(long = "sec", value_enum, value_name = "auto|nla|tls")]
     sec: Option<Sec>,
 
-    /// Headless: write the first complete frame to FILE.png and exit.
+    /// Headless: write the desktop to FILE.png and exit, once every pixel has been painted
+    /// and the screen then stayed still for 0.3 s (at most 2 s after it was complete).
     #[arg(long, value_name = "FILE.png")]
     screenshot: Option<PathBuf>,
 

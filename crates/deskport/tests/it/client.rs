@@ -554,3 +554,308 @@ impl Drop for KeepLog<'_> {
         }
     }
 }
+
+/// xrdp 0.9 with Xvnc sessions, run by the test in the foreground: its own configuration in
+/// `dir` (loopback, a free port, TLS with a certificate made here), and a throwaway Unix
+/// account it authenticates through PAM. The session shows a solid background and a terminal
+/// that writes what is typed into `typed.txt`.
+struct XrdpServer {
+    port: u16,
+    user: String,
+    uid: u32,
+    typed: PathBuf,
+    _xrdp: ProcessGuard,
+    _sesman: ProcessGuard,
+}
+
+const XRDP_PASSWORD: &str = "Xrdp-test-7";
+/// The session's background.
+const XRDP_BACKGROUND: [u8; 3] = [0x2a, 0x7f, 0x62];
+
+impl XrdpServer {
+    fn start(dir: &Path) -> Self {
+        require_root();
+        for program in [
+            "xrdp",
+            "xrdp-sesman",
+            "Xvnc",
+            "openssl",
+            "useradd",
+            "xsetroot",
+        ] {
+            require_program(program);
+        }
+        // xrdp finds sesman on the port /etc/xrdp/sesman.ini names (3350), whatever our file
+        // says: it must be free.
+        assert!(
+            std::net::TcpStream::connect_timeout(&(LO, 3350).into(), Duration::from_secs(1))
+                .is_err()
+                && std::net::TcpStream::connect_timeout(
+                    &("::1".parse::<IpAddr>().unwrap(), 3350).into(),
+                    Duration::from_secs(1)
+                )
+                .is_err(),
+            "something (a system xrdp-sesman?) listens on port 3350, which the test's sesman needs"
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        let conf = dir.join("xrdp");
+        std::fs::create_dir(&conf).unwrap();
+        // The session's programs run as the test account: they must reach the directory.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let user = format!("dpx{}", std::process::id());
+        let status = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", &user])
+            .status()
+            .unwrap();
+        assert!(status.success(), "useradd {user}");
+        let mut chpasswd = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(chpasswd.stdin.take().unwrap(), "{user}:{XRDP_PASSWORD}").unwrap();
+        assert!(chpasswd.wait().unwrap().success());
+        let uid = nix::unistd::User::from_name(&user)
+            .unwrap()
+            .expect("the account just made")
+            .uid
+            .as_raw();
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=xrdp-test", "-keyout"])
+            .arg(conf.join("key.pem"))
+            .arg("-out")
+            .arg(conf.join("cert.pem"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let typed = conf.join("typed.txt");
+        let startwm = conf.join("startwm.sh");
+        std::fs::write(
+            &startwm,
+            format!(
+                "#!/bin/sh\nxsetroot -solid '#{:02x}{:02x}{:02x}'\nexec xterm -geometry 60x8+20+20 -e /bin/sh -c 'exec cat > {}'\n",
+                XRDP_BACKGROUND[0],
+                XRDP_BACKGROUND[1],
+                XRDP_BACKGROUND[2],
+                typed.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&startwm, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let port = free_port(LO);
+        let c = conf.display();
+        std::fs::write(
+            conf.join("xrdp.ini"),
+            format!(
+                "[Globals]\nini_version=1\nfork=true\nport=tcp://127.0.0.1:{port}\nsecurity_layer=negotiate\n\
+                 crypt_level=high\ncertificate={c}/cert.pem\nkey_file={c}/key.pem\nssl_protocols=TLSv1.2, TLSv1.3\n\
+                 autorun=Xvnc\nallow_channels=true\nbitmap_cache=true\nbitmap_compression=true\nbulk_compression=true\n\
+                 max_bpp=32\nnew_cursors=true\nuse_fastpath=both\n\
+                 [Logging]\nLogFile={c}/xrdp.log\nLogLevel=INFO\nEnableSyslog=false\nEnableConsole=false\n\
+                 [Channels]\nrdpdr=false\nrdpsnd=false\ndrdynvc=false\ncliprdr=false\nrail=false\nxrdpvr=false\ntcutils=false\n\
+                 [Xvnc]\nname=Xvnc\nlib=libvnc.so\nusername=ask\npassword=ask\nip=127.0.0.1\nport=-1\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            conf.join("sesman.ini"),
+            format!(
+                "[Globals]\nListenAddress=127.0.0.1\nListenPort=3350\nEnableUserWindowManager=false\n\
+                 UserWindowManager=startwm.sh\nDefaultWindowManager={c}/startwm.sh\nReconnectScript=reconnectwm.sh\n\
+                 [Security]\nAllowRootLogin=false\nMaxLoginRetry=4\nTerminalServerUsers=tsusers\n\
+                 TerminalServerAdmins=tsadmins\nAlwaysGroupCheck=false\n\
+                 [Sessions]\nX11DisplayOffset=150\nMaxSessions=10\nKillDisconnected=true\nDisconnectedTimeLimit=0\n\
+                 IdleTimeLimit=0\nPolicy=Default\n\
+                 [Logging]\nLogFile={c}/sesman.log\nLogLevel=INFO\nEnableSyslog=false\nEnableConsole=false\n\
+                 [Xvnc]\nparam=Xvnc\nparam=-bs\nparam=-nolisten\nparam=tcp\nparam=-localhost\nparam=-dpi\nparam=96\n\
+                 [Chansrv]\nFuseMountName=thinclient_drives\n[ChansrvLogging]\nLogLevel=INFO\nEnableSyslog=false\n"
+            ),
+        )
+        .unwrap();
+        let spawn = |name: &str, program: &str| {
+            ProcessGuard::spawn(
+                name,
+                Command::new(program)
+                    .arg("--nodaemon")
+                    .arg("--config")
+                    .arg(conf.join(format!("{name}.ini")))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(conf.join(format!("{name}.err"))).unwrap()),
+            )
+            .unwrap()
+        };
+        let sesman = spawn("sesman", "xrdp-sesman");
+        let xrdp = spawn("xrdp", "xrdp");
+        wait_until(Duration::from_secs(20), "xrdp to listen", || {
+            std::net::TcpStream::connect((LO, port)).ok().map(|_| ())
+        });
+        Self {
+            port,
+            user,
+            uid,
+            typed,
+            _xrdp: xrdp,
+            _sesman: sesman,
+        }
+    }
+
+    fn target(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for XrdpServer {
+    fn drop(&mut self) {
+        // The session (sesman's child, Xvnc, the terminal) runs as the test account, outside
+        // our process groups: stop each of its processes by PID, then remove the account.
+        for _ in 0..2 {
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let owned = std::fs::read_to_string(entry.path().join("status"))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("Uid:"))
+                            .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+                    })
+                    .is_some_and(|uid| uid == self.uid.to_string());
+                if owned {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = Command::new("userdel")
+            .args(["-r", "-f", &self.user])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Whether at least `share` of `image`'s pixels have `color`.
+fn mostly(image: &RgbImage, color: [u8; 3], share: f64) -> bool {
+    let n = image.pixels().filter(|p| p.0 == color).count();
+    n as f64 >= share * f64::from(image.width() * image.height())
+}
+
+#[test]
+fn xrdp_in_a_window_and_headless() {
+    let dir = deskport_testsupport::data_dir();
+    let server = XrdpServer::start(dir.path());
+    let target = server.target();
+    let _log = KeepLog(&dir.path().join("xrdp").join("xrdp.log"));
+
+    // xrdp 0.9 has no NLA: asking for it is refused with the reason.
+    let out = connect(
+        dir.path(),
+        &[
+            &target,
+            "-u",
+            &server.user,
+            "--sec",
+            "nla",
+            "--screenshot",
+            "/dev/null",
+        ],
+        XRDP_PASSWORD,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("does not support Network Level Authentication"),
+        "{}",
+        text(&out)
+    );
+
+    // A window: the session's desktop shows, and typed keys reach its terminal.
+    let client = Xvfb::start(1024, 768);
+    let window = ProcessGuard::spawn(
+        "deskport connect",
+        client
+            .command(env!("CARGO_BIN_EXE_deskport"))
+            .args(["connect", &target, "-u", &server.user, "-p", XRDP_PASSWORD])
+            .args(["--sec", "tls", "-g", "800x600", "--known-hosts"])
+            .arg(dir.path().join("known_hosts"))
+            .env("DESKPORT_CONFIG", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("window.log")).unwrap()),
+    )
+    .unwrap();
+    let _window_log = KeepLog(&dir.path().join("window.log"));
+    let shot = wait_until(
+        Duration::from_secs(30),
+        "the xrdp session's desktop in the window",
+        || {
+            let shot = client.screenshot();
+            let area = image::imageops::crop_imm(&shot, 0, 0, 800, 600).to_image();
+            mostly(&area, XRDP_BACKGROUND, 0.5).then_some(shot)
+        },
+    );
+    image_util::save_png(
+        &shot,
+        &deskport_testsupport::artifact_dir("client").join("xrdp-window.png"),
+    );
+    let xdotool = |args: &[&str]| {
+        assert!(client
+            .command("xdotool")
+            .args(args)
+            .status()
+            .unwrap()
+            .success());
+    };
+    xdotool(&["mousemove", "100", "50", "click", "1"]);
+    xdotool(&["type", "--delay", "40", "hello xrdp 42"]);
+    xdotool(&["key", "Return"]);
+    wait_until(
+        Duration::from_secs(15),
+        "the typed line in the xrdp session",
+        || {
+            std::fs::read_to_string(&server.typed)
+                .ok()
+                .filter(|t| t.contains("hello xrdp 42\n"))
+        },
+    );
+    drop(window);
+
+    // Headless: the first complete frame of the (same) session.
+    let png = dir.path().join("xrdp.png");
+    let out = connect(
+        dir.path(),
+        &[
+            &target,
+            "-u",
+            &server.user,
+            "--sec",
+            "tls",
+            "-g",
+            "800x600",
+            "--screenshot",
+            png.to_str().unwrap(),
+        ],
+        XRDP_PASSWORD,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let shot = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(shot.dimensions(), (800, 600));
+    image_util::save_png(
+        &shot,
+        &deskport_testsupport::artifact_dir("client").join("xrdp-screenshot.png"),
+    );
+    assert!(
+        mostly(&shot, XRDP_BACKGROUND, 0.5),
+        "the screenshot shows the session"
+    );
+}
