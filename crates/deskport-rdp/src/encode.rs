@@ -160,8 +160,53 @@ impl Encoder {
         rects
     }
 
-    /// The tiles of a `width`x`height` screen that `areas` touch.
+    /// Tiles that cover `areas` of a `width`x`height` screen: each area cut into tiles from its
+    /// own corner, so that only changed pixels are sent (a fixed grid would send the unchanged
+    /// rest of every tile an area touches: a third more pixels for a moving window). Areas that
+    /// overlap (the changes of several frames) are covered by grid tiles instead, so that no
+    /// pixel is sent twice.
     pub fn tiles_covering(&self, areas: &[Area], width: u16, height: u16) -> Vec<Rect> {
+        let clamped: Vec<Area> = areas
+            .iter()
+            .filter(|a| a.0 < width && a.1 < height)
+            .map(|&(x, y, w, h)| (x, y, w.min(width - x), h.min(height - y)))
+            .filter(|a| a.2 > 0 && a.3 > 0)
+            .collect();
+        let overlap = |a: &Area, b: &Area| {
+            a.0 < b.0 + b.2 && b.0 < a.0 + a.2 && a.1 < b.1 + b.3 && b.1 < a.1 + a.3
+        };
+        let disjoint = clamped
+            .iter()
+            .enumerate()
+            .all(|(i, a)| clamped[i + 1..].iter().all(|b| !overlap(a, b)));
+        if !disjoint {
+            return self.grid_tiles_covering(&clamped, width, height);
+        }
+        let th = self.tile_height();
+        let mut rects = Vec::new();
+        for &(ax, ay, aw, ah) in &clamped {
+            let mut y = ay;
+            while y < ay + ah {
+                let h = th.min(ay + ah - y);
+                let mut x = ax;
+                while x < ax + aw {
+                    let w = TILE_WIDTH.min(ax + aw - x);
+                    rects.push(Rect {
+                        x,
+                        y,
+                        width: w,
+                        height: h,
+                    });
+                    x += w;
+                }
+                y += h;
+            }
+        }
+        rects
+    }
+
+    /// The tiles of a fixed grid on a `width`x`height` screen that `areas` touch.
+    fn grid_tiles_covering(&self, areas: &[Area], width: u16, height: u16) -> Vec<Rect> {
         let th = self.tile_height();
         let mut rects = Vec::new();
         let mut y = 0;
@@ -690,14 +735,41 @@ mod tests {
     }
 
     #[test]
-    fn damaged_areas_select_the_tiles_they_touch() {
+    fn damaged_areas_are_cut_into_tiles_of_their_own() {
         let e = Encoder::new(32, Codec::Auto, true);
-        // Tiles are 64x32 at 32 bpp; the screen is 200x70 (partial tiles at the edges).
+        let rect = |r: &Rect| (r.x, r.y, r.width, r.height);
+        // Tiles are at most 64x32 at 32 bpp; the screen is 200x70.
         assert!(e.tiles_covering(&[], 200, 70).is_empty());
-        let tiles = e.tiles_covering(&[(63, 31, 2, 2), (199, 69, 1, 1)], 200, 70);
-        let corners: Vec<(u16, u16)> = tiles.iter().map(|r| (r.x, r.y)).collect();
-        assert_eq!(corners, vec![(0, 0), (64, 0), (0, 32), (64, 32), (192, 64)]);
-        assert_eq!((tiles[4].width, tiles[4].height), (8, 6));
+        // Disjoint areas: exactly their pixels, cut from their own corners; clipped to the
+        // screen.
+        let tiles = e.tiles_covering(
+            &[(63, 31, 2, 2), (100, 10, 70, 40), (199, 69, 5, 5)],
+            200,
+            70,
+        );
+        assert_eq!(
+            tiles.iter().map(rect).collect::<Vec<_>>(),
+            vec![
+                (63, 31, 2, 2),
+                (100, 10, 64, 32),
+                (164, 10, 6, 32),
+                (100, 42, 64, 8),
+                (164, 42, 6, 8),
+                (199, 69, 1, 1)
+            ]
+        );
+        let area = |t: &[Rect]| {
+            t.iter()
+                .map(|r| u32::from(r.width) * u32::from(r.height))
+                .sum::<u32>()
+        };
+        assert_eq!(area(&tiles), 2 * 2 + 70 * 40 + 1);
+        // Overlapping areas (several frames' changes): grid tiles, each pixel once.
+        let tiles = e.tiles_covering(&[(0, 0, 70, 10), (60, 5, 10, 30)], 200, 70);
+        assert_eq!(
+            tiles.iter().map(|r| (r.x, r.y)).collect::<Vec<_>>(),
+            vec![(0, 0), (64, 0), (0, 32), (64, 32)]
+        );
         assert_eq!(e.tiles_covering(&[(0, 0, 200, 70)], 200, 70).len(), 4 * 3);
     }
 

@@ -379,6 +379,20 @@ fn main() {
             "deskport-poll",
             "capture = \"poll\"\n",
         ),
+        // FreeRDP 2.11's shadow server reads the screen 16 times a second (its x11 subsystem
+        // at captureFrameRate 16; planar + XCRUSH like deskport): deskport at the same rate.
+        deskport_server(
+            dir.path(),
+            &desktop,
+            "deskport-16fps",
+            "frame_interval_ms = 62\n",
+        ),
+        deskport_server(
+            dir.path(),
+            &desktop,
+            "deskport-no-shm",
+            "capture_shm = false\n",
+        ),
     ];
 
     // Connect → first complete frame. The shadow server sends nothing until the screen
@@ -412,6 +426,32 @@ fn main() {
             let (raw, _) = workload(dir.path(), &desktop, &client, &servers[2], gfx);
             let (planar, _) = workload(dir.path(), &desktop, &client, &servers[3], gfx);
             eprintln!("{mode}: deskport raw {raw:?}; planar only {planar:?}");
+            // The same frame rate as the shadow server.
+            let (slow, _) = workload(dir.path(), &desktop, &client, &servers[5], gfx);
+            eprintln!("{mode}: deskport at 16 frames/s {slow:?}");
+            println!(
+                "BENCH|rdp animation bytes/s at 16 frames/s (the shadow server's capture rate)|{:.0}|kB/s|{:.0}|kB/s freerdp-shadow|lower",
+                slow.kbytes, theirs.kbytes
+            );
+            println!(
+                "BENCH|rdp animation server CPU at 16 frames/s|{:.1}|%|{:.1}|% freerdp-shadow|lower",
+                slow.server_cpu, theirs.server_cpu
+            );
+            println!(
+                "BENCH|rdp animation screen changes seen at 16 frames/s|{:.1}|changes/s|{:.1}|changes/s freerdp-shadow|higher",
+                slow.client_fps, theirs.client_fps
+            );
+            // Images through shared memory against through the X socket.
+            let (socket, _) = workload(dir.path(), &desktop, &client, &servers[6], gfx);
+            eprintln!("{mode}: deskport without MIT-SHM {socket:?}");
+            println!(
+                "BENCH|rdp animation server CPU, MIT-SHM vs images through the X socket|{:.1}|%|{:.1}|% X socket|lower",
+                ours.server_cpu, socket.server_cpu
+            );
+            println!(
+                "BENCH|rdp animation X server CPU, MIT-SHM vs images through the X socket|{:.1}|%|{:.1}|% X socket|lower",
+                ours.x_cpu, socket.x_cpu
+            );
             // The capture choice: XDamage against reading the whole screen at every check.
             let (poll, poll_still) = workload(dir.path(), &desktop, &client, &servers[4], gfx);
             eprintln!("{mode}: deskport polling {poll:?} still {poll_still:?}");

@@ -43,6 +43,8 @@ pub struct SessionConfig {
     pub capture: super::x11::Capture,
     /// The sessions' X server.
     pub x_server: XServer,
+    /// Read screen images through MIT-SHM where the X server offers it.
+    pub capture_shm: bool,
 }
 
 /// The X server of virtual sessions.
@@ -302,7 +304,11 @@ impl VirtualSessions {
                 }
             }
         }
-        let desktop = match X11Desktop::connect(&display, self.config.capture) {
+        let desktop = match X11Desktop::connect_with(
+            &display,
+            self.config.capture,
+            self.config.capture_shm,
+        ) {
             Ok(d) => Arc::new(d),
             Err(e) => {
                 for c in children.iter_mut() {

@@ -63,6 +63,9 @@ pub struct RdpServerSettings {
     /// How the screen is read: `damage` (only what the X server reports as drawn) or `poll`
     /// (the whole screen at every check, compared tile by tile).
     pub capture: deskport_rdp::desktop::x11::Capture,
+    /// Read screen images through MIT-SHM (shared memory) where the X server offers it, rather
+    /// than through the X socket.
+    pub capture_shm: bool,
     /// Failed logons (per user and per source address) before a lockout.
     pub lockout_failures: u32,
     /// Seconds the failures are counted over.
@@ -91,6 +94,7 @@ impl Default for RdpServerSettings {
             codec: deskport_rdp::Codec::Auto,
             bulk_compression: true,
             capture: deskport_rdp::desktop::x11::Capture::Damage,
+            capture_shm: true,
             lockout_failures: 5,
             lockout_window_secs: 900,
             lockout_secs: 60,
@@ -291,7 +295,8 @@ pub(crate) async fn serve(
     }
     let desktops: Arc<dyn DesktopProvider> = match &settings.display {
         Some(x_display) => {
-            let desktop = X11Desktop::connect(x_display, settings.capture)?;
+            let desktop =
+                X11Desktop::connect_with(x_display, settings.capture, settings.capture_shm)?;
             let size = deskport_rdp::desktop::Desktop::size(&desktop);
             tracing::info!(%x_display, ?size, "Sharing the X display");
             Arc::new(Shadow {
@@ -317,6 +322,7 @@ pub(crate) async fn serve(
                 unix_user: settings.session_unix_user.clone(),
                 capture: settings.capture,
                 x_server: settings.session_x_server,
+                capture_shm: settings.capture_shm,
             })
         }
     };
