@@ -212,11 +212,17 @@ pub async fn serve(
             if g.extra_flags.contains(caps::GeneralExtraFlags::NO_BITMAP_COMPRESSION_HDR))
     });
     let compression = compression.filter(|_| shared.bulk_compression);
+    // Clients that announce bitmap codecs (mstsc, FreeRDP, IronRDP) decode planar tiles
+    // without an alpha plane; rdesktop announces none and decodes only tiles with one.
+    let planar_alpha = !result
+        .capabilities
+        .iter()
+        .any(|c| matches!(c, CapabilitySet::BitmapCodecs(_)));
     let new_pointer = result
         .capabilities
         .iter()
         .any(|c| matches!(c, CapabilitySet::Pointer(p) if p.pointer_cache_size > 0));
-    tracing::info!(%peer, account, security, bpp, ?compression, "Session started");
+    tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, "Session started");
     let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
     let params = SessionParams {
         desktop,
@@ -224,6 +230,7 @@ pub async fn serve(
         bpp,
         codec: shared.codec,
         no_compression_header,
+        planar_alpha,
         new_pointer,
         compression,
         frame_interval: shared.frame_interval,

@@ -7,6 +7,8 @@
 
 /// The format header: RLE, alpha plane present, ARGB planes without colour loss.
 const HEADER_RLE_WITH_ALPHA: u8 = 0x10;
+/// The format header's "no alpha plane" flag.
+const NO_ALPHA: u8 = 0x20;
 
 /// Reusable buffers for encoding planes.
 #[derive(Debug, Default)]
@@ -18,21 +20,26 @@ pub struct PlanarEncoder {
 
 impl PlanarEncoder {
     /// Appends the stream for a `width`x`height` area to `out`: the format header, then the
-    /// alpha (all opaque), red, green and blue planes. `row(y)` gives the area's *top-down*
-    /// row `y` as `[b, g, r, x]` pixels (at least `width * 4` bytes); the stream's rows are
-    /// bottom-up.
+    /// alpha (all opaque; left out with the "no alpha" flag when `alpha` is false), red,
+    /// green and blue planes. `row(y)` gives the area's *top-down* row `y` as `[b, g, r, x]`
+    /// pixels (at least `width * 4` bytes); the stream's rows are bottom-up.
     pub fn encode<'a>(
         &mut self,
         width: usize,
         height: usize,
+        alpha: bool,
         row: impl Fn(usize) -> &'a [u8],
         out: &mut Vec<u8>,
     ) {
-        out.push(HEADER_RLE_WITH_ALPHA);
-        // Alpha: every pixel opaque.
-        self.plane.clear();
-        self.plane.resize(width * height, 0xff);
-        self.encode_plane(width, height, out);
+        if alpha {
+            out.push(HEADER_RLE_WITH_ALPHA);
+            // Alpha: every pixel opaque.
+            self.plane.clear();
+            self.plane.resize(width * height, 0xff);
+            self.encode_plane(width, height, out);
+        } else {
+            out.push(HEADER_RLE_WITH_ALPHA | NO_ALPHA);
+        }
         // Red, green, blue (byte 2, 1, 0 of each pixel), rows bottom-up.
         for channel in [2usize, 1, 0] {
             self.plane.clear();
@@ -181,7 +188,7 @@ mod tests {
                 .map(|y| (0..w).flat_map(|x| pixel(x, y)).collect())
                 .collect();
             let mut mine = Vec::new();
-            ours.encode(w, h, |y| &rows[y], &mut mine);
+            ours.encode(w, h, true, |y| &rows[y], &mut mine);
 
             let bottom_up: Vec<&[u8]> = rows.iter().rev().map(|r| r.as_slice()).collect();
             let px = || bottom_up.iter().flat_map(|r| r.chunks_exact(4));

@@ -49,6 +49,8 @@ pub struct SessionParams {
     pub codec: Codec,
     /// The client's General capability has NO_BITMAP_COMPRESSION_HDR.
     pub no_compression_header: bool,
+    /// Planar tiles carry an alpha plane (for clients that decode only those: rdesktop).
+    pub planar_alpha: bool,
     /// The client takes 32-bit New Pointer updates (else 24-bit Color Pointer ones).
     pub new_pointer: bool,
     /// Bulk compression of the updates (the best the client offered), if any.
@@ -171,7 +173,8 @@ where
     W: FramedWrite,
 {
     let mut encoder = Encoder::new(params.bpp, params.codec, params.no_compression_header)
-        .with_bulk_compression(params.compression);
+        .with_bulk_compression(params.compression)
+        .with_planar_alpha(params.planar_alpha);
     let desktop = params.desktop.clone();
     let mut channels = params.channels;
     let mut out = Vec::new();
