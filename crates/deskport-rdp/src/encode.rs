@@ -37,6 +37,34 @@ const MAX_PDU_DATA: usize = 15 * 1024;
 /// whole areas; see `benches/codec.rs`).
 const PIECE: (u16, u16) = (512, 256);
 
+/// `area` cut into pieces of at most `piece` from its own corner, rows of pieces top-down.
+/// Widths are rounded up to a multiple of 4 (planar needs it: a few unchanged pixels more are
+/// cheaper than a raw tile) where the `screen_width` leaves room.
+fn cut((ax, ay, aw, ah): Area, (pw, ph): (u16, u16), screen_width: u16) -> Vec<Rect> {
+    let mut rects = Vec::new();
+    let mut y = ay;
+    while y < ay + ah {
+        let h = ph.min(ay + ah - y);
+        let mut x = ax;
+        while x < ax + aw {
+            let mut w = pw.min(ax + aw - x);
+            let aligned = w.next_multiple_of(4);
+            if aligned != w && x + aligned <= screen_width {
+                w = aligned;
+            }
+            rects.push(Rect {
+                x,
+                y,
+                width: w,
+                height: h,
+            });
+            x += w;
+        }
+        y += h;
+    }
+    rects
+}
+
 /// A rectangle of the screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rect {
@@ -215,63 +243,29 @@ impl Encoder {
         } else {
             (TILE_WIDTH, self.tile_height())
         };
-        let mut rects = Vec::new();
-        for &(ax, ay, aw, ah) in &clamped {
-            let mut y = ay;
-            while y < ay + ah {
-                let h = ph.min(ay + ah - y);
-                let mut x = ax;
-                while x < ax + aw {
-                    let mut w = pw.min(ax + aw - x);
-                    // Planar tiles need a width that is a multiple of 4: a few unchanged pixels
-                    // more are cheaper than a raw tile.
-                    let aligned = w.next_multiple_of(4);
-                    if aligned != w && x + aligned <= width {
-                        w = aligned;
-                    }
-                    rects.push(Rect {
-                        x,
-                        y,
-                        width: w,
-                        height: h,
-                    });
-                    x += w;
-                }
-                y += h;
-            }
-        }
-        rects
+        clamped
+            .iter()
+            .flat_map(|&area| cut(area, (pw, ph), width))
+            .collect()
     }
 
     /// The tiles of a fixed grid on a `width`x`height` screen that `areas` touch.
     fn grid_tiles_covering(&self, areas: &[Area], width: u16, height: u16) -> Vec<Rect> {
-        let th = self.tile_height();
-        let mut rects = Vec::new();
-        let mut y = 0;
-        while y < height {
-            let h = th.min(height - y);
-            let mut x = 0;
-            while x < width {
-                let w = TILE_WIDTH.min(width - x);
-                let touched = areas.iter().any(|&(ax, ay, aw, ah)| {
-                    ax < x + w
-                        && x < ax.saturating_add(aw)
-                        && ay < y + h
-                        && y < ay.saturating_add(ah)
-                });
-                if touched {
-                    rects.push(Rect {
-                        x,
-                        y,
-                        width: w,
-                        height: h,
-                    });
-                }
-                x += w;
-            }
-            y += h;
-        }
-        rects
+        cut(
+            (0, 0, width, height),
+            (TILE_WIDTH, self.tile_height()),
+            width,
+        )
+        .into_iter()
+        .filter(|t| {
+            areas.iter().any(|&(ax, ay, aw, ah)| {
+                ax < t.x + t.width
+                    && t.x < ax.saturating_add(aw)
+                    && ay < t.y + t.height
+                    && t.y < ay.saturating_add(ah)
+            })
+        })
+        .collect()
     }
 
     /// The pixels of `rect`, bottom-up, converted to the session depth, rows padded to 4 bytes.

@@ -830,7 +830,7 @@ fn xrdp_in_a_window_and_headless() {
     );
     drop(window);
 
-    // Headless: the first complete frame of the (same) session.
+    // Headless: the (same) session, once its screen is complete and still.
     let png = dir.path().join("xrdp.png");
     let out = connect(
         dir.path(),
