@@ -7,6 +7,8 @@
 //!
 //! Lines starting with `BENCH|` are read by `scripts/bench`.
 
+#![allow(clippy::expect_used)]
+
 use std::sync::Arc;
 
 use deskport_rdp::desktop::Frame;
@@ -26,7 +28,7 @@ fn block(n: u32) -> (Vec<u8>, u16, u16) {
         let t = n.wrapping_mul(7);
         px[0] = (x + t) as u8;
         px[1] = (y * 2 + t / 2) as u8;
-        px[2] = if (x / 8 + y / 8 + n) % 2 == 0 {
+        px[2] = if (x / 8 + y / 8 + n).is_multiple_of(2) {
             0xe0
         } else {
             0x20

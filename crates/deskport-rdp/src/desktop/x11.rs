@@ -797,7 +797,6 @@ fn read_cursor(conn: &RustConnection) -> Option<Cursor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desktop::Desktop as _;
 
     /// The same screen read through MIT-SHM and through `GetImage` replies, in full and after
     /// damage: the same pixels (on a real Xvfb, which offers MIT-SHM 1.2).
