@@ -7,7 +7,8 @@
 //! 127.0.0.1 and forwards allowed connections to the RDP server on an internal port. With
 //! `--firewall nft` (root) the RDP server listens on the public port itself and an nftables
 //! table in host placement judges new connections to that port only (loopback included: the
-//! rest of the machine's services are not the instance's).
+//! rest of the machine's services are not the instance's); the table is removed when `up`
+//! stops.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -457,6 +458,22 @@ Ctrl-C stops everything; `deskport up` again keeps all state.",
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
     drop(desktop);
+    if nft {
+        // The table lives as long as `up` (a standalone `deskport firewall` keeps enforcing
+        // after it stops; here the instance stopped too, and a later `up` with the gateway
+        // must not find its port still filtered).
+        let removed = tokio::process::Command::new("nft")
+            .args(["delete", "table", "inet", &table])
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        if !removed.is_ok_and(|s| s.success()) {
+            tracing::warn!(
+                table,
+                "Could not remove the nftables table; `nft delete table inet {table}` does"
+            );
+        }
+    }
     result
 }
 

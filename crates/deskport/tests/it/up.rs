@@ -409,4 +409,12 @@ fn article_end_to_end(firewall: &str) {
         "still refused"
     );
     up.stop();
+    if firewall == "nft" {
+        let listed = Command::new("nft")
+            .args(["list", "table", "inet", "deskport"])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!listed.success(), "the table goes with `up`");
+    }
 }
