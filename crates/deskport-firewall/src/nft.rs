@@ -174,31 +174,25 @@ impl NftBackend {
         }
         let only_ports = &self.config.options.only_ports;
         let allowed = |flow: &Flow| {
-            if !only_ports.is_empty() {
-                // Only connections to the instance's ports are judged, and only inbound.
-                let FlowL4::Ports { dport, .. } = flow.l4 else {
-                    return true;
-                };
-                if !only_ports.contains(&dport) {
-                    return true;
-                }
-                return owner.get(&flow.dst).is_none_or(|c| {
+            // What the classifier of the instance at `address` (if it is one) says of the
+            // flow's opening packet in `direction`.
+            let judge = |address: &IpAddr, direction| {
+                owner.get(address).is_none_or(|c| {
                     classifiers[*c]
-                        .decide(&flow.opening_packet(Direction::Ingress))
+                        .decide(&flow.opening_packet(direction))
                         .is_allow()
-                });
+                })
+            };
+            if only_ports.is_empty() {
+                return judge(&flow.dst, Direction::Ingress) && judge(&flow.src, Direction::Egress);
             }
-            let ingress = owner.get(&flow.dst).is_none_or(|c| {
-                classifiers[*c]
-                    .decide(&flow.opening_packet(Direction::Ingress))
-                    .is_allow()
-            });
-            let egress = owner.get(&flow.src).is_none_or(|c| {
-                classifiers[*c]
-                    .decide(&flow.opening_packet(Direction::Egress))
-                    .is_allow()
-            });
-            ingress && egress
+            // Only connections to the instance's ports are judged, and only inbound.
+            match flow.l4 {
+                FlowL4::Ports { dport, .. } if only_ports.contains(&dport) => {
+                    judge(&flow.dst, Direction::Ingress)
+                }
+                _ => true,
+            }
         };
         let mut cut = 0;
         for family in ["ipv4", "ipv6"] {
