@@ -72,10 +72,11 @@ impl XServer {
         }
     }
 
-    fn program(self) -> &'static str {
+    /// The program and the Debian package that provides it.
+    fn program(self) -> (&'static str, &'static str) {
         match self.resolve() {
-            Self::Xvnc => "Xvnc",
-            _ => "Xvfb",
+            Self::Xvnc => ("Xvnc", "tigervnc-standalone-server"),
+            _ => ("Xvfb", "xvfb"),
         }
     }
 }
@@ -322,7 +323,7 @@ impl VirtualSessions {
         tracing::info!(
             account,
             x_display,
-            x_server = x_server.program(),
+            x_server = x_server.program().0,
             width = size.0,
             height = size.1,
             "Session started on a new desktop"
@@ -544,10 +545,10 @@ pub fn start_x_server(
         .append(true)
         .open(log)
         .with_context(|| format!("open {}", log.display()))?;
-    let program = kind.program();
+    let (program, package) = kind.program();
     let mut command = Command::new(program);
     command.args(["-displayfd", "1", "-nolisten", "tcp", "-noreset"]);
-    if program == "Xvnc" {
+    if kind.resolve() == XServer::Xvnc {
         command
             .arg("-geometry")
             .arg(format!("{}x{}", size.0, size.1))
@@ -564,11 +565,6 @@ pub fn start_x_server(
     if own_group {
         command.process_group(0);
     }
-    let package = if program == "Xvnc" {
-        "tigervnc-standalone-server"
-    } else {
-        "xvfb"
-    };
     let mut server = command.spawn().map_err(|e| {
         anyhow::anyhow!("cannot start {program} ({e}); the {package} package provides it (scripts/install-deps installs it)")
     })?;
