@@ -140,6 +140,18 @@ fn wait_shown(client: &Xvfb, display: &str, artifact: &str) {
     );
 }
 
+/// Whether the client display shows the session's pointer: same size and opaque pixels, and
+/// the same hotspot (RDP keeps it inside the image).
+fn same_pointer(
+    session: &deskport_testsupport::CursorImage,
+    shown: &deskport_testsupport::CursorImage,
+) -> bool {
+    let ((w, h), (x, y), pixels) = session;
+    let shape = |p: &[u32]| p.iter().map(|v| v >> 24 >= 128).collect::<Vec<_>>();
+    let hotspot = ((*x).min(w - 1), (*y).min(h - 1));
+    (*w, *h) == shown.0 && hotspot == shown.1 && shape(pixels) == shape(&shown.2)
+}
+
 fn x_socket(display: &str) -> PathBuf {
     PathBuf::from(format!(
         "/tmp/.X11-unix/X{}",
@@ -210,13 +222,8 @@ fn each_account_gets_a_desktop_that_survives_reconnection_and_takes_keys() {
             if (size, hot, &pixels) == (own_pointer.0, own_pointer.1, &own_pointer.2) {
                 return None;
             }
-            let (csize, chot, cpixels) =
-                deskport_testsupport::cursor_image(client.display()).ok()?;
-            // RDP keeps the hotspot inside the image.
-            let clamp = |(x, y): (u16, u16), (w, h): (u16, u16)| (x.min(w - 1), y.min(h - 1));
-            let shape = |p: &[u32]| p.iter().map(|v| v >> 24 >= 128).collect::<Vec<_>>();
-            (size == csize && clamp(hot, size) == chot && shape(&pixels) == shape(&cpixels))
-                .then_some(())
+            let shown = deskport_testsupport::cursor_image(client.display()).ok()?;
+            same_pointer(&(size, hot, pixels), &shown).then_some(())
         },
     );
     let session_pointer = deskport_testsupport::cursor_image(&alice).unwrap();
@@ -667,18 +674,11 @@ fn pointer_moves_in_the_session_move_the_clients_pointer() {
             Duration::from_secs(10),
             &format!("the session's pointer shape on {client_kind}'s display"),
             || {
-                let (size, hot, pixels) = deskport_testsupport::cursor_image(&alice).ok()?;
-                let (csize, chot, cpixels) =
-                    deskport_testsupport::cursor_image(client.display()).ok()?;
-                let clamp = |(x, y): (u16, u16), (w, h): (u16, u16)| (x.min(w - 1), y.min(h - 1));
-                let shape = |p: &[u32]| p.iter().map(|v| v >> 24 >= 128).collect::<Vec<_>>();
-                (csize != own_pointer.0 || cpixels != own_pointer.2)
+                let session = deskport_testsupport::cursor_image(&alice).ok()?;
+                let shown = deskport_testsupport::cursor_image(client.display()).ok()?;
+                (shown.0 != own_pointer.0 || shown.2 != own_pointer.2)
                     .then_some(())
-                    .filter(|_| {
-                        size == csize
-                            && clamp(hot, size) == chot
-                            && shape(&pixels) == shape(&cpixels)
-                    })
+                    .filter(|_| same_pointer(&session, &shown))
             },
         );
         // A program in the session moves it: the client's follows. (xfreerdp 2.11 receives
