@@ -651,6 +651,9 @@ impl XrdpServer {
         std::fs::set_permissions(&startwm, std::fs::Permissions::from_mode(0o755)).unwrap();
         let port = free_port(LO);
         let c = conf.display();
+        let first_display = XRDP_DISPLAYS.start();
+        // Displays left by an earlier run that was killed.
+        sweep_stale_x_displays();
         std::fs::write(
             conf.join("xrdp.ini"),
             format!(
@@ -671,7 +674,7 @@ impl XrdpServer {
                  UserWindowManager=startwm.sh\nDefaultWindowManager={c}/startwm.sh\nReconnectScript=reconnectwm.sh\n\
                  [Security]\nAllowRootLogin=false\nMaxLoginRetry=4\nTerminalServerUsers=tsusers\n\
                  TerminalServerAdmins=tsadmins\nAlwaysGroupCheck=false\n\
-                 [Sessions]\nX11DisplayOffset=150\nMaxSessions=10\nKillDisconnected=true\nDisconnectedTimeLimit=0\n\
+                 [Sessions]\nX11DisplayOffset={first_display}\nMaxSessions=10\nKillDisconnected=true\nDisconnectedTimeLimit=0\n\
                  IdleTimeLimit=0\nPolicy=Default\n\
                  [Logging]\nLogFile={c}/sesman.log\nLogLevel=INFO\nEnableSyslog=false\nEnableConsole=false\n\
                  [Xvnc]\nparam=Xvnc\nparam=-bs\nparam=-nolisten\nparam=tcp\nparam=-localhost\nparam=-dpi\nparam=96\n\
@@ -712,32 +715,76 @@ impl XrdpServer {
     }
 }
 
+impl XrdpServer {
+    /// The PIDs of the processes running as the test account.
+    fn account_processes(&self) -> Vec<i32> {
+        let uid = self.uid.to_string();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
+                let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+                let owner = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))?
+                    .split_whitespace()
+                    .next()?;
+                (owner == uid).then_some(pid)
+            })
+            .collect()
+    }
+}
+
+/// The display numbers sesman gives the test's Xvnc sessions (`X11DisplayOffset` and the
+/// ten after it).
+const XRDP_DISPLAYS: std::ops::RangeInclusive<u32> = 150..=160;
+
+/// Removes the lock files and sockets of the test's X displays whose server is gone (a
+/// session killed before it could clean up; sesman would otherwise run out of displays).
+fn sweep_stale_x_displays() {
+    for n in XRDP_DISPLAYS {
+        let lock = PathBuf::from(format!("/tmp/.X{n}-lock"));
+        let Ok(text) = std::fs::read_to_string(&lock) else {
+            continue;
+        };
+        let alive = text
+            .trim()
+            .parse::<i32>()
+            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = std::fs::remove_file(&lock);
+            let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
+        }
+    }
+}
+
 impl Drop for XrdpServer {
     fn drop(&mut self) {
         // The session (sesman's child, Xvnc, the terminal) runs as the test account, outside
-        // our process groups: stop each of its processes by PID, then remove the account.
+        // our process groups: stop each of its processes by PID — asked first, so that Xvnc
+        // removes its display's lock and socket, then killed — then remove the account.
+        for pid in self.account_processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !self.account_processes().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         for _ in 0..2 {
-            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let owned = std::fs::read_to_string(entry.path().join("status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("Uid:"))
-                            .and_then(|v| v.split_whitespace().next().map(str::to_owned))
-                    })
-                    .is_some_and(|uid| uid == self.uid.to_string());
-                if owned {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+            for pid in self.account_processes() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        sweep_stale_x_displays();
         let _ = Command::new("userdel")
             .args(["-r", "-f", &self.user])
             .stderr(Stdio::null())
