@@ -72,8 +72,9 @@ pub enum LogFormat {
 }
 
 /// Where the configuration file is looked for, in order: the flag, `$DESKPORT_CONFIG`, the
-/// XDG default. The flag and the environment variable name a file that must exist; the
-/// default location may be absent.
+/// XDG default. The flag names a file that must exist; `$DESKPORT_CONFIG` and the default
+/// location may be absent (read as empty; `deskport login` and `deskport up` create the file),
+/// so that `DESKPORT_CONFIG=other.toml deskport login URL` makes a second CLI profile.
 #[derive(Debug, Clone)]
 pub struct ConfigFile {
     pub path: PathBuf,
@@ -91,7 +92,7 @@ impl ConfigFile {
         if let Some(path) = std::env::var_os("DESKPORT_CONFIG").filter(|p| !p.is_empty()) {
             return Ok(Self {
                 path: PathBuf::from(path),
-                required: true,
+                required: false,
             });
         }
         Ok(Self {

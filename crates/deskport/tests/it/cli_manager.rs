@@ -1,7 +1,6 @@
 //! `deskport manager` as a process, and the CLI of SPEC §6 against it: login, sg, rule,
 //! instance, --json, exit statuses 0/1/2, restart.
 
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,7 +9,7 @@ use std::time::Duration;
 use deskport_testsupport::{free_port, wait_until, ProcessGuard};
 
 use crate::firewall_gateway::http_get;
-use crate::support::{run, Run};
+use crate::support::{run, run_input, Run};
 
 pub const PASSWORD: &str = "test-admin-password";
 
@@ -87,26 +86,7 @@ impl Manager {
     }
 
     pub fn run_stdin(&self, args: &[&str], input: &str) -> Run {
-        let mut child = self
-            .cli()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{input}\n").as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        Run {
-            code: out.status.code().unwrap(),
-            stdout: String::from_utf8(out.stdout).unwrap(),
-            stderr: String::from_utf8(out.stderr).unwrap(),
-        }
+        run_input(self.cli().args(args), input)
     }
 
     /// Runs and requires success; returns stdout.
@@ -359,4 +339,55 @@ fn the_cli_drives_the_manager_and_reports_refusals_and_usage_errors() {
         "{}",
         r.stderr
     );
+}
+
+/// A second CLI profile: `DESKPORT_CONFIG` names a file that does not exist yet. Commands read
+/// it as empty, `login` creates it (mode 0600, parent folders) and leaves the default profile
+/// alone; `--config` naming a missing file stays an error.
+#[test]
+fn deskport_config_naming_a_missing_file_is_a_new_profile() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = deskport_testsupport::data_dir();
+    let m = Manager::start(dir.path());
+    let profile = dir.path().join("profiles/second/config.toml");
+    let with_profile = |args: &[&str], input: Option<&str>| {
+        let mut command = m.cli();
+        command.env("DESKPORT_CONFIG", &profile).args(args);
+        match input {
+            None => run(&mut command),
+            Some(text) => run_input(&mut command, text),
+        }
+    };
+
+    let r = with_profile(&["config", "path"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, format!("{}\tabsent\n", profile.display()));
+    let r = with_profile(&["config", "show"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = with_profile(&["sg", "list"], None);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("deskport login"), "{}", r.stderr);
+
+    let r = with_profile(&["login", &m.url, "--password-stdin"], Some(PASSWORD));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let meta = std::fs::metadata(&profile).expect("login creates the profile");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&profile)
+        .unwrap()
+        .contains("token = \"dpt_"));
+    let r = with_profile(&["sg", "list", "--json"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(json(&r.stdout)["security_groups"][0]["name"], "default");
+    assert!(
+        !m.home.join(".config/deskport/config.toml").exists(),
+        "the default profile is not touched"
+    );
+
+    let r = run(m
+        .cli()
+        .arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .args(["sg", "list"]));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
 }

@@ -26,12 +26,35 @@ pub struct Run {
     pub stderr: String,
 }
 
+/// Runs `command` with `input` and a newline on its standard input.
+pub fn run_input(command: &mut Command, input: &str) -> Run {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run deskport");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(format!("{input}\n").as_bytes())
+        .expect("write to deskport's stdin");
+    output(child.wait_with_output().expect("run deskport"))
+}
+
 pub fn run(command: &mut Command) -> Run {
+    output(command.output().expect("run deskport"))
+}
+
+fn output(out: Output) -> Run {
     let Output {
         status,
         stdout,
         stderr,
-    } = command.output().expect("run deskport");
+    } = out;
     Run {
         code: status.code().expect("deskport exited by a signal"),
         stdout: String::from_utf8(stdout).expect("stdout is UTF-8"),
