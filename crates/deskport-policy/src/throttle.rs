@@ -3,8 +3,8 @@
 //! `window` the key is locked out for `lockout`, doubling with each further lockout up to
 //! `max_lockout`. A success clears the key's count.
 //!
-//! Time is a parameter (`*_at` methods), so the policy is tested on a simulated clock; the
-//! plain methods use `Instant::now()`.
+//! Time is a parameter (`now`), as everywhere in this crate: the caller reads the clock, so the
+//! policy is tested on a simulated one.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -59,12 +59,8 @@ impl Throttle {
         }
     }
 
-    /// `Err(seconds to wait)` while any of `keys` is locked out.
-    pub fn check(&self, keys: &[String]) -> Result<(), u64> {
-        self.check_at(keys, Instant::now())
-    }
-
-    pub fn check_at(&self, keys: &[String], now: Instant) -> Result<(), u64> {
+    /// `Err(seconds to wait)` while any of `keys` is locked out at `now`.
+    pub fn check(&self, keys: &[String], now: Instant) -> Result<(), u64> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let wait = keys
             .iter()
@@ -78,12 +74,8 @@ impl Throttle {
         }
     }
 
-    /// Records a failure for every key; returns the lockout that started, if one did.
-    pub fn failure(&self, keys: &[String]) -> Option<Duration> {
-        self.failure_at(keys, Instant::now())
-    }
-
-    pub fn failure_at(&self, keys: &[String], now: Instant) -> Option<Duration> {
+    /// Records a failure at `now` for every key; returns the lockout that started, if one did.
+    pub fn failure(&self, keys: &[String], now: Instant) -> Option<Duration> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() > MAX_KEYS {
             entries.retain(|_, e| {
@@ -137,34 +129,34 @@ mod tests {
         );
         let keys = vec!["user:a".to_owned()];
         let t0 = Instant::now();
-        assert_eq!(t.failure_at(&keys, t0), None);
-        assert_eq!(t.failure_at(&keys, t0), None);
-        assert!(t.check_at(&keys, t0).is_ok());
-        assert_eq!(t.failure_at(&keys, t0), Some(Duration::from_secs(10)));
-        assert_eq!(t.check_at(&keys, t0), Err(11));
+        assert_eq!(t.failure(&keys, t0), None);
+        assert_eq!(t.failure(&keys, t0), None);
+        assert!(t.check(&keys, t0).is_ok());
+        assert_eq!(t.failure(&keys, t0), Some(Duration::from_secs(10)));
+        assert_eq!(t.check(&keys, t0), Err(11));
         assert!(
-            t.check_at(&["user:b".to_owned()], t0).is_ok(),
+            t.check(&["user:b".to_owned()], t0).is_ok(),
             "other keys are free"
         );
         let t1 = t0 + Duration::from_secs(11);
-        assert!(t.check_at(&keys, t1).is_ok(), "the first lockout expired");
+        assert!(t.check(&keys, t1).is_ok(), "the first lockout expired");
         for _ in 0..3 {
-            t.failure_at(&keys, t1);
+            t.failure(&keys, t1);
         }
         assert!(
-            t.check_at(&keys, t1 + Duration::from_secs(15)).is_err(),
+            t.check(&keys, t1 + Duration::from_secs(15)).is_err(),
             "the second is 20 s"
         );
         for _ in 0..3 {
-            t.failure_at(&keys, t1 + Duration::from_secs(30));
+            t.failure(&keys, t1 + Duration::from_secs(30));
         }
         assert_eq!(
-            t.check_at(&keys, t1 + Duration::from_secs(30)),
+            t.check(&keys, t1 + Duration::from_secs(30)),
             Err(26),
             "capped at 25 s"
         );
         t.success("user:a");
-        assert!(t.check_at(&keys, t1 + Duration::from_secs(30)).is_ok());
+        assert!(t.check(&keys, t1 + Duration::from_secs(30)).is_ok());
     }
 
     #[test]
@@ -177,8 +169,8 @@ mod tests {
         );
         let keys = vec!["ip:198.18.0.2".to_owned()];
         let t0 = Instant::now();
-        t.failure_at(&keys, t0);
-        assert_eq!(t.failure_at(&keys, t0 + Duration::from_secs(6)), None);
-        assert!(t.check_at(&keys, t0 + Duration::from_secs(6)).is_ok());
+        t.failure(&keys, t0);
+        assert_eq!(t.failure(&keys, t0 + Duration::from_secs(6)), None);
+        assert!(t.check(&keys, t0 + Duration::from_secs(6)).is_ok());
     }
 }

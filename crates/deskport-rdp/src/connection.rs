@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use deskport_policy::throttle::Throttle;
@@ -316,7 +316,10 @@ async fn handshake(
         {
             NlaOutcome::Authenticated { account: name } => {
                 let key = format!("user:{}", name.to_ascii_lowercase());
-                if let Err(wait) = shared.throttle.check(std::slice::from_ref(&key)) {
+                if let Err(wait) = shared
+                    .throttle
+                    .check(std::slice::from_ref(&key), Instant::now())
+                {
                     tracing::warn!(%peer, account = name, wait, "Logon refused: the account is locked out");
                     return Ok(None);
                 }
@@ -411,7 +414,7 @@ fn logon_failed(shared: &Shared, peer: SocketAddr, user: Option<&str>, reason: &
         keys.push(format!("user:{}", u.to_ascii_lowercase()));
     }
     tracing::warn!(%peer, user, reason, "Logon failed");
-    if let Some(lock) = shared.throttle.failure(&keys) {
+    if let Some(lock) = shared.throttle.failure(&keys, Instant::now()) {
         tracing::warn!(%peer, user, seconds = lock.as_secs(), "Logons locked out after repeated failures");
     }
 }
@@ -435,7 +438,10 @@ fn tls_logon(
         return Err("no user name given (give one with the client, e.g. -u NAME)".to_owned());
     }
     let key = format!("user:{}", user.to_ascii_lowercase());
-    if let Err(wait) = shared.throttle.check(&[key, ip_key.to_owned()]) {
+    if let Err(wait) = shared
+        .throttle
+        .check(&[key, ip_key.to_owned()], Instant::now())
+    {
         return Err(format!(
             "account {user:?} or this address is locked out for {wait} s"
         ));

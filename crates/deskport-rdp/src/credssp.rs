@@ -45,7 +45,11 @@ impl CredentialsProxy for AccountProxy {
             format!("user:{}", name.to_ascii_lowercase()),
             self.source.clone(),
         ];
-        if self.throttle.check(&keys).is_err() {
+        if self
+            .throttle
+            .check(&keys, std::time::Instant::now())
+            .is_err()
+        {
             self.locked.store(true, Ordering::Relaxed);
             return Err(std::io::Error::other(format!(
                 "account {name:?} is locked out"

@@ -23,7 +23,7 @@ pub async fn login(
     password: &str,
 ) -> ApiResult<deskport_store::User> {
     let keys = [format!("user:{username}"), format!("ip:{addr}")];
-    if let Err(wait) = s.throttle.check(&keys) {
+    if let Err(wait) = s.throttle.check(&keys, std::time::Instant::now()) {
         return Err(throttled(wait));
     }
     let found = s.store.user_auth(username).await?;
@@ -43,7 +43,7 @@ pub async fn login(
         }
         None => {
             tracing::warn!(username, %addr, "Failed login");
-            if let Some(lock) = s.throttle.failure(&keys) {
+            if let Some(lock) = s.throttle.failure(&keys, std::time::Instant::now()) {
                 tracing::warn!(username, %addr, seconds = lock.as_secs(), "Login locked out after repeated failures");
             }
             Err(ApiError::unauthorized("wrong user name or password"))
