@@ -375,7 +375,7 @@ fn member(
 
 /// The fuzzing oracle (see `fuzz/`): any input either is refused with an error or converts to a
 /// policy whose canonical document converts back to the same policy.
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub fn fuzz_oracle(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     for doc in [

@@ -349,7 +349,7 @@ fn request_control_font_list(frame: &[u8]) -> Option<Vec<u8>> {
 /// The fuzzing oracle (see `fuzz/`): feeds `data` to the frame cutter in chunks whose sizes
 /// come from the data itself, and checks that bytes are only ever passed on in order, with
 /// nothing lost or invented besides a Font List the wrapper injects.
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub fn fuzz_oracle(data: &[u8]) {
     let _ = frame_len(data);
     let _ = has_swapped_channel_options(data);
