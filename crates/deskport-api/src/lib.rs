@@ -1,15 +1,22 @@
 //! The one place that knows deskport's wire formats: the JSON of the HTTP API ([`v1`]) and
 //! the policy document that agents (the firewall, the RDP server) receive from the manager or
-//! read from a file ([`policy_doc`]), plus a typed client ([`client`]) used by the CLI and the
-//! agents. Types here are `serde` types; they convert explicitly to and from the core types of
+//! read from a file ([`policy_doc`]), plus — with the `client` feature — a typed client
+//! ([`client`]) used by the CLI and the agents, and the one follower of the agents' feed
+//! ([`feed`]). Types here are `serde` types; they convert explicitly to and from the core types of
 //! `deskport-policy`, which are not `Serialize`, so the wire format can stay stable while the
 //! core changes.
 
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "client")]
+pub mod feed;
 pub mod policy_doc;
 pub mod v1;
 
+#[cfg(feature = "client")]
 pub use client::{Client, ClientError};
+#[cfg(feature = "client")]
+pub use feed::Feed;
 pub use policy_doc::{DocError, PolicyDocument};
 
 /// Milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds

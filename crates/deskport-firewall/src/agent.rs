@@ -4,12 +4,15 @@
 //!   force and the error is logged (once per distinct error).
 //! - At start, a source that gives no valid policy is an error: there is nothing to enforce.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use deskport_api::PolicyDocument;
+use deskport_api::{Feed, PolicyDocument};
 use deskport_policy::Policy;
+use tokio::sync::watch;
 
 use crate::gateway::Gateway;
 use crate::nft::{NftBackend, NftError};
@@ -19,10 +22,13 @@ use crate::nft::{NftBackend, NftError};
 pub enum Source {
     /// A policy document on disk (`.json`, or TOML otherwise), re-read when it changes.
     File(PathBuf),
-    /// The manager's agent feed (long poll). The last document received is kept in `state`
-    /// and enforced at start and whenever the manager cannot be reached.
+    /// The agent feed of the managers at `urls` (replicas of one control plane; the first one
+    /// first, the next when it stops answering), with the instance's agent `token`. The last
+    /// document received is kept in `state` and enforced at start and whenever no manager can
+    /// be reached.
     Manager {
-        client: deskport_api::Client,
+        urls: Vec<String>,
+        token: String,
         state: PathBuf,
     },
 }
@@ -32,6 +38,20 @@ pub enum Source {
 pub enum Backend {
     Nft(NftBackend),
     Gateway(Gateway),
+}
+
+/// What an agent enforces, how, and what it serves.
+#[derive(Debug)]
+pub struct AgentConfig {
+    pub source: Source,
+    pub backend: Backend,
+    /// How often a policy file is checked for changes.
+    pub poll_interval: Duration,
+    /// Serve `/metrics` and `/healthz` here.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Remove the nftables table when the agent stops. By default it stays (fail closed: a
+    /// stopped agent still enforces); `deskport up` removes it because its instance stops too.
+    pub remove_on_stop: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +71,13 @@ pub enum AgentError {
     #[error("cannot keep the last known policy in {path}")]
     State {
         path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot follow the manager")]
+    Feed(#[from] deskport_api::ClientError),
+    #[error("cannot listen for metrics on {addr}")]
+    Metrics {
+        addr: SocketAddr,
         source: std::io::Error,
     },
 }
@@ -102,6 +129,13 @@ pub fn load_file(path: &Path) -> Result<Loaded, AgentError> {
 }
 
 impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Nft(_) => "nft",
+            Backend::Gateway(_) => "gateway",
+        }
+    }
+
     /// Makes `loaded` the policy in force.
     pub async fn apply(&self, loaded: &Loaded) -> Result<(), AgentError> {
         match self {
@@ -132,19 +166,39 @@ impl Backend {
 }
 
 /// What the agent has done, for `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AgentStats {
-    pub revision: AtomicU64,
+    /// The revision in force (`None` before the first apply).
+    revision: watch::Sender<Option<u64>>,
     pub applies: AtomicU64,
     pub failures: AtomicU64,
     /// Duration of the last successful apply, in microseconds.
     pub last_apply_us: AtomicU64,
+    /// The source followed now (a file, or one manager's URL).
+    following: Mutex<String>,
+}
+
+impl Default for AgentStats {
+    fn default() -> Self {
+        Self {
+            revision: watch::channel(None).0,
+            applies: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_apply_us: AtomicU64::new(0),
+            following: Mutex::new(String::new()),
+        }
+    }
 }
 
 impl AgentStats {
     /// The counters in the Prometheus text format.
     pub fn metrics(&self) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let following = self
+            .following
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(['\\', '"'], "_");
         format!(
             "# HELP deskport_agent_policy_revision The policy revision in force.\n\
              # TYPE deskport_agent_policy_revision gauge\n\
@@ -157,43 +211,153 @@ impl AgentStats {
              deskport_agent_apply_failures_total {}\n\
              # HELP deskport_agent_last_apply_seconds Duration of the last apply.\n\
              # TYPE deskport_agent_last_apply_seconds gauge\n\
-             deskport_agent_last_apply_seconds {:.6}\n",
-            get(&self.revision),
+             deskport_agent_last_apply_seconds {:.6}\n\
+             # HELP deskport_agent_source_info The policy source followed now (a file or a manager).\n\
+             # TYPE deskport_agent_source_info gauge\n\
+             deskport_agent_source_info{{source=\"{following}\"}} 1\n",
+            self.revision.borrow().unwrap_or(0),
             get(&self.applies),
             get(&self.failures),
             get(&self.last_apply_us) as f64 / 1e6
         )
     }
 
+    /// The revision in force, as it changes (`None` until the first policy is applied).
+    pub fn revision(&self) -> watch::Receiver<Option<u64>> {
+        self.revision.subscribe()
+    }
+
     fn applied(&self, revision: u64, took: Duration) {
-        self.revision.store(revision, Ordering::Relaxed);
+        self.revision.send_replace(Some(revision));
         self.applies.fetch_add(1, Ordering::Relaxed);
         self.last_apply_us
             .store(took.as_micros() as u64, Ordering::Relaxed);
     }
+
+    fn follow(&self, source: &str) {
+        let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
+        if *following != source {
+            *following = source.to_owned();
+        }
+    }
 }
 
-/// Watches `source` every `poll` and applies each new valid version, until `shutdown` resolves.
+/// A firewall agent: [`Agent::run`] enforces its source's policy with its backend until the
+/// shutdown future resolves.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    stats: Arc<AgentStats>,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Self {
+        Self {
+            config,
+            stats: Arc::new(AgentStats::default()),
+        }
+    }
+
+    /// The agent's counters (and the revision in force, for callers that wait for it).
+    pub fn stats(&self) -> Arc<AgentStats> {
+        self.stats.clone()
+    }
+
+    /// Serves metrics (if configured), applies the source's policy and follows its changes
+    /// until `shutdown` resolves; then stops the gateway (and removes the nftables table if
+    /// configured).
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        let Agent { config, stats } = self;
+        let mut metrics_task = None;
+        if let Some(addr) = config.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Metrics { addr, source })?;
+            let (stats, gateway) = (stats.clone(), config.backend.gateway());
+            let metrics: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+                let mut text = stats.metrics();
+                if let Some(g) = &gateway {
+                    text += &g.metrics();
+                }
+                text
+            });
+            tracing::info!(%addr, "Serving /metrics and /healthz");
+            metrics_task = Some(tokio::spawn(crate::http::serve_metrics(listener, metrics)));
+        }
+        let backend = config.backend.clone();
+        let result = follow(
+            config.source,
+            &backend,
+            config.poll_interval,
+            &stats,
+            shutdown,
+        )
+        .await;
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
+        match &backend {
+            Backend::Gateway(g) => g.shutdown().await,
+            Backend::Nft(nft) if config.remove_on_stop => {
+                if let Err(e) = nft.remove().await {
+                    tracing::warn!(error = %e, "Could not remove the nftables table");
+                }
+            }
+            Backend::Nft(_) => {}
+        }
+        tracing::info!("Firewall agent stopped");
+        result
+    }
+}
+
+impl Backend {
+    fn gateway(&self) -> Option<Gateway> {
+        match self {
+            Backend::Gateway(g) => Some(g.clone()),
+            Backend::Nft(_) => None,
+        }
+    }
+}
+
+/// Runs an agent with `config` until `shutdown` resolves.
 pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    Agent::new(config).run(shutdown).await
+}
+
+/// Watches `source` and applies each new valid version with `backend`, until `shutdown`
+/// resolves.
+async fn follow(
     source: Source,
-    backend: Backend,
+    backend: &Backend,
     poll: Duration,
     stats: &AgentStats,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let path = match source {
         Source::File(path) => path,
-        Source::Manager { client, state } => {
-            return run_manager(client, state, backend, stats, shutdown).await;
+        Source::Manager { urls, token, state } => {
+            let feed = Feed::new(&urls, &token)?;
+            tracing::info!(
+                backend = backend.name(),
+                manager = feed.following(),
+                "Firewall agent started"
+            );
+            return follow_manager(feed, state, backend, stats, shutdown).await;
         }
     };
+    tracing::info!(backend = backend.name(), policy = %path.display(), "Firewall agent started");
+    stats.follow(&path.display().to_string());
     // The stamp first, the contents second: a change made while the first policy is read and
     // applied changes the stamp, and is applied on the next poll.
     let mut stamp = file_stamp(&path);
     let mut current = load_file(&path)?;
-    let started = Instant::now();
-    backend.apply(&current).await?;
-    stats.applied(current.revision, started.elapsed());
+    enforce(backend, &current, stats).await?;
     let mut last_error: Option<String> = None;
     tokio::pin!(shutdown);
     loop {
@@ -208,35 +372,43 @@ pub async fn run(
         stamp = now;
         let result = match load_file(&path) {
             Ok(loaded) if loaded.text == current.text => Ok(()),
-            Ok(loaded) => {
-                let started = Instant::now();
-                match backend.apply(&loaded).await {
-                    Ok(()) => {
-                        stats.applied(loaded.revision, started.elapsed());
-                        current = loaded;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+            Ok(loaded) => enforce(backend, &loaded, stats).await.map(|()| {
+                current = loaded;
+            }),
             Err(e) => Err(e),
         };
         match result {
             Ok(()) => last_error = None,
-            Err(e) => {
-                let message = e.to_string();
-                if last_error.as_deref() != Some(&message) {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        error = %message,
-                        revision = current.revision,
-                        "New policy not applied; the previous one stays in force"
-                    );
-                }
-                last_error = Some(message);
-            }
+            Err(e) => not_applied(&e, &mut last_error, Some(current.revision), stats),
         }
     }
+}
+
+/// Applies `loaded` and counts it.
+async fn enforce(backend: &Backend, loaded: &Loaded, stats: &AgentStats) -> Result<(), AgentError> {
+    let started = Instant::now();
+    backend.apply(loaded).await?;
+    stats.applied(loaded.revision, started.elapsed());
+    Ok(())
+}
+
+/// Logs (once per distinct error) and counts a policy that could not be applied.
+fn not_applied(
+    error: &dyn std::fmt::Display,
+    last_error: &mut Option<String>,
+    revision: Option<u64>,
+    stats: &AgentStats,
+) {
+    let message = error.to_string();
+    if last_error.as_deref() != Some(&message) {
+        stats.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            error = %message,
+            revision,
+            "New policy not applied; the previous one stays in force"
+        );
+    }
+    *last_error = Some(message);
 }
 
 /// Modification time, size and inode: a cheap change detector. The inode catches a file
@@ -247,12 +419,12 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
     Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
-/// The manager source: long-poll the feed, apply each new document, keep it on disk, report
-/// the revision; enforce the kept document while the manager is unreachable.
-async fn run_manager(
-    client: deskport_api::Client,
+/// The manager source: follow the feed, apply each new document, keep it on disk, report the
+/// revision; enforce the kept document while no manager can be reached.
+async fn follow_manager(
+    mut feed: Feed,
     state: PathBuf,
-    backend: Backend,
+    backend: &Backend,
     stats: &AgentStats,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
@@ -261,9 +433,7 @@ async fn run_manager(
     if state.exists() {
         match load_file(&state) {
             Ok(kept) => {
-                let started = Instant::now();
-                backend.apply(&kept).await?;
-                stats.applied(kept.revision, started.elapsed());
+                enforce(backend, &kept, stats).await?;
                 tracing::info!(
                     revision = kept.revision,
                     "Enforcing the last known policy until the manager answers"
@@ -276,61 +446,42 @@ async fn run_manager(
         }
     }
     let mut last_error: Option<String> = None;
-    let mut backoff = Duration::from_millis(250);
     loop {
+        stats.follow(feed.following());
         let after = current.as_ref().map(|c| c.revision);
-        let answer = tokio::select! {
+        let doc = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            answer = client.agent_policy(after, Duration::from_secs(30)) => answer,
+            doc = feed.next(after) => doc,
         };
-        let result = match answer {
-            Ok(None) => Ok(()),
-            Ok(Some(doc)) => match load_doc(&doc, Path::new("manager feed")) {
-                Ok(loaded) => {
-                    let started = Instant::now();
-                    match backend.apply(&loaded).await {
-                        Ok(()) => {
-                            stats.applied(loaded.revision, started.elapsed());
-                            save_state(&state, &loaded.text)?;
-                            let report = deskport_api::v1::AgentReport {
-                                revision: Some(loaded.revision),
-                                ..Default::default()
-                            };
-                            if let Err(e) = client.agent_report(&report).await {
-                                tracing::debug!(error = %e, "Could not report the revision");
-                            }
-                            current = Some(loaded);
-                            Ok(())
-                        }
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
+        stats.follow(feed.following());
+        let loaded = match load_doc(&doc, Path::new("manager feed")) {
+            Ok(loaded) => enforce(backend, &loaded, stats).await.map(|()| loaded),
+            Err(e) => Err(e),
         };
-        match result {
-            Ok(()) => {
-                if last_error.take().is_some() {
-                    tracing::info!("The manager answers again");
+        match loaded {
+            Ok(loaded) => {
+                last_error = None;
+                save_state(&state, &loaded.text)?;
+                let report = deskport_api::v1::AgentReport {
+                    revision: Some(loaded.revision),
+                    ..Default::default()
+                };
+                if let Err(e) = feed.report(&report).await {
+                    tracing::debug!(error = %e, "Could not report the revision");
                 }
-                backoff = Duration::from_millis(250);
+                current = Some(loaded);
             }
-            Err(message) => {
-                if last_error.as_deref() != Some(&message) {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        error = %message,
-                        revision = current.as_ref().map(|c| c.revision),
-                        "No new policy; the last known one stays in force"
-                    );
-                }
-                last_error = Some(message);
+            Err(e) => {
+                not_applied(
+                    &e,
+                    &mut last_error,
+                    current.as_ref().map(|c| c.revision),
+                    stats,
+                );
                 tokio::select! {
                     () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
+                    () = feed.back_off() => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

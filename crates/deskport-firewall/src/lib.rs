@@ -12,6 +12,6 @@ pub mod http;
 mod log;
 pub mod nft;
 
-pub use agent::{Backend, Source};
+pub use agent::{run, Agent, AgentConfig, Backend, Source};
 pub use gateway::{Gateway, GatewayConfig};
 pub use nft::{NftBackend, NftConfig};

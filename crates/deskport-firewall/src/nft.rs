@@ -132,6 +132,16 @@ impl NftBackend {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Removes the table (nothing is enforced afterwards). A table that is not there is not an
+    /// error.
+    pub async fn remove(&self) -> Result<(), NftError> {
+        if self.list().await.is_err() {
+            return Ok(());
+        }
+        let table = format!("delete table inet {}\n", self.config.options.table);
+        self.run_nft(&["-f", "-"], &table).await
+    }
+
     async fn run_nft(&self, args: &[&str], input: &str) -> Result<(), NftError> {
         let mut child = Command::new(&self.config.nft)
             .args(args)

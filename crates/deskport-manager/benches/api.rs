@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use deskport_api::v1::{CreateGroup, CreateInstance, CreateRule, ProtocolValue, TokenRequest};
 use deskport_api::Client;
-use deskport_firewall::agent::{self, AgentStats, Backend, Source};
+use deskport_firewall::agent::{self, AgentConfig, Backend, Source};
 use deskport_firewall::{Gateway, GatewayConfig};
 use deskport_manager::ManagerConfig;
 
@@ -198,21 +198,22 @@ fn main() {
             .id;
         (created.agent_token, default)
     });
-    let agent_client = Client::new(&base, Some(agent_token)).unwrap();
-    let stats = Arc::new(AgentStats::default());
     {
-        let gateway = gateway.clone();
-        let stats = stats.clone();
+        let (gateway, urls) = (gateway.clone(), vec![base.clone()]);
         let state = dir.path().join("agent-state.json");
         server_rt.spawn(async move {
             agent::run(
-                Source::Manager {
-                    client: agent_client,
-                    state,
+                AgentConfig {
+                    source: Source::Manager {
+                        urls,
+                        token: agent_token,
+                        state,
+                    },
+                    backend: Backend::Gateway(gateway),
+                    poll_interval: Duration::from_millis(100),
+                    metrics_listen: None,
+                    remove_on_stop: false,
                 },
-                Backend::Gateway(gateway),
-                Duration::from_millis(100),
-                &stats,
                 std::future::pending(),
             )
             .await

@@ -25,3 +25,11 @@ pub use validate::{
     validate_rule, Accepted, ErrorCode, ErrorKind, FieldError, Note, Quota, Rejected, RuleContext,
     RuleSpec, DEFAULT_GROUP, MAX_DESCRIPTION, MAX_GROUP_NAME,
 };
+
+/// `time` as milliseconds since the Unix epoch, the unit every stored and reported time of
+/// deskport uses (times before 1970 are 0). The caller reads the clock:
+/// `unix_ms(SystemTime::now())`.
+pub fn unix_ms(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

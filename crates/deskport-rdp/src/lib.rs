@@ -8,6 +8,7 @@
 //! - [`session`]: input to the desktop, screen changes to the client ([`encode`]).
 //! - [`desktop`]: what is shown: an X11 display today.
 //! - [`accounts`], [`tls`]: the account store and the server's certificate.
+//! - [`service`]: all of it as one service, [`RdpServer`] (`open`, then `run` until shutdown).
 
 pub mod accounts;
 pub mod clipboard;
@@ -19,6 +20,7 @@ pub mod encode;
 pub mod fixup;
 pub mod planar;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod tls;
 
@@ -28,6 +30,7 @@ use std::time::SystemTime;
 
 use accounts::Accounts;
 pub use encode::Codec;
+pub use service::{RdpServer, RdpServerConfig};
 
 /// The account store as connections see it: re-read when the file changes (so that
 /// `deskport rdp-server user add` takes effect without a restart); a file that cannot be read

@@ -29,6 +29,25 @@ impl Default for Switches {
     }
 }
 
+impl Switches {
+    /// Makes `self` the switches in force through `sender`, logging a change (`source` says
+    /// who changed them); no change, no wake-up.
+    pub fn apply(self, sender: &watch::Sender<Switches>, source: &'static str) {
+        sender.send_if_modified(|current| {
+            let changed = *current != self;
+            if changed {
+                tracing::info!(
+                    enabled = self.enabled,
+                    nla_only = self.nla_only,
+                    "Remote Desktop switches changed by the {source}"
+                );
+                *current = self;
+            }
+            changed
+        });
+    }
+}
+
 /// Listener settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -5,6 +5,8 @@ mod cli;
 mod cmd;
 mod config;
 mod logging;
+mod prompt;
+mod runtime;
 
 use std::process::ExitCode;
 

@@ -2,6 +2,7 @@
 //! [`DesktopProvider`] that hands one out per logon.
 
 pub mod keymap;
+pub mod launch;
 pub mod sessions;
 pub mod x11;
 

@@ -11,16 +11,15 @@
 //! desktop as root. Running as another user, every session runs as that user.
 
 use std::collections::HashMap;
-use std::io::BufRead as _;
-use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+pub use super::launch::XServer;
+use super::launch::{UnixAccount, XSession, XSessionSpec};
 use super::x11::X11Desktop;
 use super::{Area, Desktop, DesktopProvider, Frame, Input};
 
@@ -47,61 +46,6 @@ pub struct SessionConfig {
     pub capture_shm: bool,
 }
 
-/// The X server of virtual sessions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XServer {
-    /// Xvnc where it is installed (its screen follows the client's size), else Xvfb.
-    #[default]
-    Auto,
-    /// Xvfb: the screen keeps the size of the first logon.
-    Xvfb,
-    /// TigerVNC's Xvnc with its VNC port closed: the screen changes size when the client
-    /// asks (RandR).
-    Xvnc,
-}
-
-impl XServer {
-    /// `Auto` made concrete: Xvnc if it is on `PATH`, else Xvfb.
-    pub fn resolve(self) -> Self {
-        // (Xvnc is looked up on PATH each time: installing it takes effect for new sessions.)
-        match self {
-            Self::Auto if on_path("Xvnc") => Self::Xvnc,
-            Self::Auto => Self::Xvfb,
-            other => other,
-        }
-    }
-
-    /// The program and the Debian package that provides it.
-    fn program(self) -> (&'static str, &'static str) {
-        match self.resolve() {
-            Self::Xvnc => ("Xvnc", "tigervnc-standalone-server"),
-            _ => ("Xvfb", "xvfb"),
-        }
-    }
-}
-
-/// Whether an executable `program` is in one of `PATH`'s directories.
-pub fn on_path(program: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join(program))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-    })
-}
-
-impl SessionConfig {
-    /// A window manager and a terminal (the session ends when the window manager exits).
-    pub fn default_commands() -> Vec<String> {
-        vec![
-            "exec openbox".to_owned(),
-            "exec xterm -geometry 100x30+40+40".to_owned(),
-        ]
-    }
-}
-
 /// One account's desktop.
 struct Session {
     account: String,
@@ -109,7 +53,7 @@ struct Session {
     desktop: Arc<X11Desktop>,
     /// The X server can change the screen size.
     resizable: bool,
-    children: Mutex<Vec<Child>>,
+    x: Mutex<XSession>,
     /// Bumped by every attach: an older attachment sees it and gives up (takeover).
     generation: AtomicU64,
     /// Attached clients, and when the last one left.
@@ -125,33 +69,14 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// Whether the session's first program (the session itself) has exited.
     fn logged_off(&self) -> bool {
-        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        // children[0] is the X server, children[1] the session command.
-        children
-            .get_mut(1)
-            .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
+        self.x
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .logged_off()
     }
 
     fn stop(&self) {
-        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        for child in children.iter_mut().rev() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // Each program leads its own process group: stop what it started too.
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
-        for child in children.iter_mut().rev() {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        children.clear();
+        self.x.lock().unwrap_or_else(|e| e.into_inner()).stop();
     }
 }
 
@@ -162,29 +87,18 @@ pub struct VirtualSessions {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
 }
 
-/// The Unix account a session runs as: (name, uid, gid, home, shell).
-type UnixAccount = (String, u32, u32, PathBuf, PathBuf);
-
+/// The Unix account a session of `name` runs as; `None` when not running as root (every
+/// session runs as the server's own user then).
 fn unix_account(name: &str) -> anyhow::Result<Option<UnixAccount>> {
-    // (Not root: every session runs as the server's own user.)
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
-    let user = nix::unistd::User::from_name(name)
-        .context("look up the Unix account")?
-        .with_context(|| {
-            format!(
-                "there is no Unix account {name:?} to run the session as (running as root, deskport \
-                 does not give a desktop as root to an RDP account without one; add it with useradd)"
-            )
-        })?;
-    Ok(Some((
-        user.name,
-        user.uid.as_raw(),
-        user.gid.as_raw(),
-        user.dir,
-        user.shell,
-    )))
+    UnixAccount::lookup(name).map(Some).with_context(|| {
+        format!(
+            "no desktop for {name:?}: running as root, deskport does not give a desktop as root \
+             to an RDP account without a Unix account of its own (add one with useradd)"
+        )
+    })
 }
 
 impl VirtualSessions {
@@ -254,71 +168,21 @@ impl VirtualSessions {
         std::fs::create_dir_all(&self.config.log_dir)
             .with_context(|| format!("create {}", self.config.log_dir.display()))?;
         let log_path = self.config.log_dir.join(format!("session-{account}.log"));
-        let log = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .with_context(|| format!("open {}", log_path.display()))
-        };
-        let x_server = self.config.x_server.resolve();
-        let (server, display) = start_x_server(x_server, size, &log_path, true)?;
-        let mut children = vec![server];
-        let spawn = |command: &str| -> anyhow::Result<Child> {
-            let mut c = Command::new("/bin/sh");
-            c.arg("-c")
-                .arg(command)
-                .env("DISPLAY", &display)
-                .stdin(Stdio::null())
-                .stdout(log()?)
-                .stderr(log()?)
-                .process_group(0);
-            if let Some((name, uid, gid, home, shell)) = &run_as {
-                c.uid(*uid)
-                    .gid(*gid)
-                    .env("HOME", home)
-                    .env("USER", name)
-                    .env("LOGNAME", name)
-                    .env("SHELL", shell)
-                    .current_dir(if home.is_dir() {
-                        home.as_path()
-                    } else {
-                        Path::new("/")
-                    });
-            } else if let Some(home) = std::env::var_os("HOME") {
-                c.current_dir(home);
-            }
-            c.spawn()
-                .with_context(|| format!("start the session command {command:?}"))
-        };
-        // The user's programs must be able to use the display: with -displayfd and no
-        // -auth, the X server accepts local clients.
-        for command in &self.config.commands {
-            match spawn(command) {
-                Ok(child) => children.push(child),
-                Err(e) => {
-                    for c in children.iter_mut().rev() {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        let desktop = match X11Desktop::connect_with(
+        let x = XSession::start(&XSessionSpec {
+            x_server: self.config.x_server,
+            size,
+            commands: &self.config.commands,
+            run_as: run_as.as_ref(),
+            log: &log_path,
+        })?;
+        let display = x.display().to_owned();
+        let x_server = x.x_server();
+        // (On an error, dropping the XSession stops what it started.)
+        let desktop = Arc::new(X11Desktop::connect_with(
             &display,
             self.config.capture,
             self.config.capture_shm,
-        ) {
-            Ok(d) => Arc::new(d),
-            Err(e) => {
-                for c in children.iter_mut() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-                return Err(e);
-            }
-        };
+        )?);
         let x_display = display.clone();
         tracing::info!(
             account,
@@ -333,7 +197,7 @@ impl VirtualSessions {
             display,
             desktop,
             resizable: x_server == XServer::Xvnc,
-            children: Mutex::new(children),
+            x: Mutex::new(x),
             generation: AtomicU64::new(0),
             attached: Mutex::new((0, Instant::now())),
         }))
@@ -518,66 +382,6 @@ impl Desktop for Attached {
     fn changes_since(&self, generation: u64) -> Option<Vec<Area>> {
         self.session.desktop.changes_since(generation)
     }
-}
-
-/// Starts Xvfb with one `size` screen at 24-bit depth (see [`start_x_server`]).
-pub fn start_xvfb(
-    size: (u16, u16),
-    log: &Path,
-    own_group: bool,
-) -> anyhow::Result<(Child, String)> {
-    start_x_server(XServer::Xvfb, size, log, own_group)
-}
-
-/// Starts an X server with one `size` screen at 24-bit depth, its errors appended to `log`;
-/// it picks a free display number itself (`-displayfd`) and listens on no TCP port (Xvnc:
-/// no VNC port either). `own_group`: in a process group of its own (so that a session can be
-/// stopped as a whole). Returns the process and the display name.
-pub fn start_x_server(
-    kind: XServer,
-    size: (u16, u16),
-    log: &Path,
-    own_group: bool,
-) -> anyhow::Result<(Child, String)> {
-    use std::os::unix::process::CommandExt as _;
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("open {}", log.display()))?;
-    let (program, package) = kind.program();
-    let mut command = Command::new(program);
-    command.args(["-displayfd", "1", "-nolisten", "tcp", "-noreset"]);
-    if kind.resolve() == XServer::Xvnc {
-        command
-            .arg("-geometry")
-            .arg(format!("{}x{}", size.0, size.1))
-            .args(["-depth", "24", "-rfbport", "-1", "-SecurityTypes", "None"]);
-    } else {
-        command
-            .args(["-screen", "0"])
-            .arg(format!("{}x{}x24", size.0, size.1));
-    }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr);
-    if own_group {
-        command.process_group(0);
-    }
-    let mut server = command.spawn().map_err(|e| {
-        anyhow::anyhow!("cannot start {program} ({e}); the {package} package provides it (scripts/install-deps installs it)")
-    })?;
-    let mut line = String::new();
-    if let Some(out) = server.stdout.take() {
-        std::io::BufReader::new(out).read_line(&mut line)?;
-    }
-    let Ok(number) = line.trim().parse::<u32>() else {
-        let _ = server.kill();
-        let _ = server.wait();
-        anyhow::bail!("{program} did not start (see {})", log.display());
-    };
-    Ok((server, format!(":{number}")))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use deskport_client::window::{self, Window};
 use deskport_client::{Options, Security};
 
 use crate::cli::UsageError;
-use crate::cmd::remote::read_password;
+use crate::prompt::read_password;
 
 /// Security the client offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -8,10 +8,6 @@ pub mod rdp_server;
 pub mod remote;
 pub mod up;
 
-use std::path::Path;
-
-use anyhow::Context as _;
-
 /// Parses `WIDTHxHEIGHT` (each 200-8192), for desktop sizes.
 pub fn parse_size(text: &str) -> Result<(u16, u16), String> {
     let (w, h) = text
@@ -27,22 +23,4 @@ pub fn parse_size(text: &str) -> Result<(u16, u16), String> {
         (Some(w), Some(h)) => Ok((w, h)),
         _ => Err(format!("{text:?}: width and height must be 200-8192")),
     }
-}
-
-/// Replaces `path` atomically with `bytes`, readable by the owner only (it holds secrets).
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("write {}", tmp.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("write {}", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))
 }

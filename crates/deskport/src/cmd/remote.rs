@@ -3,27 +3,15 @@
 //! `deskport login` and `deskport up`). Every listing takes `--json`, which prints the API's
 //! own JSON.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::path::Path;
-
-use anyhow::Context as _;
 use deskport_api::v1::*;
 use deskport_api::{Client, ClientError};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::cli::UsageError;
+use crate::config::cli::CliSettings;
 use crate::config::ConfigFile;
-
-/// `[cli]`: where the API commands send their requests.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CliSettings {
-    /// The manager's URL, e.g. `http://127.0.0.1:8080`.
-    pub url: Option<String>,
-    /// An API token (`deskport login` writes it).
-    pub token: Option<String>,
-}
+use crate::prompt::read_password;
 
 fn refused(err: ClientError) -> anyhow::Error {
     anyhow::anyhow!("{err}")
@@ -34,13 +22,6 @@ fn client(settings: &CliSettings) -> anyhow::Result<Client> {
         anyhow::bail!("not logged in to a manager: run 'deskport login URL' (or 'deskport up')");
     };
     Client::new(url, Some(token.clone())).map_err(refused)
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -96,35 +77,6 @@ pub struct LoginArgs {
     password_stdin: bool,
 }
 
-/// Reads a password: from stdin (first line) or a terminal prompt without echo.
-pub fn read_password(from_stdin: bool, prompt: &str) -> anyhow::Result<String> {
-    let line = if from_stdin || !std::io::stdin().is_terminal() {
-        let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .context("read the password from stdin")?;
-        line
-    } else {
-        eprint!("{prompt}");
-        let _ = std::io::stderr().flush();
-        let echo_off = std::process::Command::new("stty").arg("-echo").status();
-        let mut line = String::new();
-        let read = std::io::stdin().lock().read_line(&mut line);
-        if echo_off.is_ok() {
-            let _ = std::process::Command::new("stty").arg("echo").status();
-        }
-        eprintln!();
-        read.context("read the password")?;
-        line
-    };
-    let password = line.trim_end_matches(['\n', '\r']).to_owned();
-    if password.is_empty() {
-        return Err(UsageError("the password is empty".to_owned()).into());
-    }
-    Ok(password)
-}
-
 pub fn login(args: LoginArgs, file: &ConfigFile) -> anyhow::Result<()> {
     let url = args.url.trim_end_matches('/').to_owned();
     if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -139,49 +91,24 @@ pub fn login(args: LoginArgs, file: &ConfigFile) -> anyhow::Result<()> {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    let response = runtime()?
-        .block_on(
-            Client::new(&url, None)
-                .map_err(refused)?
-                .token(&TokenRequest {
-                    username: args.user.clone(),
-                    password,
-                    name: Some(format!(
-                        "deskport CLI on {}",
-                        if host.is_empty() { "?" } else { &host }
-                    )),
-                }),
-        )
-        .map_err(refused)?;
-    write_cli_config(&file.path, &url, &response.token)?;
+    let request = TokenRequest {
+        username: args.user.clone(),
+        password,
+        name: Some(format!(
+            "deskport CLI on {}",
+            if host.is_empty() { "?" } else { &host }
+        )),
+    };
+    let client = Client::new(&url, None).map_err(refused)?;
+    let response =
+        crate::runtime::block_on_here(async { client.token(&request).await.map_err(refused) })?;
+    crate::config::cli::write_profile(&file.path, &url, &response.token)?;
     println!(
         "logged in to {url} as {}; token saved in {}",
         args.user,
         file.path.display()
     );
     Ok(())
-}
-
-/// Sets `[cli] url` and `token` in the config file, keeping everything else in it, with mode
-/// 0600 (it holds a secret).
-pub fn write_cli_config(path: &Path, url: &str, token: &str) -> anyhow::Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-    };
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .with_context(|| format!("{} is not valid TOML; fix or remove it", path.display()))?;
-    if !doc.contains_table("cli") {
-        doc["cli"] = toml_edit::table();
-    }
-    doc["cli"]["url"] = toml_edit::value(url);
-    doc["cli"]["token"] = toml_edit::value(token);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    crate::cmd::write_private(path, doc.to_string().as_bytes())
 }
 
 // ---- lookups by name ----
@@ -271,7 +198,7 @@ enum SgCommand {
 
 pub fn sg(args: SgArgs, settings: &CliSettings) -> anyhow::Result<()> {
     let c = client(settings)?;
-    runtime()?.block_on(async {
+    crate::runtime::block_on_here(async {
         let project = project_id(&c, args.project.as_deref()).await?;
         match args.what {
             SgCommand::List { json } => {
@@ -445,7 +372,7 @@ const RULE_HEADER: [&str; 7] = [
 
 pub fn rule(args: RuleArgs, settings: &CliSettings) -> anyhow::Result<()> {
     let c = client(settings)?;
-    runtime()?.block_on(async {
+    crate::runtime::block_on_here(async {
         let project = project_id(&c, args.project.as_deref()).await?;
         match args.what {
             RuleCommand::List { group, json } => {
@@ -625,7 +552,7 @@ fn show_instance(i: &InstanceView) {
 
 pub fn instance(args: InstanceArgs, settings: &CliSettings) -> anyhow::Result<()> {
     let c = client(settings)?;
-    runtime()?.block_on(async {
+    crate::runtime::block_on_here(async {
         let project = project_id(&c, args.project.as_deref()).await?;
         match args.what {
             InstanceCommand::List { json } => {
@@ -784,7 +711,7 @@ enum ListOnly {
 pub fn project(args: ProjectArgs, settings: &CliSettings) -> anyhow::Result<()> {
     let c = client(settings)?;
     let ListOnly::List { json } = args.what;
-    let list = runtime()?.block_on(c.projects()).map_err(refused)?;
+    let list = crate::runtime::block_on_here(async { c.projects().await.map_err(refused) })?;
     if json {
         return print_json(&list);
     }
@@ -801,7 +728,7 @@ pub fn project(args: ProjectArgs, settings: &CliSettings) -> anyhow::Result<()> 
 pub fn template(args: TemplateArgs, settings: &CliSettings) -> anyhow::Result<()> {
     let c = client(settings)?;
     let ListOnly::List { json } = args.what;
-    let list = runtime()?.block_on(c.templates()).map_err(refused)?;
+    let list = crate::runtime::block_on_here(async { c.templates().await.map_err(refused) })?;
     if json {
         return print_json(&list);
     }
@@ -866,7 +793,7 @@ pub fn audit(args: AuditArgs, settings: &CliSettings) -> anyhow::Result<()> {
             query += &format!("&{key}={}", url_encode(&v));
         }
     }
-    let list = runtime()?.block_on(c.audit(&query)).map_err(refused)?;
+    let list = crate::runtime::block_on_here(async { c.audit(&query).await.map_err(refused) })?;
     if json {
         return print_json(&list);
     }

@@ -12,18 +12,18 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use deskport_api::v1::{CreateInstance, TokenRequest, UpdateRemoteDesktop};
 use deskport_api::Client;
-use deskport_firewall::agent::Source;
 use deskport_rdp::accounts::Accounts;
+use deskport_rdp::desktop::launch::{self, XServer, XSession, XSessionSpec};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::cli::UsageError;
-use crate::cmd::firewall::BackendKind;
+use crate::config::firewall::{BackendKind, PlacementKind};
 use crate::config::{ConfigFile, Settings};
 
 /// The instance `up` creates.
@@ -84,7 +84,7 @@ impl UpState {
     }
 
     fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        crate::cmd::write_private(
+        crate::config::write_private(
             &Self::path(dir),
             serde_json::to_string_pretty(self)?.as_bytes(),
         )
@@ -93,76 +93,6 @@ impl UpState {
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn generate_password() -> String {
-    use rand::Rng as _;
-    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let mut rng = rand::thread_rng();
-    (0..16)
-        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
-        .collect()
-}
-
-/// The virtual desktop: Xvfb, a window manager and a terminal when they are installed.
-struct Desktop {
-    display: String,
-    children: Vec<Child>,
-}
-
-impl Desktop {
-    fn start(size: (u16, u16), log: &Path) -> anyhow::Result<Self> {
-        let log_file = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .with_context(|| format!("open {}", log.display()))
-        };
-        let (xvfb, display) = deskport_rdp::desktop::sessions::start_xvfb(size, log, false)?;
-        let mut children = vec![xvfb];
-        // The background is set once the window manager runs (it paints the root itself).
-        let session = [
-            &["openbox", "--startup", "xsetroot -solid '#1f4e79'"][..],
-            &["xterm", "-geometry", "100x30+40+40"][..],
-        ];
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .filter(|h| h.is_dir());
-        for program in session {
-            let mut command = Command::new(program[0]);
-            if let Some(home) = &home {
-                command.current_dir(home);
-            }
-            match command
-                .args(&program[1..])
-                .env("DISPLAY", &display)
-                .stdin(Stdio::null())
-                .stdout(log_file()?)
-                .stderr(log_file()?)
-                .spawn()
-            {
-                Ok(child) => children.push(child),
-                Err(e) => tracing::warn!(program = program[0], error = %e, "Not on the desktop"),
-            }
-        }
-        Ok(Self { display, children })
-    }
-}
-
-impl Drop for Desktop {
-    fn drop(&mut self) {
-        // Last started first: the session's programs, then the X server.
-        for child in self.children.iter_mut().rev() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            let _ = child.wait();
-        }
-    }
 }
 
 pub fn exec(args: Args, settings: &Settings, file: &ConfigFile) -> anyhow::Result<()> {
@@ -176,18 +106,82 @@ pub fn exec(args: Args, settings: &Settings, file: &ConfigFile) -> anyhow::Resul
     }
     let dir = match &args.data_dir {
         Some(d) => d.clone(),
-        None => crate::cmd::manager::default_data_dir()?,
+        None => crate::config::default_data_dir()?,
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
-    runtime.block_on(run(args, settings.clone(), file.clone(), dir))
+    crate::runtime::block_on(run(args, settings.clone(), file.clone(), dir))
 }
 
 fn refused(e: deskport_api::client::ClientError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
+}
+
+/// The credentials of this machine's deskport: the environment's, else those of an earlier
+/// run, else generated (and remembered).
+struct Credentials {
+    admin_password: String,
+    rdp_user: String,
+    rdp_password: String,
+}
+
+impl Credentials {
+    fn resolve(state: &mut UpState) -> anyhow::Result<Self> {
+        let remembered = |name: &str, kept: &mut Option<String>| {
+            let value = env(name)
+                .or(kept.clone())
+                .unwrap_or_else(deskport_manager::generate_password);
+            if env(name).is_none() {
+                *kept = Some(value.clone());
+            }
+            value
+        };
+        let admin_password = remembered("DESKPORT_ADMIN_PASSWORD", &mut state.admin_password);
+        let rdp_password = remembered("DESKPORT_RDP_PASSWORD", &mut state.rdp_password);
+        let rdp_user = env("DESKPORT_RDP_USER")
+            .or(state.rdp_user.clone())
+            .or_else(|| env("USER").filter(|u| deskport_rdp::accounts::valid_name(u)))
+            .unwrap_or_else(|| "deskport".to_owned());
+        if !deskport_rdp::accounts::valid_name(&rdp_user) {
+            return Err(UsageError(format!(
+                "DESKPORT_RDP_USER {rdp_user:?}: an account name is 1-64 letters, digits or . _ -"
+            ))
+            .into());
+        }
+        state.rdp_user = Some(rdp_user.clone());
+        Ok(Self {
+            admin_password,
+            rdp_user,
+            rdp_password,
+        })
+    }
+}
+
+/// Stops every part when one of them ends or a signal arrives.
+#[derive(Clone)]
+struct Stop(watch::Sender<bool>);
+
+impl Stop {
+    fn new() -> Self {
+        let stop = Self(watch::channel(false).0);
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            crate::runtime::shutdown_signal().await;
+            on_signal.now();
+        });
+        stop
+    }
+
+    fn now(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves when everything is to stop.
+    fn signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut receiver = self.0.subscribe();
+        async move {
+            let _ = receiver.wait_for(|stop| *stop).await;
+        }
+    }
 }
 
 async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> anyhow::Result<()> {
@@ -204,84 +198,187 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
     };
     state.internal_port = Some(internal_port);
     let internal = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, internal_port));
-
-    // Credentials: the environment's, else the ones generated on the first run.
-    let admin_password = env("DESKPORT_ADMIN_PASSWORD")
-        .or(state.admin_password.clone())
-        .unwrap_or_else(generate_password);
-    if env("DESKPORT_ADMIN_PASSWORD").is_none() {
-        state.admin_password = Some(admin_password.clone());
-    }
-    let rdp_user = env("DESKPORT_RDP_USER")
-        .or(state.rdp_user.clone())
-        .or_else(|| env("USER").filter(|u| deskport_rdp::accounts::valid_name(u)))
-        .unwrap_or_else(|| "deskport".to_owned());
-    if !deskport_rdp::accounts::valid_name(&rdp_user) {
-        return Err(UsageError(format!(
-            "DESKPORT_RDP_USER {rdp_user:?}: an account name is 1-64 letters, digits or . _ -"
-        ))
-        .into());
-    }
-    state.rdp_user = Some(rdp_user.clone());
-    let rdp_password = env("DESKPORT_RDP_PASSWORD")
-        .or(state.rdp_password.clone())
-        .unwrap_or_else(generate_password);
-    if env("DESKPORT_RDP_PASSWORD").is_none() {
-        state.rdp_password = Some(rdp_password.clone());
-    }
+    let credentials = Credentials::resolve(&mut state)?;
     state.save(&dir)?;
+    let stop = Stop::new();
 
     // The manager.
     let mut manager_settings = settings.manager.clone();
     manager_settings.data_dir = Some(dir.clone());
-    manager_settings.listen = args.console;
-    let manager_config = crate::cmd::manager::config(&manager_settings, Some(rdp_user.clone()))?;
-    let store = deskport_manager::open_store(&manager_config).await?;
-    deskport_manager::bootstrap(&*store, Some(admin_password.clone())).await?;
+    let manager = deskport_manager::Manager::open(
+        &manager_settings.config(Some(credentials.rdp_user.clone()))?,
+        Some(credentials.admin_password.clone()),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(args.console)
         .await
         .with_context(|| format!("listen on {} (pass --console ADDR:PORT)", args.console))?;
     let url = format!("http://{}", listener.local_addr()?);
-    let app = deskport_manager::app(
-        deskport_manager::state(store, &manager_config),
-        manager_config.body_limit,
-    );
-    let mut manager = tokio::spawn(deskport_manager::serve(
-        listener,
-        app,
-        crate::cmd::firewall::shutdown_signal(),
-    ));
+    let mut manager = tokio::spawn(manager.run(listener, stop.signal()));
 
-    // The CLI's token, kept across runs while it works.
-    let token = match &state.api_token {
-        Some(t)
-            if Client::new(&url, Some(t.clone()))
-                .map_err(refused)?
-                .projects()
-                .await
-                .is_ok() =>
-        {
-            t.clone()
-        }
-        _ => {
-            Client::new(&url, None)
-                .map_err(refused)?
-                .token(&TokenRequest {
-                    username: "admin".to_owned(),
-                    password: admin_password.clone(),
-                    name: Some("deskport up".to_owned()),
-                })
-                .await
-                .map_err(refused)?
-                .token
+    // The CLI's token (kept across runs while it works) and the instance.
+    let token = api_token(&url, &mut state, &credentials).await?;
+    state.save(&dir)?;
+    crate::config::cli::write_profile(&file.path, &url, &token)?;
+    let agent_token = instance(&url, &token, &mut state, &dir, public, internal).await?;
+
+    // The instance's RDP account, its desktop and its RDP server, following the manager's
+    // switches. (With nftables nothing forwards: the RDP server is on the public port.)
+    let nft = args.firewall == BackendKind::Nft;
+    let rdp_dir = dir.join("rdp");
+    rdp_account(&rdp_dir, &credentials)?;
+    let commands = launch::default_commands();
+    let desktop = XSession::start(&XSessionSpec {
+        x_server: XServer::Xvfb,
+        size: args.desktop,
+        commands: &commands,
+        run_as: None,
+        log: &dir.join("desktop.log"),
+    })?;
+    let mut rdp_settings = settings.rdp_server.clone();
+    rdp_settings.listen = if nft { public } else { internal };
+    rdp_settings.data_dir = Some(rdp_dir);
+    rdp_settings.display = Some(desktop.display().to_owned());
+    rdp_settings.manager = Some(url.clone());
+    rdp_settings.token = Some(agent_token.clone());
+    let rdp = deskport_rdp::RdpServer::open(rdp_settings.server()?.0)?;
+    let fingerprint = rdp.fingerprint().to_owned();
+    let mut rdp_bound = rdp.bound();
+    let mut rdp = tokio::spawn(rdp.run(stop.signal()));
+
+    // The firewall publishing the instance (nft: a table in host placement judging the public
+    // port, removed when `up` stops, since the instance stops too).
+    let mut firewall_settings = settings.firewall.clone();
+    firewall_settings.backend = args.firewall;
+    if nft {
+        firewall_settings.placement = PlacementKind::Host;
+        firewall_settings.host_ports = vec![args.rdp_port];
+    }
+    let table = firewall_settings.table.clone();
+    let mut agent = firewall_settings.agent(deskport_firewall::Source::Manager {
+        urls: vec![url.clone()],
+        token: agent_token,
+        state: dir.join("firewall-policy.json"),
+    });
+    agent.remove_on_stop = nft;
+    let agent = deskport_firewall::Agent::new(agent);
+    let mut enforced = agent.stats().revision();
+    let mut firewall = tokio::spawn(agent.run(stop.signal()));
+
+    // Ready when the firewall enforces the policy (the gateway then publishes the port; with
+    // nft, connections are refused until a rule allows them) and, with nft, the RDP server
+    // listens on the public port.
+    let ready = async {
+        let _ = enforced.wait_for(Option::is_some).await;
+        if nft {
+            let _ = rdp_bound.wait_for(Option::is_some).await;
         }
     };
-    state.api_token = Some(token.clone());
-    state.save(&dir)?;
-    crate::cmd::remote::write_cli_config(&file.path, &url, &token)?;
-    let admin = Client::new(&url, Some(token)).map_err(refused)?;
+    tokio::select! {
+        _ = tokio::time::timeout(Duration::from_secs(20), ready) => {}
+        r = &mut firewall => return Err(ended("the firewall", r.map(|r| r.map_err(Into::into)))),
+        r = &mut rdp => return Err(ended("the RDP server", r)),
+        r = &mut manager => return Err(ended("the manager", r)),
+    }
 
-    // The instance, in the default group (RDP refused until a rule allows it), Remote Desktop on.
+    let user = &credentials.rdp_user;
+    println!(
+        "\
+deskport is up (state in {dir}).
+
+  console:        {url}/      admin / {admin_password}   (API: {url}/api/v1)
+  instance:       {INSTANCE}: RDP at {public} ({path}), desktop on display {display}
+  RDP account:    {user} / {rdp_password}
+  certificate:    SHA256 {fingerprint}
+
+Remote Desktop is on, NLA only, but the instance's security group `default` does not allow
+RDP yet: connections to {public} are refused. Allow your address (the article's step 1):
+
+  deskport rule add --group default {rule} --cidr 127.0.0.1/32
+
+then connect:
+
+  deskport connect {public} -u {user}
+  xfreerdp /v:{public} /u:{user} /sec:nla /cert:tofu
+  rdesktop -u {user} {public}        (after: deskport instance rdp {INSTANCE} --no-nla-only)
+
+Ctrl-C stops everything; `deskport up` again keeps all state.",
+        dir = dir.display(),
+        admin_password = credentials.admin_password,
+        rdp_password = credentials.rdp_password,
+        display = desktop.display(),
+        path = if nft {
+            format!("filtered by nftables: table inet {table}")
+        } else {
+            format!("forwarded to {internal}")
+        },
+        rule = if args.rdp_port == 3389 {
+            "--template rdp".to_owned()
+        } else {
+            format!("--protocol tcp --port {}", args.rdp_port)
+        },
+    );
+
+    // One part stopped (a signal stops them all at once): stop the others and wait for them.
+    let result = tokio::select! {
+        r = &mut firewall => ended_ok("the firewall", r.map(|r| r.map_err(Into::into))),
+        r = &mut rdp => ended_ok("the RDP server", r),
+        r = &mut manager => ended_ok("the manager", r),
+    };
+    stop.now();
+    let rest = async {
+        if !firewall.is_finished() {
+            let _ = firewall.await;
+        }
+        for handle in [rdp, manager] {
+            if !handle.is_finished() {
+                let _ = handle.await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), rest).await;
+    drop(desktop);
+    result
+}
+
+/// The admin's API token for the CLI: the one of an earlier run while it still works, else a
+/// new one.
+async fn api_token(
+    url: &str,
+    state: &mut UpState,
+    credentials: &Credentials,
+) -> anyhow::Result<String> {
+    if let Some(token) = &state.api_token {
+        let client = Client::new(url, Some(token.clone())).map_err(refused)?;
+        if client.projects().await.is_ok() {
+            return Ok(token.clone());
+        }
+    }
+    let token = Client::new(url, None)
+        .map_err(refused)?
+        .token(&TokenRequest {
+            username: "admin".to_owned(),
+            password: credentials.admin_password.clone(),
+            name: Some("deskport up".to_owned()),
+        })
+        .await
+        .map_err(refused)?
+        .token;
+    state.api_token = Some(token.clone());
+    Ok(token)
+}
+
+/// The instance `up` runs, created through the API (so it is audited like any other) in the
+/// default group (RDP refused until a rule allows it) with Remote Desktop on; its agent token.
+async fn instance(
+    url: &str,
+    token: &str,
+    state: &mut UpState,
+    dir: &Path,
+    public: SocketAddr,
+    internal: SocketAddr,
+) -> anyhow::Result<String> {
+    let admin = Client::new(url, Some(token.to_owned())).map_err(refused)?;
     let existing = admin
         .instances()
         .await
@@ -289,12 +386,12 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
         .instances
         .into_iter()
         .find(|i| i.name == INSTANCE);
-    let agent_token = match (existing, state.agent_token.clone()) {
-        (Some(_), Some(token)) => token,
+    match (existing, state.agent_token.clone()) {
+        (Some(_), Some(token)) => Ok(token),
         (Some(_), None) => anyhow::bail!(
             "the instance {INSTANCE:?} exists but its agent token is not in {}; remove the instance \
              (`deskport instance delete {INSTANCE}`) and run `deskport up` again",
-            UpState::path(&dir).display()
+            UpState::path(dir).display()
         ),
         (None, _) => {
             let created = admin
@@ -318,163 +415,25 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
                 .await
                 .map_err(refused)?;
             state.agent_token = Some(created.agent_token.clone());
-            state.save(&dir)?;
-            created.agent_token
+            state.save(dir)?;
+            Ok(created.agent_token)
         }
-    };
+    }
+}
 
-    // The instance's RDP account.
-    let rdp_dir = dir.join("rdp");
-    std::fs::create_dir_all(&rdp_dir)?;
-    let accounts_path = Accounts::path(&rdp_dir);
-    let mut accounts = Accounts::load(&accounts_path)?;
-    if accounts.get(&rdp_user).is_none() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        accounts.add(&rdp_user, &rdp_password, now)?;
+/// The RDP account of the user: added, or its password set to the current one.
+fn rdp_account(rdp_dir: &Path, credentials: &Credentials) -> anyhow::Result<()> {
+    std::fs::create_dir_all(rdp_dir)?;
+    let path = Accounts::path(rdp_dir);
+    let mut accounts = Accounts::load(&path)?;
+    let (user, password) = (&credentials.rdp_user, &credentials.rdp_password);
+    if accounts.get(user).is_none() {
+        accounts.add(user, password, deskport_policy::unix_ms(SystemTime::now()))?;
     } else {
-        accounts.set_password(&rdp_user, &rdp_password)?;
+        accounts.set_password(user, password)?;
     }
-    accounts.save(&accounts_path)?;
-    let fingerprint = deskport_rdp::tls::load_or_create(&rdp_dir.join("tls"))?.fingerprint;
-
-    // The desktop and its RDP server, following the manager's switches.
-    let nft = args.firewall == BackendKind::Nft;
-    let desktop = Desktop::start(args.desktop, &dir.join("desktop.log"))?;
-    let mut rdp_settings = settings.rdp_server.clone();
-    // (With nftables nothing forwards: the RDP server is on the public port.)
-    rdp_settings.listen = if nft { public } else { internal };
-    rdp_settings.data_dir = Some(rdp_dir.clone());
-    rdp_settings.display = Some(desktop.display.clone());
-    rdp_settings.manager = Some(url.clone());
-    rdp_settings.token = Some(agent_token.clone());
-    let flags = crate::config::flag_layer("rdp_server", &serde_json::json!({}))?;
-    let mut rdp = tokio::spawn(crate::cmd::rdp_server::serve(
-        rdp_settings,
-        rdp_dir,
-        file.clone(),
-        flags,
-    ));
-
-    // The firewall publishing the instance.
-    let mut firewall_settings = settings.firewall.clone();
-    firewall_settings.backend = args.firewall;
-    if nft {
-        firewall_settings.placement = crate::cmd::firewall::PlacementKind::Host;
-        firewall_settings.host_ports = vec![args.rdp_port];
-    }
-    let table = firewall_settings.table.clone();
-    firewall_settings.manager = Some(url.clone());
-    firewall_settings.token = Some(agent_token.clone());
-    let source = Source::Manager {
-        client: Client::new(&url, Some(agent_token)).map_err(refused)?,
-        state: dir.join("firewall-policy.json"),
-    };
-    let mut firewall =
-        tokio::spawn(
-            async move { crate::cmd::firewall::run_agent(&firewall_settings, source).await },
-        );
-
-    // Ready when the firewall publishes the port (gateway), or when the RDP server listens and
-    // the nftables table is in force (nft: connections are refused until a rule allows them).
-    let ready = async {
-        loop {
-            let up = if nft {
-                std::net::TcpListener::bind(public).is_err()
-                    && tokio::process::Command::new("nft")
-                        .args(["list", "table", "inet", &table])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .await
-                        .is_ok_and(|s| s.success())
-            } else {
-                tokio::net::TcpStream::connect(public).await.is_ok()
-            };
-            if up {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::select! {
-        _ = tokio::time::timeout(Duration::from_secs(20), ready) => {}
-        r = &mut firewall => return Err(ended("the firewall", r)),
-        r = &mut rdp => return Err(ended("the RDP server", r)),
-        r = &mut manager => return Err(ended("the manager", r)),
-    }
-
-    let user = &rdp_user;
-    println!(
-        "\
-deskport is up (state in {dir}).
-
-  console:        {url}/      admin / {admin_password}   (API: {url}/api/v1)
-  instance:       {INSTANCE}: RDP at {public} ({path}), desktop on display {display}
-  RDP account:    {user} / {rdp_password}
-  certificate:    SHA256 {fingerprint}
-
-Remote Desktop is on, NLA only, but the instance's security group `default` does not allow
-RDP yet: connections to {public} are refused. Allow your address (the article's step 1):
-
-  deskport rule add --group default {rule} --cidr 127.0.0.1/32
-
-then connect:
-
-  deskport connect {public} -u {user}
-  xfreerdp /v:{public} /u:{user} /sec:nla /cert:tofu
-  rdesktop -u {user} {public}        (after: deskport instance rdp {INSTANCE} --no-nla-only)
-
-Ctrl-C stops everything; `deskport up` again keeps all state.",
-        dir = dir.display(),
-        display = desktop.display,
-        path = if nft {
-            format!("filtered by nftables: table inet {table}")
-        } else {
-            format!("forwarded to {internal}")
-        },
-        rule = if args.rdp_port == 3389 {
-            "--template rdp".to_owned()
-        } else {
-            format!("--protocol tcp --port {}", args.rdp_port)
-        },
-    );
-
-    let result = tokio::select! {
-        r = &mut firewall => ended_ok("the firewall", r),
-        r = &mut rdp => ended_ok("the RDP server", r),
-        r = &mut manager => ended_ok("the manager", r),
-    };
-    // One part stopped (Ctrl-C stops them all at once): wait briefly for the others.
-    let rest = async {
-        // (The one that ended was polled to completion above: await only the others.)
-        for handle in [firewall, rdp, manager] {
-            if !handle.is_finished() {
-                let _ = handle.await;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
-    drop(desktop);
-    if nft {
-        // The table lives as long as `up` (a standalone `deskport firewall` keeps enforcing
-        // after it stops; here the instance stopped too, and a later `up` with the gateway
-        // must not find its port still filtered).
-        let removed = tokio::process::Command::new("nft")
-            .args(["delete", "table", "inet", &table])
-            .stderr(Stdio::null())
-            .status()
-            .await;
-        if !removed.is_ok_and(|s| s.success()) {
-            tracing::warn!(
-                table,
-                "Could not remove the nftables table; `nft delete table inet {table}` does"
-            );
-        }
-    }
-    result
+    accounts.save(&path)?;
+    Ok(())
 }
 
 fn ended(what: &str, r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Error {

@@ -52,11 +52,9 @@ fn reaches(source: Ipv4Addr, port: u16) -> bool {
     connect_from(source, port).is_some_and(|mut s| echo(&mut s))
 }
 
-#[test]
-fn the_gateway_follows_the_manager_and_survives_its_absence() {
-    let dir = deskport_testsupport::data_dir();
-    let mut m = Manager::start(dir.path());
-    m.login();
+/// The instance `desktop`, its RDP service an echo server on a port of its own, published by
+/// the gateway on a free public port while Remote Desktop is on: (public port, agent token).
+fn instance_with_rdp(m: &Manager) -> (u16, String) {
     let internal = echo_server();
     let public = free_port(LO);
     let created: serde_json::Value = serde_json::from_str(&m.ok(&[
@@ -71,8 +69,32 @@ fn the_gateway_follows_the_manager_and_survives_its_absence() {
     ]))
     .unwrap();
     let token = created["agent_token"].as_str().unwrap().to_owned();
-    // The gateway publishes the RDP port only while Remote Desktop is on.
     m.ok(&["instance", "rdp", "desktop", "--enable"]);
+    (public, token)
+}
+
+/// A rule for the public port from 127.0.0.2 (`A`).
+fn allow_a(m: &Manager, public: u16) {
+    m.ok(&[
+        "rule",
+        "add",
+        "--group",
+        "default",
+        "--protocol",
+        "tcp",
+        "--port",
+        &public.to_string(),
+        "--cidr",
+        "127.0.0.2/32",
+    ]);
+}
+
+#[test]
+fn the_gateway_follows_the_manager_and_survives_its_absence() {
+    let dir = deskport_testsupport::data_dir();
+    let mut m = Manager::start(dir.path());
+    m.login();
+    let (public, token) = instance_with_rdp(&m);
     let state = dir.path().join("firewall-state.json");
     let (url, home) = (m.url.clone(), m.home.clone());
     let start_agent = || {
@@ -95,18 +117,7 @@ fn the_gateway_follows_the_manager_and_survives_its_absence() {
     assert!(!reaches(A, public), "the default group does not open RDP");
 
     let changed = Instant::now();
-    m.ok(&[
-        "rule",
-        "add",
-        "--group",
-        "default",
-        "--protocol",
-        "tcp",
-        "--port",
-        &public.to_string(),
-        "--cidr",
-        "127.0.0.2/32",
-    ]);
+    allow_a(&m, public);
     wait_until(Duration::from_secs(10), "the rule to be enforced", || {
         reaches(A, public).then_some(())
     });
@@ -174,4 +185,57 @@ fn the_gateway_follows_the_manager_and_survives_its_absence() {
         deleted.elapsed()
     );
     drop(agent);
+}
+
+/// `--manager URL,URL`: a manager that does not answer is skipped for the next one (the
+/// agent's `/metrics` say which one it follows); a list with a bad URL is a usage error.
+#[test]
+fn the_agent_fails_over_to_the_next_manager() {
+    let dir = deskport_testsupport::data_dir();
+    let m = Manager::start(dir.path());
+    m.login();
+    let (public, token) = instance_with_rdp(&m);
+    allow_a(&m, public);
+
+    // Nothing listens on the first manager's port.
+    let gone = format!("http://127.0.0.1:{}", free_port(LO));
+    let managers = format!("{gone},{}", m.url);
+    let metrics = free_port(LO);
+    let _agent = ProcessGuard::spawn(
+        "deskport firewall",
+        crate::support::deskport(&m.home)
+            .args(["firewall", "--manager", &managers, "--token", &token])
+            .arg("--state")
+            .arg(dir.path().join("state.json"))
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap()),
+    )
+    .unwrap();
+    wait_until(
+        Duration::from_secs(15),
+        "the agent to enforce the second manager's policy",
+        || reaches(A, public).then_some(()),
+    );
+    assert!(!reaches(Ipv4Addr::new(127, 0, 0, 3), public));
+    let text = crate::firewall_gateway::http_get(metrics, "/metrics").unwrap();
+    assert!(
+        text.contains(&format!(
+            "deskport_agent_source_info{{source=\"{}\"}} 1",
+            m.url
+        )),
+        "{text}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(log.contains("Following another manager"), "{log}");
+
+    let r = crate::support::run(crate::support::deskport(&m.home).args([
+        "firewall",
+        "--manager",
+        &format!("{},ftp://x", m.url),
+        "--token",
+        &token,
+    ]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("\"ftp://x\""), "{}", r.stderr);
 }

@@ -12,6 +12,11 @@
 //! Unknown sections and keys are errors that name the key and where it came from: a typo in a
 //! config file must never be silently ignored.
 
+pub mod cli;
+pub mod firewall;
+pub mod manager;
+pub mod rdp_server;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -28,16 +33,16 @@ pub struct Settings {
     pub log: LogSettings,
     /// `deskport firewall`.
     #[serde(default)]
-    pub firewall: crate::cmd::firewall::FirewallSettings,
+    pub firewall: firewall::FirewallSettings,
     /// `deskport manager`.
     #[serde(default)]
-    pub manager: crate::cmd::manager::ManagerSettings,
+    pub manager: manager::ManagerSettings,
     /// `deskport rdp-server`.
     #[serde(default)]
-    pub rdp_server: crate::cmd::rdp_server::RdpServerSettings,
+    pub rdp_server: rdp_server::RdpServerSettings,
     /// The API commands (`sg`, `rule`, `instance`, …): the manager's URL and token.
     #[serde(default)]
-    pub cli: crate::cmd::remote::CliSettings,
+    pub cli: cli::CliSettings,
 }
 
 /// `[log]`: where and how deskport logs (always to stderr).
@@ -111,6 +116,36 @@ pub fn default_config_dir() -> anyhow::Result<PathBuf> {
         .filter(|p| !p.is_empty())
         .context("neither $XDG_CONFIG_HOME nor $HOME is set; pass --config FILE")?;
     Ok(PathBuf::from(home).join(".config").join("deskport"))
+}
+
+/// `$XDG_DATA_HOME/deskport`, else `~/.local/share/deskport`: the data directory of every
+/// service unless `--data-dir` says otherwise.
+pub fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("deskport"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("neither $XDG_DATA_HOME nor $HOME is set; give --data-dir")?;
+    Ok(PathBuf::from(home).join(".local/share/deskport"))
+}
+
+/// Replaces `path` atomically with `bytes`, readable by the owner only (it holds secrets).
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("write {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("write {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))
 }
 
 /// Flags given on the command line for one section, to be layered over file and environment.

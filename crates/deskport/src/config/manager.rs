@@ -1,0 +1,59 @@
+//! `[manager]`: the settings of `deskport manager` (and of the manager `deskport up` runs).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use deskport_manager::ManagerConfig;
+use deskport_policy::Quota;
+use serde::{Deserialize, Serialize};
+
+/// `[manager]` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagerSettings {
+    /// Address of the HTTP API and the console.
+    pub listen: SocketAddr,
+    /// Directory of the SQLite database (`deskport.db`); default `~/.local/share/deskport`.
+    pub data_dir: Option<PathBuf>,
+    /// Another database: `sqlite:PATH`.
+    pub db: Option<String>,
+    /// Security groups per project at most.
+    pub quota_groups: usize,
+    /// Security-group rules per project at most.
+    pub quota_rules: usize,
+    /// Largest accepted request body, bytes.
+    pub body_limit: usize,
+}
+
+impl Default for ManagerSettings {
+    fn default() -> Self {
+        let quota = Quota::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: None,
+            db: None,
+            quota_groups: quota.groups,
+            quota_rules: quota.rules,
+            body_limit: 64 * 1024,
+        }
+    }
+}
+
+impl ManagerSettings {
+    /// The manager's configuration; `rdp_user` is the RDP account shown in connect commands.
+    pub fn config(&self, rdp_user: Option<String>) -> anyhow::Result<ManagerConfig> {
+        Ok(ManagerConfig {
+            data_dir: match &self.data_dir {
+                Some(d) => d.clone(),
+                None => super::default_data_dir()?,
+            },
+            db: self.db.clone(),
+            quota: Quota {
+                groups: self.quota_groups,
+                rules: self.quota_rules,
+            },
+            rdp_user,
+            body_limit: self.body_limit,
+        })
+    }
+}

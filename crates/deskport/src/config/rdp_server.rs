@@ -1,0 +1,190 @@
+//! `[rdp_server]`: the settings of `deskport rdp-server` (and of the RDP server `deskport up`
+//! runs), and what they make of `deskport_rdp`'s configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deskport_rdp::desktop::launch::{self, XServer};
+use deskport_rdp::desktop::sessions::SessionConfig;
+use deskport_rdp::server::Switches;
+use deskport_rdp::service::{Desktops, Lockout, SwitchSource};
+use deskport_rdp::RdpServerConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::UsageError;
+
+/// `[rdp_server]` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdpServerSettings {
+    /// Address of the RDP port.
+    pub listen: SocketAddr,
+    /// Holds the account store and the TLS certificate; default `~/.local/share/deskport/rdp`.
+    pub data_dir: Option<PathBuf>,
+    /// Share this existing X display (e.g. `:0`); without it every account gets its own
+    /// virtual desktop.
+    pub display: Option<String>,
+    /// Virtual desktops: the session's programs, each run with `sh -c` as the account's Unix
+    /// user (the first is the session: when it exits, the user has logged off).
+    pub session_commands: Vec<String>,
+    /// Virtual desktops: end a session nobody has been connected to for this many seconds.
+    pub session_timeout_secs: u64,
+    /// Virtual desktops, running as root: the Unix account every session runs as (default:
+    /// the one named like the RDP account; an account without one is refused).
+    pub session_unix_user: Option<String>,
+    /// Virtual desktops: the X server, `auto` (Xvnc where installed, else Xvfb), `xvnc` (the
+    /// screen follows the client's window size) or `xvfb` (fixed size).
+    pub session_x_server: XServer,
+    /// *Allow remote connections to this computer*.
+    pub enabled: bool,
+    /// *Allow connections only from computers running Remote Desktop with NLA*.
+    pub nla_only: bool,
+    /// Take the two switches from this manager (with `token`, the instance's agent token);
+    /// several replicas separated by commas are followed in turn.
+    pub manager: Option<String>,
+    pub token: Option<String>,
+    /// Connections at most.
+    pub max_connections: usize,
+    /// Seconds a client has to complete the connection sequence.
+    pub handshake_timeout_secs: u64,
+    /// Milliseconds between screen checks.
+    pub frame_interval_ms: u64,
+    /// Screen update coding: `auto` (planar bitmaps at 32 bits per pixel, raw otherwise) or
+    /// `raw` (always uncompressed).
+    pub codec: deskport_rdp::Codec,
+    /// Bulk-compress screen updates for clients that offer it (xfreerdp does by default,
+    /// rdesktop with -z).
+    pub bulk_compression: bool,
+    /// How the screen is read: `damage` (only what the X server reports as drawn) or `poll`
+    /// (the whole screen at every check, compared tile by tile).
+    pub capture: deskport_rdp::desktop::x11::Capture,
+    /// Read screen images through MIT-SHM (shared memory) where the X server offers it, rather
+    /// than through the X socket.
+    pub capture_shm: bool,
+    /// Failed logons (per user and per source address) before a lockout.
+    pub lockout_failures: u32,
+    /// Seconds the failures are counted over.
+    pub lockout_window_secs: u64,
+    /// Seconds of the first lockout (doubling with each further one, up to 16 times).
+    pub lockout_secs: u64,
+}
+
+impl Default for RdpServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 3389)),
+            data_dir: None,
+            display: None,
+            session_commands: launch::default_commands(),
+            session_timeout_secs: 3600,
+            session_unix_user: None,
+            session_x_server: XServer::Auto,
+            enabled: true,
+            nla_only: true,
+            manager: None,
+            token: None,
+            max_connections: 64,
+            handshake_timeout_secs: 20,
+            frame_interval_ms: 33,
+            codec: deskport_rdp::Codec::Auto,
+            bulk_compression: true,
+            capture: deskport_rdp::desktop::x11::Capture::Damage,
+            capture_shm: true,
+            lockout_failures: 5,
+            lockout_window_secs: 900,
+            lockout_secs: 60,
+        }
+    }
+}
+
+impl RdpServerSettings {
+    /// The data directory: `data_dir`, else `rdp` in the default data directory.
+    pub fn dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.data_dir {
+            Some(d) => Ok(d.clone()),
+            None => Ok(super::default_data_dir()?.join("rdp")),
+        }
+    }
+
+    /// The switches as configured.
+    pub fn switches(&self) -> Switches {
+        Switches {
+            enabled: self.enabled,
+            nla_only: self.nla_only,
+        }
+    }
+
+    /// The server these settings describe. Without a manager, the switches are the
+    /// configured ones; the sender returned changes them (when the configuration is re-read).
+    pub fn server(
+        &self,
+    ) -> anyhow::Result<(
+        RdpServerConfig,
+        Option<tokio::sync::watch::Sender<Switches>>,
+    )> {
+        let dir = self.dir()?;
+        let desktops = match &self.display {
+            Some(display) => Desktops::Shadow {
+                display: display.clone(),
+                capture: self.capture,
+                capture_shm: self.capture_shm,
+            },
+            None => {
+                if self.session_commands.is_empty() {
+                    return Err(UsageError("[rdp_server] session_commands is empty: a virtual desktop needs at least its session program".to_owned()).into());
+                }
+                if self.session_x_server == XServer::Xvnc && !launch::on_path("Xvnc") {
+                    return Err(UsageError("[rdp_server] session_x_server = \"xvnc\" but Xvnc is not installed (the tigervnc-standalone-server package provides it; \"auto\" falls back to Xvfb)".to_owned()).into());
+                }
+                Desktops::Virtual(SessionConfig {
+                    commands: self.session_commands.clone(),
+                    disconnected_timeout: Duration::from_secs(self.session_timeout_secs.max(1)),
+                    default_size: (1280, 800),
+                    log_dir: dir.join("sessions"),
+                    unix_user: self.session_unix_user.clone(),
+                    capture: self.capture,
+                    x_server: self.session_x_server,
+                    capture_shm: self.capture_shm,
+                })
+            }
+        };
+        let (switches, sender) = match (&self.manager, &self.token) {
+            (Some(urls), Some(token)) => (
+                SwitchSource::Manager {
+                    urls: super::firewall::manager_urls(urls)?,
+                    token: token.clone(),
+                    initial: self.switches(),
+                },
+                None,
+            ),
+            (Some(_), None) => {
+                return Err(UsageError(
+                    "--manager needs --token (the instance's agent token)".to_owned(),
+                )
+                .into())
+            }
+            (None, _) => {
+                let (sender, receiver) = tokio::sync::watch::channel(self.switches());
+                (SwitchSource::Watch(receiver), Some(sender))
+            }
+        };
+        let config = RdpServerConfig {
+            listen: self.listen,
+            data_dir: dir,
+            desktops,
+            switches,
+            max_connections: self.max_connections,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+            frame_interval: Duration::from_millis(self.frame_interval_ms),
+            codec: self.codec,
+            bulk_compression: self.bulk_compression,
+            lockout: Lockout {
+                failures: self.lockout_failures,
+                window: Duration::from_secs(self.lockout_window_secs),
+                lockout: Duration::from_secs(self.lockout_secs),
+            },
+        };
+        Ok((config, sender))
+    }
+}
