@@ -55,7 +55,7 @@ pub struct Options {
     pub known_hosts: PathBuf,
     pub connect_timeout: Duration,
     /// Join the clipboard channel, reporting what the server does on it here.
-    pub clipboard: Option<tokio::sync::mpsc::UnboundedSender<deskport_rdp::clipboard::FromPeer>>,
+    pub clipboard: Option<tokio::sync::mpsc::UnboundedSender<deskport_proto::clipboard::FromPeer>>,
     /// Join the Display Control channel (a window asks the server for its new size).
     pub display_control: bool,
 }
@@ -185,7 +185,7 @@ impl ServerCertVerifier for TrustLater {
 }
 
 /// SHA-256 of a DER certificate, as `ab:cd:…` — the form the server prints at start.
-pub use deskport_rdp::tls::fingerprint;
+pub use deskport_proto::fingerprint;
 
 fn normalize_fingerprint(text: &str) -> String {
     let hex: String = text
@@ -394,7 +394,7 @@ pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
     let mut connector = ClientConnector::new(config(opts), local);
     if let Some(tx) = &opts.clipboard {
         connector.attach_static_channel(ironrdp_cliprdr::CliprdrClient::new(Box::new(
-            deskport_rdp::clipboard::Backend::new(tx.clone()),
+            deskport_proto::clipboard::Backend::new(tx.clone()),
         )));
     }
     if opts.display_control {

@@ -19,9 +19,10 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 
 use crate::connect::{ClientError, Connected};
-use deskport_rdp::clipboard::{self, next, FromPeer, ToX, XClipboard};
-use ironrdp_cliprdr::pdu::ClipboardFormatId;
-use ironrdp_cliprdr::{CliprdrClient, CliprdrSvcMessages};
+use deskport_desktop::clipboard::Clipboard as LocalClipboard;
+use deskport_proto::clipboard::{ClipboardAction, ClipboardSync, FromPeer};
+use deskport_proto::next;
+use ironrdp_cliprdr::CliprdrClient;
 
 /// What the user (or the window) asks of the session.
 #[derive(Debug, Clone)]
@@ -270,25 +271,36 @@ fn session_error(what: &str, e: impl std::fmt::Display) -> ClientError {
     ClientError::Protocol(format!("{what}: {e}"))
 }
 
-/// The clipboard of a windowed session: what the server reports on the channel, and the X
-/// side on the local display.
+/// The clipboard of a windowed session: what the server reports on the channel, and the
+/// local display's clipboard.
 #[derive(Debug)]
 pub struct Clipboard {
     pub from_server: mpsc::UnboundedReceiver<FromPeer>,
-    pub x: XClipboard,
+    pub x: LocalClipboard,
 }
 
-/// Runs `f` on the clipboard channel; the bytes to send, if any.
-fn with_cliprdr(
+/// Carries out a clipboard action: on the channel (the bytes to send, if any) or on the
+/// local display.
+fn clipboard_action(
     stage: &mut ActiveStage,
-    f: impl FnOnce(
-        &mut CliprdrClient,
-    ) -> ironrdp_pdu::PduResult<CliprdrSvcMessages<ironrdp_cliprdr::Client>>,
+    owner: Option<&deskport_desktop::clipboard::ClipboardOwner>,
+    action: Option<ClipboardAction>,
 ) -> Vec<ActiveStageOutput> {
+    let Some(action) = action else {
+        return Vec::new();
+    };
+    if let ClipboardAction::SetLocal(text) = action {
+        if let Some(owner) = owner {
+            if let Err(e) = owner.own(text) {
+                tracing::debug!(error = %e, "Clipboard");
+            }
+        }
+        return Vec::new();
+    }
     let Some(cliprdr) = stage.get_svc_processor_mut::<CliprdrClient>() else {
         return Vec::new();
     };
-    let messages = match f(cliprdr) {
+    let messages = match deskport_proto::clipboard::perform(cliprdr, &action) {
         Ok(m) => m,
         Err(e) => {
             tracing::debug!(error = %e, "Clipboard channel");
@@ -313,17 +325,14 @@ pub async fn run<F: Frontend>(
     deadline: Option<(Instant, String)>,
     clipboard: Option<Clipboard>,
 ) -> Result<Ending, ClientError> {
-    let (mut from_server, to_x, mut copied) = match clipboard {
+    let (mut from_server, owner, mut copied) = match clipboard {
         Some(Clipboard {
             from_server,
-            x: XClipboard { to_x, copied },
-        }) => (Some(from_server), Some(to_x), Some(copied)),
+            x: LocalClipboard { owner, copied },
+        }) => (Some(from_server), Some(owner), Some(copied)),
         None => (None, None, None),
     };
-    // What was last copied on this display, offered to the server.
-    let mut local_text: Option<String> = None;
-    // Whether the server has been offered `local_text` (it cannot be before the channel is ready).
-    let mut offered = false;
+    let mut sync = ClipboardSync::new();
     let Connected {
         mut framed, result, ..
     } = connected;
@@ -418,36 +427,10 @@ pub async fn run<F: Frontend>(
                     from_server = None;
                     Vec::new()
                 }
-                Some(FromPeer::Copied { text: true }) => with_cliprdr(&mut stage, |c| {
-                    c.initiate_paste(ClipboardFormatId::CF_UNICODETEXT)
-                }),
-                Some(FromPeer::Copied { text: false } | FromPeer::Text(None)) => Vec::new(),
-                // Text copied here after the first format list went out but before the server
-                // answered it could not be offered then (the channel was not ready): now.
-                Some(FromPeer::Ready) if local_text.is_some() && !offered => {
-                    offered = true;
-                    with_cliprdr(&mut stage, |c| c.initiate_copy(&[clipboard::text_format()]))
+                Some(event) => {
+                    let action = sync.from_peer(event);
+                    clipboard_action(&mut stage, owner.as_ref(), action)
                 }
-                Some(FromPeer::Ready) => Vec::new(),
-                // The channel's first format list: what this display has, maybe nothing.
-                Some(FromPeer::FormatListRequested) => {
-                    offered = local_text.is_some();
-                    let formats = if offered {
-                        vec![clipboard::text_format()]
-                    } else {
-                        Vec::new()
-                    };
-                    with_cliprdr(&mut stage, |c| c.initiate_copy(&formats))
-                }
-                Some(FromPeer::Text(Some(text))) => {
-                    if let Some(to_x) = &to_x {
-                        let _ = to_x.send(ToX::Own(text));
-                    }
-                    Vec::new()
-                }
-                Some(FromPeer::WantsText) => with_cliprdr(&mut stage, |c| {
-                    c.submit_format_data(clipboard::text_response(local_text.as_deref()))
-                }),
             },
             text = next(&mut copied) => match text {
                 None => {
@@ -455,15 +438,11 @@ pub async fn run<F: Frontend>(
                     Vec::new()
                 }
                 Some(text) => {
-                    local_text = Some(text);
-                    with_cliprdr(&mut stage, |c| {
-                        offered = c.is_ready();
-                        if offered {
-                            c.initiate_copy(&[clipboard::text_format()])
-                        } else {
-                            Ok(Vec::new().into())
-                        }
-                    })
+                    let ready = stage
+                        .get_svc_processor_mut::<CliprdrClient>()
+                        .is_some_and(|c| c.is_ready());
+                    let action = sync.copied(text, ready);
+                    clipboard_action(&mut stage, owner.as_ref(), action)
                 }
             },
             frame = framed.read_pdu() => {

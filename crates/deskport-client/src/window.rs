@@ -484,7 +484,7 @@ impl EventReader {
     }
 
     fn key(&mut self, keycode: u8, down: bool, state: xproto::KeyButMask) -> Option<UiEvent> {
-        let Some((code, extended)) = deskport_rdp::desktop::keymap::scancode(keycode) else {
+        let Some((code, extended)) = deskport_desktop::keymap::scancode(keycode) else {
             return self.unicode_key(keycode, down, state);
         };
         if down {
@@ -527,7 +527,7 @@ impl EventReader {
                 Some(&k) if k != 0 => k,
                 _ => *mapping.keysyms.first()?,
             };
-            let Some(c) = deskport_rdp::desktop::keymap::char_of(keysym) else {
+            let Some(c) = deskport_desktop::keymap::char_of(keysym) else {
                 tracing::debug!(keycode, keysym, "No scancode or character for this key");
                 return None;
             };
@@ -610,7 +610,7 @@ impl EventReader {
                     .store(false, std::sync::atomic::Ordering::SeqCst);
                 let mut events: Vec<FastPathInputEvent> = std::mem::take(&mut self.pressed)
                     .into_iter()
-                    .filter_map(deskport_rdp::desktop::keymap::scancode)
+                    .filter_map(deskport_desktop::keymap::scancode)
                     .map(|(code, extended)| {
                         let mut flags = KeyboardFlags::RELEASE;
                         if extended {

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use deskport_rdp::desktop::Frame;
+use deskport_desktop::Frame;
 use deskport_rdp::encode::{Codec, Encoder};
 use ironrdp_pdu::rdp::client_info::CompressionType;
 

@@ -31,10 +31,10 @@ use tokio::sync::watch;
 
 use crate::accounts::Accounts;
 use crate::credssp::{self, NlaOutcome};
-use crate::desktop::DesktopProvider;
 use crate::fixup::Fixups;
 use crate::session::{self, End, SessionParams};
 use crate::tls::TlsIdentity;
+use deskport_desktop::DesktopProvider;
 
 /// Everything connections share.
 #[derive(Debug)]
@@ -152,7 +152,7 @@ pub async fn serve(
     // The clipboard channel, for clients that join it.
     let (clipboard_tx, clipboard_rx) = tokio::sync::mpsc::unbounded_channel();
     acceptor.attach_static_channel(ironrdp_cliprdr::CliprdrServer::new(Box::new(
-        crate::clipboard::Backend::new(clipboard_tx),
+        deskport_proto::clipboard::Backend::new(clipboard_tx),
     )));
     // Display control, where the desktop can follow the client's window.
     let resize_requests = shared.desktops.can_resize().then(|| {

@@ -20,8 +20,8 @@ use ironrdp_pdu::geometry::InclusiveRectangle;
 use ironrdp_pdu::rdp::client_info::CompressionType;
 use ironrdp_pdu::rdp::headers::CompressionFlags;
 
-use crate::desktop::{Area, Cursor, Frame};
 use crate::planar::PlanarEncoder;
+use deskport_desktop::{Area, Cursor, Frame};
 
 /// Tile width of the change detection and of the update rectangles.
 pub const TILE_WIDTH: u16 = 64;

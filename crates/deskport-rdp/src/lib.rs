@@ -6,15 +6,14 @@
 //!   for refused security protocols, TLS, per-user NLA ([`credssp`]) or a checked Client Info
 //!   logon, logon throttling, and client fixes ([`fixup`]).
 //! - [`session`]: input to the desktop, screen changes to the client ([`encode`]).
-//! - [`desktop`]: what is shown: an X11 display today.
+//! - what is shown is a `deskport_desktop::Desktop` (an X11 display, or one virtual session per
+//!   account); channel logic shared with the client is `deskport-proto`'s.
 //! - [`accounts`], [`tls`]: the account store and the server's certificate.
 //! - [`service`]: all of it as one service, [`RdpServer`] (`open`, then `run` until shutdown).
 
 pub mod accounts;
-pub mod clipboard;
 pub mod connection;
 pub mod credssp;
-pub mod desktop;
 pub mod display_control;
 pub mod encode;
 pub mod fixup;

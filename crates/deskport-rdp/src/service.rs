@@ -17,11 +17,11 @@ use tokio::sync::watch;
 
 use crate::accounts::Accounts;
 use crate::connection::Shared;
-use crate::desktop::sessions::{SessionConfig, VirtualSessions};
-use crate::desktop::x11::{Capture, X11Desktop};
-use crate::desktop::{Desktop as _, DesktopProvider, Shadow};
 use crate::server::{ServerConfig, Switches};
 use crate::{AccountStore, Codec};
+use deskport_desktop::sessions::{SessionConfig, VirtualSessions};
+use deskport_desktop::x11::{Capture, X11Desktop};
+use deskport_desktop::{Desktop as _, DesktopProvider, Shadow};
 
 /// What the server shows.
 #[derive(Debug, Clone)]

@@ -23,12 +23,13 @@ use ironrdp_pdu::x224::X224;
 use ironrdp_pdu::Action;
 use tokio::sync::watch;
 
-use crate::clipboard::{self, next, FromPeer, ToX, XClipboard};
-use crate::desktop::{Button, Desktop, Frame, Input};
 use crate::encode::{Codec, Encoder};
-use ironrdp_cliprdr::pdu::ClipboardFormatId;
+use deskport_desktop::clipboard::Clipboard;
+use deskport_desktop::{Button, Desktop, Frame, Input};
+use deskport_proto::clipboard::{ClipboardAction, ClipboardSync, FromPeer};
+use deskport_proto::next;
 use ironrdp_cliprdr::CliprdrServer;
-use ironrdp_svc::{server_encode_svc_messages, StaticChannelSet, SvcMessage};
+use ironrdp_svc::{server_encode_svc_messages, StaticChannelSet};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Why a session ended.
@@ -90,12 +91,16 @@ pub struct Channels {
 }
 
 impl Channels {
-    /// Runs `f` on the clipboard channel and appends the messages it returns, encoded, to `out`.
-    fn with_cliprdr(
-        &mut self,
-        out: &mut Vec<u8>,
-        f: impl FnOnce(&mut CliprdrServer) -> ironrdp_pdu::PduResult<Vec<SvcMessage>>,
-    ) {
+    /// Whether the clipboard channel is up.
+    fn cliprdr_ready(&mut self) -> bool {
+        self.set
+            .get_by_type_mut::<CliprdrServer>()
+            .and_then(|c| c.channel_processor_downcast_mut::<CliprdrServer>())
+            .is_some_and(|c| c.is_ready())
+    }
+
+    /// Carries out a clipboard action on the channel, appending the messages to `out`.
+    fn clipboard(&mut self, action: &ClipboardAction, out: &mut Vec<u8>) {
         let Some(id) = self.set.get_channel_id_by_type::<CliprdrServer>() else {
             return;
         };
@@ -106,8 +111,8 @@ impl Channels {
         else {
             return;
         };
-        let msgs = match f(cliprdr) {
-            Ok(msgs) => msgs,
+        let msgs = match deskport_proto::clipboard::perform(cliprdr, action) {
+            Ok(msgs) => Vec::from(msgs),
             Err(e) => {
                 tracing::debug!(error = %e, "Clipboard channel");
                 return;
@@ -196,22 +201,19 @@ where
     if !out.is_empty() {
         writer.write_all(&out).await?;
     }
-    let x_clipboard = match desktop.x_display() {
-        Some(d) if channels.clipboard.is_some() => match XClipboard::start(&d) {
-            Ok(x) => Some(x),
-            Err(e) => {
-                tracing::warn!(error = %e, "No clipboard for this session");
-                None
-            }
-        },
+    let local = match desktop.clipboard() {
+        Some(Ok(c)) if channels.clipboard.is_some() => Some(c),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "No clipboard for this session");
+            None
+        }
         _ => None,
     };
-    let (to_x, mut copied) = match x_clipboard {
-        Some(XClipboard { to_x, copied }) => (Some(to_x), Some(copied)),
+    let (owner, mut copied) = match local {
+        Some(Clipboard { owner, copied }) => (Some(owner), Some(copied)),
         None => (None, None),
     };
-    // What an X application last copied, offered to the client.
-    let mut session_text: Option<String> = None;
+    let mut sync = ClipboardSync::new();
     // The last frame sent: its generation and size always; its pixels only for desktops that
     // cannot say what changed (then tiles are compared).
     let mut previous: Option<Frame> = None;
@@ -233,31 +235,8 @@ where
                     channels.clipboard = None;
                     continue;
                 };
-                out.clear();
-                match event {
-                    FromPeer::Copied { text: true } => channels.with_cliprdr(&mut out, |c| {
-                        c.initiate_paste(ClipboardFormatId::CF_UNICODETEXT).map(Into::into)
-                    }),
-                    FromPeer::Copied { text: false } => {}
-                    FromPeer::Text(Some(text)) => {
-                        if let Some(to_x) = &to_x {
-                            let _ = to_x.send(ToX::Own(text));
-                        }
-                    }
-                    FromPeer::Text(None) | FromPeer::FormatListRequested => {}
-                    // Offer what the session copied before the client was ready.
-                    FromPeer::Ready if session_text.is_some() => channels.with_cliprdr(&mut out, |c| {
-                        c.initiate_copy(&[clipboard::text_format()]).map(Into::into)
-                    }),
-                    FromPeer::Ready => {}
-                    FromPeer::WantsText => channels.with_cliprdr(&mut out, |c| {
-                        c.submit_format_data(clipboard::text_response(session_text.as_deref()))
-                            .map(Into::into)
-                    }),
-                }
-                if !out.is_empty() {
-                    writer.write_all(&out).await?;
-                }
+                let action = sync.from_peer(event);
+                clipboard_action(&mut channels, owner.as_ref(), action, &mut writer).await?;
             }
             size = next(&mut resize_requests) => {
                 let Some(mut size) = size else {
@@ -305,18 +284,8 @@ where
                     copied = None;
                     continue;
                 };
-                session_text = Some(text);
-                out.clear();
-                channels.with_cliprdr(&mut out, |c| {
-                    if c.is_ready() {
-                        c.initiate_copy(&[clipboard::text_format()]).map(Into::into)
-                    } else {
-                        Ok(Vec::new())
-                    }
-                });
-                if !out.is_empty() {
-                    writer.write_all(&out).await?;
-                }
+                let action = sync.copied(text, channels.cliprdr_ready());
+                clipboard_action(&mut channels, owner.as_ref(), action, &mut writer).await?;
             }
             read = reader.read_pdu() => {
                 let (action, pdu) = match read {
@@ -396,6 +365,33 @@ where
             }
         }
     }
+}
+
+/// Carries out a clipboard action: on the session's desktop, or on the channel.
+async fn clipboard_action<W: FramedWrite>(
+    channels: &mut Channels,
+    owner: Option<&deskport_desktop::clipboard::ClipboardOwner>,
+    action: Option<ClipboardAction>,
+    writer: &mut Framed<W>,
+) -> anyhow::Result<()> {
+    match action {
+        None => {}
+        Some(ClipboardAction::SetLocal(text)) => {
+            if let Some(owner) = owner {
+                if let Err(e) = owner.own(text) {
+                    tracing::debug!(error = %e, "Clipboard");
+                }
+            }
+        }
+        Some(action) => {
+            let mut out = Vec::new();
+            channels.clipboard(&action, &mut out);
+            if !out.is_empty() {
+                writer.write_all(&out).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Tells the client the share is deactivated, then runs the capability exchange and the

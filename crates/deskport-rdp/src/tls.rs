@@ -10,7 +10,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest as _, Sha256};
 
 /// What a connection needs of the server's identity.
 #[derive(Clone)]
@@ -33,15 +32,6 @@ impl std::fmt::Debug for TlsIdentity {
     }
 }
 
-/// SHA-256 of `der`, as `ab:cd:…`.
-pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// Loads the identity from `dir`, creating it on first use.
 pub fn load_or_create(dir: &Path) -> anyhow::Result<TlsIdentity> {
     let cert_path = dir.join("cert.pem");
@@ -59,7 +49,7 @@ pub fn load_or_create(dir: &Path) -> anyhow::Result<TlsIdentity> {
         .context("read the private key")?
         .public_key_raw()
         .to_vec();
-    let fingerprint = fingerprint(&cert);
+    let fingerprint = deskport_proto::fingerprint(&cert);
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)

@@ -26,6 +26,14 @@ impl ProcessGuard {
         })
     }
 
+    /// Guards `child`, already started as the leader of a process group of its own.
+    pub fn adopt(name: &str, child: Child) -> Self {
+        Self {
+            name: name.to_owned(),
+            child: Some(child),
+        }
+    }
+
     /// The child's PID (also its process-group id).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)

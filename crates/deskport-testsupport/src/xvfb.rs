@@ -1,5 +1,4 @@
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use image::RgbImage;
 use x11rb::connection::Connection;
@@ -20,44 +19,22 @@ pub struct Xvfb {
 }
 
 impl Xvfb {
-    /// Starts Xvfb with one screen of `width`x`height` at 24-bit depth.
+    /// Starts Xvfb with one screen of `width`x`height` at 24-bit depth (through
+    /// `deskport_desktop::launch`, as deskport's own desktops start).
     pub fn start(width: u16, height: u16) -> Self {
         crate::require_program("Xvfb");
-        let mut process = ProcessGuard::spawn(
-            "Xvfb",
-            Command::new("Xvfb")
-                .args([
-                    "-displayfd",
-                    "1",
-                    "-nolisten",
-                    "tcp",
-                    "-noreset",
-                    "-screen",
-                    "0",
-                ])
-                .arg(format!("{width}x{height}x24"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null()),
+        let (child, display) = deskport_desktop::launch::start_x_server(
+            deskport_desktop::launch::XServer::Xvfb,
+            (width, height),
+            std::path::Path::new("/dev/null"),
+            true,
         )
         .expect("start Xvfb");
-        let stdout = process
-            .child_mut()
-            .stdout
-            .take()
-            .expect("Xvfb's stdout is piped");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the display number Xvfb reports");
-        let number: u32 = line.trim().parse().unwrap_or_else(|_| {
-            panic!("Xvfb reported no display number (got {line:?}); did it fail to start?")
-        });
         Self {
-            display: format!(":{number}"),
+            display,
             width,
             height,
-            _process: process,
+            _process: ProcessGuard::adopt("Xvfb", child),
         }
     }
 

@@ -258,7 +258,7 @@ async fn run(mut options: Options, args: Args) -> anyhow::Result<()> {
         let (mut window, events) = Window::open(None, &title, width, height, args.fullscreen)?;
         let clipboard = clipboard.and_then(|from_server| {
             let display = std::env::var("DISPLAY").unwrap_or_default();
-            match deskport_rdp::clipboard::XClipboard::start(&display) {
+            match deskport_desktop::clipboard::Clipboard::start_x(&display) {
                 Ok(x) => Some(session::Clipboard { from_server, x }),
                 Err(e) => {
                     tracing::warn!(error = %e, "No clipboard");

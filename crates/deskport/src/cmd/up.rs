@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use deskport_api::v1::{CreateInstance, TokenRequest, UpdateRemoteDesktop};
 use deskport_api::Client;
+use deskport_desktop::launch::{self, XServer, XSession, XSessionSpec};
 use deskport_rdp::accounts::Accounts;
-use deskport_rdp::desktop::launch::{self, XServer, XSession, XSessionSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use deskport_rdp::desktop::launch::{self, XServer};
-use deskport_rdp::desktop::sessions::SessionConfig;
+use deskport_desktop::launch::{self, XServer};
+use deskport_desktop::sessions::SessionConfig;
 use deskport_rdp::server::Switches;
 use deskport_rdp::service::{Desktops, Lockout, SwitchSource};
 use deskport_rdp::RdpServerConfig;
@@ -58,7 +58,7 @@ pub struct RdpServerSettings {
     pub bulk_compression: bool,
     /// How the screen is read: `damage` (only what the X server reports as drawn) or `poll`
     /// (the whole screen at every check, compared tile by tile).
-    pub capture: deskport_rdp::desktop::x11::Capture,
+    pub capture: deskport_desktop::x11::Capture,
     /// Read screen images through MIT-SHM (shared memory) where the X server offers it, rather
     /// than through the X socket.
     pub capture_shm: bool,
@@ -89,7 +89,7 @@ impl Default for RdpServerSettings {
             frame_interval_ms: 33,
             codec: deskport_rdp::Codec::Auto,
             bulk_compression: true,
-            capture: deskport_rdp::desktop::x11::Capture::Damage,
+            capture: deskport_desktop::x11::Capture::Damage,
             capture_shm: true,
             lockout_failures: 5,
             lockout_window_secs: 900,

@@ -1,6 +1,20 @@
-//! What a session shows and drives: a [`Desktop`] (screen capture and input injection) and a
-//! [`DesktopProvider`] that hands one out per logon.
+//! The Linux desktop side of deskport's RDP server and client — what a session shows and
+//! drives, without any RDP:
+//!
+//! - [`Desktop`]: a screen to capture and send input to; [`DesktopProvider`] hands one out
+//!   per logon ([`Shadow`]: one shared display; [`sessions::VirtualSessions`]: one X session
+//!   per account, kept across reconnections);
+//! - [`x11`]: an X11 display as a [`Desktop`] (XDamage, MIT-SHM, XFIXES pointer, XTEST input,
+//!   RandR resize); [`keymap`]: RDP scancodes ↔ evdev keycodes, keysyms ↔ characters;
+//! - [`clipboard`]: the desktop's text clipboard (the X worker), for the server's sessions and
+//!   the client's window alike;
+//! - [`launch`]: X servers and the programs of a session — the one launcher, used by virtual
+//!   sessions, `deskport up` and the test fixtures.
+//!
+//! Invariant: nothing here knows RDP (PDUs, channels, codecs are `deskport-rdp`'s,
+//! `deskport-client`'s and `deskport-proto`'s).
 
+pub mod clipboard;
 pub mod keymap;
 pub mod launch;
 pub mod sessions;
@@ -111,8 +125,8 @@ pub trait Desktop: Send + Sync + std::fmt::Debug {
         let _ = generation;
         None
     }
-    /// The X display to serve the clipboard on, if the desktop has one.
-    fn x_display(&self) -> Option<String> {
+    /// Starts the desktop's text clipboard, if it has one.
+    fn clipboard(&self) -> Option<anyhow::Result<clipboard::Clipboard>> {
         None
     }
     /// The pointer's image as of the last capture, if the desktop knows it.

@@ -367,8 +367,8 @@ impl Desktop for X11Desktop {
         Ok(size)
     }
 
-    fn x_display(&self) -> Option<String> {
-        Some(self.display.clone())
+    fn clipboard(&self) -> Option<anyhow::Result<crate::clipboard::Clipboard>> {
+        Some(crate::clipboard::Clipboard::start_x(&self.display))
     }
 
     fn changes_since(&self, generation: u64) -> Option<Vec<Area>> {

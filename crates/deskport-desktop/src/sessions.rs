@@ -375,8 +375,8 @@ impl Desktop for Attached {
         self.session.desktop.pointer_moved()
     }
 
-    fn x_display(&self) -> Option<String> {
-        self.session.desktop.x_display()
+    fn clipboard(&self) -> Option<anyhow::Result<crate::clipboard::Clipboard>> {
+        self.session.desktop.clipboard()
     }
 
     fn changes_since(&self, generation: u64) -> Option<Vec<Area>> {

@@ -1,24 +1,14 @@
-//! Text clipboard between the client and the session's X display: the `cliprdr` static
-//! virtual channel (ironrdp-cliprdr, server role) on one side, the X `CLIPBOARD` selection on
-//! the other.
+//! A desktop's text clipboard on X11: the `CLIPBOARD` selection, text only (UTF8_STRING), read
+//! and written by a worker thread with its own X connection. Both directions fetch eagerly,
+//! so no X request waits on the network: an application's copy is converted to UTF-8 at once
+//! and reported on [`Clipboard::copied`]; text from the peer is owned at once
+//! ([`ClipboardOwner::own`]) and served to applications that paste.
 //!
-//! Both directions fetch eagerly, text only (CF_UNICODETEXT ↔ UTF8_STRING):
-//! - the client copies → its format list offers text → the server asks for it at once and,
-//!   when it arrives, owns `CLIPBOARD` on the session's display with that text;
-//! - an X application copies → XFIXES reports the new owner → the worker converts the
-//!   selection to UTF-8 → the server announces text to the client and answers its request.
-//!
-//! The cliprdr backend and the X worker only pass events; the session loop owns the channel
-//! (see `session.rs`).
+//! The RDP side (the `cliprdr` channel and what to do with its events) is `deskport-proto`'s.
 
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use ironrdp_cliprdr::backend::CliprdrBackend;
-use ironrdp_cliprdr::pdu::{
-    ClipboardFormat, ClipboardFormatId, ClipboardGeneralCapabilityFlags, FileContentsRequest,
-    FileContentsResponse, FormatDataRequest, FormatDataResponse, LockDataId,
-};
 use tokio::sync::mpsc::UnboundedSender;
 use x11rb::connection::Connection as _;
 use x11rb::protocol::xfixes::{self, ConnectionExt as _};
@@ -30,138 +20,28 @@ use x11rb::wrapper::ConnectionExt as _;
 /// Texts longer than this are not fetched from X (no INCR transfers).
 const MAX_TEXT: u32 = 4 << 20;
 
-/// The next item of an optional receiver (a channel a session may not have); never resolves
-/// without one, so it can sit in a `select!` either way.
-pub async fn next<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
-    match rx {
-        Some(r) => r.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// What the other side of the channel reports (the client, for the server's channel; the
-/// server, for the client's).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FromPeer {
-    /// The peer copied something; `text` if it offers text.
-    Copied { text: bool },
-    /// The peer pastes: it wants our text.
-    WantsText,
-    /// The text we asked for (`None`: the peer had none to give).
-    Text(Option<String>),
-    /// The channel is up: both sides exchanged capabilities and a first format list.
-    Ready,
-    /// (Client role) the server is ready for our first format list.
-    FormatListRequested,
-}
-
-/// The cliprdr backend (either role): forwards what matters to the session loop.
-#[derive(Debug)]
-pub struct Backend {
-    tx: UnboundedSender<FromPeer>,
-}
-
-ironrdp_core::impl_as_any!(Backend);
-
-impl Backend {
-    pub fn new(tx: UnboundedSender<FromPeer>) -> Self {
-        Self { tx }
-    }
-}
-
-impl CliprdrBackend for Backend {
-    fn temporary_directory(&self) -> &str {
-        ".cliprdr"
-    }
-
-    fn client_capabilities(&self) -> ClipboardGeneralCapabilityFlags {
-        ClipboardGeneralCapabilityFlags::USE_LONG_FORMAT_NAMES
-    }
-
-    fn on_ready(&mut self) {
-        let _ = self.tx.send(FromPeer::Ready);
-    }
-
-    fn on_request_format_list(&mut self) {
-        let _ = self.tx.send(FromPeer::FormatListRequested);
-    }
-
-    fn on_process_negotiated_capabilities(&mut self, _: ClipboardGeneralCapabilityFlags) {}
-
-    fn on_remote_copy(&mut self, available_formats: &[ClipboardFormat]) {
-        let text = available_formats.iter().any(|f| {
-            f.id() == ClipboardFormatId::CF_UNICODETEXT || f.id() == ClipboardFormatId::CF_TEXT
-        });
-        let _ = self.tx.send(FromPeer::Copied { text });
-    }
-
-    fn on_format_data_request(&mut self, _request: FormatDataRequest) {
-        // Only Unicode text is ever announced, so that is what the client asks for.
-        let _ = self.tx.send(FromPeer::WantsText);
-    }
-
-    fn on_format_data_response(&mut self, response: FormatDataResponse<'_>) {
-        let text = (!response.is_error())
-            .then(|| response.to_unicode_string().ok())
-            .flatten();
-        let _ = self.tx.send(FromPeer::Text(text));
-    }
-
-    fn on_file_contents_request(&mut self, _: FileContentsRequest) {}
-
-    fn on_file_contents_response(&mut self, _: FileContentsResponse<'_>) {}
-
-    fn on_lock(&mut self, _: LockDataId) {}
-
-    fn on_unlock(&mut self, _: LockDataId) {}
-}
-
-/// The text format the server offers.
-pub fn text_format() -> ClipboardFormat {
-    ClipboardFormat::new(ClipboardFormatId::CF_UNICODETEXT)
-}
-
-/// A response carrying `text`, or an error response without one.
-pub fn text_response(text: Option<&str>) -> ironrdp_cliprdr::pdu::OwnedFormatDataResponse {
-    use ironrdp_core::IntoOwned as _;
-    match text {
-        Some(t) => FormatDataResponse::new_unicode_string(t).into_owned(),
-        None => FormatDataResponse::new_error(),
-    }
-}
-
-/// Orders to the X side.
-#[derive(Debug)]
-pub enum ToX {
-    /// Own `CLIPBOARD` with this text.
-    Own(String),
-}
-
-/// Gives the X side its orders (from any thread: the X connection is shared). When the last
-/// clone drops, the worker thread ends.
+/// Puts text on the desktop's clipboard (from any thread: the X connection is shared). When
+/// the last clone drops, the worker thread ends.
 #[derive(Debug, Clone)]
-pub struct ToXSender {
+pub struct ClipboardOwner {
     worker: Arc<Worker>,
     _stop: Arc<StopOnDrop>,
 }
 
-impl ToXSender {
-    pub fn send(&self, order: ToX) -> anyhow::Result<()> {
-        match order {
-            ToX::Own(text) => {
-                tracing::debug!(
-                    bytes = text.len(),
-                    "Owning the X clipboard with the peer's text"
-                );
-                *self.worker.owned.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
-                self.worker.conn.set_selection_owner(
-                    self.worker.window,
-                    self.worker.clipboard,
-                    x11rb::CURRENT_TIME,
-                )?;
-                self.worker.conn.flush()?;
-            }
-        }
+impl ClipboardOwner {
+    /// Owns `CLIPBOARD` with `text`: applications that paste get it.
+    pub fn own(&self, text: String) -> anyhow::Result<()> {
+        tracing::debug!(
+            bytes = text.len(),
+            "Owning the X clipboard with the peer's text"
+        );
+        *self.worker.owned.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+        self.worker.conn.set_selection_owner(
+            self.worker.window,
+            self.worker.clipboard,
+            x11rb::CURRENT_TIME,
+        )?;
+        self.worker.conn.flush()?;
         Ok(())
     }
 }
@@ -181,18 +61,19 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// The X side of one session's clipboard: a thread blocked on its own X connection (an
-/// unmapped window, XFIXES selection events) — no polling.
+/// A desktop's text clipboard: what its applications copy arrives on `copied`, and `owner`
+/// gives them text to paste. On X11, a thread blocked on its own X connection (an unmapped
+/// window, XFIXES selection events) — no polling.
 #[derive(Debug)]
-pub struct XClipboard {
-    pub to_x: ToXSender,
-    /// Texts X applications copied.
+pub struct Clipboard {
+    pub owner: ClipboardOwner,
+    /// Texts the desktop's applications copied.
     pub copied: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
-impl XClipboard {
-    /// Starts the worker on `display`.
-    pub fn start(display: &str) -> anyhow::Result<Self> {
+impl Clipboard {
+    /// Starts the worker on the X `display`.
+    pub fn start_x(display: &str) -> anyhow::Result<Self> {
         let (tx, copied) = tokio::sync::mpsc::unbounded_channel();
         let worker = Arc::new(Worker::connect(display)?);
         let thread_worker = worker.clone();
@@ -205,7 +86,7 @@ impl XClipboard {
             })
             .context("start the clipboard thread")?;
         Ok(Self {
-            to_x: ToXSender {
+            owner: ClipboardOwner {
                 _stop: Arc::new(StopOnDrop(worker.clone())),
                 worker,
             },

@@ -1,0 +1,28 @@
+//! RDP logic that deskport's server (`deskport-rdp`) and client (`deskport-client`) share.
+//!
+//! Nothing here does I/O or knows a desktop: [`clipboard`] turns the `cliprdr` channel's
+//! events and the local desktop's copies into actions ([`clipboard::ClipboardSync`]), for
+//! either role; [`fingerprint`] names a server certificate the way both roles print and pin it.
+//! The platform side (X11) is `deskport-desktop`'s; I/O is the session loops'.
+
+pub mod clipboard;
+
+use sha2::{Digest as _, Sha256};
+
+/// SHA-256 of the certificate `der`, as `ab:cd:…`.
+pub fn fingerprint(der: &[u8]) -> String {
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The next item of an optional receiver (a channel a session may not have); never resolves
+/// without one, so it can sit in a `select!` either way.
+pub async fn next<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
