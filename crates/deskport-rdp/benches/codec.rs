@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use deskport_desktop::Frame;
-use deskport_rdp::encode::{Codec, Encoder};
+use deskport_rdp::encode::{BitmapEncoder as Encoder, Codec};
 use ironrdp_pdu::rdp::client_info::CompressionType;
 
 const SCREEN: (u16, u16) = (1024, 768);
@@ -78,7 +78,9 @@ fn run(mut encoder: Encoder, step: u32) -> f64 {
         };
         let rects = encoder.tiles_covering(&[(x0, y0, x1 - x0, y1 - y0)], SCREEN.0, SCREEN.1);
         let mut out = Vec::new();
-        encoder.encode(&frame, &rects, &mut out).expect("encode");
+        encoder
+            .encode_rects(&frame, &rects, &mut out)
+            .expect("encode");
         bytes += out.len();
     }
     bytes as f64 / f64::from(FRAMES / step)

@@ -30,7 +30,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::accounts::Accounts;
+use crate::channels::Channels;
 use crate::credssp::{self, NlaOutcome};
+use crate::encode::ClientCaps;
 use crate::fixup::Fixups;
 use crate::session::{self, End, SessionParams};
 use crate::tls::TlsIdentity;
@@ -149,17 +151,10 @@ pub async fn serve(
         security |= SecurityProtocol::SSL;
     }
     let mut acceptor = Acceptor::new(security, size, capabilities(size), None);
-    // The clipboard channel, for clients that join it.
-    let (clipboard_tx, clipboard_rx) = tokio::sync::mpsc::unbounded_channel();
-    acceptor.attach_static_channel(ironrdp_cliprdr::CliprdrServer::new(Box::new(
-        deskport_proto::clipboard::Backend::new(clipboard_tx),
-    )));
-    // Display control, where the desktop can follow the client's window.
-    let resize_requests = shared.desktops.can_resize().then(|| {
-        let (drdynvc, requests) = crate::display_control::channel();
-        acceptor.attach_static_channel(drdynvc);
-        requests
-    });
+    // The clipboard for clients that join it; Display Control where the desktop can follow
+    // the client's window.
+    let resizable = shared.desktops.can_resize();
+    let attached = crate::channels::attach(&mut acceptor, resizable);
     if shared.desktops.honors_client_size() {
         acceptor.set_honor_client_desktop_size(Some(DesktopSize {
             width: 8192,
@@ -224,23 +219,30 @@ pub async fn serve(
         .any(|c| matches!(c, CapabilitySet::Pointer(p) if p.pointer_cache_size > 0));
     tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, "Session started");
     let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
+    let encoder = crate::encode::for_client(
+        ClientCaps {
+            bpp,
+            no_compression_header,
+            planar_alpha,
+            compression,
+        },
+        shared.codec,
+    );
+    let channels = Channels::new(
+        result.static_channels,
+        result.user_channel_id,
+        attached,
+        &*desktop,
+    );
     let params = SessionParams {
         desktop,
         io_channel_id: result.io_channel_id,
-        bpp,
-        codec: shared.codec,
-        no_compression_header,
-        planar_alpha,
+        encoder,
         new_pointer,
-        compression,
         frame_interval: shared.frame_interval,
         backlog: result.input_events,
-        channels: session::Channels {
-            set: result.static_channels,
-            user_channel_id: result.user_channel_id,
-            clipboard: Some(clipboard_rx),
-        },
-        resizing: resize_requests.map(|requests| session::Resizing { requests, acceptor }),
+        channels,
+        acceptor: resizable.then_some(acceptor),
     };
     let end = session::run(reader, writer, params, close).await?;
     match end {

@@ -12,12 +12,11 @@
 //! - [`service`]: all of it as one service, [`RdpServer`] (`open`, then `run` until shutdown).
 
 pub mod accounts;
+pub mod channels;
 pub mod connection;
 pub mod credssp;
-pub mod display_control;
 pub mod encode;
 pub mod fixup;
-pub mod planar;
 pub mod server;
 pub mod service;
 pub mod session;

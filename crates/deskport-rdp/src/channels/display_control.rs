@@ -8,7 +8,7 @@ use ironrdp_dvc::DrdynvcServer;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 /// The dynamic virtual channel with Display Control, and where its size requests arrive.
-pub fn channel() -> (DrdynvcServer, UnboundedReceiver<(u16, u16)>) {
+pub fn drdynvc() -> (DrdynvcServer, UnboundedReceiver<(u16, u16)>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let drdynvc =
         DrdynvcServer::new().with_dynamic_channel(DisplayControlServer::new(Box::new(Layouts(tx))));

@@ -1,5 +1,5 @@
-//! Screen updates on the wire: which tiles changed, and the fast-path Bitmap Update PDUs that
-//! carry them (MS-RDPBCGR 2.2.9.1.2.1.2).
+//! The classic screen-update path: which tiles changed, and the fast-path Bitmap Update PDUs
+//! that carry them (MS-RDPBCGR 2.2.9.1.2.1.2). Every client decodes it.
 //!
 //! Two codecs, chosen per session:
 //! - **planar** (RDP 6.0 bitmap compression, MS-RDPEGDI 2.2.2.5.1, `planar.rs`) for 32-bit
@@ -11,17 +11,15 @@
 //! Figures behind the choice: `scripts/bench` (bench/RESULTS.md).
 
 use ironrdp_bulk::{BulkCompressor, CompressionType as BulkType};
-use ironrdp_core::{Encode as _, WriteCursor};
 use ironrdp_pdu::bitmap::{BitmapData, BitmapUpdateData, CompressedDataHeader, Compression};
-use ironrdp_pdu::fast_path::{
-    EncryptionFlags, FastPathHeader, FastPathUpdatePdu, Fragmentation, UpdateCode,
-};
+use ironrdp_pdu::fast_path::{FastPathUpdatePdu, Fragmentation, UpdateCode};
 use ironrdp_pdu::geometry::InclusiveRectangle;
 use ironrdp_pdu::rdp::client_info::CompressionType;
 use ironrdp_pdu::rdp::headers::CompressionFlags;
 
-use crate::planar::PlanarEncoder;
-use deskport_desktop::{Area, Cursor, Frame};
+use super::planar::PlanarEncoder;
+use super::{write_update, Changes, Codec, ScreenEncoder};
+use deskport_desktop::{Area, Frame};
 
 /// Tile width of the change detection and of the update rectangles.
 pub const TILE_WIDTH: u16 = 64;
@@ -74,19 +72,8 @@ pub struct Rect {
     pub height: u16,
 }
 
-/// How screen updates are coded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Codec {
-    /// Planar at 32 bits per pixel, raw otherwise.
-    #[default]
-    Auto,
-    /// Always uncompressed (for comparisons and for clients that mis-decode planar).
-    Raw,
-}
-
-/// Encodes rectangles of captured frames for one session.
-pub struct Encoder {
+/// Encodes rectangles of captured frames for one session as bitmap updates.
+pub struct BitmapEncoder {
     bpp: u16,
     planar: bool,
     /// Both sides announced NO_BITMAP_COMPRESSION_HDR: compressed bitmaps go without the
@@ -103,9 +90,9 @@ pub struct Encoder {
     pieces: bool,
 }
 
-impl std::fmt::Debug for Encoder {
+impl std::fmt::Debug for BitmapEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Encoder")
+        f.debug_struct("BitmapEncoder")
             .field("bpp", &self.bpp)
             .field("planar", &self.planar)
             .field("bulk", &self.bulk.as_ref().map(|b| b.1))
@@ -113,7 +100,7 @@ impl std::fmt::Debug for Encoder {
     }
 }
 
-impl Encoder {
+impl BitmapEncoder {
     /// For a session at `bpp` bits per pixel (8 is not supported: sent as 16).
     /// `no_compression_header`: the client's General capability has NO_BITMAP_COMPRESSION_HDR
     /// (the server's always has).
@@ -325,7 +312,7 @@ impl Encoder {
     }
 
     /// Fast-path Bitmap Update PDUs for `rects` of `frame`, appended to `out`.
-    pub fn encode(
+    pub fn encode_rects(
         &mut self,
         frame: &Frame,
         rects: &[Rect],
@@ -466,110 +453,22 @@ impl Encoder {
     }
 }
 
-/// The largest pointer a (non-large) pointer update carries.
-const MAX_POINTER: u16 = 96;
-
-/// A fast-path pointer update for `cursor`, appended to `out`: a 32-bit New Pointer with its
-/// alpha when the client's Pointer capability has a pointer cache (`new_pointer`), else a
-/// 24-bit Color Pointer with a 1-bit transparency mask (MS-RDPBCGR 2.2.9.1.1.4.4-5). Images
-/// beyond 96x96 are cropped.
-pub fn pointer_update(cursor: &Cursor, new_pointer: bool, out: &mut Vec<u8>) -> anyhow::Result<()> {
-    use ironrdp_pdu::pointer::{ColorPointerAttribute, Point16, PointerAttribute};
-    let (w, h) = (
-        cursor.width.min(MAX_POINTER),
-        cursor.height.min(MAX_POINTER),
-    );
-    let pixel =
-        |x: u16, y: u16| cursor.argb[usize::from(y) * usize::from(cursor.width) + usize::from(x)];
-    let bytes_per_pixel = if new_pointer { 4 } else { 3 };
-    let xor_row = (usize::from(w) * bytes_per_pixel).div_ceil(2) * 2;
-    let and_row = usize::from(w).div_ceil(16) * 2;
-    let mut xor_mask = vec![0u8; xor_row * usize::from(h)];
-    let mut and_mask = vec![0u8; and_row * usize::from(h)];
-    // Rows bottom-up.
-    for (i, y) in (0..h).rev().enumerate() {
-        for x in 0..w {
-            let p = pixel(x, y);
-            let a = p >> 24;
-            // X gives premultiplied colour; RDP wants it straight.
-            let straight = |c: u32| (c * 255).checked_div(a).map_or(0, |v| v.min(255) as u8);
-            let (r, g, b) = (
-                straight((p >> 16) & 0xff),
-                straight((p >> 8) & 0xff),
-                straight(p & 0xff),
-            );
-            let at = i * xor_row + usize::from(x) * bytes_per_pixel;
-            if new_pointer {
-                xor_mask[at..at + 4].copy_from_slice(&[b, g, r, a as u8]);
-            } else if a >= 128 {
-                xor_mask[at..at + 3].copy_from_slice(&[b, g, r]);
-            } else {
-                // Transparent: AND 1, XOR 0 keeps the screen.
-                and_mask[i * and_row + usize::from(x) / 8] |= 0x80 >> (x % 8);
-            }
-        }
-    }
-    let color_pointer = ColorPointerAttribute {
-        cache_index: 0,
-        hot_spot: Point16 {
-            x: cursor.hotspot.0.min(w - 1),
-            y: cursor.hotspot.1.min(h - 1),
-        },
-        width: w,
-        height: h,
-        xor_mask: &xor_mask,
-        and_mask: &and_mask,
-    };
-    let (update_code, body) = if new_pointer {
-        let attribute = PointerAttribute {
-            xor_bpp: 32,
-            color_pointer,
+impl ScreenEncoder for BitmapEncoder {
+    fn encode(
+        &mut self,
+        frame: &Frame,
+        changes: Changes<'_>,
+        out: &mut Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let rects = match changes {
+            Changes::Areas(areas) => self.tiles_covering(areas, frame.width, frame.height),
+            Changes::Since(previous) => self.changed_tiles(previous, frame),
         };
-        (UpdateCode::NewPointer, ironrdp_core::encode_vec(&attribute))
-    } else {
-        (
-            UpdateCode::ColorPointer,
-            ironrdp_core::encode_vec(&color_pointer),
-        )
-    };
-    let body = body.map_err(|e| anyhow::anyhow!("encode a pointer update: {e}"))?;
-    let update = FastPathUpdatePdu {
-        fragmentation: Fragmentation::Single,
-        update_code,
-        compression_flags: None,
-        compression_type: None,
-        data: &body,
-    };
-    write_update(&update, out)
-}
-
-/// Appends a Pointer Position Update: the client moves its pointer to `(x, y)`.
-pub fn pointer_position(x: u16, y: u16, out: &mut Vec<u8>) -> anyhow::Result<()> {
-    let body = ironrdp_core::encode_vec(&ironrdp_pdu::pointer::PointerPositionAttribute { x, y })
-        .map_err(|e| anyhow::anyhow!("encode a pointer position: {e}"))?;
-    let update = FastPathUpdatePdu {
-        fragmentation: Fragmentation::Single,
-        update_code: UpdateCode::PositionPointer,
-        compression_flags: None,
-        compression_type: None,
-        data: &body,
-    };
-    write_update(&update, out)
-}
-
-/// Appends a fast-path output PDU with one update.
-fn write_update(update: &FastPathUpdatePdu<'_>, out: &mut Vec<u8>) -> anyhow::Result<()> {
-    let header = FastPathHeader::new(EncryptionFlags::empty(), update.size());
-    let start = out.len();
-    out.resize(start + header.size() + update.size(), 0);
-    let mut cursor = WriteCursor::new(&mut out[start..]);
-    header
-        .encode(&mut cursor)
-        .map_err(|e| anyhow::anyhow!("encode a fast-path header: {e}"))?;
-    update
-        .encode(&mut cursor)
-        .map_err(|e| anyhow::anyhow!("encode a fast-path update: {e}"))?;
-    Ok(())
+        if rects.is_empty() {
+            return Ok(());
+        }
+        self.encode_rects(frame, &rects, out)
+    }
 }
 
 /// One coded tile.
@@ -603,7 +502,7 @@ mod tests {
 
     #[test]
     fn only_changed_tiles_are_found() {
-        let e = Encoder::new(32, Codec::Raw, true);
+        let e = BitmapEncoder::new(32, Codec::Raw, true);
         let a = frame(200, 70, 0);
         assert_eq!(e.changed_tiles(None, &a).len(), 4 * 3);
         assert!(e.changed_tiles(Some(&a), &a).is_empty());
@@ -649,13 +548,13 @@ mod tests {
             width: 64,
             height: 32,
         };
-        let mut e = Encoder::new(32, Codec::Auto, true);
+        let mut e = BitmapEncoder::new(32, Codec::Auto, true);
         let stream = e
             .planar_tile(&f, rect)
             .expect("a compressible tile is planar");
         assert_eq!(stream[0], 0x10, "RLE with an alpha plane");
         // Without the alpha plane: the "no alpha" flag, fewer bytes, the same pixels.
-        let lean = Encoder::new(32, Codec::Auto, true)
+        let lean = BitmapEncoder::new(32, Codec::Auto, true)
             .with_planar_alpha(false)
             .planar_tile(&f, rect)
             .unwrap();
@@ -683,7 +582,7 @@ mod tests {
         }
         // Widths that are not a multiple of 4, raw sessions and noise go raw.
         assert!(e.planar_tile(&f, Rect { width: 62, ..rect }).is_none());
-        assert!(Encoder::new(32, Codec::Raw, true)
+        assert!(BitmapEncoder::new(32, Codec::Raw, true)
             .planar_tile(&f, rect)
             .is_none());
         // A tile the planes would not shrink (a 4x1 sliver of noise) goes raw.
@@ -708,7 +607,8 @@ mod tests {
         let mut cursor = ReadCursor::new(out);
         let mut found = Vec::new();
         while !cursor.is_empty() {
-            let _header: FastPathHeader = decode_cursor(&mut cursor).unwrap();
+            let _header: ironrdp_pdu::fast_path::FastPathHeader =
+                decode_cursor(&mut cursor).unwrap();
             let update: FastPathUpdatePdu<'_> = decode_cursor(&mut cursor).unwrap();
             let flags = update
                 .compression_flags
@@ -739,8 +639,9 @@ mod tests {
             CompressionType::Rdp61,
         ] {
             for codec in [Codec::Raw, Codec::Auto] {
-                let mut plain = Encoder::new(32, codec, true);
-                let mut packed = Encoder::new(32, codec, true).with_bulk_compression(Some(kind));
+                let mut plain = BitmapEncoder::new(32, codec, true);
+                let mut packed =
+                    BitmapEncoder::new(32, codec, true).with_bulk_compression(Some(kind));
                 let rects = plain.changed_tiles(None, &f);
                 let mut receiver = BulkCompressor::new(BulkType::Rdp61);
                 let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -748,8 +649,8 @@ mod tests {
                 for _ in 0..2 {
                     a.clear();
                     b.clear();
-                    plain.encode(&f, &rects, &mut a).unwrap();
-                    packed.encode(&f, &rects, &mut b).unwrap();
+                    plain.encode_rects(&f, &rects, &mut a).unwrap();
+                    packed.encode_rects(&f, &rects, &mut b).unwrap();
                     let (plain_updates, packed_updates) = (updates(&a), updates(&b));
                     assert_eq!(plain_updates.len(), packed_updates.len());
                     for ((none, expected), (flags, data)) in
@@ -775,64 +676,9 @@ mod tests {
     }
 
     #[test]
-    fn pointers_go_bottom_up_with_alpha_or_a_mask() {
-        use ironrdp_core::{decode_cursor, ReadCursor};
-        use ironrdp_pdu::pointer::{ColorPointerAttribute, PointerAttribute};
-        // 3x2: opaque red, half-transparent white (premultiplied), transparent; then blue row.
-        let cursor = Cursor {
-            serial: 1,
-            width: 3,
-            height: 2,
-            hotspot: (1, 5),
-            argb: Arc::new(vec![
-                0xffff_0000,
-                0x8080_8080,
-                0,
-                0xff00_00ff,
-                0xff00_00ff,
-                0xff00_00ff,
-            ]),
-        };
-        let body = |out: &[u8]| {
-            let mut c = ReadCursor::new(out);
-            let _header: FastPathHeader = decode_cursor(&mut c).unwrap();
-            let update: FastPathUpdatePdu<'_> = decode_cursor(&mut c).unwrap();
-            (update.update_code, update.data.to_vec())
-        };
-        let mut out = Vec::new();
-        pointer_update(&cursor, true, &mut out).unwrap();
-        let (code, data) = body(&out);
-        assert_eq!(code, UpdateCode::NewPointer);
-        let p: PointerAttribute<'_> = ironrdp_core::decode(&data).unwrap();
-        assert_eq!(p.xor_bpp, 32);
-        let c = p.color_pointer;
-        assert_eq!(
-            (c.width, c.height, c.hot_spot.x, c.hot_spot.y),
-            (3, 2, 1, 1)
-        );
-        // Bottom-up: the blue row first; straight (not premultiplied) alpha colour.
-        assert_eq!(&c.xor_mask[..4], &[0xff, 0, 0, 0xff]);
-        assert_eq!(
-            &c.xor_mask[12..24],
-            &[0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0x80, 0, 0, 0, 0]
-        );
-        assert!(c.and_mask.iter().all(|b| *b == 0));
-
-        out.clear();
-        pointer_update(&cursor, false, &mut out).unwrap();
-        let (code, data) = body(&out);
-        assert_eq!(code, UpdateCode::ColorPointer);
-        let c: ColorPointerAttribute<'_> = ironrdp_core::decode(&data).unwrap();
-        // 24-bit rows of 9 bytes padded to 10; the mask's rows are 2 bytes.
-        assert_eq!(c.xor_mask.len(), 20);
-        assert_eq!(c.and_mask, &[0, 0, 0x20, 0]);
-        assert_eq!(&c.xor_mask[10..13], &[0, 0, 0xff]);
-    }
-
-    #[test]
     fn damaged_areas_are_cut_into_tiles_of_their_own() {
         // (Raw sessions: tiles; planar ones cut into larger pieces, see below.)
-        let e = Encoder::new(32, Codec::Raw, true);
+        let e = BitmapEncoder::new(32, Codec::Raw, true);
         let rect = |r: &Rect| (r.x, r.y, r.width, r.height);
         // Tiles are at most 64x32 at 32 bpp; the screen is 200x70.
         assert!(e.tiles_covering(&[], 200, 70).is_empty());
@@ -888,7 +734,7 @@ mod tests {
             data: Arc::new(data),
             generation: 0,
         };
-        let mut e = Encoder::new(32, Codec::Auto, true).with_planar_alpha(false);
+        let mut e = BitmapEncoder::new(32, Codec::Auto, true).with_planar_alpha(false);
         let pieces = e.tiles_covering(&[(0, 0, 256, 200), (256, 0, 256, 200)], w, h);
         assert_eq!(
             pieces.len(),
@@ -896,7 +742,7 @@ mod tests {
             "areas within a piece stay whole: {pieces:?}"
         );
         let mut out = Vec::new();
-        e.encode(&f, &pieces, &mut out).unwrap();
+        e.encode_rects(&f, &pieces, &mut out).unwrap();
         // Decode every rectangle back: each pixel exactly once, all equal to the frame.
         let mut seen = vec![0u8; usize::from(w) * usize::from(h)];
         let (mut planar, mut raw) = (Vec::new(), 0);
@@ -951,15 +797,15 @@ mod tests {
             height: 1,
         };
         assert_eq!(
-            Encoder::new(24, Codec::Auto, true).pixels(&f, r),
+            BitmapEncoder::new(24, Codec::Auto, true).pixels(&f, r),
             vec![0x10, 0x20, 0x30, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0]
         );
-        let p16 = Encoder::new(16, Codec::Auto, true).pixels(&f, r);
+        let p16 = BitmapEncoder::new(16, Codec::Auto, true).pixels(&f, r);
         assert_eq!(p16.len(), 8);
         assert_eq!(u16::from_le_bytes([p16[2], p16[3]]), 0xffff);
         let mut out = Vec::new();
-        Encoder::new(32, Codec::Raw, true)
-            .encode(&f, &[r], &mut out)
+        BitmapEncoder::new(32, Codec::Raw, true)
+            .encode_rects(&f, &[r], &mut out)
             .unwrap();
         // A fast-path output header (action 0) with the PDU's length.
         assert_eq!(out[0] & 0x03, 0);

@@ -1,0 +1,177 @@
+//! A session's virtual channels. Each channel is a module that turns what its PDUs say into
+//! [`ChannelEvent`]s for the session loop and the loop's answers back into PDUs:
+//! - [`cliprdr`]: the text clipboard (static channel `cliprdr`);
+//! - [`display_control`]: the client's size requests (Display Control, a dynamic channel over
+//!   `drdynvc`), attached only when the desktops can change size.
+//!
+//! [`attach`] offers the channels to a connection's acceptor; after the connection sequence
+//! [`Channels`] owns the channels the client joined.
+
+pub mod cliprdr;
+pub mod display_control;
+
+use deskport_desktop::Desktop;
+use deskport_proto::clipboard::ClipboardAction;
+use deskport_proto::next;
+use ironrdp_acceptor::Acceptor;
+use ironrdp_cliprdr::CliprdrServer;
+use ironrdp_svc::{server_encode_svc_messages, StaticChannelSet, SvcMessage};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use self::cliprdr::ClipboardEvent;
+
+/// What a channel reports to the session loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelEvent {
+    Clipboard(ClipboardEvent),
+    /// Display Control: the client asks for a screen of this size.
+    Resize((u16, u16)),
+}
+
+/// The channels' event sources, between the acceptor and the session.
+#[derive(Debug)]
+pub struct Attached {
+    clipboard: UnboundedReceiver<deskport_proto::clipboard::FromPeer>,
+    resize: Option<UnboundedReceiver<(u16, u16)>>,
+}
+
+/// Offers the channels to `acceptor`: the clipboard always, Display Control when the desktop
+/// can change size (`resizable`).
+pub fn attach(acceptor: &mut Acceptor, resizable: bool) -> Attached {
+    let (cliprdr, clipboard) = cliprdr::processor();
+    acceptor.attach_static_channel(cliprdr);
+    let resize = resizable.then(|| {
+        let (drdynvc, requests) = display_control::drdynvc();
+        acceptor.attach_static_channel(drdynvc);
+        requests
+    });
+    Attached { clipboard, resize }
+}
+
+/// The channels of a session.
+#[derive(Debug)]
+pub struct Channels {
+    /// The static channels the client joined (the acceptor's, handed back and forth at each
+    /// reactivation).
+    pub set: StaticChannelSet,
+    pub user_channel_id: u16,
+    clipboard: cliprdr::Clipboard,
+    resize: Option<UnboundedReceiver<(u16, u16)>>,
+}
+
+impl Channels {
+    /// The channels of `set` (joined by the client), with the event sources of `attached`
+    /// and the clipboard of `desktop`.
+    pub fn new(
+        set: StaticChannelSet,
+        user_channel_id: u16,
+        attached: Attached,
+        desktop: &dyn Desktop,
+    ) -> Self {
+        let joined = set.get_channel_id_by_type::<CliprdrServer>().is_some();
+        let desktop_clipboard = match desktop.clipboard() {
+            Some(Ok(c)) if joined => Some(c),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "No clipboard for this session");
+                None
+            }
+            _ => None,
+        };
+        Self {
+            set,
+            user_channel_id,
+            clipboard: cliprdr::Clipboard::new(attached.clipboard, desktop_clipboard),
+            resize: attached.resize,
+        }
+    }
+
+    /// The next thing a channel reports (never resolves while none has anything).
+    pub async fn next_event(&mut self) -> ChannelEvent {
+        loop {
+            tokio::select! {
+                event = self.clipboard.next() => return ChannelEvent::Clipboard(event),
+                size = next(&mut self.resize) => match size {
+                    // A window being dragged asks many times: the last size counts.
+                    Some(mut size) => {
+                        while let Some(later) = self.resize.as_mut().and_then(|r| r.try_recv().ok()) {
+                            size = later;
+                        }
+                        return ChannelEvent::Resize(size);
+                    }
+                    None => self.resize = None,
+                },
+            }
+        }
+    }
+
+    /// A clipboard event: the desktop's side is handled here; what the channel carries is
+    /// appended to `out`.
+    pub fn clipboard(&mut self, event: ClipboardEvent, out: &mut Vec<u8>) {
+        let ready = self.cliprdr().is_some_and(|c| c.is_ready());
+        if let Some(action) = self.clipboard.handle(event, ready) {
+            self.clipboard_action(&action, out);
+        }
+    }
+
+    fn cliprdr(&mut self) -> Option<&mut CliprdrServer> {
+        self.set
+            .get_by_type_mut::<CliprdrServer>()
+            .and_then(|c| c.channel_processor_downcast_mut::<CliprdrServer>())
+    }
+
+    fn clipboard_action(&mut self, action: &ClipboardAction, out: &mut Vec<u8>) {
+        let Some(id) = self.set.get_channel_id_by_type::<CliprdrServer>() else {
+            return;
+        };
+        let Some(cliprdr) = self.cliprdr() else {
+            return;
+        };
+        match deskport_proto::clipboard::perform(cliprdr, action) {
+            Ok(msgs) => append(Vec::from(msgs), id, self.user_channel_id, out),
+            Err(e) => tracing::debug!(error = %e, "Clipboard channel"),
+        }
+    }
+
+    /// Starts every channel the client joined (cliprdr: capabilities and monitor ready;
+    /// drdynvc: its capabilities); what they send is appended to `out`.
+    pub fn start_all(&mut self, out: &mut Vec<u8>) {
+        let user_channel_id = self.user_channel_id;
+        for (_, channel, channel_id) in self.set.iter_mut() {
+            let Some(channel_id) = channel_id else {
+                continue;
+            };
+            let msgs = match channel.start() {
+                Ok(msgs) => msgs,
+                Err(e) => {
+                    tracing::debug!(error = %e, channel_id, "Channel not started");
+                    continue;
+                }
+            };
+            append(msgs, channel_id, user_channel_id, out);
+        }
+    }
+
+    /// A PDU the client sent on one of the channels; the answers are appended to `out`.
+    pub fn process(&mut self, channel_id: u16, data: &[u8], out: &mut Vec<u8>) {
+        let Some(channel) = self.set.get_by_channel_id_mut(channel_id) else {
+            tracing::debug!(channel_id, "Data on an unknown channel ignored");
+            return;
+        };
+        let msgs = match channel.process(data) {
+            Ok(msgs) => msgs,
+            Err(e) => {
+                tracing::debug!(error = %e, channel_id, "Undecodable channel data ignored");
+                return;
+            }
+        };
+        append(msgs, channel_id, self.user_channel_id, out);
+    }
+}
+
+/// Appends `msgs`, encoded for channel `channel_id`, to `out`.
+fn append(msgs: Vec<SvcMessage>, channel_id: u16, user_channel_id: u16, out: &mut Vec<u8>) {
+    match server_encode_svc_messages(msgs, channel_id, user_channel_id) {
+        Ok(bytes) => out.extend_from_slice(&bytes),
+        Err(e) => tracing::debug!(error = %e, channel_id, "Channel message not encodable"),
+    }
+}
