@@ -91,7 +91,7 @@ fn main() {
     };
     let base = server_rt.block_on(async {
         let store = deskport_manager::open_store(&config).await.unwrap();
-        deskport_manager::bootstrap(&*store, Some("bench-password".into()))
+        deskport_manager::bootstrap(&store, Some("bench-password".into()))
             .await
             .unwrap();
         let app = deskport_manager::app(deskport_manager::state(store, &config), config.body_limit);

@@ -26,7 +26,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use deskport_policy::Quota;
-use deskport_store::{Actor, SqliteStore, Store};
+use deskport_store::{Actor, SqliteBackend, Store};
 use rand::Rng as _;
 
 use crate::error::ApiError;
@@ -68,7 +68,7 @@ impl Default for ManagerConfig {
 
 /// Opens the database named by the configuration (creating the data directory and running
 /// the migrations).
-pub async fn open_store(config: &ManagerConfig) -> anyhow::Result<Arc<SqliteStore>> {
+pub async fn open_store(config: &ManagerConfig) -> anyhow::Result<Arc<Store>> {
     let path = match config.db.as_deref() {
         None => {
             std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -85,9 +85,12 @@ pub async fn open_store(config: &ManagerConfig) -> anyhow::Result<Arc<SqliteStor
                 .unwrap_or(url),
         ),
     };
-    let store = SqliteStore::open(&path)
+    let backend = SqliteBackend::open(&path)
         .await
         .with_context(|| format!("open the database {}", path.display()))?;
+    let store = Store::new(backend)
+        .await
+        .with_context(|| format!("read the database {}", path.display()))?;
     Ok(Arc::new(store))
 }
 
@@ -95,7 +98,7 @@ pub async fn open_store(config: &ManagerConfig) -> anyhow::Result<Arc<SqliteStor
 /// `admin_password` (from `DESKPORT_ADMIN_PASSWORD`), else generated and returned so the caller
 /// can print it once. On later starts, a given `admin_password` replaces the admin's password.
 pub async fn bootstrap(
-    store: &dyn Store,
+    store: &Store,
     admin_password: Option<String>,
 ) -> anyhow::Result<Option<String>> {
     let generated = admin_password.is_none();
@@ -178,7 +181,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// The state for `store` with `config`'s limits.
-pub fn state(store: Arc<dyn Store>, config: &ManagerConfig) -> AppState {
+pub fn state(store: Arc<Store>, config: &ManagerConfig) -> AppState {
     AppState {
         store,
         quota: config.quota,
@@ -206,7 +209,7 @@ impl Manager {
         admin_password: Option<String>,
     ) -> anyhow::Result<Self> {
         let store = open_store(config).await?;
-        let generated_password = bootstrap(&*store, admin_password).await?;
+        let generated_password = bootstrap(&store, admin_password).await?;
         Ok(Self {
             state: state(store, config),
             body_limit: config.body_limit,

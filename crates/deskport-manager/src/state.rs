@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<Store>,
     pub quota: Quota,
     pub throttle: Arc<Throttle>,
     pub metrics: Arc<Metrics>,

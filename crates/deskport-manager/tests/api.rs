@@ -27,7 +27,7 @@ impl Server {
             ..ManagerConfig::default()
         };
         let store = deskport_manager::open_store(&config).await.unwrap();
-        deskport_manager::bootstrap(&*store, Some(ADMIN_PASSWORD.into()))
+        deskport_manager::bootstrap(&store, Some(ADMIN_PASSWORD.into()))
             .await
             .unwrap();
         let app = deskport_manager::app(deskport_manager::state(store, &config), config.body_limit);

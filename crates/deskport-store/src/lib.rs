@@ -1,25 +1,38 @@
-//! deskport's persistence: the [`Store`] trait the manager's handlers use, and its SQLite
-//! implementation [`SqliteStore`] (one file, WAL, migrations embedded and run at open).
+//! deskport's persistence: the records the manager keeps, the rules that govern changing them,
+//! and the backends that store them.
 //!
-//! The store owns every SQL statement, the audit log (each mutation writes its audit event in
-//! the same transaction) and the policy revision counter that agents follow. Rule validation is
-//! `deskport-policy`'s, run inside the write transaction so that duplicates and quotas are
-//! checked against exactly what is committed. The store does no authorization: callers pass the
-//! projects a request may see, and check roles before they call a mutation.
+//! Three layers, so that a second database is rows and transactions only:
+//! - [`Store`] (`store.rs`) is the rules layer the manager calls: validation through
+//!   `deskport-policy`, quotas, in-use checks, what cannot be deleted, the audit log's wording,
+//!   which changes move the policy revision agents follow, timestamps, and in-memory
+//!   snapshots of what every request reads. It holds no SQL.
+//! - [`Backend`] / [`Transaction`] (`backend.rs`) are what a database provides: row reads and
+//!   writes inside a write transaction that is serialized with every other one (so "check
+//!   against what is committed, then insert" is atomic), and reads outside it.
+//! - [`SqliteBackend`] (`sqlite.rs`) is the SQLite backend; it owns every SQL statement.
 //!
-//! A PostgreSQL implementation can follow behind the same trait; writes here are serialized by a
-//! single-connection write pool, which PostgreSQL would replace with row locks.
+//! `conformance` (feature `conformance`) is the suite every backend must pass: stories run
+//! against a fresh [`Store`] over the backend, one line per backend with
+//! `conformance_tests!`.
+//!
+//! The store does no authorization: callers pass the projects a request may see, and check
+//! roles before they call a mutation.
 
+mod audit;
+mod backend;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod sqlite;
+mod store;
 
 use std::net::IpAddr;
 
-use deskport_policy::{
-    GroupId, Note, Policy, Quota, Rejected, Rule, RuleId, RuleSpec, SecurityGroup,
-};
+use deskport_policy::{GroupId, Policy, Rejected, Rule, SecurityGroup};
 use uuid::Uuid;
 
-pub use sqlite::SqliteStore;
+pub use backend::{Backend, NewAuditEvent, Rows, Sessions, Transaction};
+pub use sqlite::SqliteBackend;
+pub use store::Store;
 
 /// A project (tenant).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +243,7 @@ pub struct Bootstrap {
     pub admin: Uuid,
 }
 
+/// Every error of the store, whichever backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{what} not found")]
@@ -244,6 +258,8 @@ pub enum StoreError {
         field: Option<&'static str>,
         message: String,
     },
+    /// The backend failed (an I/O or SQL error, or a constraint the rules layer did not
+    /// expect to be violated).
     #[error("database error")]
     Db(#[from] sqlx::Error),
     #[error("database migration failed")]
@@ -254,118 +270,12 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Everything the manager persists. Reads take the projects the caller may see (`visible`);
-/// an object of another project is reported as not found.
-#[async_trait::async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug + 'static {
-    /// On an empty store: creates the `default` project (with its `default` group) and the
-    /// administrator `admin` with `admin_password_hash`. Otherwise changes nothing.
-    async fn bootstrap(&self, admin_password_hash: &str) -> Result<Bootstrap>;
+impl From<Rejected> for StoreError {
+    fn from(rejected: Rejected) -> Self {
+        StoreError::Rejected(rejected)
+    }
+}
 
-    // Users, tokens and sessions.
-    async fn user_auth(&self, name: &str) -> Result<Option<(User, String)>>;
-    async fn user(&self, id: Uuid) -> Result<User>;
-    async fn list_users(&self) -> Result<Vec<User>>;
-    async fn create_user(
-        &self,
-        actor: &Actor,
-        name: &str,
-        password_hash: &str,
-        is_admin: bool,
-    ) -> Result<User>;
-    async fn delete_user(&self, actor: &Actor, id: Uuid) -> Result<()>;
-    async fn set_password(&self, actor: &Actor, id: Uuid, password_hash: &str) -> Result<()>;
-    async fn set_membership(
-        &self,
-        actor: &Actor,
-        project: Uuid,
-        user: Uuid,
-        role: Role,
-    ) -> Result<()>;
-    async fn remove_membership(&self, actor: &Actor, project: Uuid, user: Uuid) -> Result<()>;
-    async fn create_api_token(
-        &self,
-        actor: &Actor,
-        user: Uuid,
-        name: &str,
-        token_hash: &str,
-    ) -> Result<ApiToken>;
-    async fn list_api_tokens(&self, user: Uuid) -> Result<Vec<ApiToken>>;
-    async fn delete_api_token(&self, actor: &Actor, user: Uuid, id: Uuid) -> Result<()>;
-    async fn principal_by_token(&self, token_hash: &str) -> Result<Option<Principal>>;
-    async fn create_session(
-        &self,
-        user: Uuid,
-        token_hash: &str,
-        csrf_token: &str,
-        expires_at: i64,
-    ) -> Result<()>;
-    async fn session(&self, token_hash: &str, now: i64) -> Result<Option<Session>>;
-    async fn delete_session(&self, token_hash: &str) -> Result<()>;
-
-    // Projects.
-    async fn list_projects(&self, visible: &[Uuid]) -> Result<Vec<Project>>;
-    async fn project(&self, visible: &[Uuid], id: Uuid) -> Result<Project>;
-    /// Creates a project with its `default` group, and makes `owner` its admin.
-    async fn create_project(
-        &self,
-        actor: &Actor,
-        name: &str,
-        description: &str,
-        owner: Uuid,
-    ) -> Result<Project>;
-    async fn delete_project(&self, actor: &Actor, id: Uuid) -> Result<()>;
-
-    // Security groups and rules.
-    async fn list_groups(&self, visible: &[Uuid]) -> Result<Vec<GroupRecord>>;
-    async fn group(&self, visible: &[Uuid], id: GroupId) -> Result<GroupRecord>;
-    async fn create_group(
-        &self,
-        actor: &Actor,
-        project: Uuid,
-        name: &str,
-        description: &str,
-        quota: Quota,
-    ) -> Result<GroupRecord>;
-    async fn delete_group(&self, actor: &Actor, id: GroupId) -> Result<()>;
-    async fn rule(&self, visible: &[Uuid], id: RuleId) -> Result<RuleRecord>;
-    /// Validates `spec` (duplicates and the project's rule quota included) and adds the rule.
-    async fn create_rule(
-        &self,
-        actor: &Actor,
-        group: GroupId,
-        spec: &RuleSpec,
-        quota: Quota,
-    ) -> Result<(RuleRecord, Vec<Note>)>;
-    async fn delete_rule(&self, actor: &Actor, id: RuleId) -> Result<()>;
-
-    // Instances.
-    async fn list_instances(&self, visible: &[Uuid]) -> Result<Vec<Instance>>;
-    async fn instance(&self, visible: &[Uuid], id: Uuid) -> Result<Instance>;
-    async fn create_instance(&self, actor: &Actor, new: &NewInstance) -> Result<Instance>;
-    async fn delete_instance(&self, actor: &Actor, id: Uuid) -> Result<()>;
-    async fn set_remote_desktop(
-        &self,
-        actor: &Actor,
-        id: Uuid,
-        enabled: Option<bool>,
-        nla_only: Option<bool>,
-    ) -> Result<Instance>;
-    async fn attach_group(&self, actor: &Actor, id: Uuid, group: GroupId) -> Result<Instance>;
-    async fn detach_group(&self, actor: &Actor, id: Uuid, group: GroupId) -> Result<Instance>;
-    /// An agent's report: its certificate fingerprint (RDP server) and enforced revision.
-    async fn report_agent(
-        &self,
-        id: Uuid,
-        fingerprint: Option<&str>,
-        revision: Option<u64>,
-    ) -> Result<()>;
-
-    // Audit log and the agents' feed.
-    async fn list_audit(&self, visible: &[Uuid], filter: &AuditFilter) -> Result<Vec<AuditEvent>>;
-    async fn revision(&self) -> Result<u64>;
-    /// A receiver that sees every new revision after a committed change.
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
-    /// The state an agent of `instance` enforces; `None` for a whole project.
-    async fn agent_state(&self, project: Uuid, instance: Option<Uuid>) -> Result<AgentState>;
+pub(crate) fn not_found(what: &'static str) -> StoreError {
+    StoreError::NotFound { what }
 }

@@ -1,0 +1,1075 @@
+//! [`Store`]: the rules of deskport's data over any [`Backend`].
+//!
+//! Every mutation is one backend transaction that reads what it checks, writes its rows, appends
+//! its audit event and, for the changes agents enforce, bumps the policy revision — then
+//! commits. A check and the write it guards cannot be split by another writer, because the
+//! backend serializes write transactions.
+//!
+//! Reads of groups, instances and token owners, which every API request makes, are served from
+//! in-memory snapshots tagged with a *generation* that each commit through this `Store`
+//! increments, so a snapshot is never served after a change made here.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use deskport_policy::{
+    check_group_deletable, default_group, validate_group, validate_rule, GroupId, Member, Note,
+    Policy, Quota, RuleContext, RuleId, RuleSpec, SecurityGroup, Service, DEFAULT_GROUP,
+};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::audit::{rule_summary, Action};
+use crate::{
+    not_found, Actor, AgentState, ApiToken, AuditEvent, AuditFilter, Backend, Bootstrap,
+    GroupRecord, Instance, NewAuditEvent, NewInstance, Principal, Project, Result, Role, Rows,
+    RuleRecord, Session, Sessions, StoreError, Transaction, User,
+};
+
+/// The project every store has, which cannot be deleted.
+const DEFAULT_PROJECT: &str = "default";
+/// The administrator every store has, who cannot be deleted.
+const ADMIN: &str = "admin";
+/// Token owners cached at most (the cache is cleared when full).
+const PRINCIPAL_CACHE: usize = 10_000;
+/// The most audit events one listing returns.
+const AUDIT_LIMIT: u32 = 1000;
+
+/// Everything the manager persists, and the rules for changing it. Reads take the projects
+/// the caller may see (`visible`); an object of another project is reported as not found.
+/// Cloning is cheap and shares the caches.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    backend: Box<dyn Backend>,
+    revision: watch::Sender<u64>,
+    generation: AtomicU64,
+    groups: Snapshot<Vec<GroupRecord>>,
+    instances: Snapshot<Vec<Instance>>,
+    principals: PrincipalCache,
+}
+
+/// Token hash → owner, valid at one generation.
+type PrincipalCache = Mutex<(u64, HashMap<String, Option<Principal>>)>;
+
+/// A value read at a generation.
+type Snapshot<T> = Mutex<Option<(u64, Arc<T>)>>;
+
+/// What a change writes to the audit log.
+struct Change {
+    action: Action,
+    project: Option<Uuid>,
+    target: String,
+    summary: String,
+}
+
+impl Change {
+    fn new(
+        action: Action,
+        project: Option<Uuid>,
+        target: impl ToString,
+        summary: impl Into<String>,
+    ) -> Self {
+        Self {
+            action,
+            project,
+            target: target.to_string(),
+            summary: summary.into(),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn conflict(code: &'static str, field: Option<&'static str>, message: String) -> StoreError {
+    StoreError::Conflict {
+        code,
+        field,
+        message,
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// A record of one project.
+trait InProject {
+    fn project(&self) -> Uuid;
+}
+
+impl InProject for GroupRecord {
+    fn project(&self) -> Uuid {
+        self.project_id
+    }
+}
+
+impl InProject for Instance {
+    fn project(&self) -> Uuid {
+        self.project_id
+    }
+}
+
+/// The records of the `visible` projects.
+fn in_view<'a, T: InProject>(all: &'a [T], visible: &'a [Uuid]) -> impl Iterator<Item = &'a T> {
+    all.iter().filter(|r| visible.contains(&r.project()))
+}
+
+/// Inserts `group` and its rules.
+async fn insert_group(
+    tx: &mut dyn Transaction,
+    project: Uuid,
+    group: &SecurityGroup,
+    now: i64,
+) -> Result<()> {
+    tx.insert_group(project, group, now).await?;
+    for rule in &group.rules {
+        tx.insert_rule(project, rule, now).await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The store over `backend`.
+    pub async fn new(backend: impl Backend) -> Result<Self> {
+        let current = backend.read().await?.revision().await?;
+        let (revision, _) = watch::channel(current);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend: Box::new(backend),
+                revision,
+                generation: AtomicU64::new(1),
+                groups: Mutex::new(None),
+                instances: Mutex::new(None),
+                principals: Mutex::new((0, HashMap::new())),
+            }),
+        })
+    }
+
+    async fn read(&self) -> Result<Box<dyn Rows>> {
+        self.inner.backend.read().await
+    }
+
+    async fn write(&self) -> Result<Box<dyn Transaction>> {
+        self.inner.backend.write().await
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    /// Commits a change that is not audited (sessions, agent reports) and invalidates the
+    /// snapshots.
+    async fn commit_quietly(&self, tx: Box<dyn Transaction>) -> Result<()> {
+        tx.commit().await?;
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Appends the change's audit event, bumps the revision if agents care, commits, and
+    /// tells the revision's subscribers.
+    async fn commit(
+        &self,
+        mut tx: Box<dyn Transaction>,
+        actor: &Actor,
+        change: Change,
+    ) -> Result<()> {
+        tx.insert_audit(&NewAuditEvent {
+            project_id: change.project,
+            actor,
+            action: change.action.name(),
+            target_type: change.action.target_type(),
+            target_id: Some(change.target),
+            summary: change.summary,
+            created_at: now_ms(),
+        })
+        .await?;
+        let revision = match change.action.moves_revision() {
+            true => Some(tx.bump_revision().await?),
+            false => None,
+        };
+        self.commit_quietly(tx).await?;
+        if let Some(new) = revision {
+            // Two writers publish after their commits in either order; never go back.
+            self.inner.revision.send_if_modified(|current| {
+                let newer = new > *current;
+                if newer {
+                    *current = new;
+                }
+                newer
+            });
+        }
+        Ok(())
+    }
+
+    /// `snapshot`'s value if it was read at the current generation, else what `load` reads
+    /// (kept for the next caller).
+    async fn snapshot<T>(
+        &self,
+        snapshot: &Snapshot<T>,
+        load: impl Future<Output = Result<T>>,
+    ) -> Result<Arc<T>> {
+        let generation = self.generation();
+        if let Some((g, value)) = &*snapshot.lock().unwrap_or_else(|e| e.into_inner()) {
+            if *g == generation {
+                return Ok(value.clone());
+            }
+        }
+        let value = Arc::new(load.await?);
+        *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, value.clone()));
+        Ok(value)
+    }
+
+    /// Every group of every project.
+    async fn all_groups(&self) -> Result<Arc<Vec<GroupRecord>>> {
+        let load = async { self.read().await?.groups(None).await };
+        self.snapshot(&self.inner.groups, load).await
+    }
+
+    /// Every instance of every project.
+    async fn all_instances(&self) -> Result<Arc<Vec<Instance>>> {
+        let load = async { self.read().await?.instances(None).await };
+        self.snapshot(&self.inner.instances, load).await
+    }
+
+    /// An instance as committed.
+    async fn committed_instance(&self, id: Uuid) -> Result<Instance> {
+        self.read()
+            .await?
+            .instance(id)
+            .await?
+            .ok_or_else(|| not_found("instance"))
+    }
+
+    /// On an empty store: creates the `default` project (with its `default` group) and the
+    /// administrator `admin` with `admin_password_hash`. Otherwise changes nothing.
+    pub async fn bootstrap(&self, admin_password_hash: &str) -> Result<Bootstrap> {
+        let mut tx = self.write().await?;
+        let project = tx
+            .projects()
+            .await?
+            .into_iter()
+            .find(|p| p.name == DEFAULT_PROJECT);
+        let admin = tx.user_by_name(ADMIN).await?;
+        if let (Some(project), Some((admin, _))) = (&project, &admin) {
+            return Ok(Bootstrap {
+                created: false,
+                default_project: project.id,
+                admin: admin.id,
+            });
+        }
+        if !tx.users().await?.is_empty() {
+            return Err(StoreError::Corrupt(
+                "the store has users but no admin and default project".into(),
+            ));
+        }
+        let now = now_ms();
+        let project = Project {
+            id: Uuid::new_v4(),
+            name: DEFAULT_PROJECT.to_owned(),
+            description: "Default project".to_owned(),
+            created_at: now,
+        };
+        let admin = User {
+            id: Uuid::new_v4(),
+            name: ADMIN.to_owned(),
+            is_admin: true,
+            created_at: now,
+            memberships: Vec::new(),
+        };
+        tx.insert_project(&project).await?;
+        tx.insert_user(&admin, admin_password_hash).await?;
+        tx.set_membership(project.id, admin.id, Role::Admin).await?;
+        insert_group(&mut *tx, project.id, &default_group(GroupId::random()), now).await?;
+        let system = Actor {
+            name: "system".into(),
+            source: None,
+        };
+        let change = Change::new(
+            Action::ProjectCreate,
+            Some(project.id),
+            project.id,
+            "default project and admin user created",
+        );
+        self.commit(tx, &system, change).await?;
+        Ok(Bootstrap {
+            created: true,
+            default_project: project.id,
+            admin: admin.id,
+        })
+    }
+
+    // ---- users, tokens and sessions ----
+
+    /// The user called `name` and its password hash.
+    pub async fn user_auth(&self, name: &str) -> Result<Option<(User, String)>> {
+        self.read().await?.user_by_name(name).await
+    }
+
+    pub async fn user(&self, id: Uuid) -> Result<User> {
+        self.read()
+            .await?
+            .user(id)
+            .await?
+            .ok_or_else(|| not_found("user"))
+    }
+
+    /// Every user, by name.
+    pub async fn list_users(&self) -> Result<Vec<User>> {
+        self.read().await?.users().await
+    }
+
+    pub async fn create_user(
+        &self,
+        actor: &Actor,
+        name: &str,
+        password_hash: &str,
+        is_admin: bool,
+    ) -> Result<User> {
+        let mut tx = self.write().await?;
+        if tx.user_by_name(name).await?.is_some() {
+            return Err(conflict(
+                "duplicate_user_name",
+                Some("name"),
+                format!("a user named {name:?} already exists"),
+            ));
+        }
+        let user = User {
+            id: Uuid::new_v4(),
+            name: name.to_owned(),
+            is_admin,
+            created_at: now_ms(),
+            memberships: Vec::new(),
+        };
+        tx.insert_user(&user, password_hash).await?;
+        let administrator = if is_admin { " (administrator)" } else { "" };
+        let change = Change::new(
+            Action::UserCreate,
+            None,
+            user.id,
+            format!("user {name}{administrator}"),
+        );
+        self.commit(tx, actor, change).await?;
+        Ok(user)
+    }
+
+    /// Deletes a user with its memberships, tokens and sessions; `admin` cannot be deleted.
+    pub async fn delete_user(&self, actor: &Actor, id: Uuid) -> Result<()> {
+        let mut tx = self.write().await?;
+        let user = tx.user(id).await?.ok_or_else(|| not_found("user"))?;
+        if user.name == ADMIN {
+            return Err(conflict(
+                "admin_undeletable",
+                None,
+                "the admin user cannot be deleted".into(),
+            ));
+        }
+        tx.delete_user(id).await?;
+        let change = Change::new(Action::UserDelete, None, id, format!("user {}", user.name));
+        self.commit(tx, actor, change).await
+    }
+
+    /// Replaces a user's password hash and ends its console sessions.
+    pub async fn set_password(&self, actor: &Actor, id: Uuid, password_hash: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        if tx.user(id).await?.is_none() {
+            return Err(not_found("user"));
+        }
+        tx.set_password_hash(id, password_hash).await?;
+        tx.delete_sessions(Sessions::User(id)).await?;
+        let change = Change::new(Action::UserPassword, None, id, "password changed");
+        self.commit(tx, actor, change).await
+    }
+
+    /// Gives `user` `role` in `project` (a member already: its new role).
+    pub async fn set_membership(
+        &self,
+        actor: &Actor,
+        project: Uuid,
+        user: Uuid,
+        role: Role,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let project_exists = tx.projects().await?.iter().any(|p| p.id == project);
+        if !project_exists || tx.user(user).await?.is_none() {
+            return Err(not_found("user or project"));
+        }
+        tx.set_membership(project, user, role).await?;
+        let change = Change::new(
+            Action::MembershipSet,
+            Some(project),
+            user,
+            format!("role {}", role.as_str()),
+        );
+        self.commit(tx, actor, change).await
+    }
+
+    pub async fn remove_membership(&self, actor: &Actor, project: Uuid, user: Uuid) -> Result<()> {
+        let mut tx = self.write().await?;
+        if !tx.delete_membership(project, user).await? {
+            return Err(not_found("membership"));
+        }
+        let change = Change::new(
+            Action::MembershipDelete,
+            Some(project),
+            user,
+            "removed from the project",
+        );
+        self.commit(tx, actor, change).await
+    }
+
+    /// Records an API token of `user` (only its hash is kept).
+    pub async fn create_api_token(
+        &self,
+        actor: &Actor,
+        user: Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<ApiToken> {
+        let mut tx = self.write().await?;
+        if tx.user(user).await?.is_none() {
+            return Err(not_found("user"));
+        }
+        let token = ApiToken {
+            id: Uuid::new_v4(),
+            user_id: user,
+            name: name.to_owned(),
+            created_at: now_ms(),
+        };
+        tx.insert_api_token(&token, token_hash).await?;
+        let change = Change::new(
+            Action::TokenCreate,
+            None,
+            token.id,
+            format!("API token {name:?}"),
+        );
+        self.commit(tx, actor, change).await?;
+        Ok(token)
+    }
+
+    /// A user's API tokens, oldest first.
+    pub async fn list_api_tokens(&self, user: Uuid) -> Result<Vec<ApiToken>> {
+        self.read().await?.api_tokens(user).await
+    }
+
+    pub async fn delete_api_token(&self, actor: &Actor, user: Uuid, id: Uuid) -> Result<()> {
+        let mut tx = self.write().await?;
+        if !tx.delete_api_token(user, id).await? {
+            return Err(not_found("token"));
+        }
+        let change = Change::new(Action::TokenDelete, None, id, "API token revoked");
+        self.commit(tx, actor, change).await
+    }
+
+    /// Who the bearer token with this hash belongs to: a user's API token, else an instance's
+    /// agent token.
+    pub async fn principal_by_token(&self, token_hash: &str) -> Result<Option<Principal>> {
+        let generation = self.generation();
+        {
+            let cache = self
+                .inner
+                .principals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if cache.0 == generation {
+                if let Some(found) = cache.1.get(token_hash) {
+                    return Ok(found.clone());
+                }
+            }
+        }
+        let mut rows = self.read().await?;
+        let found = match rows.token_user(token_hash).await? {
+            Some(user) => Some(Principal::User(user)),
+            None => rows
+                .agent_token(token_hash)
+                .await?
+                .map(|(instance_id, project_id)| Principal::Agent {
+                    instance_id,
+                    project_id,
+                }),
+        };
+        let mut cache = self
+            .inner
+            .principals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if cache.0 != generation || cache.1.len() >= PRINCIPAL_CACHE {
+            *cache = (generation, HashMap::new());
+        }
+        cache.1.insert(token_hash.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    /// Starts a console session (and forgets the expired ones).
+    pub async fn create_session(
+        &self,
+        user: Uuid,
+        token_hash: &str,
+        csrf_token: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.write().await?;
+        tx.delete_sessions(Sessions::ExpiredBefore(now)).await?;
+        tx.insert_session(user, token_hash, csrf_token, now, expires_at)
+            .await?;
+        self.commit_quietly(tx).await
+    }
+
+    /// The session with this token hash if it is still valid at `now`.
+    pub async fn session(&self, token_hash: &str, now: i64) -> Result<Option<Session>> {
+        let session = self.read().await?.session(token_hash).await?;
+        Ok(session.filter(|s| s.expires_at > now))
+    }
+
+    pub async fn delete_session(&self, token_hash: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        tx.delete_sessions(Sessions::Token(token_hash)).await?;
+        self.commit_quietly(tx).await
+    }
+
+    // ---- projects ----
+
+    /// The visible projects, by name.
+    pub async fn list_projects(&self, visible: &[Uuid]) -> Result<Vec<Project>> {
+        let mut projects = self.read().await?.projects().await?;
+        projects.retain(|p| visible.contains(&p.id));
+        Ok(projects)
+    }
+
+    pub async fn project(&self, visible: &[Uuid], id: Uuid) -> Result<Project> {
+        if !visible.contains(&id) {
+            return Err(not_found("project"));
+        }
+        self.list_projects(&[id])
+            .await?
+            .pop()
+            .ok_or_else(|| not_found("project"))
+    }
+
+    /// Creates a project with its `default` group, and makes `owner` its admin.
+    pub async fn create_project(
+        &self,
+        actor: &Actor,
+        name: &str,
+        description: &str,
+        owner: Uuid,
+    ) -> Result<Project> {
+        let mut tx = self.write().await?;
+        if tx.projects().await?.iter().any(|p| p.name == name) {
+            return Err(conflict(
+                "duplicate_project_name",
+                Some("name"),
+                format!("a project named {name:?} already exists"),
+            ));
+        }
+        let now = now_ms();
+        let project = Project {
+            id: Uuid::new_v4(),
+            name: name.to_owned(),
+            description: description.to_owned(),
+            created_at: now,
+        };
+        tx.insert_project(&project).await?;
+        tx.set_membership(project.id, owner, Role::Admin).await?;
+        insert_group(&mut *tx, project.id, &default_group(GroupId::random()), now).await?;
+        let change = Change::new(
+            Action::ProjectCreate,
+            Some(project.id),
+            project.id,
+            format!("project {name}"),
+        );
+        self.commit(tx, actor, change).await?;
+        Ok(project)
+    }
+
+    /// Deletes a project and everything in it; `default` cannot be deleted.
+    pub async fn delete_project(&self, actor: &Actor, id: Uuid) -> Result<()> {
+        let mut tx = self.write().await?;
+        let project = tx
+            .projects()
+            .await?
+            .into_iter()
+            .find(|p| p.id == id)
+            .ok_or_else(|| not_found("project"))?;
+        if project.name == DEFAULT_PROJECT {
+            return Err(conflict(
+                "default_project_undeletable",
+                None,
+                "the default project cannot be deleted".into(),
+            ));
+        }
+        tx.delete_project(id).await?;
+        let change = Change::new(
+            Action::ProjectDelete,
+            None,
+            id,
+            format!("project {}", project.name),
+        );
+        self.commit(tx, actor, change).await
+    }
+
+    // ---- security groups and rules ----
+
+    /// The visible groups, oldest first, with their rules.
+    pub async fn list_groups(&self, visible: &[Uuid]) -> Result<Vec<GroupRecord>> {
+        let all = self.all_groups().await?;
+        Ok(in_view(&all, visible).cloned().collect())
+    }
+
+    pub async fn group(&self, visible: &[Uuid], id: GroupId) -> Result<GroupRecord> {
+        let all = self.all_groups().await?;
+        let found = in_view(&all, visible).find(|g| g.group.id == id).cloned();
+        found.ok_or_else(|| not_found("security group"))
+    }
+
+    /// Creates an empty group; its name must be new in the project and within the quota.
+    pub async fn create_group(
+        &self,
+        actor: &Actor,
+        project: Uuid,
+        name: &str,
+        description: &str,
+        quota: Quota,
+    ) -> Result<GroupRecord> {
+        let mut tx = self.write().await?;
+        let existing = tx.groups(Some(project)).await?;
+        let names: Vec<&str> = existing.iter().map(|g| g.group.name.as_str()).collect();
+        validate_group(name, description, &names, quota)?;
+        let group = SecurityGroup {
+            id: GroupId::random(),
+            name: name.to_owned(),
+            description: description.to_owned(),
+            rules: Vec::new(),
+        };
+        insert_group(&mut *tx, project, &group, now_ms()).await?;
+        let change = Change::new(
+            Action::GroupCreate,
+            Some(project),
+            group.id,
+            format!("security group {name}"),
+        );
+        self.commit(tx, actor, change).await?;
+        self.group(&[project], group.id).await
+    }
+
+    /// Deletes a group: not `default`, not one attached to an instance, not one another
+    /// group's rule names as its remote.
+    pub async fn delete_group(&self, actor: &Actor, id: GroupId) -> Result<()> {
+        let mut tx = self.write().await?;
+        let record = tx
+            .group(id)
+            .await?
+            .ok_or_else(|| not_found("security group"))?;
+        check_group_deletable(&record.group)?;
+        let name = &record.group.name;
+        let attached = tx.group_attachments(id).await?;
+        if !attached.is_empty() {
+            return Err(conflict(
+                "group_in_use",
+                None,
+                format!(
+                    "security group {name:?} is attached to instance(s) {}",
+                    attached.join(", ")
+                ),
+            ));
+        }
+        let referrers = tx.group_referrers(id).await?;
+        if !referrers.is_empty() {
+            return Err(conflict(
+                "group_in_use",
+                None,
+                format!(
+                    "rules of security group(s) {} refer to {name:?} as their remote",
+                    referrers.join(", ")
+                ),
+            ));
+        }
+        tx.delete_group(id).await?;
+        let change = Change::new(
+            Action::GroupDelete,
+            Some(record.project_id),
+            id,
+            format!("security group {name}"),
+        );
+        self.commit(tx, actor, change).await
+    }
+
+    pub async fn rule(&self, visible: &[Uuid], id: RuleId) -> Result<RuleRecord> {
+        self.read()
+            .await?
+            .rule(id)
+            .await?
+            .filter(|r| visible.contains(&r.project_id))
+            .ok_or_else(|| not_found("security group rule"))
+    }
+
+    /// Validates `spec` (duplicates and the project's rule quota included) and adds the rule.
+    pub async fn create_rule(
+        &self,
+        actor: &Actor,
+        group: GroupId,
+        spec: &RuleSpec,
+        quota: Quota,
+    ) -> Result<(RuleRecord, Vec<Note>)> {
+        let mut tx = self.write().await?;
+        let project = tx
+            .group(group)
+            .await?
+            .ok_or_else(|| not_found("security group"))?
+            .project_id;
+        let groups = tx.groups(Some(project)).await?;
+        let current = groups
+            .iter()
+            .find(|g| g.group.id == group)
+            .ok_or_else(|| not_found("security group"))?;
+        // In a block: the context is not `Send`, and the future must be.
+        let accepted = {
+            let exists = |id: GroupId| groups.iter().any(|g| g.group.id == id);
+            let ctx = RuleContext {
+                group: &current.group,
+                group_exists: &exists,
+                project_rules: groups.iter().map(|g| g.group.rules.len()).sum(),
+                quota,
+            };
+            validate_rule(spec, &ctx, RuleId::random())?
+        };
+        let now = now_ms();
+        tx.insert_rule(project, &accepted.rule, now).await?;
+        let change = Change::new(
+            Action::RuleCreate,
+            Some(project),
+            accepted.rule.id,
+            format!("{}: {}", current.group.name, rule_summary(&accepted.rule)),
+        );
+        self.commit(tx, actor, change).await?;
+        Ok((
+            RuleRecord {
+                project_id: project,
+                rule: accepted.rule,
+                created_at: now,
+            },
+            accepted.notes,
+        ))
+    }
+
+    pub async fn delete_rule(&self, actor: &Actor, id: RuleId) -> Result<()> {
+        let mut tx = self.write().await?;
+        let record = tx
+            .rule(id)
+            .await?
+            .ok_or_else(|| not_found("security group rule"))?;
+        let group = tx
+            .group(record.rule.group)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("rule {id} without its group")))?;
+        tx.delete_rule(id).await?;
+        let change = Change::new(
+            Action::RuleDelete,
+            Some(record.project_id),
+            id,
+            format!("{}: {}", group.group.name, rule_summary(&record.rule)),
+        );
+        self.commit(tx, actor, change).await
+    }
+
+    // ---- instances ----
+
+    /// The visible instances, oldest first.
+    pub async fn list_instances(&self, visible: &[Uuid]) -> Result<Vec<Instance>> {
+        let all = self.all_instances().await?;
+        Ok(in_view(&all, visible).cloned().collect())
+    }
+
+    pub async fn instance(&self, visible: &[Uuid], id: Uuid) -> Result<Instance> {
+        let all = self.all_instances().await?;
+        let found = in_view(&all, visible).find(|i| i.id == id).cloned();
+        found.ok_or_else(|| not_found("instance"))
+    }
+
+    /// Creates an instance with Remote Desktop off and NLA only on, in the given groups (each
+    /// once, in the given order) or else the project's `default` group.
+    pub async fn create_instance(&self, actor: &Actor, new: &NewInstance) -> Result<Instance> {
+        let project = new.project_id;
+        let mut tx = self.write().await?;
+        let project_groups = tx.groups(Some(project)).await?;
+        let mut groups: Vec<GroupId> = Vec::new();
+        if new.groups.is_empty() {
+            let default = project_groups
+                .iter()
+                .find(|g| g.group.name == DEFAULT_GROUP)
+                .ok_or_else(|| not_found("default security group"))?;
+            groups.push(default.group.id);
+        }
+        for g in &new.groups {
+            if !project_groups.iter().any(|p| p.group.id == *g) {
+                return Err(conflict(
+                    "security_group_not_found",
+                    Some("security_groups"),
+                    format!("security group {g} does not exist in this project"),
+                ));
+            }
+            if !groups.contains(g) {
+                groups.push(*g);
+            }
+        }
+        let taken = tx.instances(Some(project)).await?;
+        if taken.iter().any(|i| i.name == new.name) {
+            return Err(conflict(
+                "duplicate_instance_name",
+                Some("name"),
+                format!(
+                    "an instance named {:?} already exists in this project",
+                    new.name
+                ),
+            ));
+        }
+        let instance = Instance {
+            id: Uuid::new_v4(),
+            project_id: project,
+            name: new.name.clone(),
+            public_address: new.public_address,
+            public_rdp_port: new.public_rdp_port,
+            internal_address: new.internal_address,
+            rdp_port: new.rdp_port,
+            groups: Vec::new(),
+            rdp_enabled: false,
+            rdp_nla_only: true,
+            cert_fingerprint: None,
+            agent_seen_at: None,
+            agent_revision: None,
+            created_at: now_ms(),
+        };
+        tx.insert_instance(&instance, &new.agent_token_hash).await?;
+        for g in groups {
+            tx.attach_group(instance.id, g).await?;
+        }
+        let change = Change::new(
+            Action::InstanceCreate,
+            Some(project),
+            instance.id,
+            format!("instance {} at {}", new.name, new.public_address),
+        );
+        self.commit(tx, actor, change).await?;
+        self.committed_instance(instance.id).await
+    }
+
+    pub async fn delete_instance(&self, actor: &Actor, id: Uuid) -> Result<()> {
+        let mut tx = self.write().await?;
+        let instance = tx
+            .instance(id)
+            .await?
+            .ok_or_else(|| not_found("instance"))?;
+        tx.delete_instance(id).await?;
+        let change = Change::new(
+            Action::InstanceDelete,
+            Some(instance.project_id),
+            id,
+            format!("instance {}", instance.name),
+        );
+        self.commit(tx, actor, change).await
+    }
+
+    /// Switches *Allow remote connections* and *NLA only*; `None` keeps a switch as it is.
+    pub async fn set_remote_desktop(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        enabled: Option<bool>,
+        nla_only: Option<bool>,
+    ) -> Result<Instance> {
+        let mut tx = self.write().await?;
+        let before = tx
+            .instance(id)
+            .await?
+            .ok_or_else(|| not_found("instance"))?;
+        let after = Instance {
+            rdp_enabled: enabled.unwrap_or(before.rdp_enabled),
+            rdp_nla_only: nla_only.unwrap_or(before.rdp_nla_only),
+            ..before.clone()
+        };
+        tx.update_instance(&after).await?;
+        let summary = format!(
+            "{}: remote connections {} -> {}, NLA only {} -> {}",
+            before.name,
+            on_off(before.rdp_enabled),
+            on_off(after.rdp_enabled),
+            on_off(before.rdp_nla_only),
+            on_off(after.rdp_nla_only)
+        );
+        let change = Change::new(
+            Action::InstanceRemoteDesktop,
+            Some(before.project_id),
+            id,
+            summary,
+        );
+        self.commit(tx, actor, change).await?;
+        self.committed_instance(id).await
+    }
+
+    /// Attaches a group of the instance's project after its other groups.
+    pub async fn attach_group(&self, actor: &Actor, id: Uuid, group: GroupId) -> Result<Instance> {
+        let mut tx = self.write().await?;
+        let instance = tx
+            .instance(id)
+            .await?
+            .ok_or_else(|| not_found("instance"))?;
+        let name = tx
+            .group(group)
+            .await?
+            .filter(|g| g.project_id == instance.project_id)
+            .ok_or_else(|| not_found("security group"))?
+            .group
+            .name;
+        if instance.groups.iter().any(|(g, _)| *g == group) {
+            return Err(conflict(
+                "already_attached",
+                Some("security_group_id"),
+                format!("security group {name:?} is already attached"),
+            ));
+        }
+        tx.attach_group(id, group).await?;
+        let change = Change::new(
+            Action::InstanceAttachGroup,
+            Some(instance.project_id),
+            id,
+            format!("{}: security group {name} attached", instance.name),
+        );
+        self.commit(tx, actor, change).await?;
+        self.committed_instance(id).await
+    }
+
+    pub async fn detach_group(&self, actor: &Actor, id: Uuid, group: GroupId) -> Result<Instance> {
+        let mut tx = self.write().await?;
+        let instance = tx
+            .instance(id)
+            .await?
+            .ok_or_else(|| not_found("instance"))?;
+        let Some((_, name)) = instance.groups.iter().find(|(g, _)| *g == group) else {
+            return Err(not_found("attached security group"));
+        };
+        tx.detach_group(id, group).await?;
+        let change = Change::new(
+            Action::InstanceDetachGroup,
+            Some(instance.project_id),
+            id,
+            format!("{}: security group {name} detached", instance.name),
+        );
+        self.commit(tx, actor, change).await?;
+        self.committed_instance(id).await
+    }
+
+    /// An agent's report: its certificate fingerprint (RDP server) and enforced revision;
+    /// what it leaves out stays as last reported.
+    pub async fn report_agent(
+        &self,
+        id: Uuid,
+        fingerprint: Option<&str>,
+        revision: Option<u64>,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let before = tx
+            .instance(id)
+            .await?
+            .ok_or_else(|| not_found("instance"))?;
+        let after = Instance {
+            cert_fingerprint: fingerprint.map(str::to_owned).or(before.cert_fingerprint),
+            agent_revision: revision.or(before.agent_revision),
+            agent_seen_at: Some(now_ms()),
+            ..before
+        };
+        tx.update_instance(&after).await?;
+        self.commit_quietly(tx).await
+    }
+
+    // ---- audit log and the agents' feed ----
+
+    /// The visible projects' events matching `filter`, newest first (1 to 1000 of them).
+    pub async fn list_audit(
+        &self,
+        visible: &[Uuid],
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEvent>> {
+        let filter = AuditFilter {
+            limit: filter.limit.clamp(1, AUDIT_LIMIT),
+            ..filter.clone()
+        };
+        self.read().await?.audit(Some(visible), &filter).await
+    }
+
+    /// Every event matching `filter`, those that belong to no project (users, tokens, deleted
+    /// projects) included, newest first (1 to 1000 of them).
+    pub async fn list_audit_all(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>> {
+        let filter = AuditFilter {
+            limit: filter.limit.clamp(1, AUDIT_LIMIT),
+            ..filter.clone()
+        };
+        self.read().await?.audit(None, &filter).await
+    }
+
+    pub async fn revision(&self) -> Result<u64> {
+        Ok(*self.inner.revision.borrow())
+    }
+
+    /// A receiver that sees every new revision after a committed change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.revision.subscribe()
+    }
+
+    /// The state an agent of `instance` enforces (its instance as the member, the rest of the
+    /// project as peers); `None` for a whole project (every instance a member).
+    pub async fn agent_state(&self, project: Uuid, instance: Option<Uuid>) -> Result<AgentState> {
+        // Read the revision first: a change committed meanwhile makes the agent fetch again.
+        let revision = *self.inner.revision.borrow();
+        let groups = self.list_groups(&[project]).await?;
+        let instances = self.list_instances(&[project]).await?;
+        let member = |i: &Instance| Member {
+            name: i.name.clone(),
+            addresses: vec![i.public_address],
+            groups: i.groups.iter().map(|(g, _)| *g).collect(),
+            internal: i.internal_address,
+            // *Allow remote connections* off: the gateway publishes no RDP port, so it
+            // refuses like the instance's own closed port.
+            services: if i.rdp_enabled {
+                vec![Service {
+                    protocol: deskport_policy::proto::TCP,
+                    public_port: i.public_rdp_port,
+                    internal_port: i.rdp_port,
+                }]
+            } else {
+                Vec::new()
+            },
+        };
+        let (mine, others): (Vec<&Instance>, Vec<&Instance>) = instances
+            .iter()
+            .partition(|i| instance.is_none_or(|id| i.id == id));
+        if instance.is_some() && mine.is_empty() {
+            return Err(not_found("instance"));
+        }
+        Ok(AgentState {
+            revision,
+            policy: Policy {
+                groups: groups.into_iter().map(|g| g.group).collect(),
+                members: mine.iter().map(|i| member(i)).collect(),
+                peers: others.iter().map(|i| member(i)).collect(),
+            },
+            instances: mine.into_iter().cloned().collect(),
+        })
+    }
+}
