@@ -2,24 +2,22 @@
 //! SHA-256), the [`Caller`] every handler receives, and login throttling.
 
 use std::net::{IpAddr, SocketAddr};
-
-pub use deskport_policy::throttle::Throttle;
+use std::sync::Arc;
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
 use argon2::Argon2;
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
-use deskport_store::{Principal, Role, User};
+use axum::http::{HeaderMap, StatusCode};
+use deskport_store::{Principal, Role, Store, User};
 use rand::rngs::OsRng as SystemRng;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
 
 /// The session cookie of the console.
 pub const SESSION_COOKIE: &str = "deskport_session";
@@ -147,9 +145,8 @@ fn bearer(parts: &Parts) -> Option<&str> {
 }
 
 /// The value of cookie `name`.
-pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
-    parts
-        .headers
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -159,15 +156,17 @@ pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-impl FromRequestParts<AppState> for Caller {
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Arc<Store>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let store = Arc::<Store>::from_ref(state);
         if let Some(token) = bearer(parts) {
-            return match state.store.principal_by_token(&token_hash(token)).await? {
+            return match store.principal_by_token(&token_hash(token)).await? {
                 Some(Principal::User(u)) => Ok(Caller::User(u)),
                 Some(Principal::Agent {
                     instance_id,
@@ -181,13 +180,9 @@ impl FromRequestParts<AppState> for Caller {
         }
         // The console's session cookie authenticates API reads too (its forms carry CSRF
         // tokens; the API is not used with cookies for writes, see `console`).
-        if let Some(session) = cookie(parts, SESSION_COOKIE) {
+        if let Some(session) = cookie(&parts.headers, SESSION_COOKIE) {
             if parts.method == axum::http::Method::GET {
-                if let Some(s) = state
-                    .store
-                    .session(&token_hash(session), crate::now_ms())
-                    .await?
-                {
+                if let Some(s) = store.session(&token_hash(session), crate::now_ms()).await? {
                     return Ok(Caller::User(s.user));
                 }
             }

@@ -161,18 +161,6 @@ fn redirect_with(to: &str, kind: &str, lines: &[String]) -> Response {
     ([flash_cookie(kind, lines)], Redirect::to(to)).into_response()
 }
 
-/// The value of cookie `name` in `headers`.
-fn header_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 fn constant_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
@@ -226,7 +214,7 @@ impl FromRequestParts<AppState> for Console {
             .map_err(IntoResponse::into_response)?
             .0;
         let to_login = || Redirect::to("/login").into_response();
-        let Some(token) = cookie(parts, SESSION_COOKIE) else {
+        let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(to_login());
         };
         let session_hash = token_hash(token);
@@ -237,7 +225,7 @@ impl FromRequestParts<AppState> for Console {
             .map_err(|e| error_page(None, ApiError::from(e)))?
             .ok_or_else(to_login)?;
         let user = session.user;
-        let chosen = cookie(parts, PROJECT_COOKIE)
+        let chosen = cookie(&parts.headers, PROJECT_COOKIE)
             .and_then(|p| p.parse::<Uuid>().ok())
             .filter(|p| user.role_in(*p).is_some());
         let project = chosen
@@ -254,7 +242,7 @@ impl FromRequestParts<AppState> for Console {
                     ApiError::forbidden("you belong to no project; ask an administrator"),
                 )
             })?;
-        let flash = cookie(parts, FLASH_COOKIE).map(|v| {
+        let flash = cookie(&parts.headers, FLASH_COOKIE).map(|v| {
             let text = percent_decode(v);
             let mut lines = text.lines().map(str::to_owned);
             Flash {
@@ -429,7 +417,7 @@ fn login_form(csrf: &str, username: &str, error: Option<&str>) -> Markup {
 }
 
 async fn login_page(headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
-    let existing = header_cookie(&headers, LOGIN_CSRF_COOKIE).map(str::to_owned);
+    let existing = cookie(&headers, LOGIN_CSRF_COOKIE).map(str::to_owned);
     let csrf = existing.clone().unwrap_or_else(|| new_token("").0);
     let body = login_form(&csrf, "", q.error.as_deref());
     let mut response = body.into_response();
@@ -450,7 +438,7 @@ async fn login(
 ) -> Response {
     let username = form.get("username").map(|u| u.trim()).unwrap_or_default();
     let password = form.get("password").map(String::as_str).unwrap_or_default();
-    let expected = header_cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
     let given = form.get("csrf").map(String::as_str).unwrap_or_default();
     if expected.is_empty() || !constant_eq(expected, given) {
         let csrf = new_token("").0;

@@ -148,7 +148,7 @@ pub fn app(state: AppState, body_limit: usize) -> axum::Router {
         .route("/metrics", axum::routing::get(metrics))
         .fallback(|| async { ApiError::not_found("page") })
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.metrics.clone(),
             metrics::track,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
@@ -185,7 +185,7 @@ pub fn state(store: Arc<Store>, config: &ManagerConfig) -> AppState {
     AppState {
         store,
         quota: config.quota,
-        throttle: Arc::new(auth::Throttle::default()),
+        throttle: Arc::new(deskport_policy::throttle::Throttle::default()),
         metrics: Arc::new(metrics::Metrics::default()),
         rdp_user: config.rdp_user.clone(),
     }

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
+use axum::extract::FromRef;
+use deskport_policy::throttle::Throttle;
 use deskport_policy::Quota;
 use deskport_store::Store;
 
-use crate::auth::Throttle;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -16,4 +17,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The RDP user name shown in connect commands (`deskport up` sets it).
     pub rdp_user: Option<String>,
+}
+
+impl FromRef<AppState> for Arc<Store> {
+    fn from_ref(state: &AppState) -> Self {
+        state.store.clone()
+    }
 }
