@@ -11,7 +11,7 @@ use argon2::Argon2;
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use deskport_store::{Principal, Role, Store, User};
+use deskport_store::{Principal, Store, User};
 use rand::rngs::OsRng as SystemRng;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
@@ -92,21 +92,6 @@ impl Caller {
         match self {
             Caller::User(u) => u.project_ids(),
             Caller::Agent { .. } => Vec::new(),
-        }
-    }
-
-    /// Requires at least `role` in `project`: 404 if the caller cannot see the project at all
-    /// (existence is not leaked), 403 if it can see but not change.
-    pub fn require(&self, project: Uuid, role: Role) -> ApiResult<&User> {
-        let user = self.user()?;
-        match user.role_in(project) {
-            None => Err(ApiError::not_found("project")),
-            Some(r) if r >= role => Ok(user),
-            Some(r) => Err(ApiError::forbidden(format!(
-                "your role in this project is {}; this needs {}",
-                r.as_str(),
-                role.as_str()
-            ))),
         }
     }
 

@@ -3,8 +3,9 @@
 //! panel, and the audit log. Every page works without JavaScript (`static/console.js` only adds
 //! conveniences); every form carries the session's CSRF token; every input has a label.
 //!
-//! The console calls the store exactly as the API handlers do (same validation, same roles,
-//! same audit), so a change made here is the same change the API would make.
+//! The console makes its changes through the same operations as the API handlers
+//! ([`crate::ops`]: the same role check, validation and audit), so a change made here is the
+//! same change the API would make.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,10 +23,10 @@ use maud::{html, Markup, DOCTYPE};
 use uuid::Uuid;
 
 use crate::api::accounts::login as check_login;
-use crate::api::actor;
 use crate::auth::{cookie, new_token, token_hash, ClientAddr, SESSION_COOKIE};
 use crate::convert;
 use crate::error::ApiError;
+use crate::ops::{self, Ops};
 use crate::state::AppState;
 
 const PROJECT_COOKIE: &str = "deskport_project";
@@ -190,18 +191,18 @@ impl Console {
             .unwrap_or("?")
     }
 
+    /// Whether the page offers changes (the operations check again).
     fn can_change(&self) -> bool {
-        self.user
-            .role_in(self.project)
-            .is_some_and(|r| r >= Role::Member)
+        ops::allowed(&self.user, self.project, Role::Member)
     }
 
     fn csrf_ok(&self, form: &Fields) -> bool {
         form.get("csrf").is_some_and(|t| constant_eq(t, &self.csrf))
     }
 
-    fn actor(&self) -> deskport_store::Actor {
-        actor(&self.user, self.addr)
+    /// The user's changes, within the project shown.
+    fn ops<'a>(&'a self, s: &'a AppState) -> Ops<'a> {
+        s.ops(&self.user, self.addr, vec![self.project])
     }
 }
 
@@ -648,29 +649,19 @@ async fn create_group(State(s): State<AppState>, c: Console, Form(form): Form<Fi
     if !c.csrf_ok(&form) {
         return forbidden_csrf(&c);
     }
-    if !c.can_change() {
-        return error_page(
-            Some(&c),
-            ApiError::forbidden("your role in this project can only read"),
-        );
-    }
     let name = form.get("name").map(|n| n.trim()).unwrap_or_default();
     let description = form
         .get("description")
         .map(|d| d.trim())
         .unwrap_or_default();
-    match s
-        .store
-        .create_group(&c.actor(), c.project, name, description, s.quota)
-        .await
-    {
+    match c.ops(&s).create_group(c.project, name, description).await {
         Ok(g) => redirect_with(
             &format!("/security-groups/{}", g.group.id.0),
             "ok",
             &[format!("Created security group {}.", g.group.name)],
         ),
+        Err(e) if e.status == StatusCode::FORBIDDEN => error_page(Some(&c), e),
         Err(e) => {
-            let e = ApiError::from(e);
             let mut errors = errors_of(&e);
             if let Some(m) = errors.remove("") {
                 errors.insert("name".to_owned(), m);
@@ -689,22 +680,11 @@ async fn delete_group(
     if !c.csrf_ok(&form) {
         return forbidden_csrf(&c);
     }
-    let result = async {
-        let g = s.store.group(&c.user.project_ids(), GroupId(id)).await?;
-        if g.project_id != c.project || !c.can_change() {
-            return Err(ApiError::forbidden(
-                "your role in this project can only read",
-            ));
-        }
-        s.store.delete_group(&c.actor(), GroupId(id)).await?;
-        Ok(g.group.name)
-    }
-    .await;
-    match result {
-        Ok(name) => redirect_with(
+    match c.ops(&s).delete_group(GroupId(id)).await {
+        Ok(g) => redirect_with(
             "/access-security",
             "ok",
-            &[format!("Deleted security group {name}.")],
+            &[format!("Deleted security group {}.", g.group.name)],
         ),
         Err(e) => redirect_with("/access-security", "error", &[e.message]),
     }
@@ -1017,19 +997,7 @@ async fn add_rule(
             .map(|d| d.trim().to_owned())
             .filter(|d| !d.is_empty()),
     };
-    let result = async {
-        let g = s.store.group(&[c.project], GroupId(id)).await?;
-        if !c.can_change() {
-            return Err(ApiError::forbidden(
-                "your role in this project can only read",
-            ));
-        }
-        Ok(s.store
-            .create_rule(&c.actor(), g.group.id, &spec, s.quota)
-            .await?)
-    }
-    .await;
-    match result {
+    match c.ops(&s).create_rule(GroupId(id), &spec).await {
         Ok((record, notes)) => {
             let view = convert::rule(&record);
             let mut lines = vec![format!(
@@ -1084,20 +1052,9 @@ async fn delete_rule(
     if !c.csrf_ok(&form) {
         return forbidden_csrf(&c);
     }
-    let result = async {
-        let r = s.store.rule(&[c.project], RuleId(id)).await?;
-        if !c.can_change() {
-            return Err(ApiError::forbidden(
-                "your role in this project can only read",
-            ));
-        }
-        s.store.delete_rule(&c.actor(), RuleId(id)).await?;
-        Ok(r.rule.group.0)
-    }
-    .await;
-    match result {
-        Ok(group) => redirect_with(
-            &format!("/security-groups/{group}"),
+    match c.ops(&s).delete_rule(RuleId(id)).await {
+        Ok(r) => redirect_with(
+            &format!("/security-groups/{}", r.rule.group.0),
             "ok",
             &["Deleted the rule; connections it allowed are cut by the firewall.".to_owned()],
         ),
@@ -1258,18 +1215,10 @@ async fn set_remote_desktop(
     let enabled = form.get("enabled").is_some_and(|v| v == "on");
     let nla_only = form.get("nla_only").is_some_and(|v| v == "on");
     let back = format!("/instances/{id}");
-    let result = async {
-        let i = s.store.instance(&[c.project], id).await?;
-        if !c.can_change() {
-            return Err(ApiError::forbidden(
-                "your role in this project can only read",
-            ));
-        }
-        Ok(s.store
-            .set_remote_desktop(&c.actor(), i.id, Some(enabled), Some(nla_only))
-            .await?)
-    }
-    .await;
+    let result = c
+        .ops(&s)
+        .set_remote_desktop(id, Some(enabled), Some(nla_only))
+        .await;
     match result {
         Ok(i) => redirect_with(
             &back,
@@ -1299,19 +1248,11 @@ async fn attach_group(
     }
     let back = format!("/instances/{id}");
     let result = async {
-        let i = s.store.instance(&[c.project], id).await?;
         let group = form
             .get("group")
             .and_then(|g| g.parse::<Uuid>().ok())
             .ok_or_else(|| ApiError::bad_request("invalid", "choose a security group"))?;
-        if !c.can_change() {
-            return Err(ApiError::forbidden(
-                "your role in this project can only read",
-            ));
-        }
-        Ok(s.store
-            .attach_group(&c.actor(), i.id, GroupId(group))
-            .await?)
+        c.ops(&s).attach_group(id, &group.to_string()).await
     }
     .await;
     match result {
@@ -1330,18 +1271,7 @@ async fn detach_group(
         return forbidden_csrf(&c);
     }
     let back = format!("/instances/{id}");
-    let result = async {
-        let i = s.store.instance(&[c.project], id).await?;
-        if !c.can_change() {
-            return Err(ApiError::forbidden(
-                "your role in this project can only read",
-            ));
-        }
-        Ok(s.store
-            .detach_group(&c.actor(), i.id, GroupId(group))
-            .await?)
-    }
-    .await;
+    let result = c.ops(&s).detach_group(id, GroupId(group)).await;
     match result {
         Ok(_) => redirect_with(&back, "ok", &["Detached the security group.".to_owned()]),
         Err(e) => redirect_with(&back, "error", &[e.message]),

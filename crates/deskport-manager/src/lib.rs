@@ -1,6 +1,8 @@
 //! The manager (SPEC §3): deskport's control plane. It serves the HTTP API (`/api/v1`, with its
-//! OpenAPI document), `/healthz` and `/metrics`, and the agents' feed; it keeps everything in a
-//! [`deskport_store::Store`] (SQLite by default) and never writes SQL itself.
+//! OpenAPI document), the web console, `/healthz` and `/metrics`, and the agents' feed; it keeps
+//! everything in a [`deskport_store::Store`] (SQLite by default) and never writes SQL itself.
+//! The API and the console make changes through the same operations ([`ops`]: the role check,
+//! then the store).
 //!
 //! Entry point: [`Manager::open`] prepares the database (migrations, the first project and
 //! administrator), [`Manager::run`] serves it on a listener until a shutdown future resolves
@@ -14,6 +16,7 @@ mod convert;
 pub mod error;
 mod extract;
 pub mod metrics;
+pub mod ops;
 pub mod state;
 
 use std::net::SocketAddr;

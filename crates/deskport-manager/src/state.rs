@@ -1,13 +1,16 @@
 //! The state every handler shares.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::FromRef;
 use deskport_policy::throttle::Throttle;
 use deskport_policy::Quota;
-use deskport_store::Store;
+use deskport_store::{Store, User};
+use uuid::Uuid;
 
 use crate::metrics::Metrics;
+use crate::ops::Ops;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -17,6 +20,13 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The RDP user name shown in connect commands (`deskport up` sets it).
     pub rdp_user: Option<String>,
+}
+
+impl AppState {
+    /// `user`'s changes from `addr` to the projects in `view`.
+    pub fn ops<'a>(&'a self, user: &'a User, addr: IpAddr, view: Vec<Uuid>) -> Ops<'a> {
+        Ops::new(&self.store, self.quota, user, addr, view)
+    }
 }
 
 impl FromRef<AppState> for Arc<Store> {

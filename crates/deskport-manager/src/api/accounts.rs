@@ -4,11 +4,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use deskport_api::v1::*;
-use deskport_store::Role;
 use uuid::Uuid;
 
-use super::actor;
-use crate::auth::{hash_password_async, new_token, throttled, verify_password, Caller, ClientAddr};
+use super::ops;
+use crate::auth::{throttled, verify_password, Caller, ClientAddr};
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Id};
@@ -63,11 +62,10 @@ pub async fn create_token(
     Body(req): Body<TokenRequest>,
 ) -> ApiResult<(StatusCode, Json<TokenResponse>)> {
     let user = login(&s, addr, &req.username, &req.password).await?;
-    let (token, hash) = new_token("dpt_");
     let name = req.name.unwrap_or_else(|| format!("token from {addr}"));
-    let record = s
-        .store
-        .create_api_token(&actor(&user, addr), user.id, &name, &hash)
+    let (token, record) = s
+        .ops(&user, addr, user.project_ids())
+        .create_token(&name)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -97,10 +95,7 @@ pub async fn delete_token(
     ClientAddr(addr): ClientAddr,
     Id(id): Id<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let user = caller.user()?;
-    s.store
-        .delete_api_token(&actor(user, addr), user.id, id)
-        .await?;
+    ops(&s, &caller, addr)?.delete_token(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -125,21 +120,9 @@ pub async fn create_project(
     ClientAddr(addr): ClientAddr,
     Body(req): Body<CreateProjectRequest>,
 ) -> ApiResult<(StatusCode, Json<ProjectEnvelope>)> {
-    let user = caller.user()?;
-    if !user.is_admin {
-        return Err(ApiError::forbidden("only administrators create projects"));
-    }
     let p = req.project;
-    if !deskport_policy::valid_name(&p.name) {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            "a project name is 1-255 characters, without control characters or surrounding spaces",
-        )
-        .field("name"));
-    }
-    let project = s
-        .store
-        .create_project(&actor(user, addr), &p.name, &p.description, user.id)
+    let project = ops(&s, &caller, addr)?
+        .create_project(&p.name, &p.description)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -172,8 +155,7 @@ pub async fn delete_project(
     ClientAddr(addr): ClientAddr,
     Id(id): Id<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let user = caller.require(id, Role::Admin)?;
-    s.store.delete_project(&actor(user, addr), id).await?;
+    ops(&s, &caller, addr)?.delete_project(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -188,16 +170,8 @@ pub async fn set_member(
     Id((project, member)): Id<(Uuid, Uuid)>,
     Body(req): Body<SetMembership>,
 ) -> ApiResult<StatusCode> {
-    let user = caller.require(project, Role::Admin)?;
-    let role = Role::parse(&req.role).ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_role",
-            format!("role {:?} is not admin, member or reader", req.role),
-        )
-        .field("role")
-    })?;
-    s.store
-        .set_membership(&actor(user, addr), project, member, role)
+    ops(&s, &caller, addr)?
+        .set_member(project, member, &req.role)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -210,9 +184,8 @@ pub async fn remove_member(
     ClientAddr(addr): ClientAddr,
     Id((project, member)): Id<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
-    let user = caller.require(project, Role::Admin)?;
-    s.store
-        .remove_membership(&actor(user, addr), project, member)
+    ops(&s, &caller, addr)?
+        .remove_member(project, member)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -240,33 +213,9 @@ pub async fn create_user(
     ClientAddr(addr): ClientAddr,
     Body(req): Body<CreateUserRequest>,
 ) -> ApiResult<(StatusCode, Json<UserEnvelope>)> {
-    let admin = caller.user()?;
-    if !admin.is_admin {
-        return Err(ApiError::forbidden("only administrators create users"));
-    }
     let u = req.user;
-    let valid = !u.name.is_empty()
-        && u.name.len() <= 64
-        && u.name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
-    if !valid {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            "a user name is 1-64 letters, digits or . _ - @",
-        )
-        .field("name"));
-    }
-    if u.password.chars().count() < 8 {
-        return Err(
-            ApiError::bad_request("weak_password", "a password has at least 8 characters")
-                .field("password"),
-        );
-    }
-    let hash = hash_password_async(u.password).await?;
-    let user = s
-        .store
-        .create_user(&actor(admin, addr), &u.name, &hash, u.is_admin)
+    let user = ops(&s, &caller, addr)?
+        .create_user(&u.name, u.password, u.is_admin)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -301,10 +250,6 @@ pub async fn delete_user(
     ClientAddr(addr): ClientAddr,
     Id(id): Id<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let admin = caller.user()?;
-    if !admin.is_admin {
-        return Err(ApiError::forbidden("only administrators delete users"));
-    }
-    s.store.delete_user(&actor(admin, addr), id).await?;
+    ops(&s, &caller, addr)?.delete_user(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -20,6 +20,7 @@ use crate::auth::Caller;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Query};
+use crate::ops;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -106,7 +107,7 @@ pub async fn agent_policy(
         } => (*project_id, Some(*instance_id)),
         Caller::User(_) => {
             let project = caller.target_project(q.project_id)?;
-            caller.require(project, Role::Reader)?;
+            ops::require(caller.user()?, project, Role::Reader)?;
             (project, None)
         }
     };

@@ -8,15 +8,14 @@ use axum::http::StatusCode;
 use axum::Json;
 use deskport_api::v1::*;
 use deskport_policy::{template::TEMPLATES, GroupId, RuleId, RuleSpec};
-use deskport_store::Role;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::actor;
+use super::ops;
 use crate::auth::{Caller, ClientAddr};
 use crate::convert;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::extract::{Body, Id, Query};
 use crate::state::AppState;
 
@@ -42,16 +41,8 @@ pub async fn create_group(
 ) -> ApiResult<(StatusCode, Json<GroupEnvelope>)> {
     let g = req.security_group;
     let project = caller.target_project(g.project_id)?;
-    let user = caller.require(project, Role::Member)?;
-    let record = s
-        .store
-        .create_group(
-            &actor(user, addr),
-            project,
-            &g.name,
-            &g.description,
-            s.quota,
-        )
+    let record = ops(&s, &caller, addr)?
+        .create_group(project, &g.name, &g.description)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -85,12 +76,7 @@ pub async fn delete_group(
     ClientAddr(addr): ClientAddr,
     Id(id): Id<Uuid>,
 ) -> ApiResult<StatusCode> {
-    caller.user()?;
-    let record = s.store.group(&caller.visible(), GroupId(id)).await?;
-    let user = caller.require(record.project_id, Role::Member)?;
-    s.store
-        .delete_group(&actor(user, addr), GroupId(id))
-        .await?;
+    ops(&s, &caller, addr)?.delete_group(GroupId(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -135,14 +121,8 @@ pub async fn create_rule(
     ClientAddr(addr): ClientAddr,
     Body(req): Body<CreateRuleRequest>,
 ) -> ApiResult<(StatusCode, Json<RuleEnvelope>)> {
-    caller.user()?;
+    let ops = ops(&s, &caller, addr)?;
     let r = req.security_group_rule;
-    let group = s
-        .store
-        .group(&caller.visible(), GroupId(r.security_group_id))
-        .await
-        .map_err(|e| ApiError::from(e).field("security_group_id"))?;
-    let user = caller.require(group.project_id, Role::Member)?;
     let spec = RuleSpec {
         template: r.template,
         direction: r.direction,
@@ -157,15 +137,7 @@ pub async fn create_rule(
         remote_group_id: r.remote_group_id,
         description: r.description,
     };
-    let (record, notes) = s
-        .store
-        .create_rule(
-            &actor(user, addr),
-            GroupId(r.security_group_id),
-            &spec,
-            s.quota,
-        )
-        .await?;
+    let (record, notes) = ops.create_rule(GroupId(r.security_group_id), &spec).await?;
     Ok((
         StatusCode::CREATED,
         Json(RuleEnvelope {
@@ -199,10 +171,7 @@ pub async fn delete_rule(
     ClientAddr(addr): ClientAddr,
     Id(id): Id<Uuid>,
 ) -> ApiResult<StatusCode> {
-    caller.user()?;
-    let record = s.store.rule(&caller.visible(), RuleId(id)).await?;
-    let user = caller.require(record.project_id, Role::Member)?;
-    s.store.delete_rule(&actor(user, addr), RuleId(id)).await?;
+    ops(&s, &caller, addr)?.delete_rule(RuleId(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -9,19 +9,20 @@ pub mod instances;
 use std::net::IpAddr;
 
 use axum::Json;
-use deskport_store::{Actor, User};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::Caller;
+use crate::error::ApiResult;
+use crate::ops::Ops;
 use crate::state::AppState;
 
-pub fn actor(user: &User, addr: IpAddr) -> Actor {
-    Actor {
-        name: user.name.clone(),
-        source: Some(addr.to_string()),
-    }
+/// The caller's changes from `addr`, to every project it belongs to (403 for agent tokens).
+fn ops<'a>(s: &'a AppState, caller: &'a Caller, addr: IpAddr) -> ApiResult<Ops<'a>> {
+    let user = caller.user()?;
+    Ok(s.ops(user, addr, user.project_ids()))
 }
 
 #[derive(OpenApi)]
