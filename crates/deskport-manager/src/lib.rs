@@ -35,12 +35,9 @@ use rand::Rng as _;
 use crate::error::ApiError;
 pub use crate::state::AppState;
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    deskport_policy::unix_ms(std::time::SystemTime::now())
 }
 
 /// Where the data lives and the limits that apply.

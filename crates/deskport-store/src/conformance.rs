@@ -110,10 +110,7 @@ fn bob() -> Actor {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    deskport_policy::unix_ms(std::time::SystemTime::now())
 }
 
 fn every(limit: u32) -> AuditFilter {

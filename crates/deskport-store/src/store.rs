@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use deskport_policy::{
     check_group_deletable, default_group, validate_group, validate_rule, GroupId, Member, Note,
@@ -86,11 +86,9 @@ impl Change {
     }
 }
 
+/// The store stamps every record and event with the time it commits.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    deskport_policy::unix_ms(SystemTime::now())
 }
 
 fn conflict(code: &'static str, field: Option<&'static str>, message: String) -> StoreError {
