@@ -65,9 +65,20 @@ pub fn start_x_server(
     log: &Path,
     own_group: bool,
 ) -> anyhow::Result<(Child, String)> {
+    start_x_server_with(Command::new(kind.program().0), kind, size, log, own_group)
+}
+
+/// [`start_x_server`] through `command`: the X server's program, or a command that runs it
+/// (e.g. `ip netns exec NAME Xvfb`); the server's arguments are appended.
+pub fn start_x_server_with(
+    mut command: Command,
+    kind: XServer,
+    size: (u16, u16),
+    log: &Path,
+    own_group: bool,
+) -> anyhow::Result<(Child, String)> {
     let stderr = append(log)?;
     let (program, package) = kind.program();
-    let mut command = Command::new(program);
     command.args(["-displayfd", "1", "-nolisten", "tcp", "-noreset"]);
     if kind.resolve() == XServer::Xvnc {
         command

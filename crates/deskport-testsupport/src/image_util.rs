@@ -92,3 +92,24 @@ fn matches_at(haystack: &RgbImage, (x, y): (u32, u32), needle: &RgbImage, tolera
         })
     })
 }
+
+/// Peak signal-to-noise ratio of `a` against `b` (same size) over all RGB channels, in dB;
+/// infinite when they are equal.
+pub fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
+    assert_eq!(
+        a.dimensions(),
+        b.dimensions(),
+        "PSNR of images of different sizes"
+    );
+    let squares: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)).pow(2))
+        .sum();
+    if squares == 0 {
+        return f64::INFINITY;
+    }
+    let mse = squares as f64 / a.as_raw().len() as f64;
+    10.0 * (255.0f64 * 255.0 / mse).log10()
+}

@@ -9,6 +9,10 @@
 //! - [`Xvfb`]: a private X display at a size of the test's choosing.
 //! - [`Netns`]: a network namespace deleted on drop, and [`veth`] to wire two of them.
 //! - [`screenshot`] and the pixel helpers in [`image_util`].
+//! - [`servers`]: FreeRDP's shadow server and xrdp with Xvnc sessions, to compare with.
+//! - [`workload`] (the `deskport-workload` program), [`framecode`] and [`watch`]: the RDP
+//!   benchmark's heavy workload, the frame number drawn into each of its frames, and a watcher
+//!   that tells which frame a client's display shows and since when.
 //!
 //! This crate is only ever a dev-dependency. It panics with a clear message where a test cannot
 //! go on (a missing program, no root for namespaces): a test that silently skips is a test that
@@ -18,11 +22,15 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod dirs;
+pub mod framecode;
 pub mod image_util;
 mod net;
 mod netns;
 mod process;
+pub mod servers;
 mod wait;
+pub mod watch;
+pub mod workload;
 mod xvfb;
 
 pub use dirs::{artifact_dir, data_dir};

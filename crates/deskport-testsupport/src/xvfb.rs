@@ -22,8 +22,15 @@ impl Xvfb {
     /// Starts Xvfb with one screen of `width`x`height` at 24-bit depth (through
     /// `deskport_desktop::launch`, as deskport's own desktops start).
     pub fn start(width: u16, height: u16) -> Self {
+        Self::start_in(width, height, None)
+    }
+
+    /// Like [`Xvfb::start`], the server running inside `netns` if given (its clients connect
+    /// through its socket in /tmp/.X11-unix from anywhere).
+    pub fn start_in(width: u16, height: u16, netns: Option<&crate::Netns>) -> Self {
         crate::require_program("Xvfb");
-        let (child, display) = deskport_desktop::launch::start_x_server(
+        let (child, display) = deskport_desktop::launch::start_x_server_with(
+            crate::servers::command_in(netns, "Xvfb"),
             deskport_desktop::launch::XServer::Xvfb,
             (width, height),
             std::path::Path::new("/dev/null"),

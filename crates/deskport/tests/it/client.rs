@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use deskport_testsupport::servers::{XrdpServer, XRDP_PASSWORD};
 use deskport_testsupport::{
     free_port, image_util, require_program, require_root, wait_until, Netns, ProbeEvent,
     ProcessGuard, Xvfb,
@@ -488,23 +489,8 @@ impl ShadowServer {
         // It sends nothing until the screen changes.
         let animation = desktop.animate_corner();
         let port = free_port(LO);
-        let log: PathBuf = dir.join("shadow.log");
-        let process = ProcessGuard::spawn(
-            "freerdp-shadow-cli",
-            desktop
-                .command("freerdp-shadow-cli")
-                .args([&format!("/port:{port}"), "-auth"])
-                .env("HOME", dir)
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&log).unwrap())
-                .stderr(std::fs::File::create(dir.join("shadow.err")).unwrap()),
-        )
-        .unwrap();
-        wait_until(
-            Duration::from_secs(20),
-            "the shadow server to listen",
-            || std::net::TcpStream::connect((LO, port)).ok().map(|_| ()),
-        );
+        let process =
+            deskport_testsupport::servers::freerdp_shadow(dir, desktop.display(), port, None);
         Self {
             port,
             pattern,
@@ -555,241 +541,25 @@ impl Drop for KeepLog<'_> {
     }
 }
 
-/// xrdp 0.9 with Xvnc sessions, run by the test in the foreground: its own configuration in
-/// `dir` (loopback, a free port, TLS with a certificate made here), and a throwaway Unix
-/// account it authenticates through PAM. The session shows a solid background and a terminal
-/// that writes what is typed into `typed.txt`.
-struct XrdpServer {
-    port: u16,
-    user: String,
-    uid: u32,
-    typed: PathBuf,
-    _xrdp: ProcessGuard,
-    _sesman: ProcessGuard,
-}
-
-const XRDP_PASSWORD: &str = "Xrdp-test-7";
-/// The session's background.
+/// The xrdp session's background.
 const XRDP_BACKGROUND: [u8; 3] = [0x2a, 0x7f, 0x62];
 
-impl XrdpServer {
-    fn start(dir: &Path) -> Self {
-        require_root();
-        for program in [
-            "xrdp",
-            "xrdp-sesman",
-            "Xvnc",
-            "openssl",
-            "useradd",
-            "xsetroot",
-        ] {
-            require_program(program);
-        }
-        // xrdp finds sesman on the port /etc/xrdp/sesman.ini names (3350), whatever our file
-        // says: it must be free.
-        assert!(
-            std::net::TcpStream::connect_timeout(&(LO, 3350).into(), Duration::from_secs(1))
-                .is_err()
-                && std::net::TcpStream::connect_timeout(
-                    &("::1".parse::<IpAddr>().unwrap(), 3350).into(),
-                    Duration::from_secs(1)
-                )
-                .is_err(),
-            "something (a system xrdp-sesman?) listens on port 3350, which the test's sesman needs"
-        );
-        use std::os::unix::fs::PermissionsExt as _;
-        let conf = dir.join("xrdp");
-        std::fs::create_dir(&conf).unwrap();
-        // The session's programs run as the test account: they must reach the directory.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let user = format!("dpx{}", std::process::id());
-        let status = Command::new("useradd")
-            .args(["-m", "-s", "/bin/sh", &user])
-            .status()
-            .unwrap();
-        assert!(status.success(), "useradd {user}");
-        let mut chpasswd = Command::new("chpasswd")
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(chpasswd.stdin.take().unwrap(), "{user}:{XRDP_PASSWORD}").unwrap();
-        assert!(chpasswd.wait().unwrap().success());
-        let uid = nix::unistd::User::from_name(&user)
-            .unwrap()
-            .expect("the account just made")
-            .uid
-            .as_raw();
-        let out = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args(["-subj", "/CN=xrdp-test", "-keyout"])
-            .arg(conf.join("key.pem"))
-            .arg("-out")
-            .arg(conf.join("cert.pem"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let typed = conf.join("typed.txt");
-        let startwm = conf.join("startwm.sh");
-        std::fs::write(
-            &startwm,
-            format!(
-                "#!/bin/sh\nxsetroot -solid '#{:02x}{:02x}{:02x}'\nexec xterm -geometry 60x8+20+20 -e /bin/sh -c 'exec cat > {}'\n",
-                XRDP_BACKGROUND[0],
-                XRDP_BACKGROUND[1],
-                XRDP_BACKGROUND[2],
-                typed.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&startwm, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let port = free_port(LO);
-        let c = conf.display();
-        let first_display = XRDP_DISPLAYS.start();
-        // Displays left by an earlier run that was killed.
-        sweep_stale_x_displays();
-        std::fs::write(
-            conf.join("xrdp.ini"),
-            format!(
-                "[Globals]\nini_version=1\nfork=true\nport=tcp://127.0.0.1:{port}\nsecurity_layer=negotiate\n\
-                 crypt_level=high\ncertificate={c}/cert.pem\nkey_file={c}/key.pem\nssl_protocols=TLSv1.2, TLSv1.3\n\
-                 autorun=Xvnc\nallow_channels=true\nbitmap_cache=true\nbitmap_compression=true\nbulk_compression=true\n\
-                 max_bpp=32\nnew_cursors=true\nuse_fastpath=both\n\
-                 [Logging]\nLogFile={c}/xrdp.log\nLogLevel=INFO\nEnableSyslog=false\nEnableConsole=false\n\
-                 [Channels]\nrdpdr=false\nrdpsnd=false\ndrdynvc=false\ncliprdr=false\nrail=false\nxrdpvr=false\ntcutils=false\n\
-                 [Xvnc]\nname=Xvnc\nlib=libvnc.so\nusername=ask\npassword=ask\nip=127.0.0.1\nport=-1\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            conf.join("sesman.ini"),
-            format!(
-                "[Globals]\nListenAddress=127.0.0.1\nListenPort=3350\nEnableUserWindowManager=false\n\
-                 UserWindowManager=startwm.sh\nDefaultWindowManager={c}/startwm.sh\nReconnectScript=reconnectwm.sh\n\
-                 [Security]\nAllowRootLogin=false\nMaxLoginRetry=4\nTerminalServerUsers=tsusers\n\
-                 TerminalServerAdmins=tsadmins\nAlwaysGroupCheck=false\n\
-                 [Sessions]\nX11DisplayOffset={first_display}\nMaxSessions=10\nKillDisconnected=true\nDisconnectedTimeLimit=0\n\
-                 IdleTimeLimit=0\nPolicy=Default\n\
-                 [Logging]\nLogFile={c}/sesman.log\nLogLevel=INFO\nEnableSyslog=false\nEnableConsole=false\n\
-                 [Xvnc]\nparam=Xvnc\nparam=-bs\nparam=-nolisten\nparam=tcp\nparam=-localhost\nparam=-dpi\nparam=96\n\
-                 [Chansrv]\nFuseMountName=thinclient_drives\n[ChansrvLogging]\nLogLevel=INFO\nEnableSyslog=false\n"
-            ),
-        )
-        .unwrap();
-        let spawn = |name: &str, program: &str| {
-            ProcessGuard::spawn(
-                name,
-                Command::new(program)
-                    .arg("--nodaemon")
-                    .arg("--config")
-                    .arg(conf.join(format!("{name}.ini")))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(conf.join(format!("{name}.err"))).unwrap()),
-            )
-            .unwrap()
-        };
-        let sesman = spawn("sesman", "xrdp-sesman");
-        let xrdp = spawn("xrdp", "xrdp");
-        wait_until(Duration::from_secs(20), "xrdp to listen", || {
-            std::net::TcpStream::connect((LO, port)).ok().map(|_| ())
-        });
-        Self {
-            port,
-            user,
-            uid,
-            typed,
-            _xrdp: xrdp,
-            _sesman: sesman,
-        }
-    }
-
-    fn target(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl XrdpServer {
-    /// The PIDs of the processes running as the test account.
-    fn account_processes(&self) -> Vec<i32> {
-        let uid = self.uid.to_string();
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
-                let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-                let owner = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))?
-                    .split_whitespace()
-                    .next()?;
-                (owner == uid).then_some(pid)
-            })
-            .collect()
-    }
-}
-
-/// The display numbers sesman gives the test's Xvnc sessions (`X11DisplayOffset` and the
-/// ten after it).
-const XRDP_DISPLAYS: std::ops::RangeInclusive<u32> = 150..=160;
-
-/// Removes the lock files and sockets of the test's X displays whose server is gone (a
-/// session killed before it could clean up; sesman would otherwise run out of displays).
-fn sweep_stale_x_displays() {
-    for n in XRDP_DISPLAYS {
-        let lock = PathBuf::from(format!("/tmp/.X{n}-lock"));
-        let Ok(text) = std::fs::read_to_string(&lock) else {
-            continue;
-        };
-        let alive = text
-            .trim()
-            .parse::<i32>()
-            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !alive {
-            let _ = std::fs::remove_file(&lock);
-            let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
-        }
-    }
-}
-
-impl Drop for XrdpServer {
-    fn drop(&mut self) {
-        // The session (sesman's child, Xvnc, the terminal) runs as the test account, outside
-        // our process groups: stop each of its processes by PID — asked first, so that Xvnc
-        // removes its display's lock and socket, then killed — then remove the account.
-        for pid in self.account_processes() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while !self.account_processes().is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for _ in 0..2 {
-            for pid in self.account_processes() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        sweep_stale_x_displays();
-        let _ = Command::new("userdel")
-            .args(["-r", "-f", &self.user])
-            .stderr(Stdio::null())
-            .status();
-    }
+/// xrdp with Xvnc sessions that show a solid background and a terminal that writes what is
+/// typed into the returned file.
+fn start_xrdp(dir: &Path) -> (XrdpServer, PathBuf) {
+    require_program("xsetroot");
+    let typed = dir.join("xrdp").join("typed.txt");
+    let server = XrdpServer::start(
+        dir,
+        &format!(
+            "#!/bin/sh\nxsetroot -solid '#{:02x}{:02x}{:02x}'\nexec xterm -geometry 60x8+20+20 -e /bin/sh -c 'exec cat > {}'\n",
+            XRDP_BACKGROUND[0],
+            XRDP_BACKGROUND[1],
+            XRDP_BACKGROUND[2],
+            typed.display()
+        ),
+    );
+    (server, typed)
 }
 
 /// Whether at least `share` of `image`'s pixels have `color`.
@@ -801,7 +571,7 @@ fn mostly(image: &RgbImage, color: [u8; 3], share: f64) -> bool {
 #[test]
 fn xrdp_in_a_window_and_headless() {
     let dir = deskport_testsupport::data_dir();
-    let server = XrdpServer::start(dir.path());
+    let (server, typed) = start_xrdp(dir.path());
     let target = server.target();
     let _log = KeepLog(&dir.path().join("xrdp").join("xrdp.log"));
 
@@ -811,7 +581,7 @@ fn xrdp_in_a_window_and_headless() {
         &[
             &target,
             "-u",
-            &server.user,
+            server.user(),
             "--sec",
             "nla",
             "--screenshot",
@@ -833,7 +603,7 @@ fn xrdp_in_a_window_and_headless() {
         "deskport connect",
         client
             .command(env!("CARGO_BIN_EXE_deskport"))
-            .args(["connect", &target, "-u", &server.user, "-p", XRDP_PASSWORD])
+            .args(["connect", &target, "-u", server.user(), "-p", XRDP_PASSWORD])
             .args(["--sec", "tls", "-g", "800x600", "--known-hosts"])
             .arg(dir.path().join("known_hosts"))
             .env("DESKPORT_CONFIG", "/dev/null")
@@ -870,7 +640,7 @@ fn xrdp_in_a_window_and_headless() {
         Duration::from_secs(15),
         "the typed line in the xrdp session",
         || {
-            std::fs::read_to_string(&server.typed)
+            std::fs::read_to_string(&typed)
                 .ok()
                 .filter(|t| t.contains("hello xrdp 42\n"))
         },
@@ -884,7 +654,7 @@ fn xrdp_in_a_window_and_headless() {
         &[
             &target,
             "-u",
-            &server.user,
+            server.user(),
             "--sec",
             "tls",
             "-g",
