@@ -28,6 +28,8 @@ use deskport_testsupport::{
     free_port, image_util, require_program, wait_until, ProcessGuard, Xvfb,
 };
 
+mod support;
+
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const USER: &str = "bench";
 const PASSWORD: &str = "Bench-password-123";
@@ -108,17 +110,7 @@ struct Server {
 /// deskport's server sharing `desktop`, named `name`, with extra `[rdp_server]` settings.
 fn deskport_server(dir: &Path, desktop: &Xvfb, name: &'static str, settings: &str) -> Server {
     let data = dir.join(name);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deskport"))
-        .args(["rdp-server", "--data-dir"])
-        .arg(&data)
-        .args(["user", "add", USER, "--password-stdin"])
-        .env("DESKPORT_CONFIG", "/dev/null")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    assert!(child.wait().unwrap().success());
+    support::add_user(&data, USER, PASSWORD);
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
