@@ -1,6 +1,11 @@
 """Turns the output of scripts/bench into bench/RESULTS.md and PNG plots.
 
 Usage: bench-report.py BENCH_OUTPUT CRITERION_DIR OUT_DIR
+       bench-report.py --heavy-only BENCH_OUTPUT OUT_DIR
+
+The heavy RDP benchmark's `HEAVY|link|server|frames|of|median ms|p95 ms|bytes|CPU-s|PSNR|polls/s`
+lines become their own table, between the markers below. With --heavy-only, only that table
+and the heavy `BENCH|` rows are replaced in an existing RESULTS.md; every other row is kept.
 """
 
 import json
@@ -10,10 +15,16 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def pyplot():
+    """matplotlib's pyplot, headless (only the full report draws plots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def bench_lines(path):
@@ -66,6 +77,119 @@ def criterion(crit_dir):
     return result
 
 
+HEAVY_BEGIN = "<!-- heavy:begin -->"
+HEAVY_END = "<!-- heavy:end -->"
+LINKS = {"loopback": "loopback", "10mbit": "10 Mbit/s (`tbf`, mtu 1500, in a network namespace)"}
+
+
+def heavy_lines(path):
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.rstrip("\n").split("|")
+            if parts[0] != "HEAVY" or len(parts) != 11:
+                continue
+            _, link, server, frames, of, median, p95, nbytes, cpu, psnr, polls = parts
+            rows.append(
+                {
+                    "link": link,
+                    "server": server,
+                    "frames": int(frames),
+                    "of": int(of),
+                    "median": float(median),
+                    "p95": float(p95),
+                    "bytes": int(nbytes),
+                    "cpu": float(cpu),
+                    "psnr": psnr,
+                    "polls": float(polls),
+                }
+            )
+    return rows
+
+
+def heavy_notes(path):
+    """The bench's lines about skipped rows and rows without figures."""
+    notes = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("heavy: ") and ("skipping" in line or "no figures" in line):
+                notes.append(line.strip()[len("heavy: "):])
+    return notes
+
+
+def heavy_section(rows, notes):
+    lines = [
+        HEAVY_BEGIN,
+        "## RDP, the heavy workload (SPEC §7)",
+        "",
+        "`cargo bench -p deskport --bench heavy`: 1280x800, about 40% of the screen changing per "
+        "frame, 30 frames/s for 10 s, a frame code in every frame; every server watched by the same "
+        "xfreerdp 2.11 (`/network:lan /bpp:32`, plus the `/gfx` flag named) on its own Xvfb, all "
+        "rows of a link from the same run. Frames shown: distinct frame codes the client showed; "
+        "latency: frame drawn (after XSync) to its code first seen in the client's window (polled "
+        "at the rate given); bytes: what the server's socket sent from the first frame to the end; "
+        "CPU: server process(es) + the X server it reads. PSNR: the client's final picture against "
+        "the server's screen.",
+        "",
+    ]
+    for link in [l for l in LINKS if any(r["link"] == l for r in rows)]:
+        lines += [
+            f"**{LINKS[link]}**",
+            "",
+            "| server | frames shown | latency median / p95 | bytes | server + X CPU-s | PSNR final frame | watcher polls/s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            if r["link"] != link:
+                continue
+            psnr = "∞ (identical)" if r["psnr"] == "inf" else f"{r['psnr']} dB"
+            lines.append(
+                f"| {r['server']} | {r['frames']} / {r['of']} | {r['median']:.0f} / {r['p95']:.0f} ms "
+                f"| {r['bytes'] / 1e6:.1f} MB | {r['cpu']:.1f} | {psnr} | {r['polls']:.0f} |"
+            )
+        lines.append("")
+    if notes:
+        lines += ["Not measured in this run: " + "; ".join(notes) + ".", ""]
+    lines.append(HEAVY_END)
+    return lines
+
+
+def heavy_only(out_path, out_dir):
+    """Replaces the heavy table and the heavy BENCH rows of an existing RESULTS.md."""
+    results = os.path.join(out_dir, "RESULTS.md")
+    with open(results, encoding="utf-8") as f:
+        text = f.read()
+    section = "\n".join(heavy_section(heavy_lines(out_path), heavy_notes(out_path)))
+    if HEAVY_BEGIN in text and HEAVY_END in text:
+        before, rest = text.split(HEAVY_BEGIN, 1)
+        after = rest.split(HEAVY_END, 1)[1]
+        text = before + section + after
+    else:
+        marker = "\n## Plots"
+        at = text.find(marker)
+        if at < 0:
+            at = text.find("\nCommit ")
+        text = text[:at] + "\n" + section + "\n" + text[at:] if at >= 0 else text + "\n" + section + "\n"
+    # The heavy BENCH rows of the main table: the old ones out, the new ones in after the
+    # last rdp row.
+    new_rows = []
+    for r in bench_lines(out_path):
+        if r["name"].startswith("rdp heavy"):
+            ratio = ratio_of(r)
+            shown = f"{ratio:.2f}" if ratio is not None else "—"
+            new_rows.append(
+                f"| {r['name']} | {fmt(r['value'])} {r['unit']} | {fmt(r['baseline'])} {r['baseline_what']} | {shown} |"
+            )
+    lines = [l for l in text.split("\n") if not l.startswith("| rdp heavy")]
+    # The end of the first table (the main one).
+    end = next(i for i, l in enumerate(lines) if l.startswith("| "))
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[end:end] = new_rows
+    with open(results, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+
+
 def fmt(v):
     if v >= 1e6:
         return f"{v / 1e6:.1f} M"
@@ -89,7 +213,11 @@ def ratio_of(r):
 
 
 def main():
+    if sys.argv[1] == "--heavy-only":
+        heavy_only(sys.argv[2], sys.argv[3])
+        return
     out_path, crit_dir, out_dir = sys.argv[1:4]
+    plt = pyplot()
     os.makedirs(out_dir, exist_ok=True)
     rows = bench_lines(out_path)
     crit = criterion(crit_dir)
@@ -199,6 +327,10 @@ def main():
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, "ratios.png"), dpi=100)
         plots.append(("ratios.png", "Every other figure against its baseline"))
+
+    heavy = heavy_lines(out_path)
+    if heavy or heavy_notes(out_path):
+        lines += [""] + heavy_section(heavy, heavy_notes(out_path))
 
     if plots:
         lines += ["", "## Plots", ""]
