@@ -26,8 +26,8 @@
 
 use std::sync::Arc;
 
-use deskport_rdp::desktop::{Area, Frame};
-use deskport_rdp::encode::Encoder;
+use deskport_desktop::{Area, Frame};
+use deskport_rdp::encode::BitmapEncoder as Encoder;
 use deskport_rdp::Codec;
 use deskport_testsupport::workload::Rng;
 use ironrdp_bulk::{BulkCompressor, CompressionType as BulkType};
@@ -225,8 +225,8 @@ fn session(frames: usize) -> Vec<(usize, usize, usize)> {
             let areas = screen.step();
             (screen.frame(), plain.tiles_covering(&areas, W, H))
         };
-        plain.encode(&frame, &rects, &mut a).unwrap();
-        packed.encode(&frame, &rects, &mut b).unwrap();
+        plain.encode_rects(&frame, &rects, &mut a).unwrap();
+        packed.encode_rects(&frame, &rects, &mut b).unwrap();
         let (expected, sent) = (updates(&a), updates(&b));
         assert_eq!(expected.len(), sent.len());
         let mut uncompressed = 0;
