@@ -27,7 +27,8 @@
 use std::sync::Arc;
 
 use deskport_desktop::{Area, Frame};
-use deskport_rdp::encode::BitmapEncoder as Encoder;
+use deskport_rdp::encode::diff::Diff;
+use deskport_rdp::encode::{BitmapEncoder as Encoder, ScreenEncoder as _};
 use deskport_rdp::Codec;
 use deskport_testsupport::workload::Rng;
 use ironrdp_bulk::{BulkCompressor, CompressionType as BulkType};
@@ -214,19 +215,22 @@ fn session(frames: usize) -> Vec<(usize, usize, usize)> {
     let mut client = BulkCompressor::new(BulkType::Rdp61);
     let mut per_frame = Vec::new();
     let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut diff = Diff::new();
     for i in 0..=frames {
         a.clear();
         b.clear();
-        let (frame, rects) = if i == 0 {
+        let (frame, ops) = if i == 0 {
             let frame = screen.frame();
-            let rects = plain.changed_tiles(None, &frame);
-            (frame, rects)
+            let ops = diff.ops(&frame, None, plain.op_kinds());
+            (frame, ops)
         } else {
             let areas = screen.step();
-            (screen.frame(), plain.tiles_covering(&areas, W, H))
+            let frame = screen.frame();
+            let ops = diff.ops(&frame, Some(&areas), plain.op_kinds());
+            (frame, ops)
         };
-        plain.encode_rects(&frame, &rects, &mut a).unwrap();
-        packed.encode_rects(&frame, &rects, &mut b).unwrap();
+        plain.encode(&frame, &ops, &mut a).unwrap();
+        packed.encode(&frame, &ops, &mut b).unwrap();
         let (expected, sent) = (updates(&a), updates(&b));
         assert_eq!(expected.len(), sent.len());
         let mut uncompressed = 0;

@@ -18,8 +18,8 @@ use ironrdp_pdu::rdp::client_info::CompressionType;
 use ironrdp_pdu::rdp::headers::CompressionFlags;
 
 use super::planar::PlanarEncoder;
-use super::{write_update, Changes, Codec, ScreenEncoder};
-use deskport_desktop::{Area, Frame};
+use super::{write_update, Codec, Op, OpKinds, Rect, ScreenEncoder};
+use deskport_desktop::Frame;
 
 /// Tile width of the change detection and of the update rectangles.
 pub const TILE_WIDTH: u16 = 64;
@@ -38,7 +38,8 @@ const PIECE: (u16, u16) = (512, 256);
 /// `area` cut into pieces of at most `piece` from its own corner, rows of pieces top-down.
 /// Widths are rounded up to a multiple of 4 (planar needs it: a few unchanged pixels more are
 /// cheaper than a raw tile) where the `screen_width` leaves room.
-fn cut((ax, ay, aw, ah): Area, (pw, ph): (u16, u16), screen_width: u16) -> Vec<Rect> {
+fn cut(area: Rect, (pw, ph): (u16, u16), screen_width: u16) -> Vec<Rect> {
+    let (ax, ay, aw, ah) = (area.x, area.y, area.width, area.height);
     let mut rects = Vec::new();
     let mut y = ay;
     while y < ay + ah {
@@ -61,15 +62,6 @@ fn cut((ax, ay, aw, ah): Area, (pw, ph): (u16, u16), screen_width: u16) -> Vec<R
         y += h;
     }
     rects
-}
-
-/// A rectangle of the screen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rect {
-    pub x: u16,
-    pub y: u16,
-    pub width: u16,
-    pub height: u16,
 }
 
 /// Encodes rectangles of captured frames for one session as bitmap updates.
@@ -165,94 +157,16 @@ impl BitmapEncoder {
         (8192 / (usize::from(TILE_WIDTH) * self.bytes_per_pixel())) as u16
     }
 
-    /// The tiles of `current` that differ from `previous` (all of them without a previous frame,
-    /// or when the size changed).
-    pub fn changed_tiles(&self, previous: Option<&Frame>, current: &Frame) -> Vec<Rect> {
-        let th = self.tile_height();
-        let (w, h) = (current.width, current.height);
-        let stride = current.stride();
-        let same_size = previous.is_some_and(|p| p.width == w && p.height == h);
-        let mut rects = Vec::new();
-        let mut y = 0;
-        while y < h {
-            let height = th.min(h - y);
-            let mut x = 0;
-            while x < w {
-                let width = TILE_WIDTH.min(w - x);
-                let changed = match previous {
-                    Some(p) if same_size => (y..y + height).any(|row| {
-                        let start = usize::from(row) * stride + usize::from(x) * 4;
-                        let end = start + usize::from(width) * 4;
-                        p.data[start..end] != current.data[start..end]
-                    }),
-                    _ => true,
-                };
-                if changed {
-                    rects.push(Rect {
-                        x,
-                        y,
-                        width,
-                        height,
-                    });
-                }
-                x += width;
-            }
-            y += height;
-        }
-        rects
-    }
-
-    /// Tiles that cover `areas` of a `width`x`height` screen: each area cut into tiles from its
-    /// own corner, so that only changed pixels are sent (a fixed grid would send the unchanged
-    /// rest of every tile an area touches: a third more pixels for a moving window). Areas that
-    /// overlap (the changes of several frames) are covered by grid tiles instead, so that no
-    /// pixel is sent twice.
-    pub fn tiles_covering(&self, areas: &[Area], width: u16, height: u16) -> Vec<Rect> {
-        let clamped: Vec<Area> = areas
-            .iter()
-            .filter(|a| a.0 < width && a.1 < height)
-            .map(|&(x, y, w, h)| (x, y, w.min(width - x), h.min(height - y)))
-            .filter(|a| a.2 > 0 && a.3 > 0)
-            .collect();
-        let overlap = |a: &Area, b: &Area| {
-            a.0 < b.0 + b.2 && b.0 < a.0 + a.2 && a.1 < b.1 + b.3 && b.1 < a.1 + a.3
-        };
-        let disjoint = clamped
-            .iter()
-            .enumerate()
-            .all(|(i, a)| clamped[i + 1..].iter().all(|b| !overlap(a, b)));
-        if !disjoint {
-            return self.grid_tiles_covering(&clamped, width, height);
-        }
-        // Pieces (cut further while encoding) for planar sessions; tiles otherwise.
-        let (pw, ph) = if self.planar && self.pieces {
+    /// `rect` cut into pieces of its own corner for encoding: up to [`PIECE`] for planar
+    /// sessions, tiles otherwise; widths rounded up to a multiple of 4 where the
+    /// `screen_width` allows.
+    pub fn pieces(&self, rect: Rect, screen_width: u16) -> Vec<Rect> {
+        let size = if self.planar && self.pieces {
             PIECE
         } else {
             (TILE_WIDTH, self.tile_height())
         };
-        clamped
-            .iter()
-            .flat_map(|&area| cut(area, (pw, ph), width))
-            .collect()
-    }
-
-    /// The tiles of a fixed grid on a `width`x`height` screen that `areas` touch.
-    fn grid_tiles_covering(&self, areas: &[Area], width: u16, height: u16) -> Vec<Rect> {
-        cut(
-            (0, 0, width, height),
-            (TILE_WIDTH, self.tile_height()),
-            width,
-        )
-        .into_iter()
-        .filter(|t| {
-            areas.iter().any(|&(ax, ay, aw, ah)| {
-                ax < t.x + t.width
-                    && t.x < ax.saturating_add(aw)
-                    && ay < t.y + t.height
-                    && t.y < ay.saturating_add(ah)
-            })
-        })
-        .collect()
+        cut(rect, size, screen_width)
     }
 
     /// The pixels of `rect`, bottom-up, converted to the session depth, rows padded to 4 bytes.
@@ -454,16 +368,23 @@ impl BitmapEncoder {
 }
 
 impl ScreenEncoder for BitmapEncoder {
-    fn encode(
-        &mut self,
-        frame: &Frame,
-        changes: Changes<'_>,
-        out: &mut Vec<u8>,
-    ) -> anyhow::Result<()> {
-        let rects = match changes {
-            Changes::Areas(areas) => self.tiles_covering(areas, frame.width, frame.height),
-            Changes::Since(previous) => self.changed_tiles(previous, frame),
-        };
+    fn op_kinds(&self) -> OpKinds {
+        OpKinds::default()
+    }
+
+    fn encode(&mut self, frame: &Frame, ops: &[Op], out: &mut Vec<u8>) -> anyhow::Result<()> {
+        let mut rects = Vec::new();
+        for op in ops {
+            // (Only pixels are asked for: see `op_kinds`; anything else is sent as pixels.)
+            let pixels = match op {
+                Op::Pixels(rect) => std::slice::from_ref(rect),
+                Op::Fill { rects, .. } => rects.as_slice(),
+                Op::Copy { dst, .. } => std::slice::from_ref(dst),
+            };
+            for rect in pixels {
+                rects.extend(self.pieces(*rect, frame.width));
+            }
+        }
         if rects.is_empty() {
             return Ok(());
         }
@@ -498,30 +419,6 @@ mod tests {
             data: Arc::new(vec![fill; usize::from(w) * usize::from(h) * 4]),
             generation: 0,
         }
-    }
-
-    #[test]
-    fn only_changed_tiles_are_found() {
-        let e = BitmapEncoder::new(32, Codec::Raw, true);
-        let a = frame(200, 70, 0);
-        assert_eq!(e.changed_tiles(None, &a).len(), 4 * 3);
-        assert!(e.changed_tiles(Some(&a), &a).is_empty());
-        let mut data = (*a.data).clone();
-        // One pixel at (130, 40): the tile at x 128, second row of tiles (height 32).
-        data[(40 * 200 + 130) * 4] = 9;
-        let b = Frame {
-            data: Arc::new(data),
-            ..a.clone()
-        };
-        assert_eq!(
-            e.changed_tiles(Some(&a), &b),
-            vec![Rect {
-                x: 128,
-                y: 32,
-                width: 64,
-                height: 32
-            }]
-        );
     }
 
     #[test]
@@ -642,7 +539,7 @@ mod tests {
                 let mut plain = BitmapEncoder::new(32, codec, true);
                 let mut packed =
                     BitmapEncoder::new(32, codec, true).with_bulk_compression(Some(kind));
-                let rects = plain.changed_tiles(None, &f);
+                let rects = plain.pieces(Rect::new(0, 0, f.width, f.height), f.width);
                 let mut receiver = BulkCompressor::new(BulkType::Rdp61);
                 let (mut a, mut b) = (Vec::new(), Vec::new());
                 // Twice: the second round finds the first in the history.
@@ -676,37 +573,37 @@ mod tests {
     }
 
     #[test]
-    fn damaged_areas_are_cut_into_tiles_of_their_own() {
-        // (Raw sessions: tiles; planar ones cut into larger pieces, see below.)
-        let e = BitmapEncoder::new(32, Codec::Raw, true);
+    fn rectangles_are_cut_into_pieces_of_their_own() {
         let rect = |r: &Rect| (r.x, r.y, r.width, r.height);
-        // Tiles are at most 64x32 at 32 bpp; the screen is 200x70.
-        assert!(e.tiles_covering(&[], 200, 70).is_empty());
-        // Disjoint areas: their pixels, cut from their own corners, widths rounded up to a
-        // multiple of 4 (planar) where the screen allows; clipped to the screen.
-        let tiles = e.tiles_covering(
-            &[(63, 31, 2, 2), (100, 10, 70, 40), (199, 69, 5, 5)],
-            200,
-            70,
-        );
+        // Raw sessions: tiles of at most 64x32 at 32 bpp, cut from the rectangle's corner,
+        // widths rounded up to a multiple of 4 where the screen (200 wide) allows.
+        let e = BitmapEncoder::new(32, Codec::Raw, true);
+        let pieces = |r: Rect| e.pieces(r, 200).iter().map(rect).collect::<Vec<_>>();
+        assert_eq!(pieces(Rect::new(63, 31, 2, 2)), vec![(63, 31, 4, 2)]);
         assert_eq!(
-            tiles.iter().map(rect).collect::<Vec<_>>(),
+            pieces(Rect::new(100, 10, 70, 40)),
             vec![
-                (63, 31, 4, 2),
                 (100, 10, 64, 32),
                 (164, 10, 8, 32),
                 (100, 42, 64, 8),
-                (164, 42, 8, 8),
-                (199, 69, 1, 1)
+                (164, 42, 8, 8)
             ]
         );
-        // Overlapping areas (several frames' changes): grid tiles, each pixel once.
-        let tiles = e.tiles_covering(&[(0, 0, 70, 10), (60, 5, 10, 30)], 200, 70);
+        assert_eq!(pieces(Rect::new(199, 69, 1, 1)), vec![(199, 69, 1, 1)]);
+        // Planar sessions: pieces of up to 512x256.
+        let e = BitmapEncoder::new(32, Codec::Auto, true);
         assert_eq!(
-            tiles.iter().map(|r| (r.x, r.y)).collect::<Vec<_>>(),
-            vec![(0, 0), (64, 0), (0, 32), (64, 32)]
+            e.pieces(Rect::new(0, 0, 600, 300), 1280)
+                .iter()
+                .map(rect)
+                .collect::<Vec<_>>(),
+            vec![
+                (0, 0, 512, 256),
+                (512, 0, 88, 256),
+                (0, 256, 512, 44),
+                (512, 256, 88, 44)
+            ]
         );
-        assert_eq!(e.tiles_covering(&[(0, 0, 200, 70)], 200, 70).len(), 4 * 3);
     }
 
     #[test]
@@ -735,7 +632,8 @@ mod tests {
             generation: 0,
         };
         let mut e = BitmapEncoder::new(32, Codec::Auto, true).with_planar_alpha(false);
-        let pieces = e.tiles_covering(&[(0, 0, 256, 200), (256, 0, 256, 200)], w, h);
+        let mut pieces = e.pieces(Rect::new(0, 0, 256, 200), w);
+        pieces.extend(e.pieces(Rect::new(256, 0, 256, 200), w));
         assert_eq!(
             pieces.len(),
             2,

@@ -1,13 +1,16 @@
-//! Screen updates on the wire, chosen per session after the capability exchange: a
-//! [`ScreenEncoder`] turns what changed on the desktop into PDUs. [`bitmap`] is the classic
-//! path every client decodes (fast-path bitmap updates, planar or raw, bulk-compressed);
-//! [`pointer`] carries the pointer's shape and position (the same on every path).
+//! Screen updates on the wire. [`diff`] keeps what the client shows and turns each new frame
+//! into [`Op`]s — copies of what moved, fills of what is flat, pixels of the rest — and a
+//! [`ScreenEncoder`], chosen per session after the capability exchange, turns ops into PDUs:
+//! [`bitmap`] is the classic path every client decodes (fast-path bitmap updates, planar or
+//! raw, bulk-compressed); [`pointer`] carries the pointer's shape and position (the same on
+//! every path).
 
 pub mod bitmap;
+pub mod diff;
 pub mod planar;
 pub mod pointer;
 
-use deskport_desktop::{Area, Frame};
+use deskport_desktop::Frame;
 use ironrdp_core::{Encode as _, WriteCursor};
 use ironrdp_pdu::fast_path::{EncryptionFlags, FastPathHeader, FastPathUpdatePdu};
 use ironrdp_pdu::rdp::client_info::CompressionType;
@@ -25,25 +28,77 @@ pub enum Codec {
     Raw,
 }
 
-/// What changed on the desktop since the last frame an encoder sent.
-#[derive(Debug, Clone, Copy)]
-pub enum Changes<'a> {
-    /// These areas (the desktop tracks what is drawn; the screen kept its size).
-    Areas(&'a [Area]),
-    /// Unknown: compare with the previous frame (`None`: everything, e.g. the first frame or
-    /// a new size).
-    Since(Option<&'a Frame>),
+/// A rectangle of the screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rect {
+    pub x: u16,
+    pub y: u16,
+    pub width: u16,
+    pub height: u16,
 }
 
-/// Turns screen changes into PDUs for one session.
+impl Rect {
+    pub fn new(x: u16, y: u16, width: u16, height: u16) -> Self {
+        Self {
+            x,
+            y,
+            width,
+            height,
+        }
+    }
+
+    pub fn right(&self) -> u16 {
+        self.x + self.width
+    }
+
+    pub fn bottom(&self) -> u16 {
+        self.y + self.height
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.width == 0 || self.height == 0
+    }
+
+    /// The pixels both rectangles cover, if any.
+    pub fn intersect(&self, other: &Rect) -> Option<Rect> {
+        let (x, y) = (self.x.max(other.x), self.y.max(other.y));
+        let (r, b) = (
+            self.right().min(other.right()),
+            self.bottom().min(other.bottom()),
+        );
+        (x < r && y < b).then(|| Rect::new(x, y, r - x, b - y))
+    }
+}
+
+/// One step that brings the client's screen closer to a new frame. A frame's ops are applied
+/// in order, each on the screen as the ones before it left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Copy what the client shows at `src` (the top-left corner of a rectangle the size of
+    /// `dst`) to `dst`; source and destination may overlap.
+    Copy { src: (u16, u16), dst: Rect },
+    /// Fill `rects` with `color` (`0x00RRGGBB`).
+    Fill { color: u32, rects: Vec<Rect> },
+    /// The new frame's pixels of `rect`.
+    Pixels(Rect),
+}
+
+/// Which ops an encoder sends as such; the others it is given as [`Op::Pixels`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpKinds {
+    pub copy: bool,
+    pub fill: bool,
+}
+
+/// Turns screen updates into PDUs for one session.
 pub trait ScreenEncoder: Send + std::fmt::Debug {
-    /// Appends to `out` what the client needs to show `frame`, given what `changes`.
-    fn encode(
-        &mut self,
-        frame: &Frame,
-        changes: Changes<'_>,
-        out: &mut Vec<u8>,
-    ) -> anyhow::Result<()>;
+    /// The ops this encoder sends as such.
+    fn op_kinds(&self) -> OpKinds;
+
+    /// Appends to `out` what the client needs to carry out `ops` (only kinds of
+    /// [`ScreenEncoder::op_kinds`] besides pixels) on its screen, the pixels taken from
+    /// `frame`.
+    fn encode(&mut self, frame: &Frame, ops: &[Op], out: &mut Vec<u8>) -> anyhow::Result<()>;
 }
 
 /// What the client announced in the capability exchange that screen updates depend on.

@@ -1,12 +1,14 @@
 //! The screen as the client sees it: at each frame tick the desktop is captured and what
 //! changed since the last frame sent — the pointer's shape, a program's pointer move, the
-//! pixels — goes to the client through the session's [`ScreenEncoder`].
+//! pixels (as the [`Diff`] of what the client shows, in ops) — goes to the client through the
+//! session's [`ScreenEncoder`].
 
 use std::sync::Arc;
 
-use deskport_desktop::{Desktop, Frame};
+use deskport_desktop::Desktop;
 
-use crate::encode::{pointer, Changes, ScreenEncoder};
+use crate::encode::diff::Diff;
+use crate::encode::{pointer, ScreenEncoder};
 
 /// What the client has been sent of the screen.
 #[derive(Debug)]
@@ -17,10 +19,8 @@ pub struct Screen {
     new_pointer: bool,
     /// The generation and size of the last frame sent.
     sent: Option<(u64, u16, u16)>,
-    /// The last frame's pixels, only for desktops that cannot say what changed (then it is
-    /// compared); holding it otherwise would make the desktop copy its screen before updating
-    /// it.
-    previous: Option<Frame>,
+    /// What the client shows.
+    diff: Diff,
     sent_cursor: Option<u32>,
     /// The serial of the last program's pointer move the client was told about.
     sent_pointer_move: u64,
@@ -39,7 +39,7 @@ impl Screen {
             encoder,
             new_pointer,
             sent: None,
-            previous: None,
+            diff: Diff::new(),
             sent_cursor: None,
             sent_pointer_move,
         }
@@ -48,7 +48,7 @@ impl Screen {
     /// The next update sends everything again (a new screen size; the pointer too).
     pub fn resend(&mut self) {
         self.sent = None;
-        self.previous = None;
+        self.diff.forget();
         self.sent_cursor = None;
     }
 
@@ -82,15 +82,13 @@ impl Screen {
         if same_size && frame.generation != 0 && since == Some(frame.generation) {
             return Ok(());
         }
-        let tracked = changes.is_some();
-        let changes = match &changes {
-            // The desktop knows what changed since the last frame sent.
-            Some(areas) if same_size => Changes::Areas(areas),
-            _ => Changes::Since(self.previous.as_ref()),
-        };
-        self.encoder.encode(&frame, changes, out)?;
+        // Where the desktop says what changed since the last frame sent, only there.
+        let damage = changes.as_deref().filter(|_| same_size);
+        let ops = self.diff.ops(&frame, damage, self.encoder.op_kinds());
+        if !ops.is_empty() {
+            self.encoder.encode(&frame, &ops, out)?;
+        }
         self.sent = Some((frame.generation, frame.width, frame.height));
-        self.previous = (!tracked).then_some(frame);
         Ok(())
     }
 }
