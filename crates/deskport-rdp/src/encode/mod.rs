@@ -99,6 +99,17 @@ pub trait ScreenEncoder: Send + std::fmt::Debug {
     /// [`ScreenEncoder::op_kinds`] besides pixels) on its screen, the pixels taken from
     /// `frame`.
     fn encode(&mut self, frame: &Frame, ops: &[Op], out: &mut Vec<u8>) -> anyhow::Result<()>;
+
+    /// Frames sent that the client has not acknowledged yet; `None` when the client does not
+    /// acknowledge frames on this path (then the session paces on the socket instead).
+    fn unacknowledged(&self) -> Option<u32> {
+        None
+    }
+
+    /// The client acknowledged frame `id` (and so every frame before it).
+    fn acknowledged(&mut self, id: u32) {
+        let _ = id;
+    }
 }
 
 /// What the client announced in the capability exchange that screen updates depend on.
