@@ -244,7 +244,7 @@ pub async fn serve(
         channels,
         acceptor: resizable.then_some(acceptor),
     };
-    let end = session::run(reader, writer, params, close).await?;
+    let end = session::run(reader, writer.into_inner_no_leftover(), params, close).await?;
     match end {
         End::Client => tracing::info!(%peer, account, "Session ended by the client"),
         End::Server(reason) => {

@@ -3,8 +3,12 @@
 //! damaged areas are compared against it. Unchanged pixels inside a damaged area cost
 //! nothing; what changed becomes [`Op`]s:
 //!
-//! - **copies** of what moved on the screen (a scrolled text, a moved window): see
-//!   [`motion`](super::diff) below;
+//! - **copies** of what moved on the screen (a scrolled text, a moved window): changed tiles
+//!   whose new pixels equal what the client shows at some offset. Offsets come from the
+//!   previous frame (things keep moving the way they moved) and from a search: a short row of
+//!   a changed tile is looked for in what the client shows within ±[`SEARCH`] pixels, and the
+//!   offsets found vote. Each candidate is checked on whole tiles (then on the changed part of
+//!   a tile), so a copy is only sent where it gives exactly the new pixels;
 //! - **fills** of changed areas of one colour;
 //! - **pixels** of the rest, as whole rectangles (the encoders compress large pieces better
 //!   than small tiles).
@@ -19,6 +23,22 @@ use super::{Op, OpKinds, Rect};
 /// Changes are found per tile of this size (then shrunk to the changed pixels).
 const TILE: u16 = 32;
 
+/// How far (pixels, each way) the search looks for where changed content came from.
+const SEARCH: i32 = 48;
+
+/// The block searched for: at most this wide and high (rows of text repeat; a block that
+/// spans several rows of it is found in one place).
+const ANCHOR: (u16, u16) = (32, 16);
+
+/// Rows searched for per frame at most (each costs one sweep of the search window).
+const MAX_ANCHORS: usize = 48;
+
+/// Offsets tried per frame at most.
+const MAX_CANDIDATES: usize = 8;
+
+/// A motion: where content moved, `(dx, dy)`.
+type Offset = (i32, i32);
+
 /// The client's screen, and how new frames differ from it.
 #[derive(Debug, Default)]
 pub struct Diff {
@@ -26,6 +46,8 @@ pub struct Diff {
     height: u16,
     /// What the client shows, `B, G, R, X` rows top-down (empty until the first frame).
     shadow: Vec<u8>,
+    /// The offsets of the last frame's copies.
+    recent: Vec<Offset>,
 }
 
 impl Diff {
@@ -59,12 +81,183 @@ impl Diff {
                 .collect(),
             None => vec![screen],
         };
-        let changed = self.changed_rects(frame, &areas);
+        let tiles = self.damaged_tiles(&areas);
+        let mut changed: Vec<(Rect, Rect)> = tiles
+            .iter()
+            .filter_map(|t| self.changed_within(frame, *t).map(|c| (*t, c)))
+            .collect();
         let mut ops = Vec::new();
-        for rect in merge(changed) {
+        if kinds.copy && !changed.is_empty() {
+            ops = self.copies(frame, &changed);
+            if !ops.is_empty() {
+                // What the copies did not get right (or at all) is sent as it is.
+                changed = changed
+                    .iter()
+                    .filter_map(|(t, _)| self.changed_within(frame, *t).map(|c| (*t, c)))
+                    .collect();
+            }
+        }
+        for rect in merge(changed.into_iter().map(|(_, c)| c).collect()) {
             ops.push(self.paint(frame, rect, kinds));
         }
         ops
+    }
+
+    /// Copies of content that moved: for each candidate offset, the changed tiles whose new
+    /// pixels are what the client shows at that offset (whole tiles merged into rectangles,
+    /// else the changed part of a tile), ordered so that no copy overwrites what a later one
+    /// reads where that can be avoided, and applied to the shadow.
+    fn copies(&mut self, frame: &Frame, changed: &[(Rect, Rect)]) -> Vec<Op> {
+        let candidates = self.candidates(frame, changed);
+        let mut resolved = vec![false; changed.len()];
+        let mut copies = Vec::new();
+        let mut used = Vec::new();
+        for d in candidates {
+            let (mut whole, mut parts) = (Vec::new(), Vec::new());
+            for (i, (tile, part)) in changed.iter().enumerate() {
+                if resolved[i] {
+                    continue;
+                }
+                if self.moved(frame, *tile, d) {
+                    whole.push(*tile);
+                } else if part != tile && self.moved(frame, *part, d) {
+                    parts.push(*part);
+                } else {
+                    continue;
+                }
+                resolved[i] = true;
+            }
+            if whole.is_empty() && parts.is_empty() {
+                continue;
+            }
+            used.push(d);
+            for dst in merge(whole).into_iter().chain(parts) {
+                let src = (
+                    (i32::from(dst.x) - d.0) as u16,
+                    (i32::from(dst.y) - d.1) as u16,
+                );
+                copies.push((src, dst));
+            }
+        }
+        self.recent = used;
+        let ordered = order(copies);
+        for &(src, dst) in &ordered {
+            self.copy_in_shadow(src, dst);
+        }
+        ordered
+            .into_iter()
+            .map(|(src, dst)| Op::Copy { src, dst })
+            .collect()
+    }
+
+    /// Offsets to try: the last frame's, then those the search finds most often.
+    fn candidates(&self, frame: &Frame, changed: &[(Rect, Rect)]) -> Vec<Offset> {
+        let mut candidates = self.recent.clone();
+        let mut votes: std::collections::HashMap<Offset, usize> = Default::default();
+        let step = changed.len().div_ceil(MAX_ANCHORS).max(1);
+        for (_, part) in changed.iter().step_by(step) {
+            let Some(found) = self.search(frame, *part) else {
+                continue;
+            };
+            for d in found {
+                *votes.entry(d).or_default() += 1;
+            }
+        }
+        let mut voted: Vec<(Offset, usize)> = votes.into_iter().collect();
+        voted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        for (d, _) in voted {
+            if candidates.len() >= MAX_CANDIDATES {
+                break;
+            }
+            if !candidates.contains(&d) {
+                candidates.push(d);
+            }
+        }
+        candidates
+    }
+
+    /// Where a block of `part`'s new pixels (its top-left corner, up to [`ANCHOR`]) is found
+    /// in what the client shows within ±[`SEARCH`]; `None` for a flat block (it matches
+    /// anywhere) or one found in too many places to tell.
+    fn search(&self, frame: &Frame, part: Rect) -> Option<Vec<Offset>> {
+        let block = Rect::new(
+            part.x,
+            part.y,
+            ANCHOR.0.min(part.width),
+            ANCHOR.1.min(part.height),
+        );
+        if block.width < 8 || block.height < 4 {
+            return None;
+        }
+        let stride = usize::from(self.width) * 4;
+        let at = usize::from(block.y) * stride + usize::from(block.x) * 4;
+        let first_row = &frame.data[at..at + usize::from(block.width) * 4];
+        if solid(frame, block).is_some() {
+            return None;
+        }
+        let head = u64::from_le_bytes(first_row[..8].try_into().ok()?) & 0x00ff_ffff_00ff_ffff;
+        let mut found = Vec::new();
+        for dy in -SEARCH..=SEARCH {
+            let sy = i32::from(block.y) - dy;
+            if sy < 0 || sy + i32::from(block.height) > i32::from(self.height) {
+                continue;
+            }
+            let line = sy as usize * stride;
+            for dx in -SEARCH..=SEARCH {
+                let sx = i32::from(block.x) - dx;
+                if (dx, dy) == (0, 0)
+                    || sx < 0
+                    || sx + i32::from(block.width) > i32::from(self.width)
+                {
+                    continue;
+                }
+                let from = line + sx as usize * 4;
+                let first = u64::from_le_bytes(self.shadow[from..from + 8].try_into().ok()?);
+                if first & 0x00ff_ffff_00ff_ffff != head || !self.moved(frame, block, (dx, dy)) {
+                    continue;
+                }
+                found.push((dx, dy));
+                if found.len() > 4 {
+                    return None;
+                }
+            }
+        }
+        Some(found)
+    }
+
+    /// Whether `rect` of `frame` is what the client shows at `rect` moved back by `d`.
+    fn moved(&self, frame: &Frame, rect: Rect, d: Offset) -> bool {
+        let (sx, sy) = (i32::from(rect.x) - d.0, i32::from(rect.y) - d.1);
+        if sx < 0
+            || sy < 0
+            || sx + i32::from(rect.width) > i32::from(self.width)
+            || sy + i32::from(rect.height) > i32::from(self.height)
+        {
+            return false;
+        }
+        let stride = usize::from(self.width) * 4;
+        let len = usize::from(rect.width) * 4;
+        (0..usize::from(rect.height)).all(|row| {
+            let new = (usize::from(rect.y) + row) * stride + usize::from(rect.x) * 4;
+            let old = (sy as usize + row) * stride + sx as usize * 4;
+            same_pixels(&frame.data[new..new + len], &self.shadow[old..old + len])
+        })
+    }
+
+    /// Carries out a copy on the shadow as a client does (overlap-safe).
+    fn copy_in_shadow(&mut self, src: (u16, u16), dst: Rect) {
+        let stride = usize::from(self.width) * 4;
+        let len = usize::from(dst.width) * 4;
+        let rows: Vec<u8> = (0..usize::from(dst.height))
+            .flat_map(|row| {
+                let from = (usize::from(src.1) + row) * stride + usize::from(src.0) * 4;
+                self.shadow[from..from + len].iter().copied()
+            })
+            .collect();
+        for (row, pixels) in rows.chunks_exact(len).enumerate() {
+            let to = (usize::from(dst.y) + row) * stride + usize::from(dst.x) * 4;
+            self.shadow[to..to + len].copy_from_slice(pixels);
+        }
     }
 
     /// The whole of `frame`, in rows of tiles merged into rectangles.
@@ -83,23 +276,16 @@ impl Diff {
         op_for(frame, rect, kinds)
     }
 
-    /// The rectangles of `areas` whose pixels differ from the shadow, one per changed tile,
-    /// shrunk to the pixels that changed.
-    fn changed_rects(&self, frame: &Frame, areas: &[Rect]) -> Vec<Rect> {
+    /// The grid tiles that cover `areas`, each once, rows top-down.
+    fn damaged_tiles(&self, areas: &[Rect]) -> Vec<Rect> {
         let mut seen = std::collections::HashSet::new();
-        let mut changed = Vec::new();
-        for area in areas {
-            for tile in tiles_of(grid_cover(*area, self.width, self.height)) {
-                if !seen.insert((tile.x, tile.y)) {
-                    continue;
-                }
-                if let Some(rect) = self.changed_within(frame, tile) {
-                    changed.push(rect);
-                }
-            }
-        }
-        changed.sort_by_key(|r| (r.y / TILE, r.x));
-        changed
+        let mut tiles: Vec<Rect> = areas
+            .iter()
+            .flat_map(|area| tiles_of(grid_cover(*area, self.width, self.height)))
+            .filter(|t| seen.insert((t.x, t.y)))
+            .collect();
+        tiles.sort_by_key(|t| (t.y, t.x));
+        tiles
     }
 
     /// The bounding box of the pixels of `tile` that differ from the shadow, if any.
@@ -115,7 +301,6 @@ impl Diff {
             if new == old {
                 continue;
             }
-            rows = (rows.0.min(y), y + 1);
             let first = new
                 .chunks_exact(4)
                 .zip(old.chunks_exact(4))
@@ -123,6 +308,7 @@ impl Diff {
             let Some(first) = first else {
                 continue;
             };
+            rows = (rows.0.min(y), y + 1);
             let last = new
                 .chunks_exact(4)
                 .zip(old.chunks_exact(4))
@@ -211,6 +397,32 @@ fn union(a: &Rect, b: &Rect) -> Rect {
         a.right().max(b.right()) - x,
         a.bottom().max(b.bottom()) - y,
     )
+}
+
+/// Whether two rows of pixels are equal (the padding byte of each pixel aside).
+fn same_pixels(a: &[u8], b: &[u8]) -> bool {
+    a.chunks_exact(4)
+        .zip(b.chunks_exact(4))
+        .all(|(p, q)| p[..3] == q[..3])
+}
+
+/// `copies` (source corner, destination) in an order where, as far as possible, no copy
+/// writes where a later one reads (a cycle is left as it is: the residual diff corrects it).
+fn order(mut copies: Vec<((u16, u16), Rect)>) -> Vec<((u16, u16), Rect)> {
+    let source = |(src, dst): &((u16, u16), Rect)| Rect::new(src.0, src.1, dst.width, dst.height);
+    let mut ordered = Vec::with_capacity(copies.len());
+    while !copies.is_empty() {
+        let next = (0..copies.len())
+            .find(|&i| {
+                copies
+                    .iter()
+                    .enumerate()
+                    .all(|(j, other)| j == i || copies[i].1.intersect(&source(other)).is_none())
+            })
+            .unwrap_or(0);
+        ordered.push(copies.remove(next));
+    }
+    ordered
 }
 
 /// A fill if `rect` of `frame` is one colour (and the encoder fills), else its pixels.
@@ -362,6 +574,98 @@ mod tests {
         diff.ops(&old, None, OpKinds::default());
         let ops = diff.ops(&new, Some(&[(0, 0, 64, 64)]), OpKinds::default());
         assert_eq!(ops, vec![Op::Pixels(Rect::new(0, 0, 32, 64))]);
+    }
+
+    /// Pixels in `ops` that are sent as pixels.
+    fn pixels_sent(ops: &[Op]) -> usize {
+        ops.iter()
+            .map(|op| match op {
+                Op::Pixels(r) => usize::from(r.width) * usize::from(r.height),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Some text-like content: glyph-sized blocks of two colours in `seed`'s pattern.
+    fn text(x: u16, y: u16, seed: u16) -> [u8; 3] {
+        let cell = (x / 6).wrapping_mul(7) ^ (y / 12).wrapping_mul(13) ^ seed;
+        if (x % 6 < 4) && (y % 12 < 9) && !(cell.wrapping_mul(2654) >> 7).is_multiple_of(3) {
+            [20, 20, 20]
+        } else {
+            [240, 240, 230]
+        }
+    }
+
+    #[test]
+    fn a_scrolled_text_is_copied_and_only_the_new_line_is_sent() {
+        let (w, h) = (400u16, 300u16);
+        // Lines of text in a box from y 40 to 280; each frame scrolls it up 4 pixels.
+        let page = |offset: u16| {
+            frame(w, h, move |x, y| {
+                if (40..280).contains(&y) && (20..380).contains(&x) {
+                    text(x - 20, y - 40 + offset, 3)
+                } else {
+                    [90, 60, 30]
+                }
+            })
+        };
+        let mut diff = Diff::new();
+        let mut client = vec![0u8; usize::from(w) * usize::from(h) * 4];
+        let first = page(0);
+        apply(&mut client, &first, &diff.ops(&first, None, ALL));
+        for n in 1..6 {
+            let f = page(n * 4);
+            let ops = diff.ops(&f, Some(&[(20, 40, 360, 240)]), ALL);
+            apply(&mut client, &f, &ops);
+            assert_eq!(rgb(&client), rgb(&f.data));
+            assert!(
+                ops.iter()
+                    .any(|op| matches!(op, Op::Copy { src, dst } if src.1 == dst.y + 4)),
+                "{ops:?}"
+            );
+            // Only the rows that scrolled in (and tile edges) go as pixels.
+            assert!(pixels_sent(&ops) <= 360 * 40, "{}", pixels_sent(&ops));
+        }
+    }
+
+    #[test]
+    fn moving_blocks_are_copied() {
+        let (w, h) = (480u16, 320u16);
+        // A patch of noise sliding right 8 px a frame and a text block moving diagonally.
+        let noise = |x: u16, y: u16| {
+            let v = u32::from(x).wrapping_mul(2_654_435_761) ^ u32::from(y).wrapping_mul(40_503);
+            let v = v ^ (v >> 13);
+            [v as u8, (v >> 8) as u8, (v >> 16) as u8]
+        };
+        let scene = |n: u16| {
+            frame(w, h, move |x, y| {
+                let (nx, ny) = (40 + n * 8, 150);
+                if (nx..nx + 128).contains(&x) && (ny..ny + 128).contains(&y) {
+                    return noise(x - nx, y - ny);
+                }
+                let (bx, by) = (200 + n * 5, 20 + n * 3);
+                if (bx..bx + 100).contains(&x) && (by..by + 60).contains(&y) {
+                    return text(x - bx, y - by, 9);
+                }
+                [10, 80, 160]
+            })
+        };
+        let mut diff = Diff::new();
+        let mut client = vec![0u8; usize::from(w) * usize::from(h) * 4];
+        let first = scene(0);
+        apply(&mut client, &first, &diff.ops(&first, None, ALL));
+        for n in 1..8 {
+            let f = scene(n);
+            let ops = diff.ops(&f, None, ALL);
+            apply(&mut client, &f, &ops);
+            assert_eq!(rgb(&client), rgb(&f.data), "frame {n}");
+            // Without copies each frame would send both blocks (16k + 6k pixels).
+            assert!(
+                pixels_sent(&ops) < 4_000,
+                "frame {n}: {} {ops:?}",
+                pixels_sent(&ops)
+            );
+        }
     }
 
     #[test]

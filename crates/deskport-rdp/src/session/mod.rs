@@ -8,6 +8,7 @@
 //!   size).
 
 mod input;
+mod outbox;
 mod screen;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use deskport_desktop::Desktop;
 use ironrdp_acceptor::{Acceptor, AcceptorState, DesktopSize};
-use ironrdp_async::{bytes::BytesMut, Framed, FramedRead, FramedWrite};
+use ironrdp_async::{bytes::BytesMut, Framed, FramedRead};
 use ironrdp_connector::{state_downcast, Sequence as _};
 use ironrdp_core::WriteBuf;
 use ironrdp_pdu::mcs::{DisconnectProviderUltimatum, McsMessage, SendDataIndication};
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::channels::{ChannelEvent, Channels};
 use crate::encode::ScreenEncoder;
+use outbox::Outbox;
 use screen::Screen;
 
 /// Why a session ended.
@@ -83,14 +85,15 @@ enum Event {
 /// Runs the session until the client leaves, `close` carries a reason, or the transport fails.
 pub async fn run<R, W>(
     mut reader: Framed<R>,
-    mut writer: Framed<W>,
+    writer: W,
     params: SessionParams,
     mut close: watch::Receiver<Option<String>>,
 ) -> anyhow::Result<End>
 where
     R: FramedRead,
-    W: FramedWrite,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let mut outbox = Outbox::spawn(writer);
     let SessionParams {
         desktop,
         io_channel_id,
@@ -113,8 +116,7 @@ where
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if !out.is_empty() {
-            writer.write_all(&out).await?;
-            out.clear();
+            outbox.send(std::mem::take(&mut out)).await?;
         }
         let event = tokio::select! {
             read = reader.read_pdu() => Event::Client(read),
@@ -142,7 +144,13 @@ where
                 return Ok(End::Client)
             }
             Event::Client(Err(e)) => return Err(e.into()),
-            Event::Frame => screen.update(&mut out).await?,
+            // A frame only once the last one has gone to the network and the client has
+            // acknowledged enough of them (a slow link or client skips frames, and the next
+            // one shows everything that changed meanwhile).
+            Event::Frame if outbox.queued() == 0 && screen.ready() => {
+                screen.update(&mut out).await?
+            }
+            Event::Frame => {}
             Event::Channel(ChannelEvent::Clipboard(event)) => channels.clipboard(event, &mut out),
             Event::Channel(ChannelEvent::Resize(size)) => {
                 let Some(size) = resize(&desktop, size).await? else {
@@ -153,7 +161,7 @@ where
                 };
                 let (next_acceptor, backlog) = reactivate(
                     &mut reader,
-                    &mut writer,
+                    &mut outbox,
                     io_channel_id,
                     old,
                     &mut channels,
@@ -178,8 +186,9 @@ where
                     ),
                 ));
                 if let Ok(bytes) = ironrdp_core::encode_vec(&bye) {
-                    let _ = writer.write_all(&bytes).await;
+                    let _ = outbox.send(bytes).await;
                 }
+                outbox.close(Duration::from_secs(2)).await;
                 return Ok(End::Server(reason));
             }
         }
@@ -208,9 +217,9 @@ async fn resize(
 /// Tells the client the share is deactivated, then runs the capability exchange and the
 /// finalization again with the screen at `size` (the static channels keep their state);
 /// returns the acceptor for the next time and the input the client sent meanwhile.
-async fn reactivate<R, W>(
+async fn reactivate<R>(
     reader: &mut Framed<R>,
-    writer: &mut Framed<W>,
+    writer: &mut Outbox,
     io_channel_id: u16,
     acceptor: Acceptor,
     channels: &mut Channels,
@@ -218,7 +227,6 @@ async fn reactivate<R, W>(
 ) -> anyhow::Result<(Acceptor, Vec<Vec<u8>>)>
 where
     R: FramedRead,
-    W: FramedWrite,
 {
     let deactivate = ShareControlHeader {
         share_id: 0,
@@ -230,7 +238,7 @@ where
         channel_id: io_channel_id,
         user_data: ironrdp_core::encode_vec(&deactivate)?.into(),
     });
-    writer.write_all(&ironrdp_core::encode_vec(&pdu)?).await?;
+    writer.send(ironrdp_core::encode_vec(&pdu)?).await?;
     let mut acceptor = Acceptor::new_deactivation_reactivation(
         acceptor,
         std::mem::take(&mut channels.set),
@@ -253,7 +261,7 @@ where
         }
         .map_err(|e| anyhow::anyhow!("reactivation: {e}"))?;
         if buf.filled_len() > 0 {
-            writer.write_all(buf.filled()).await?;
+            writer.send(buf.filled().to_vec()).await?;
         }
     }
     let result = acceptor

@@ -10,6 +10,11 @@ use deskport_desktop::Desktop;
 use crate::encode::diff::Diff;
 use crate::encode::{pointer, ScreenEncoder};
 
+/// Frames in flight at most when the client acknowledges frames (as FreeRDP advertises and
+/// xrdp uses): the screen is read again only when one of them is acknowledged, so a slow
+/// client or link gets fewer, current frames instead of a queue of stale ones.
+const WINDOW: u32 = 2;
+
 /// What the client has been sent of the screen.
 #[derive(Debug)]
 pub struct Screen {
@@ -43,6 +48,11 @@ impl Screen {
             sent_cursor: None,
             sent_pointer_move,
         }
+    }
+
+    /// Whether the client can take another frame (fewer than [`WINDOW`] unacknowledged).
+    pub fn ready(&self) -> bool {
+        self.encoder.unacknowledged().is_none_or(|n| n < WINDOW)
     }
 
     /// The next update sends everything again (a new screen size; the pointer too).
