@@ -1,5 +1,9 @@
 //! Connecting: TCP, security negotiation, TLS with trust on first use, NLA or TLS logon, and
 //! errors that say what went wrong in the user's terms.
+//!
+//! The server's certificate is accepted during the TLS handshake only so that it can be
+//! checked right after it — against a pinned fingerprint or the known-hosts file — before
+//! CredSSP or the Client Info PDU sends anything secret.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -10,6 +10,11 @@
 //!   account); channel logic shared with the client is `deskport-proto`'s.
 //! - [`accounts`], [`tls`]: the account store and the server's certificate.
 //! - [`service`]: all of it as one service, [`RdpServer`] (`open`, then `run` until shutdown).
+//! - [`channels`]: the virtual channels as modules (clipboard, display control).
+//!
+//! Built on the IronRDP acceptor 0.12 / pdu 0.11 family, not on ironrdp-server: its session
+//! loop serves one connection per `!Send` server, checks one preset NLA credential, drops
+//! negotiation failures unanswered and has no bitmap path rdesktop decodes.
 
 pub mod accounts;
 pub mod channels;
