@@ -427,6 +427,40 @@ impl<C: Connection> Scene<C> {
     }
 }
 
+/// The workload drawn frame by frame at the caller's pace (for offline measurements: draw a
+/// frame, then read the screen).
+pub struct Stepper {
+    scene: Scene<x11rb::rust_connection::RustConnection>,
+    next: u16,
+}
+
+impl std::fmt::Debug for Stepper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stepper(next frame {})", self.next)
+    }
+}
+
+impl Stepper {
+    /// Draws frame 0 on `display` and waits for the X server.
+    pub fn open(display: &str) -> anyhow::Result<Self> {
+        let (conn, screen_num) = x11rb::connect(Some(display))
+            .map_err(|e| anyhow::anyhow!("connect to X display {display:?}: {e}"))?;
+        let scene = Scene::new(conn, screen_num)?;
+        scene.frame_zero()?;
+        scene.sync()?;
+        Ok(Self { scene, next: 1 })
+    }
+
+    /// Draws the next frame and waits for the X server; its number.
+    pub fn step(&mut self) -> anyhow::Result<u16> {
+        let n = self.next;
+        self.scene.frame(n)?;
+        self.scene.sync()?;
+        self.next += 1;
+        Ok(n)
+    }
+}
+
 /// Draws the workload on `options.display`: frame 0, then (after the start line on stdin when
 /// `wait_for_start`) frames 1 to `options.frames` at `options.fps`, each logged. Returns when
 /// the last frame is drawn.

@@ -31,10 +31,10 @@ const SEARCH: i32 = 48;
 const ANCHOR: (u16, u16) = (32, 16);
 
 /// Rows searched for per frame at most (each costs one sweep of the search window).
-const MAX_ANCHORS: usize = 48;
+const MAX_ANCHORS: usize = 64;
 
 /// Offsets tried per frame at most.
-const MAX_CANDIDATES: usize = 8;
+const MAX_CANDIDATES: usize = 12;
 
 /// A motion: where content moved, `(dx, dy)`.
 type Offset = (i32, i32);
@@ -97,9 +97,11 @@ impl Diff {
                     .collect();
             }
         }
-        for rect in merge(changed.into_iter().map(|(_, c)| c).collect()) {
-            ops.push(self.paint(frame, rect, kinds));
+        let parts: Vec<Rect> = changed.into_iter().map(|(_, c)| c).collect();
+        for part in &parts {
+            copy_rect(frame, &mut self.shadow, *part);
         }
+        ops.extend(paint(frame, parts, kinds));
         ops
     }
 
@@ -108,36 +110,24 @@ impl Diff {
     /// else the changed part of a tile), ordered so that no copy overwrites what a later one
     /// reads where that can be avoided, and applied to the shadow.
     fn copies(&mut self, frame: &Frame, changed: &[(Rect, Rect)]) -> Vec<Op> {
-        let candidates = self.candidates(frame, changed);
         let mut resolved = vec![false; changed.len()];
         let mut copies = Vec::new();
         let mut used = Vec::new();
-        for d in candidates {
-            let (mut whole, mut parts) = (Vec::new(), Vec::new());
-            for (i, (tile, part)) in changed.iter().enumerate() {
-                if resolved[i] {
-                    continue;
-                }
-                if self.moved(frame, *tile, d) {
-                    whole.push(*tile);
-                } else if part != tile && self.moved(frame, *part, d) {
-                    parts.push(*part);
-                } else {
-                    continue;
-                }
-                resolved[i] = true;
+        // Things keep moving the way they moved: the last frame's offsets first, then what
+        // the search finds for the tiles they do not explain.
+        let recent = std::mem::take(&mut self.recent);
+        for d in recent {
+            self.try_offset(frame, changed, &mut resolved, d, &mut copies, &mut used);
+        }
+        for d in self.candidates(frame, changed, &resolved) {
+            if !used.contains(&d) {
+                self.try_offset(frame, changed, &mut resolved, d, &mut copies, &mut used);
             }
-            if whole.is_empty() && parts.is_empty() {
-                continue;
-            }
-            used.push(d);
-            for dst in merge(whole).into_iter().chain(parts) {
-                let src = (
-                    (i32::from(dst.x) - d.0) as u16,
-                    (i32::from(dst.y) - d.1) as u16,
-                );
-                copies.push((src, dst));
-            }
+        }
+        // A tile of something that moved and also changed (a moved window whose text changed
+        // too): copied where that leaves less than half of its change to send.
+        for &d in &used.clone() {
+            self.try_nearly(frame, changed, &mut resolved, d, &mut copies);
         }
         self.recent = used;
         let ordered = order(copies);
@@ -150,12 +140,157 @@ impl Diff {
             .collect()
     }
 
-    /// Offsets to try: the last frame's, then those the search finds most often.
-    fn candidates(&self, frame: &Frame, changed: &[(Rect, Rect)]) -> Vec<Offset> {
-        let mut candidates = self.recent.clone();
+    /// Copies for the unresolved changed tiles that offset `d` explains (whole tiles merged,
+    /// else the changed part of a tile).
+    fn try_offset(
+        &self,
+        frame: &Frame,
+        changed: &[(Rect, Rect)],
+        resolved: &mut [bool],
+        d: Offset,
+        copies: &mut Vec<((u16, u16), Rect)>,
+        used: &mut Vec<Offset>,
+    ) {
+        let (mut whole, mut parts) = (Vec::new(), Vec::new());
+        for (i, (tile, part)) in changed.iter().enumerate() {
+            if resolved[i] {
+                continue;
+            }
+            if self.moved(frame, *tile, d) {
+                whole.push(*tile);
+            } else if part != tile && self.moved(frame, *part, d) {
+                parts.push(*part);
+            } else {
+                continue;
+            }
+            resolved[i] = true;
+        }
+        if whole.is_empty() && parts.is_empty() {
+            return;
+        }
+        used.push(d);
+        let whole = self.fill_gaps(frame, whole, d);
+        for dst in merge(whole).into_iter().chain(parts) {
+            let src = (
+                (i32::from(dst.x) - d.0) as u16,
+                (i32::from(dst.y) - d.1) as u16,
+            );
+            copies.push((src, dst));
+        }
+    }
+
+    /// `tiles` (whole tiles a copy by `d` gets right, sorted by row then x) with the tiles
+    /// between two of them in a row added where the copy gets those right too (unchanged
+    /// tiles inside a moved window): fewer, larger copies.
+    fn fill_gaps(&self, frame: &Frame, tiles: Vec<Rect>, d: Offset) -> Vec<Rect> {
+        let mut out: Vec<Rect> = Vec::with_capacity(tiles.len());
+        for tile in tiles {
+            if let Some(last) = out.last().copied() {
+                if last.y == tile.y && last.right() < tile.x {
+                    let gap: Vec<Rect> = (last.right() / TILE..tile.x / TILE)
+                        .map(|i| Rect::new(i * TILE, tile.y, TILE, last.height))
+                        .collect();
+                    if gap.iter().all(|g| self.moved(frame, *g, d)) {
+                        out.extend(gap);
+                    }
+                }
+            }
+            out.push(tile);
+        }
+        out
+    }
+
+    /// Copies of unresolved changed tiles that offset `d` gets nearly right: the pixels that
+    /// still differ after the copy fit in less than half the tile's changed part.
+    fn try_nearly(
+        &self,
+        frame: &Frame,
+        changed: &[(Rect, Rect)],
+        resolved: &mut [bool],
+        d: Offset,
+        copies: &mut Vec<((u16, u16), Rect)>,
+    ) {
+        let mut whole = Vec::new();
+        for (i, (tile, part)) in changed.iter().enumerate() {
+            if resolved[i] {
+                continue;
+            }
+            let Some(left) = self.differs_after(frame, *tile, d) else {
+                continue;
+            };
+            let area = |r: &Rect| usize::from(r.width) * usize::from(r.height);
+            if left.is_none_or(|l| area(&l) * 2 < area(part)) {
+                whole.push(*tile);
+                resolved[i] = true;
+            }
+        }
+        for dst in merge(whole) {
+            let src = (
+                (i32::from(dst.x) - d.0) as u16,
+                (i32::from(dst.y) - d.1) as u16,
+            );
+            copies.push((src, dst));
+        }
+    }
+
+    /// The bounding box of the pixels of `rect` that a copy by `d` would still get wrong
+    /// (`Some(None)`: none); `None` if the source is off the screen.
+    fn differs_after(&self, frame: &Frame, rect: Rect, d: Offset) -> Option<Option<Rect>> {
+        let (sx, sy) = (i32::from(rect.x) - d.0, i32::from(rect.y) - d.1);
+        if sx < 0
+            || sy < 0
+            || sx + i32::from(rect.width) > i32::from(self.width)
+            || sy + i32::from(rect.height) > i32::from(self.height)
+        {
+            return None;
+        }
+        let stride = usize::from(self.width) * 4;
+        let len = usize::from(rect.width) * 4;
+        let mut rows = (u16::MAX, 0u16);
+        let mut cols = (usize::MAX, 0usize);
+        for row in 0..rect.height {
+            let new = (usize::from(rect.y + row)) * stride + usize::from(rect.x) * 4;
+            let old = (sy as usize + usize::from(row)) * stride + sx as usize * 4;
+            let (a, b) = (&frame.data[new..new + len], &self.shadow[old..old + len]);
+            if a == b {
+                continue;
+            }
+            let differ = |(p, q): (&[u8], &[u8])| p[..3] != q[..3];
+            let pairs = || a.chunks_exact(4).zip(b.chunks_exact(4));
+            let Some(first) = pairs().position(differ) else {
+                continue;
+            };
+            let last = pairs().rposition(differ).unwrap_or(first);
+            rows = (rows.0.min(row), row + 1);
+            cols = (cols.0.min(first), cols.1.max(last + 1));
+        }
+        if cols.0 == usize::MAX {
+            return Some(None);
+        }
+        Some(Some(Rect::new(
+            rect.x + cols.0 as u16,
+            rect.y + rows.0,
+            (cols.1 - cols.0) as u16,
+            rows.1 - rows.0,
+        )))
+    }
+
+    /// Offsets the search finds for unresolved changed tiles, most often found first.
+    fn candidates(
+        &self,
+        frame: &Frame,
+        changed: &[(Rect, Rect)],
+        resolved: &[bool],
+    ) -> Vec<Offset> {
+        let open: Vec<&Rect> = changed
+            .iter()
+            .zip(resolved)
+            .filter(|(_, done)| !**done)
+            .map(|((_, part), _)| part)
+            .collect();
         let mut votes: std::collections::HashMap<Offset, usize> = Default::default();
-        let step = changed.len().div_ceil(MAX_ANCHORS).max(1);
-        for (_, part) in changed.iter().step_by(step) {
+        let step = open.len().div_ceil(MAX_ANCHORS).max(1);
+        for part in open.into_iter().step_by(step) {
             let Some(found) = self.search(frame, *part) else {
                 continue;
             };
@@ -165,15 +300,11 @@ impl Diff {
         }
         let mut voted: Vec<(Offset, usize)> = votes.into_iter().collect();
         voted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        for (d, _) in voted {
-            if candidates.len() >= MAX_CANDIDATES {
-                break;
-            }
-            if !candidates.contains(&d) {
-                candidates.push(d);
-            }
-        }
-        candidates
+        voted
+            .into_iter()
+            .take(MAX_CANDIDATES)
+            .map(|(d, _)| d)
+            .collect()
     }
 
     /// Where a block of `part`'s new pixels (its top-left corner, up to [`ANCHOR`]) is found
@@ -186,23 +317,34 @@ impl Diff {
             ANCHOR.0.min(part.width),
             ANCHOR.1.min(part.height),
         );
-        if block.width < 8 || block.height < 4 {
+        if block.width < 8 || block.height < 4 || solid(frame, block).is_some() {
             return None;
         }
+        // Three probes of two pixels each (top left, middle, bottom right) sift the positions
+        // before a whole block is compared.
         let stride = usize::from(self.width) * 4;
-        let at = usize::from(block.y) * stride + usize::from(block.x) * 4;
-        let first_row = &frame.data[at..at + usize::from(block.width) * 4];
-        if solid(frame, block).is_some() {
-            return None;
-        }
-        let head = u64::from_le_bytes(first_row[..8].try_into().ok()?) & 0x00ff_ffff_00ff_ffff;
+        let probes: [(usize, usize); 3] = [
+            (0, 0),
+            (
+                usize::from(block.width / 2 - 1),
+                usize::from(block.height / 2),
+            ),
+            (usize::from(block.width - 2), usize::from(block.height - 1)),
+        ];
+        let pixel_pair = |data: &[u8], x: usize, y: usize| -> u64 {
+            let at = y * stride + x * 4;
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&data[at..at + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        let (bx, by) = (usize::from(block.x), usize::from(block.y));
+        let want = probes.map(|(px, py)| pixel_pair(&frame.data, bx + px, by + py));
         let mut found = Vec::new();
         for dy in -SEARCH..=SEARCH {
             let sy = i32::from(block.y) - dy;
             if sy < 0 || sy + i32::from(block.height) > i32::from(self.height) {
                 continue;
             }
-            let line = sy as usize * stride;
             for dx in -SEARCH..=SEARCH {
                 let sx = i32::from(block.x) - dx;
                 if (dx, dy) == (0, 0)
@@ -211,9 +353,12 @@ impl Diff {
                 {
                     continue;
                 }
-                let from = line + sx as usize * 4;
-                let first = u64::from_le_bytes(self.shadow[from..from + 8].try_into().ok()?);
-                if first & 0x00ff_ffff_00ff_ffff != head || !self.moved(frame, block, (dx, dy)) {
+                let (sx, sy) = (sx as usize, sy as usize);
+                let hit = probes
+                    .iter()
+                    .zip(&want)
+                    .all(|((px, py), w)| pixel_pair(&self.shadow, sx + px, sy + py) == *w);
+                if !hit || !self.moved(frame, block, (dx, dy)) {
                     continue;
                 }
                 found.push((dx, dy));
@@ -244,36 +389,31 @@ impl Diff {
         })
     }
 
-    /// Carries out a copy on the shadow as a client does (overlap-safe).
+    /// Carries out a copy on the shadow as a client does (overlap-safe: rows in the order
+    /// that reads each source row before it is overwritten, each row moved as a whole).
     fn copy_in_shadow(&mut self, src: (u16, u16), dst: Rect) {
         let stride = usize::from(self.width) * 4;
         let len = usize::from(dst.width) * 4;
-        let rows: Vec<u8> = (0..usize::from(dst.height))
-            .flat_map(|row| {
-                let from = (usize::from(src.1) + row) * stride + usize::from(src.0) * 4;
-                self.shadow[from..from + len].iter().copied()
-            })
-            .collect();
-        for (row, pixels) in rows.chunks_exact(len).enumerate() {
+        let copy_row = |shadow: &mut Vec<u8>, row: usize| {
+            let from = (usize::from(src.1) + row) * stride + usize::from(src.0) * 4;
             let to = (usize::from(dst.y) + row) * stride + usize::from(dst.x) * 4;
-            self.shadow[to..to + len].copy_from_slice(pixels);
+            shadow.copy_within(from..from + len, to);
+        };
+        if dst.y > src.1 {
+            for row in (0..usize::from(dst.height)).rev() {
+                copy_row(&mut self.shadow, row);
+            }
+        } else {
+            for row in 0..usize::from(dst.height) {
+                copy_row(&mut self.shadow, row);
+            }
         }
     }
 
-    /// The whole of `frame`, in rows of tiles merged into rectangles.
+    /// The whole of `frame`.
     fn whole(&mut self, frame: &Frame, kinds: OpKinds) -> Vec<Op> {
         let screen = Rect::new(0, 0, frame.width, frame.height);
-        let tiles = tiles_of(screen);
-        merge(tiles)
-            .into_iter()
-            .map(|rect| op_for(frame, rect, kinds))
-            .collect()
-    }
-
-    /// The op that paints `rect` of `frame`, applied to the shadow.
-    fn paint(&mut self, frame: &Frame, rect: Rect, kinds: OpKinds) -> Op {
-        copy_rect(frame, &mut self.shadow, rect);
-        op_for(frame, rect, kinds)
+        paint(frame, tiles_of(screen), kinds)
     }
 
     /// The grid tiles that cover `areas`, each once, rows top-down.
@@ -399,11 +539,10 @@ fn union(a: &Rect, b: &Rect) -> Rect {
     )
 }
 
-/// Whether two rows of pixels are equal (the padding byte of each pixel aside).
+/// Whether two rows of pixels are equal. (The X byte of each pixel is compared too: X servers
+/// write it as 0, and a difference there would only cost pixels sent, never a wrong screen.)
 fn same_pixels(a: &[u8], b: &[u8]) -> bool {
-    a.chunks_exact(4)
-        .zip(b.chunks_exact(4))
-        .all(|(p, q)| p[..3] == q[..3])
+    a == b
 }
 
 /// `copies` (source corner, destination) in an order where, as far as possible, no copy
@@ -425,17 +564,98 @@ fn order(mut copies: Vec<((u16, u16), Rect)>) -> Vec<((u16, u16), Rect)> {
     ordered
 }
 
-/// A fill if `rect` of `frame` is one colour (and the encoder fills), else its pixels.
-fn op_for(frame: &Frame, rect: Rect, kinds: OpKinds) -> Op {
-    if kinds.fill {
-        if let Some(color) = solid(frame, rect) {
-            return Op::Fill {
-                color,
-                rects: vec![rect],
-            };
+/// Blocks of this size (within a tile) that are one colour become fills.
+const BLOCK: u16 = 16;
+
+/// The ops that paint `parts` (changed parts of tiles, sorted by tile row then x) of
+/// `frame`: where the encoder fills, parts — else blocks of [`BLOCK`] — of one colour become
+/// fills (merged per colour), the rest pixels merged into rectangles.
+fn paint(frame: &Frame, parts: Vec<Rect>, kinds: OpKinds) -> Vec<Op> {
+    if !kinds.fill {
+        return merge(parts).into_iter().map(Op::Pixels).collect();
+    }
+    let mut fills: Vec<(u32, Vec<Rect>)> = Vec::new();
+    let (mut pixels, mut blocks_left) = (Vec::new(), Vec::new());
+    let mut fill = |color: u32, rect: Rect| match fills.iter_mut().find(|(c, _)| *c == color) {
+        Some((_, rects)) => rects.push(rect),
+        None => fills.push((color, vec![rect])),
+    };
+    for part in parts {
+        if let Some(color) = solid(frame, part) {
+            fill(color, part);
+            continue;
+        }
+        let blocks = blocks_of(part);
+        let flat: Vec<Option<u32>> = blocks
+            .iter()
+            .map(|b| solid(frame, *b).filter(|_| b.width >= 4 && b.height >= 4))
+            .collect();
+        if flat.iter().all(Option::is_none) {
+            pixels.push(part);
+            continue;
+        }
+        for (block, color) in blocks.into_iter().zip(flat) {
+            match color {
+                Some(color) => fill(color, block),
+                None => blocks_left.push(block),
+            }
         }
     }
-    Op::Pixels(rect)
+    let mut ops: Vec<Op> = fills
+        .into_iter()
+        .map(|(color, rects)| Op::Fill {
+            color,
+            // (Exact unions only: a fill over pixels that did not change would be wrong.)
+            rects: merge_exact(rects),
+        })
+        .collect();
+    ops.extend(merge(pixels).into_iter().map(Op::Pixels));
+    ops.extend(merge_exact(blocks_left).into_iter().map(Op::Pixels));
+    ops
+}
+
+/// Rectangles merged only where the union is exact: neighbours in a row with the same top
+/// and height, then neighbours in a column with the same left and width.
+fn merge_exact(mut rects: Vec<Rect>) -> Vec<Rect> {
+    rects.sort_by_key(|r| (r.y, r.height, r.x));
+    let mut rows: Vec<Rect> = Vec::new();
+    for r in rects {
+        match rows.last_mut() {
+            Some(last) if last.y == r.y && last.height == r.height && last.right() == r.x => {
+                last.width += r.width;
+            }
+            _ => rows.push(r),
+        }
+    }
+    rows.sort_by_key(|r| (r.x, r.width, r.y));
+    let mut merged: Vec<Rect> = Vec::new();
+    for r in rows {
+        match merged.last_mut() {
+            Some(last) if last.x == r.x && last.width == r.width && last.bottom() == r.y => {
+                last.height += r.height;
+            }
+            _ => merged.push(r),
+        }
+    }
+    merged.sort_by_key(|r| (r.y, r.x));
+    merged
+}
+
+/// `part` (within one tile) cut on the grid of [`BLOCK`], rows top-down.
+fn blocks_of(part: Rect) -> Vec<Rect> {
+    let mut blocks = Vec::new();
+    let mut y = part.y;
+    while y < part.bottom() {
+        let h = (y / BLOCK * BLOCK + BLOCK).min(part.bottom()) - y;
+        let mut x = part.x;
+        while x < part.right() {
+            let w = (x / BLOCK * BLOCK + BLOCK).min(part.right()) - x;
+            blocks.push(Rect::new(x, y, w, h));
+            x += w;
+        }
+        y += h;
+    }
+    blocks
 }
 
 /// The colour of `rect` of `frame` if all its pixels have it.
@@ -666,6 +886,45 @@ mod tests {
                 pixels_sent(&ops)
             );
         }
+    }
+
+    #[test]
+    fn fills_cover_only_their_own_pixels() {
+        // Two red bars in neighbouring tiles with an unchanged grey gap between them, and a
+        // tile where one block is flat and the others are not.
+        let old = frame(96, 64, |_, _| [128, 128, 128]);
+        let mut diff = Diff::new();
+        diff.ops(&old, None, ALL);
+        let new = frame(96, 64, |x, y| {
+            if (20..30).contains(&x) || (40..50).contains(&x) {
+                [0, 0, 255]
+            } else if (64..80).contains(&x) && y < 16 {
+                [9, 9, 9]
+            } else if (64..96).contains(&x) && y < 32 {
+                [x as u8, y as u8, 3]
+            } else {
+                [128, 128, 128]
+            }
+        });
+        let ops = diff.ops(&new, None, ALL);
+        let mut client = old.data.to_vec();
+        apply(&mut client, &new, &ops);
+        assert_eq!(rgb(&client), rgb(&new.data));
+        assert!(
+            ops.iter().any(|op| matches!(op, Op::Fill { .. })),
+            "{ops:?}"
+        );
+        // The flat block of the last changed tile (64..80, 0..16) is a fill, not pixels.
+        let flat = Rect::new(64, 0, 16, 16);
+        assert!(
+            !ops.iter()
+                .any(|op| matches!(op, Op::Pixels(r) if r.intersect(&flat).is_some())),
+            "{ops:?}"
+        );
+        assert!(ops.contains(&Op::Fill {
+            color: 0x090909,
+            rects: vec![flat]
+        }));
     }
 
     #[test]

@@ -1,0 +1,183 @@
+//! The server's screen path on the heavy workload of SPEC §7, without a client: the workload
+//! (`deskport_testsupport::workload`) draws frame after frame on an Xvfb, the desktop reads
+//! each one as a session does (XDamage, MIT-SHM), the diff turns it into ops and an encoder
+//! into bytes. Per variant: bytes per frame, what the ops were (copies, fills, pixels), and
+//! the server CPU per frame of the diff and the encoder. The variants are the same frames, so
+//! they compare exactly; the live benchmark (`deskport --bench heavy`) adds the network, the
+//! client and the peers.
+//!
+//!   cargo bench -p deskport-rdp --bench replay      (REPLAY_FRAMES=300 by default;
+//!                                                    REPLAY_ONLY=TEXT runs the variants
+//!                                                    whose name contains TEXT)
+//!
+//! Lines starting with `BENCH|` are read by `scripts/bench`.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use deskport_desktop::x11::{Capture, X11Desktop};
+use deskport_desktop::{Desktop as _, Frame};
+use deskport_rdp::encode::diff::Diff;
+use deskport_rdp::encode::{BitmapEncoder, Codec, Op, OpKinds, ScreenEncoder};
+use deskport_testsupport::workload::{Stepper, SCREEN};
+use deskport_testsupport::Xvfb;
+use ironrdp_pdu::rdp::client_info::CompressionType;
+
+/// One way of sending the screen.
+struct Variant {
+    name: &'static str,
+    kinds: OpKinds,
+    encoder: BitmapEncoder,
+    diff: Diff,
+    bytes: usize,
+    copies: usize,
+    fills: usize,
+    pixels: usize,
+    cpu: Duration,
+}
+
+impl Variant {
+    fn new(name: &'static str, kinds: OpKinds, bulk: Option<CompressionType>) -> Self {
+        Self {
+            name,
+            kinds,
+            encoder: BitmapEncoder::new(32, Codec::Auto, true)
+                .with_planar_alpha(false)
+                .with_bulk_compression(bulk),
+            diff: Diff::new(),
+            bytes: 0,
+            copies: 0,
+            fills: 0,
+            pixels: 0,
+            cpu: Duration::ZERO,
+        }
+    }
+
+    /// Sends `frame` (its damage since the last one); counted unless `warm_up`.
+    fn send(&mut self, frame: &Frame, damage: Option<&[(u16, u16, u16, u16)]>, warm_up: bool) {
+        let started = Instant::now();
+        let ops = self.diff.ops(frame, damage, self.kinds);
+        let mut out = Vec::new();
+        // (The bitmap encoder sends fills and copies as pixels; their bytes are estimated
+        // below as orders would carry them.)
+        let as_pixels: Vec<Op> = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Pixels(_)))
+            .cloned()
+            .collect();
+        self.encoder.encode(frame, &as_pixels, &mut out).unwrap();
+        let took = started.elapsed();
+        if warm_up {
+            return;
+        }
+        if std::env::var("REPLAY_DUMP").is_ok_and(|d| d == "1") {
+            for op in &ops {
+                eprintln!("  {op:?}");
+            }
+            eprintln!("--");
+        }
+        self.cpu += took;
+        self.bytes += out.len();
+        for op in &ops {
+            match op {
+                // A ScrBlt order: about 20 bytes; an OpaqueRect one: about 15.
+                Op::Copy { .. } => {
+                    self.copies += 1;
+                    self.bytes += 20;
+                }
+                Op::Fill { rects, .. } => {
+                    self.fills += rects.len();
+                    self.bytes += 15 * rects.len();
+                }
+                Op::Pixels(r) => self.pixels += usize::from(r.width) * usize::from(r.height),
+            }
+        }
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let frames: u16 = std::env::var("REPLAY_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let xvfb = Xvfb::start(SCREEN.0, SCREEN.1);
+    let mut workload = Stepper::open(xvfb.display()).expect("draw frame 0");
+    let desktop = X11Desktop::connect_with(xvfb.display(), Capture::Damage, true).unwrap();
+    let all = OpKinds {
+        copy: true,
+        fill: true,
+    };
+    let xcrush = Some(CompressionType::Rdp61);
+    let variants = [
+        Variant::new("pixels, planar + XCRUSH", OpKinds::default(), xcrush),
+        Variant::new(
+            "fills + pixels, planar + XCRUSH",
+            OpKinds {
+                copy: false,
+                fill: true,
+            },
+            xcrush,
+        ),
+        Variant::new("copies + fills + pixels, planar + XCRUSH", all, xcrush),
+        Variant::new(
+            "copies + fills + pixels, planar + MPPC-64K",
+            all,
+            Some(CompressionType::K64),
+        ),
+        Variant::new(
+            "copies + fills + pixels, planar + NCRUSH",
+            all,
+            Some(CompressionType::Rdp6),
+        ),
+        Variant::new("copies + fills + pixels, planar", all, None),
+    ];
+    // REPLAY_ONLY=TEXT keeps the variants whose name contains TEXT (e.g. for a profile).
+    let only = std::env::var("REPLAY_ONLY").unwrap_or_default();
+    let mut variants: Vec<Variant> = variants
+        .into_iter()
+        .filter(|v| v.name.contains(only.as_str()))
+        .collect();
+    let first = desktop.capture().unwrap();
+    for v in &mut variants {
+        v.send(&first, None, true);
+    }
+    let mut generation = first.generation;
+    for _ in 0..frames {
+        workload.step().unwrap();
+        let frame = desktop.capture().unwrap();
+        let damage = desktop.changes_since(generation);
+        generation = frame.generation;
+        for v in &mut variants {
+            v.send(&frame, damage.as_deref(), false);
+        }
+    }
+    let n = f64::from(frames);
+    println!(
+        "heavy workload, {frames} frames of {}x{}, replayed offline:",
+        SCREEN.0, SCREEN.1
+    );
+    let baseline = variants.first().map_or(0.0, |v| v.bytes as f64 / n);
+    for v in &variants {
+        let per_frame = v.bytes as f64 / n;
+        println!(
+            "  {:<42} {:>9.1} kB/frame ({:>6.2} MB in all)  copies {:>5.1}/frame  fills {:>5.1}/frame  pixels {:>8.0}/frame  cpu {:>6.2} ms/frame",
+            v.name,
+            per_frame / 1e3,
+            v.bytes as f64 / 1e6,
+            v.copies as f64 / n,
+            v.fills as f64 / n,
+            v.pixels as f64 / n,
+            v.cpu.as_secs_f64() * 1e3 / n,
+        );
+        println!(
+            "BENCH|replay {}|{:.3}|kB/frame|{:.3}|kB/frame (pixels only)|lower",
+            v.name,
+            per_frame / 1e3,
+            baseline / 1e3
+        );
+    }
+}
