@@ -7,6 +7,7 @@
 
 pub mod bitmap;
 pub mod diff;
+pub mod orders;
 pub mod planar;
 pub mod pointer;
 
