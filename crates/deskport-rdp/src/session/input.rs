@@ -1,6 +1,8 @@
 //! What the client sends during the session: fast-path and slow-path input (keyboard,
 //! Unicode, mouse, wheel) translated into desktop [`Input`]; data on the virtual channels
-//! handed to their modules; the client's shutdown.
+//! handed to their modules; the client's acknowledgement of a frame (TS_FRAME_ACKNOWLEDGE_PDU,
+//! MS-RDPBCGR 2.2.12.1, for the screen's flow control); the client's shutdown. What cannot be
+//! decoded is logged (debug) and ignored.
 
 use deskport_desktop::{Button, Desktop, Input};
 use ironrdp_pdu::input::fast_path::{FastPathInput, FastPathInputEvent, KeyboardFlags};
@@ -16,24 +18,59 @@ use ironrdp_pdu::Action;
 use super::End;
 use crate::channels::Channels;
 
+/// What a client PDU means for the session loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled (or ignored); the session goes on.
+    Continue,
+    /// The client acknowledged frame `id` (and every frame before it).
+    FrameAcknowledged(u32),
+    /// The session ends.
+    End(End),
+}
+
 /// Applies the PDUs the client sent while the server was busy with the connection sequence
-/// (slow-path); `Some` when one ends the session.
+/// (slow-path), telling `acknowledged` of frame acknowledgements; `Some` when one ends the
+/// session.
 pub fn backlog(
     desktop: &dyn Desktop,
     io_channel_id: u16,
     pdus: &[Vec<u8>],
     channels: &mut Channels,
     out: &mut Vec<u8>,
+    acknowledged: &mut dyn FnMut(u32),
 ) -> anyhow::Result<Option<End>> {
     for pdu in pdus {
-        if let Some(end) = handle(desktop, io_channel_id, Action::X224, pdu, channels, out)? {
-            return Ok(Some(end));
+        match handle(desktop, io_channel_id, Action::X224, pdu, channels, out)? {
+            Outcome::Continue => {}
+            Outcome::FrameAcknowledged(id) => acknowledged(id),
+            Outcome::End(end) => return Ok(Some(end)),
         }
     }
     Ok(None)
 }
 
-/// Applies one client PDU; `Some` when it ends the session.
+/// The frame a slow-path `pdu` acknowledges, if it is a Frame Acknowledge PDU (for the
+/// connection sequence, which does not expect one).
+pub fn frame_acknowledgement(io_channel_id: u16, pdu: &[u8]) -> Option<u32> {
+    let message: X224<McsMessage<'_>> = ironrdp_core::decode(pdu).ok()?;
+    let McsMessage::SendDataRequest(request) = message.0 else {
+        return None;
+    };
+    if request.channel_id != io_channel_id {
+        return None;
+    }
+    let header: ShareControlHeader = ironrdp_core::decode(request.user_data.as_ref()).ok()?;
+    match header.share_control_pdu {
+        ShareControlPdu::Data(data) => match data.share_data_pdu {
+            ShareDataPdu::FrameAcknowledge(ack) => Some(ack.frame_id),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Applies one client PDU.
 pub fn handle(
     desktop: &dyn Desktop,
     io_channel_id: u16,
@@ -41,14 +78,14 @@ pub fn handle(
     pdu: &[u8],
     channels: &mut Channels,
     out: &mut Vec<u8>,
-) -> anyhow::Result<Option<End>> {
+) -> anyhow::Result<Outcome> {
     match action {
         Action::FastPath => {
             let input: FastPathInput = match ironrdp_core::decode(pdu) {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::debug!(error = %e, "Undecodable fast-path input ignored");
-                    return Ok(None);
+                    return Ok(Outcome::Continue);
                 }
             };
             for event in input.input_events() {
@@ -56,54 +93,62 @@ pub fn handle(
                     desktop.input(i)?;
                 }
             }
-            Ok(None)
+            Ok(Outcome::Continue)
         }
         Action::X224 => {
             let message: X224<McsMessage<'_>> = match ironrdp_core::decode(pdu) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::debug!(error = %e, "Undecodable PDU ignored");
-                    return Ok(None);
+                    return Ok(Outcome::Continue);
                 }
             };
             match message.0 {
-                McsMessage::DisconnectProviderUltimatum(_) => Ok(Some(End::Client)),
+                McsMessage::DisconnectProviderUltimatum(_) => Ok(Outcome::End(End::Client)),
                 McsMessage::SendDataRequest(SendDataRequest {
                     channel_id,
                     user_data,
                     ..
-                }) if channel_id == io_channel_id => {
-                    let Ok(header) = ironrdp_core::decode::<ShareControlHeader>(user_data.as_ref())
-                    else {
-                        return Ok(None);
-                    };
-                    let ShareControlPdu::Data(data) = header.share_control_pdu else {
-                        return Ok(None);
-                    };
-                    match data.share_data_pdu {
-                        ShareDataPdu::Input(input) => {
-                            for event in &input.0 {
-                                for i in slow_path_event(event) {
-                                    desktop.input(i)?;
-                                }
-                            }
-                            Ok(None)
-                        }
-                        ShareDataPdu::ShutdownRequest => Ok(Some(End::Client)),
-                        _ => Ok(None),
-                    }
-                }
+                }) if channel_id == io_channel_id => share_data(desktop, user_data.as_ref()),
                 McsMessage::SendDataRequest(SendDataRequest {
                     channel_id,
                     user_data,
                     ..
                 }) => {
                     channels.process(channel_id, user_data.as_ref(), out);
-                    Ok(None)
+                    Ok(Outcome::Continue)
                 }
-                _ => Ok(None),
+                _ => Ok(Outcome::Continue),
             }
         }
+    }
+}
+
+/// A PDU on the I/O channel: slow-path input, a frame acknowledgement, a shutdown request.
+fn share_data(desktop: &dyn Desktop, user_data: &[u8]) -> anyhow::Result<Outcome> {
+    let header = match ironrdp_core::decode::<ShareControlHeader>(user_data) {
+        Ok(header) => header,
+        Err(e) => {
+            // A malformed Frame Acknowledge (a frame id cut short, say) ends up here too.
+            tracing::debug!(error = %e, "Undecodable share control PDU ignored");
+            return Ok(Outcome::Continue);
+        }
+    };
+    let ShareControlPdu::Data(data) = header.share_control_pdu else {
+        return Ok(Outcome::Continue);
+    };
+    match data.share_data_pdu {
+        ShareDataPdu::Input(input) => {
+            for event in &input.0 {
+                for i in slow_path_event(event) {
+                    desktop.input(i)?;
+                }
+            }
+            Ok(Outcome::Continue)
+        }
+        ShareDataPdu::FrameAcknowledge(ack) => Ok(Outcome::FrameAcknowledged(ack.frame_id)),
+        ShareDataPdu::ShutdownRequest => Ok(Outcome::End(End::Client)),
+        _ => Ok(Outcome::Continue),
     }
 }
 
@@ -200,6 +245,95 @@ fn mouse(m: &MousePdu) -> Vec<Input> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A desktop that takes input and shows nothing.
+    #[derive(Debug)]
+    struct Blind;
+
+    impl Desktop for Blind {
+        fn size(&self) -> (u16, u16) {
+            (1, 1)
+        }
+        fn capture(&self) -> anyhow::Result<deskport_desktop::Frame> {
+            anyhow::bail!("nothing to show")
+        }
+        fn input(&self, _: Input) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    const IO: u16 = 1003;
+
+    /// A Frame Acknowledge PDU for `frame_id`: the share control PDU, and in its MCS Send
+    /// Data Request on channel `channel`.
+    fn frame_ack(frame_id: u32, channel: u16) -> (Vec<u8>, Vec<u8>) {
+        use ironrdp_pdu::codecs::rfx::FrameAcknowledgePdu;
+        use ironrdp_pdu::rdp::headers::{CompressionFlags, ShareDataHeader, StreamPriority};
+        let share = ironrdp_core::encode_vec(&ShareControlHeader {
+            share_control_pdu: ShareControlPdu::Data(ShareDataHeader {
+                share_data_pdu: ShareDataPdu::FrameAcknowledge(FrameAcknowledgePdu { frame_id }),
+                stream_priority: StreamPriority::Medium,
+                compression_flags: CompressionFlags::empty(),
+                compression_type: ironrdp_pdu::rdp::client_info::CompressionType::K8,
+            }),
+            pdu_source: 1007,
+            share_id: 0x1_03ea,
+        })
+        .unwrap();
+        let mcs = ironrdp_core::encode_vec(&X224(McsMessage::SendDataRequest(SendDataRequest {
+            initiator_id: 1007,
+            channel_id: channel,
+            user_data: std::borrow::Cow::Borrowed(&share),
+        })))
+        .unwrap();
+        (share, mcs)
+    }
+
+    #[test]
+    fn frame_acknowledgements_reach_the_session() {
+        let (share, mcs) = frame_ack(0x0102_0304, IO);
+        assert_eq!(
+            share_data(&Blind, &share).unwrap(),
+            Outcome::FrameAcknowledged(0x0102_0304)
+        );
+        // During the connection sequence (a reactivation) they are recognised too, on the
+        // I/O channel only.
+        assert_eq!(frame_acknowledgement(IO, &mcs), Some(0x0102_0304));
+        assert_eq!(frame_acknowledgement(IO, &frame_ack(9, 1004).1), None);
+    }
+
+    #[test]
+    fn malformed_frame_acknowledgements_are_ignored() {
+        let (share, mcs) = frame_ack(7, IO);
+        // The frame id cut short, the lengths in the headers agreeing (totalLength at 0,
+        // uncompressedLength at 12).
+        let mut short = share[..share.len() - 2].to_vec();
+        for at in [0, 12] {
+            let v = u16::from_le_bytes([short[at], short[at + 1]]) - 2;
+            short[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(share_data(&Blind, &short).unwrap(), Outcome::Continue);
+        // Every truncation, and every single corrupted byte: ignored or read whole, never a
+        // panic.
+        for len in 0..share.len() {
+            assert_eq!(
+                share_data(&Blind, &share[..len]).unwrap(),
+                Outcome::Continue
+            );
+            assert_eq!(frame_acknowledgement(IO, &mcs[..len.min(mcs.len())]), None);
+        }
+        for at in 0..share.len() {
+            for v in [0x00, 0x7f, 0xff] {
+                let mut bad = share.clone();
+                bad[at] = v;
+                let outcome = share_data(&Blind, &bad).unwrap();
+                assert!(
+                    matches!(outcome, Outcome::Continue | Outcome::FrameAcknowledged(_)),
+                    "{outcome:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn mouse_pdus_become_moves_buttons_and_wheel_turns() {

@@ -106,8 +106,14 @@ where
     } = params;
     let mut screen = Screen::new(desktop.clone(), encoder, new_pointer);
     let mut out = Vec::new();
-    if let Some(end) = input::backlog(&*desktop, io_channel_id, &backlog, &mut channels, &mut out)?
-    {
+    if let Some(end) = input::backlog(
+        &*desktop,
+        io_channel_id,
+        &backlog,
+        &mut channels,
+        &mut out,
+        &mut |id| screen.acknowledged(id),
+    )? {
         return Ok(end);
     }
     // The channels start (cliprdr: capabilities and monitor ready; drdynvc: its capabilities).
@@ -129,7 +135,7 @@ where
         };
         match event {
             Event::Client(Ok((action, pdu))) => {
-                if let Some(end) = input::handle(
+                match input::handle(
                     &*desktop,
                     io_channel_id,
                     action,
@@ -137,7 +143,9 @@ where
                     &mut channels,
                     &mut out,
                 )? {
-                    return Ok(end);
+                    input::Outcome::Continue => {}
+                    input::Outcome::FrameAcknowledged(id) => screen.acknowledged(id),
+                    input::Outcome::End(end) => return Ok(end),
                 }
             }
             Event::Client(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -166,12 +174,18 @@ where
                     old,
                     &mut channels,
                     size,
+                    &mut |id| screen.acknowledged(id),
                 )
                 .await?;
                 acceptor = Some(next_acceptor);
-                if let Some(end) =
-                    input::backlog(&*desktop, io_channel_id, &backlog, &mut channels, &mut out)?
-                {
+                if let Some(end) = input::backlog(
+                    &*desktop,
+                    io_channel_id,
+                    &backlog,
+                    &mut channels,
+                    &mut out,
+                    &mut |id| screen.acknowledged(id),
+                )? {
                     return Ok(end);
                 }
                 // Everything again, at the new size.
@@ -216,7 +230,9 @@ async fn resize(
 
 /// Tells the client the share is deactivated, then runs the capability exchange and the
 /// finalization again with the screen at `size` (the static channels keep their state);
-/// returns the acceptor for the next time and the input the client sent meanwhile.
+/// returns the acceptor for the next time and the input the client sent meanwhile. Frame
+/// acknowledgements the client sends meanwhile (for frames sent before) go to
+/// `acknowledged`: the acceptor would take one for a malformed Confirm Active.
 async fn reactivate<R>(
     reader: &mut Framed<R>,
     writer: &mut Outbox,
@@ -224,6 +240,7 @@ async fn reactivate<R>(
     acceptor: Acceptor,
     channels: &mut Channels,
     (width, height): (u16, u16),
+    acknowledged: &mut (dyn FnMut(u32) + Send),
 ) -> anyhow::Result<(Acceptor, Vec<Vec<u8>>)>
 where
     R: FramedRead,
@@ -254,6 +271,13 @@ where
             Some(hint) => Some(reader.read_by_hint(hint).await?),
             None => None,
         };
+        if let Some(id) = input
+            .as_deref()
+            .and_then(|pdu| input::frame_acknowledgement(io_channel_id, pdu))
+        {
+            acknowledged(id);
+            continue;
+        }
         buf.clear();
         match &input {
             Some(pdu) => acceptor.step(pdu, None, &mut buf),

@@ -62,6 +62,11 @@ impl Screen {
         self.sent_cursor = None;
     }
 
+    /// The client acknowledged frame `id`.
+    pub fn acknowledged(&mut self, id: u32) {
+        self.encoder.acknowledged(id);
+    }
+
     /// Captures the desktop and appends to `out` what the client needs to show it.
     pub async fn update(&mut self, out: &mut Vec<u8>) -> anyhow::Result<()> {
         let d = self.desktop.clone();
