@@ -60,9 +60,24 @@ pub struct Admission {
     pub nla_only: bool,
 }
 
-/// The server's capability sets (MS-RDPBCGR 2.2.7): fast-path output, 32-bit bitmaps, no
-/// drawing orders, fast-path and Unicode input.
+/// The server's capability sets (MS-RDPBCGR 2.2.7): fast-path output, 32-bit bitmaps, the
+/// drawing orders the bitmap path sends (ScrBlt, OpaqueRect through PatBlt's entry,
+/// MultiOpaqueRect: xfreerdp drops every order the server's set leaves out), fast-path and
+/// Unicode input.
 fn capabilities(size: DesktopSize) -> Vec<CapabilitySet> {
+    let mut order = caps::Order::new(
+        caps::OrderFlags::NEGOTIATE_ORDER_SUPPORT | caps::OrderFlags::ZERO_BOUNDS_DELTAS_SUPPORT,
+        caps::OrderSupportExFlags::empty(),
+        2048,
+        224,
+    );
+    for index in [
+        caps::OrderSupportIndex::ScrBlt,
+        caps::OrderSupportIndex::PatBlt,
+        caps::OrderSupportIndex::MultiOpaqueRect,
+    ] {
+        order.set_support_flag(index, true);
+    }
     vec![
         CapabilitySet::General(caps::General {
             extra_flags: caps::GeneralExtraFlags::FASTPATH_OUTPUT_SUPPORTED
@@ -76,12 +91,7 @@ fn capabilities(size: DesktopSize) -> Vec<CapabilitySet> {
             desktop_resize_flag: true,
             drawing_flags: caps::BitmapDrawingFlags::empty(),
         }),
-        CapabilitySet::Order(caps::Order::new(
-            caps::OrderFlags::empty(),
-            caps::OrderSupportExFlags::empty(),
-            2048,
-            224,
-        )),
+        CapabilitySet::Order(order),
         CapabilitySet::Pointer(caps::Pointer {
             color_pointer_cache_size: 32,
             pointer_cache_size: 32,
@@ -106,6 +116,19 @@ fn capabilities(size: DesktopSize) -> Vec<CapabilitySet> {
             max_request_size: 8 * 1024 * 1024,
         }),
     ]
+}
+
+/// The drawing orders the client's Confirm Active says it takes.
+fn client_orders(capabilities: &[CapabilitySet]) -> crate::encode::orders::OrderKinds {
+    capabilities
+        .iter()
+        .find_map(|c| match c {
+            CapabilitySet::Order(order) => {
+                Some(crate::encode::orders::OrderKinds::from_capability(order))
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// One step of the sequence; what the acceptor encoded is written even when the step fails
@@ -217,7 +240,8 @@ pub async fn serve(
         .capabilities
         .iter()
         .any(|c| matches!(c, CapabilitySet::Pointer(p) if p.pointer_cache_size > 0));
-    tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, "Session started");
+    let orders = client_orders(&result.capabilities);
+    tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, ?orders, "Session started");
     let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
     let encoder = crate::encode::for_client(
         ClientCaps {
@@ -225,6 +249,7 @@ pub async fn serve(
             no_compression_header,
             planar_alpha,
             compression,
+            orders,
         },
         shared.codec,
     );

@@ -9,6 +9,12 @@
 //!   default 24-bit session included), and for tiles whose width is not a multiple of 4.
 //!
 //! Figures behind the choice: `scripts/bench` (bench/RESULTS.md).
+//!
+//! Copies and fills go as drawing orders (ScrBlt, OpaqueRect, MultiOpaqueRect: [`orders`])
+//! to clients that take them, in fast-path Orders updates between the bitmap updates, in the
+//! order of the ops.
+//!
+//! [`orders`]: super::orders
 
 use ironrdp_bulk::{BulkCompressor, CompressionType as BulkType};
 use ironrdp_pdu::bitmap::{BitmapData, BitmapUpdateData, CompressedDataHeader, Compression};
@@ -17,6 +23,7 @@ use ironrdp_pdu::geometry::InclusiveRectangle;
 use ironrdp_pdu::rdp::client_info::CompressionType;
 use ironrdp_pdu::rdp::headers::CompressionFlags;
 
+use super::orders::{color_bytes, OrderKinds, Orders, MAX_MULTI_RECTS};
 use super::planar::PlanarEncoder;
 use super::{write_update, Codec, Op, OpKinds, Rect, ScreenEncoder};
 use deskport_desktop::Frame;
@@ -26,6 +33,9 @@ pub const TILE_WIDTH: u16 = 64;
 
 /// Update data per fast-path PDU at most (its length field has 15 bits; stay well below).
 const MAX_PDU_DATA: usize = 15 * 1024;
+
+/// One drawing order's bytes at most (a MultiOpaqueRect of 45 far-apart rectangles: 401).
+const MAX_ORDER: usize = 512;
 
 /// Damaged areas are cut into pieces of at most this size before encoding; a piece whose
 /// planar stream does not fit in one PDU is halved until it does (or is sent raw at the tile
@@ -80,6 +90,16 @@ pub struct BitmapEncoder {
     planar_alpha: bool,
     /// Damaged areas go in pieces of up to [`PIECE`] (else in tiles).
     pieces: bool,
+    /// The drawing orders the client takes: copies and fills go as orders where it does.
+    orders: OrderKinds,
+}
+
+/// The orders of a frame, for the log.
+#[derive(Debug, Default)]
+struct OrderCount {
+    scr_blt: u32,
+    opaque_rect: u32,
+    multi_opaque_rect: u32,
 }
 
 impl std::fmt::Debug for BitmapEncoder {
@@ -88,6 +108,7 @@ impl std::fmt::Debug for BitmapEncoder {
             .field("bpp", &self.bpp)
             .field("planar", &self.planar)
             .field("bulk", &self.bulk.as_ref().map(|b| b.1))
+            .field("orders", &self.orders)
             .finish()
     }
 }
@@ -109,7 +130,15 @@ impl BitmapEncoder {
             planar_encoder: PlanarEncoder::default(),
             planar_alpha: true,
             pieces: true,
+            orders: OrderKinds::default(),
         }
+    }
+
+    /// Copies and fills as the drawing orders of `orders` (what the client's Order capability
+    /// set supports); the rest as bitmaps.
+    pub fn with_orders(mut self, orders: OrderKinds) -> Self {
+        self.orders = orders;
+        self
     }
 
     /// Damaged areas in tiles rather than larger pieces (for comparison: `benches/codec.rs`).
@@ -346,12 +375,18 @@ impl BitmapEncoder {
             .collect();
         let body = ironrdp_core::encode_vec(&BitmapUpdateData { rectangles })
             .map_err(|e| anyhow::anyhow!("encode a bitmap update: {e}"))?;
+        self.send(UpdateCode::Bitmap, &body, out)
+    }
+
+    /// Appends a fast-path update PDU of `code` with `body`, bulk-compressed when the session
+    /// is: every update goes through here, so the compressor sees them in sending order.
+    fn send(&mut self, code: UpdateCode, body: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
         let mut compression_flags = None;
         let mut compression_type = None;
-        let mut data = body.as_slice();
+        let mut data = body;
         if let Some((compressor, kind)) = &mut self.bulk {
             let (size, flags) = compressor
-                .compress(&body)
+                .compress(body)
                 .map_err(|e| anyhow::anyhow!("bulk-compress an update: {e}"))?;
             // Compressed, or sent as it is with the history flushed: the client must know
             // either way. No flags: the PDU was outside the compressible sizes.
@@ -366,7 +401,7 @@ impl BitmapEncoder {
         }
         let update = FastPathUpdatePdu {
             fragmentation: Fragmentation::Single,
-            update_code: UpdateCode::Bitmap,
+            update_code: code,
             compression_flags,
             compression_type,
             data,
@@ -375,28 +410,134 @@ impl BitmapEncoder {
     }
 }
 
-impl ScreenEncoder for BitmapEncoder {
-    fn op_kinds(&self) -> OpKinds {
-        OpKinds::default()
-    }
-
-    fn encode(&mut self, frame: &Frame, ops: &[Op], out: &mut Vec<u8>) -> anyhow::Result<()> {
-        let mut rects = Vec::new();
-        for op in ops {
-            // (Only pixels are asked for: see `op_kinds`; anything else is sent as pixels.)
-            let pixels = match op {
-                Op::Pixels(rect) => std::slice::from_ref(rect),
-                Op::Fill { rects, .. } => rects.as_slice(),
-                Op::Copy { dst, .. } => std::slice::from_ref(dst),
-            };
-            for rect in pixels {
-                rects.extend(self.pieces(*rect, frame.width));
-            }
-        }
-        if rects.is_empty() {
+impl BitmapEncoder {
+    /// Sends `orders` (if any) as one Orders update.
+    fn flush_orders(&mut self, orders: &mut Orders, out: &mut Vec<u8>) -> anyhow::Result<()> {
+        if orders.is_empty() {
             return Ok(());
         }
-        self.encode_rects(frame, &rects, out)
+        let body = orders.take();
+        self.send(UpdateCode::Orders, &body, out)
+    }
+
+    /// Room for one more order in `orders`: sends it when it is full.
+    fn room_for_order(&mut self, orders: &mut Orders, out: &mut Vec<u8>) -> anyhow::Result<()> {
+        if orders.len() + MAX_ORDER > MAX_PDU_DATA {
+            self.flush_orders(orders, out)?;
+        }
+        Ok(())
+    }
+
+    /// Fills `rects` with `color` as orders: MultiOpaqueRects of up to 45 rectangles where
+    /// the client takes them, else one OpaqueRect each.
+    fn fill_orders(
+        &mut self,
+        rects: &[Rect],
+        color: u32,
+        orders: &mut Orders,
+        count: &mut OrderCount,
+        out: &mut Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let color = color_bytes(color, self.bpp);
+        let rects: Vec<Rect> = rects.iter().copied().filter(|r| !r.is_empty()).collect();
+        let chunk = if self.orders.multi_opaque_rect {
+            MAX_MULTI_RECTS
+        } else {
+            1
+        };
+        for group in rects.chunks(chunk) {
+            self.room_for_order(orders, out)?;
+            if let [rect] = group {
+                orders.opaque_rect(*rect, color);
+                count.opaque_rect += 1;
+            } else {
+                orders.multi_opaque_rect(group, color);
+                count.multi_opaque_rect += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ScreenEncoder for BitmapEncoder {
+    fn op_kinds(&self) -> OpKinds {
+        OpKinds {
+            copy: self.orders.scr_blt,
+            fill: self.orders.opaque_rect,
+        }
+    }
+
+    /// The ops in their order: runs of copies and fills as Orders updates, runs of pixels as
+    /// bitmap updates (a kind the client does not take as an order goes as pixels).
+    fn encode(&mut self, frame: &Frame, ops: &[Op], out: &mut Vec<u8>) -> anyhow::Result<()> {
+        let mut orders = Orders::default();
+        let mut count = OrderCount::default();
+        // Pixels not sent yet: at most one of `orders` and `rects` holds anything.
+        let mut rects: Vec<Rect> = Vec::new();
+        let mut i = 0;
+        while i < ops.len() {
+            let op = &ops[i];
+            i += 1;
+            let as_order = match op {
+                Op::Copy { dst, .. } => self.orders.scr_blt && !dst.is_empty(),
+                Op::Fill { .. } => self.orders.opaque_rect,
+                Op::Pixels(_) => false,
+            };
+            if !as_order {
+                self.flush_orders(&mut orders, out)?;
+                let pixels = match op {
+                    Op::Pixels(rect) => std::slice::from_ref(rect),
+                    Op::Fill { rects, .. } => rects.as_slice(),
+                    Op::Copy { dst, .. } => std::slice::from_ref(dst),
+                };
+                for rect in pixels.iter().filter(|r| !r.is_empty()) {
+                    rects.extend(self.pieces(*rect, frame.width));
+                }
+                continue;
+            }
+            if !rects.is_empty() {
+                self.encode_rects(frame, &rects, out)?;
+                rects.clear();
+            }
+            match op {
+                Op::Copy { src, dst } => {
+                    self.room_for_order(&mut orders, out)?;
+                    orders.scr_blt(*dst, *src);
+                    count.scr_blt += 1;
+                }
+                Op::Fill { color, rects } => {
+                    // With the fills of the same colour that follow.
+                    let mut all = rects.clone();
+                    while let Some(Op::Fill { color: next, rects }) = ops.get(i) {
+                        if next != color {
+                            break;
+                        }
+                        all.extend_from_slice(rects);
+                        i += 1;
+                    }
+                    self.fill_orders(&all, *color, &mut orders, &mut count, out)?;
+                }
+                Op::Pixels(_) => {}
+            }
+        }
+        self.flush_orders(&mut orders, out)?;
+        if !rects.is_empty() {
+            self.encode_rects(frame, &rects, out)?;
+        }
+        let OrderCount {
+            scr_blt,
+            opaque_rect,
+            multi_opaque_rect,
+        } = count;
+        if scr_blt + opaque_rect + multi_opaque_rect > 0 {
+            tracing::debug!(
+                scr_blt,
+                opaque_rect,
+                multi_opaque_rect,
+                "Drawing orders sent"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -508,19 +649,10 @@ mod tests {
 
     /// The update PDUs in `out`: (compression flags byte with the type, data).
     fn updates(out: &[u8]) -> Vec<(Option<u8>, Vec<u8>)> {
-        use ironrdp_core::{decode_cursor, ReadCursor};
-        let mut cursor = ReadCursor::new(out);
-        let mut found = Vec::new();
-        while !cursor.is_empty() {
-            let _header: ironrdp_pdu::fast_path::FastPathHeader =
-                decode_cursor(&mut cursor).unwrap();
-            let update: FastPathUpdatePdu<'_> = decode_cursor(&mut cursor).unwrap();
-            let flags = update
-                .compression_flags
-                .map(|f| f.bits() | update.compression_type.map_or(0, |t| t.as_u8()));
-            found.push((flags, update.data.to_vec()));
-        }
-        found
+        coded_updates(out)
+            .into_iter()
+            .map(|(_, flags, data)| (flags.map(|f| f as u8), data))
+            .collect()
     }
 
     #[test]
@@ -614,7 +746,6 @@ mod tests {
 
     #[test]
     fn planar_sessions_send_whole_areas_and_halve_what_does_not_fit() {
-        use ironrdp_graphics::rdp6::BitmapStreamDecoder;
         use ironrdp_pdu::bitmap::BitmapUpdateData;
         // Left half a gradient (compressible), right half noise (planar cannot shrink it).
         let (w, h) = (512u16, 200u16);
@@ -655,23 +786,14 @@ mod tests {
             for r in update.rectangles {
                 let (rx, ry) = (r.rectangle.left, r.rectangle.top);
                 let (rw, rh) = (usize::from(r.width), usize::from(r.height));
-                let pixels: Vec<[u8; 3]> = if r
-                    .compression_flags
+                if r.compression_flags
                     .contains(Compression::BITMAP_COMPRESSION)
                 {
                     planar.push((rw, rh));
-                    let mut rgb = Vec::new();
-                    BitmapStreamDecoder::default()
-                        .decode_bitmap_stream_to_rgb24(r.bitmap_data, &mut rgb, rw, rh)
-                        .unwrap();
-                    rgb.chunks_exact(3).map(|p| [p[2], p[1], p[0]]).collect()
                 } else {
                     raw += 1;
-                    r.bitmap_data
-                        .chunks_exact(4)
-                        .map(|p| [p[0], p[1], p[2]])
-                        .collect()
-                };
+                }
+                let pixels = bitmap_pixels(&r);
                 // Rows bottom-up in both codings.
                 for (i, px) in pixels.iter().enumerate() {
                     let (x, y) = (usize::from(rx) + i % rw, usize::from(ry) + rh - 1 - i / rw);
@@ -713,5 +835,285 @@ mod tests {
             .unwrap();
         // A fast-path output header (action 0) with the PDU's length.
         assert_eq!(out[0] & 0x03, 0);
+    }
+
+    /// The pixels (`B, G, R`) of a 32-bit rectangle of a bitmap update, planar or raw, rows
+    /// bottom-up as both carry them.
+    fn bitmap_pixels(r: &BitmapData<'_>) -> Vec<[u8; 3]> {
+        use ironrdp_graphics::rdp6::BitmapStreamDecoder;
+        if !r
+            .compression_flags
+            .contains(Compression::BITMAP_COMPRESSION)
+        {
+            return r
+                .bitmap_data
+                .chunks_exact(4)
+                .map(|p| [p[0], p[1], p[2]])
+                .collect();
+        }
+        let mut rgb = Vec::new();
+        BitmapStreamDecoder::default()
+            .decode_bitmap_stream_to_rgb24(
+                r.bitmap_data,
+                &mut rgb,
+                usize::from(r.width),
+                usize::from(r.height),
+            )
+            .unwrap();
+        rgb.chunks_exact(3).map(|p| [p[2], p[1], p[0]]).collect()
+    }
+
+    /// Every update of `out` in order: (update code, compression flags with the type, data).
+    fn coded_updates(out: &[u8]) -> Vec<(UpdateCode, Option<u32>, Vec<u8>)> {
+        use ironrdp_core::{decode_cursor, ReadCursor};
+        let mut cursor = ReadCursor::new(out);
+        let mut found = Vec::new();
+        while !cursor.is_empty() {
+            let _header: ironrdp_pdu::fast_path::FastPathHeader =
+                decode_cursor(&mut cursor).unwrap();
+            let update: FastPathUpdatePdu<'_> = decode_cursor(&mut cursor).unwrap();
+            let flags = update
+                .compression_flags
+                .map(|f| u32::from(f.bits() | update.compression_type.map_or(0, |t| t.as_u8())));
+            found.push((update.update_code, flags, update.data.to_vec()));
+        }
+        found
+    }
+
+    /// A 32-bit client: carries out the updates of `out` in order on `screen` (`B, G, R, X`
+    /// rows of `width`), decompressing with `receiver`'s history; the orders, by type.
+    fn client(
+        out: &[u8],
+        screen: &mut [u8],
+        width: u16,
+        receiver: &mut BulkCompressor,
+    ) -> Vec<&'static str> {
+        use super::super::orders::testing::{decode, Decoded};
+        let stride = usize::from(width) * 4;
+        let put = |screen: &mut [u8], x: i32, y: i32, bgr: [u8; 3]| {
+            let at = y as usize * stride + x as usize * 4;
+            screen[at..at + 3].copy_from_slice(&bgr);
+        };
+        let mut orders = Vec::new();
+        for (code, flags, data) in coded_updates(out) {
+            let data = match flags {
+                Some(flags) => receiver.decompress(&data, flags).unwrap().to_vec(),
+                None => data,
+            };
+            match code {
+                UpdateCode::Bitmap => {
+                    let update: BitmapUpdateData<'_> = ironrdp_core::decode(&data).unwrap();
+                    for r in update.rectangles {
+                        let (rw, rh) = (usize::from(r.width), usize::from(r.height));
+                        let pixels = bitmap_pixels(&r);
+                        // Rows bottom-up.
+                        for (i, px) in pixels.iter().enumerate() {
+                            let x = i32::from(r.rectangle.left) + (i % rw) as i32;
+                            let y = i32::from(r.rectangle.top) + (rh - 1 - i / rw) as i32;
+                            put(screen, x, y, *px);
+                        }
+                    }
+                }
+                UpdateCode::Orders => {
+                    for order in decode(&data) {
+                        let fill = |screen: &mut [u8], r: (i32, i32, i32, i32), c: [u8; 3]| {
+                            for y in r.1..r.1 + r.3 {
+                                for x in r.0..r.0 + r.2 {
+                                    put(screen, x, y, [c[2], c[1], c[0]]);
+                                }
+                            }
+                        };
+                        match order {
+                            Decoded::ScrBlt { dst, rop, src } => {
+                                assert_eq!(rop, 0xcc);
+                                orders.push("ScrBlt");
+                                // Overlap-safe, as xfreerdp and rdesktop copy.
+                                let before = screen.to_vec();
+                                let len = dst.2 as usize * 4;
+                                for i in 0..dst.3 as usize {
+                                    let from = (src.1 as usize + i) * stride + src.0 as usize * 4;
+                                    let to = (dst.1 as usize + i) * stride + dst.0 as usize * 4;
+                                    screen[to..to + len].copy_from_slice(&before[from..from + len]);
+                                }
+                            }
+                            Decoded::OpaqueRect { rect, color } => {
+                                orders.push("OpaqueRect");
+                                let r = rect;
+                                fill(
+                                    screen,
+                                    (r.0.into(), r.1.into(), r.2.into(), r.3.into()),
+                                    color,
+                                );
+                            }
+                            Decoded::MultiOpaqueRect { color, rects, .. } => {
+                                orders.push("MultiOpaqueRect");
+                                for r in rects {
+                                    fill(screen, r, color);
+                                }
+                            }
+                        }
+                    }
+                }
+                other => panic!("unexpected update {other:?}"),
+            }
+        }
+        orders
+    }
+
+    fn pattern(w: u16, h: u16, paint: impl Fn(u16, u16) -> [u8; 3]) -> Frame {
+        let mut data = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let [b, g, r] = paint(x, y);
+                data.extend_from_slice(&[b, g, r, 0]);
+            }
+        }
+        Frame {
+            width: w,
+            height: h,
+            data: Arc::new(data),
+            generation: 0,
+        }
+    }
+
+    fn rgb(screen: &[u8]) -> Vec<[u8; 3]> {
+        screen.chunks_exact(4).map(|p| [p[0], p[1], p[2]]).collect()
+    }
+
+    /// Copies, fills and pixels reach the client in the order of the ops, as orders where it
+    /// takes them and as bitmaps where not, bulk-compressed with one history.
+    #[test]
+    fn ops_reach_the_client_in_their_order() {
+        let (w, h) = (256u16, 128u16);
+        let old = |x: u16, y: u16| [(x * 3) as u8, (y * 5) as u8, (x ^ y) as u8];
+        let new_pattern = |x: u16, y: u16| [(y * 9) as u8, 0x40, (x * 7) as u8];
+        const RED: [u8; 3] = [0x20, 0x30, 0xe0];
+        let first = pattern(w, h, old);
+        // Rows 0-95 scrolled up by 5; a red band below, a red square; a new pattern at A
+        // (150,100 50x28), and the same pattern at B (0,100): copied from A once A is painted.
+        let second = pattern(w, h, |x, y| match (x, y) {
+            (_, 0..95) => old(x, y + 5),
+            (_, 95..100) => RED,
+            (60..80, 105..115) => RED,
+            (150..200, 100..) => new_pattern(x - 150, y - 100),
+            (0..50, 100..) => new_pattern(x, y - 100),
+            _ => old(x, y),
+        });
+        let red = 0xe03020;
+        let ops = vec![
+            Op::Copy {
+                src: (0, 5),
+                dst: Rect::new(0, 0, w, 95),
+            },
+            Op::Fill {
+                color: red,
+                rects: vec![Rect::new(0, 95, w, 5)],
+            },
+            Op::Fill {
+                color: red,
+                rects: vec![Rect::new(60, 105, 20, 10)],
+            },
+            Op::Pixels(Rect::new(150, 100, 50, 28)),
+            Op::Copy {
+                src: (150, 100),
+                dst: Rect::new(0, 100, 50, 28),
+            },
+        ];
+        let all = OrderKinds {
+            scr_blt: true,
+            opaque_rect: true,
+            multi_opaque_rect: true,
+        };
+        let no_multi = OrderKinds {
+            multi_opaque_rect: false,
+            ..all
+        };
+        // (orders, bulk, the orders expected in frame 2)
+        let clients: [(OrderKinds, Option<CompressionType>, &[&str]); 3] = [
+            (
+                all,
+                Some(CompressionType::Rdp61),
+                &["ScrBlt", "MultiOpaqueRect", "ScrBlt"],
+            ),
+            (
+                no_multi,
+                Some(CompressionType::K64),
+                &["ScrBlt", "OpaqueRect", "OpaqueRect", "ScrBlt"],
+            ),
+            (OrderKinds::default(), None, &[]),
+        ];
+        for (kinds, bulk, expected) in clients {
+            let mut e = BitmapEncoder::new(32, Codec::Auto, true)
+                .with_orders(kinds)
+                .with_bulk_compression(bulk);
+            assert_eq!(
+                e.op_kinds(),
+                OpKinds {
+                    copy: kinds.scr_blt,
+                    fill: kinds.opaque_rect
+                }
+            );
+            let mut receiver = BulkCompressor::new(BulkType::Rdp61);
+            let mut screen = vec![0u8; first.data.len()];
+            let mut out = Vec::new();
+            e.encode(&first, &[Op::Pixels(Rect::new(0, 0, w, h))], &mut out)
+                .unwrap();
+            let o1 = client(&out, &mut screen, w, &mut receiver);
+            assert!(o1.is_empty());
+            assert_eq!(rgb(&screen), rgb(&first.data));
+            out.clear();
+            e.encode(&second, &ops, &mut out).unwrap();
+            let o2 = client(&out, &mut screen, w, &mut receiver);
+            assert_eq!(o2, expected, "{kinds:?}");
+            assert!(
+                rgb(&screen) == rgb(&second.data),
+                "{kinds:?}: the client shows frame 2"
+            );
+        }
+    }
+
+    #[test]
+    fn many_fills_of_one_colour_go_in_orders_of_45_rectangles() {
+        let f = frame(640, 64, 0);
+        let rects: Vec<Rect> = (0..100).map(|i| Rect::new(i * 6, 10, 4, 4)).collect();
+        let ops = [Op::Fill {
+            color: 0,
+            rects: rects.clone(),
+        }];
+        let count = |kinds: OrderKinds| {
+            let mut e = BitmapEncoder::new(32, Codec::Raw, true).with_orders(kinds);
+            let mut out = Vec::new();
+            e.encode(&f, &ops, &mut out).unwrap();
+            let mut screen = vec![0xffu8; f.data.len()];
+            let mut receiver = BulkCompressor::new(BulkType::Rdp61);
+            let orders = client(&out, &mut screen, 640, &mut receiver);
+            assert_eq!(
+                rgb(&screen),
+                rgb(&{
+                    let mut s = vec![0xffu8; f.data.len()];
+                    for r in &rects {
+                        for y in r.y..r.bottom() {
+                            let at = usize::from(y) * 640 * 4 + usize::from(r.x) * 4;
+                            s[at..at + usize::from(r.width) * 4].fill(0);
+                        }
+                    }
+                    s
+                })
+            );
+            orders
+        };
+        let multi = count(OrderKinds {
+            scr_blt: false,
+            opaque_rect: true,
+            multi_opaque_rect: true,
+        });
+        // 45 + 45 + 10 (the last as one order too).
+        assert_eq!(multi, ["MultiOpaqueRect"; 3]);
+        let single = count(OrderKinds {
+            scr_blt: false,
+            opaque_rect: true,
+            multi_opaque_rect: false,
+        });
+        assert_eq!(single.len(), 100);
     }
 }

@@ -2,7 +2,8 @@
 //! into [`Op`]s — copies of what moved, fills of what is flat, pixels of the rest — and a
 //! [`ScreenEncoder`], chosen per session after the capability exchange, turns ops into PDUs:
 //! [`bitmap`] is the classic path every client decodes (fast-path bitmap updates, planar or
-//! raw, bulk-compressed); [`pointer`] carries the pointer's shape and position (the same on
+//! raw, bulk-compressed; copies and fills as drawing orders, [`orders`], where the client
+//! takes them); [`pointer`] carries the pointer's shape and position (the same on
 //! every path).
 
 pub mod bitmap;
@@ -124,6 +125,8 @@ pub struct ClientCaps {
     pub planar_alpha: bool,
     /// Bulk compression of the updates (the best the client offered), if any.
     pub compression: Option<CompressionType>,
+    /// The drawing orders the client's Order capability set supports.
+    pub orders: orders::OrderKinds,
 }
 
 /// The encoder for a client with `caps`, coding as `codec` says.
@@ -131,7 +134,8 @@ pub fn for_client(caps: ClientCaps, codec: Codec) -> Box<dyn ScreenEncoder> {
     Box::new(
         BitmapEncoder::new(caps.bpp, codec, caps.no_compression_header)
             .with_bulk_compression(caps.compression)
-            .with_planar_alpha(caps.planar_alpha),
+            .with_planar_alpha(caps.planar_alpha)
+            .with_orders(caps.orders),
     )
 }
 
