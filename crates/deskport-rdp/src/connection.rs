@@ -62,8 +62,9 @@ pub struct Admission {
 
 /// The server's capability sets (MS-RDPBCGR 2.2.7): fast-path output, 32-bit bitmaps, the
 /// drawing orders the bitmap path sends (ScrBlt, OpaqueRect through PatBlt's entry,
-/// MultiOpaqueRect: xfreerdp drops every order the server's set leaves out), fast-path and
-/// Unicode input.
+/// MultiOpaqueRect: xfreerdp drops every order the server's set leaves out), Surface Frame
+/// Markers and Frame Acknowledge (flow control on the classic path), fast-path and Unicode
+/// input.
 fn capabilities(size: DesktopSize) -> Vec<CapabilitySet> {
     let mut order = caps::Order::new(
         caps::OrderFlags::NEGOTIATE_ORDER_SUPPORT | caps::OrderFlags::ZERO_BOUNDS_DELTAS_SUPPORT,
@@ -115,12 +116,20 @@ fn capabilities(size: DesktopSize) -> Vec<CapabilitySet> {
         CapabilitySet::MultiFragmentUpdate(caps::MultifragmentUpdate {
             max_request_size: 8 * 1024 * 1024,
         }),
+        CapabilitySet::SurfaceCommands(caps::SurfaceCommands {
+            flags: caps::CmdFlags::FRAME_MARKER,
+        }),
+        CapabilitySet::FrameAcknowledge(caps::FrameAcknowledge {
+            max_unacknowledged_frame_count: 2,
+        }),
     ]
 }
 
-/// The drawing orders the client's Confirm Active says it takes.
-fn client_orders(capabilities: &[CapabilitySet]) -> crate::encode::orders::OrderKinds {
-    capabilities
+/// What the client's Confirm Active says about drawing orders and frame acknowledgement.
+fn client_orders_and_frames(
+    capabilities: &[CapabilitySet],
+) -> (crate::encode::orders::OrderKinds, Option<u32>) {
+    let orders = capabilities
         .iter()
         .find_map(|c| match c {
             CapabilitySet::Order(order) => {
@@ -128,7 +137,19 @@ fn client_orders(capabilities: &[CapabilitySet]) -> crate::encode::orders::Order
             }
             _ => None,
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let frame_marker = capabilities.iter().any(|c| {
+        matches!(c, CapabilitySet::SurfaceCommands(s)
+            if s.flags.contains(caps::CmdFlags::FRAME_MARKER))
+    });
+    let frame_acknowledge = capabilities
+        .iter()
+        .find_map(|c| match c {
+            CapabilitySet::FrameAcknowledge(f) => Some(f.max_unacknowledged_frame_count),
+            _ => None,
+        })
+        .filter(|_| frame_marker);
+    (orders, frame_acknowledge)
 }
 
 /// One step of the sequence; what the acceptor encoded is written even when the step fails
@@ -240,8 +261,8 @@ pub async fn serve(
         .capabilities
         .iter()
         .any(|c| matches!(c, CapabilitySet::Pointer(p) if p.pointer_cache_size > 0));
-    let orders = client_orders(&result.capabilities);
-    tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, ?orders, "Session started");
+    let (orders, frame_acknowledge) = client_orders_and_frames(&result.capabilities);
+    tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, ?orders, ?frame_acknowledge, "Session started");
     let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
     let encoder = crate::encode::for_client(
         ClientCaps {
@@ -250,6 +271,7 @@ pub async fn serve(
             planar_alpha,
             compression,
             orders,
+            frame_acknowledge,
         },
         shared.codec,
     );

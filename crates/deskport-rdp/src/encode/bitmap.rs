@@ -12,7 +12,10 @@
 //!
 //! Copies and fills go as drawing orders (ScrBlt, OpaqueRect, MultiOpaqueRect: [`orders`])
 //! to clients that take them, in fast-path Orders updates between the bitmap updates, in the
-//! order of the ops.
+//! order of the ops. Clients that confirmed Surface Frame Markers and Frame Acknowledge
+//! (MS-RDPBCGR 2.2.9.2.3, 2.2.12.1: xfreerdp, IronRDP) get each frame between a BEGIN and an
+//! END marker with its id and acknowledge the END; what is in flight is
+//! [`ScreenEncoder::unacknowledged`].
 //!
 //! [`orders`]: super::orders
 
@@ -22,6 +25,7 @@ use ironrdp_pdu::fast_path::{FastPathUpdatePdu, Fragmentation, UpdateCode};
 use ironrdp_pdu::geometry::InclusiveRectangle;
 use ironrdp_pdu::rdp::client_info::CompressionType;
 use ironrdp_pdu::rdp::headers::CompressionFlags;
+use ironrdp_pdu::surface_commands::{FrameAction, FrameMarkerPdu, SurfaceCommand};
 
 use super::orders::{color_bytes, OrderKinds, Orders, MAX_MULTI_RECTS};
 use super::planar::PlanarEncoder;
@@ -92,6 +96,16 @@ pub struct BitmapEncoder {
     pieces: bool,
     /// The drawing orders the client takes: copies and fills go as orders where it does.
     orders: OrderKinds,
+    /// Frames are marked and acknowledged (else `None`).
+    frames: Option<Frames>,
+}
+
+/// The frames of a session whose client acknowledges them: ids of the last one sent and of
+/// the last one acknowledged (ids grow by one from 1).
+#[derive(Debug, Default, Clone, Copy)]
+struct Frames {
+    sent: u32,
+    acknowledged: u32,
 }
 
 /// The orders of a frame, for the log.
@@ -109,6 +123,7 @@ impl std::fmt::Debug for BitmapEncoder {
             .field("planar", &self.planar)
             .field("bulk", &self.bulk.as_ref().map(|b| b.1))
             .field("orders", &self.orders)
+            .field("frames", &self.frames)
             .finish()
     }
 }
@@ -131,6 +146,7 @@ impl BitmapEncoder {
             planar_alpha: true,
             pieces: true,
             orders: OrderKinds::default(),
+            frames: None,
         }
     }
 
@@ -138,6 +154,13 @@ impl BitmapEncoder {
     /// set supports); the rest as bitmaps.
     pub fn with_orders(mut self, orders: OrderKinds) -> Self {
         self.orders = orders;
+        self
+    }
+
+    /// Each frame between Surface Frame Markers, for a client that acknowledges them (it
+    /// confirmed the FRAME_MARKER surface command and Frame Acknowledge).
+    pub fn with_frame_markers(mut self, on: bool) -> Self {
+        self.frames = on.then(Frames::default);
         self
     }
 
@@ -411,6 +434,21 @@ impl BitmapEncoder {
 }
 
 impl BitmapEncoder {
+    /// A Surface Frame Marker (a fast-path Surface Commands update).
+    fn frame_marker(
+        &mut self,
+        frame_action: FrameAction,
+        id: u32,
+        out: &mut Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let body = ironrdp_core::encode_vec(&SurfaceCommand::FrameMarker(FrameMarkerPdu {
+            frame_action,
+            frame_id: Some(id),
+        }))
+        .map_err(|e| anyhow::anyhow!("encode a frame marker: {e}"))?;
+        self.send(UpdateCode::SurfaceCommands, &body, out)
+    }
+
     /// Sends `orders` (if any) as one Orders update.
     fn flush_orders(&mut self, orders: &mut Orders, out: &mut Vec<u8>) -> anyhow::Result<()> {
         if orders.is_empty() {
@@ -470,6 +508,16 @@ impl ScreenEncoder for BitmapEncoder {
     /// The ops in their order: runs of copies and fills as Orders updates, runs of pixels as
     /// bitmap updates (a kind the client does not take as an order goes as pixels).
     fn encode(&mut self, frame: &Frame, ops: &[Op], out: &mut Vec<u8>) -> anyhow::Result<()> {
+        let id = match &mut self.frames {
+            Some(frames) => {
+                frames.sent = frames.sent.wrapping_add(1);
+                Some(frames.sent)
+            }
+            None => None,
+        };
+        if let Some(id) = id {
+            self.frame_marker(FrameAction::Begin, id, out)?;
+        }
         let mut orders = Orders::default();
         let mut count = OrderCount::default();
         // Pixels not sent yet: at most one of `orders` and `rects` holds anything.
@@ -524,6 +572,9 @@ impl ScreenEncoder for BitmapEncoder {
         if !rects.is_empty() {
             self.encode_rects(frame, &rects, out)?;
         }
+        if let Some(id) = id {
+            self.frame_marker(FrameAction::End, id, out)?;
+        }
         let OrderCount {
             scr_blt,
             opaque_rect,
@@ -531,6 +582,7 @@ impl ScreenEncoder for BitmapEncoder {
         } = count;
         if scr_blt + opaque_rect + multi_opaque_rect > 0 {
             tracing::debug!(
+                frame = id,
                 scr_blt,
                 opaque_rect,
                 multi_opaque_rect,
@@ -538,6 +590,31 @@ impl ScreenEncoder for BitmapEncoder {
             );
         }
         Ok(())
+    }
+
+    fn unacknowledged(&self) -> Option<u32> {
+        self.frames.map(|f| f.sent.wrapping_sub(f.acknowledged))
+    }
+
+    fn acknowledged(&mut self, id: u32) {
+        let Some(frames) = &mut self.frames else {
+            tracing::debug!(id, "Frame acknowledgement ignored: no frames are marked");
+            return;
+        };
+        // Only a frame sent and not acknowledged yet (ids wrap around).
+        let in_flight = frames.sent.wrapping_sub(frames.acknowledged);
+        let ahead = id.wrapping_sub(frames.acknowledged);
+        if ahead == 0 || ahead > in_flight {
+            tracing::debug!(
+                id,
+                sent = frames.sent,
+                acknowledged = frames.acknowledged,
+                "Frame acknowledgement ignored: not a frame in flight"
+            );
+            return;
+        }
+        frames.acknowledged = id;
+        tracing::debug!(id, in_flight = in_flight - ahead, "Frame acknowledged");
     }
 }
 
@@ -881,20 +958,21 @@ mod tests {
     }
 
     /// A 32-bit client: carries out the updates of `out` in order on `screen` (`B, G, R, X`
-    /// rows of `width`), decompressing with `receiver`'s history; the orders, by type.
+    /// rows of `width`), decompressing with `receiver`'s history; the frame markers it saw
+    /// and the orders, by type.
     fn client(
         out: &[u8],
         screen: &mut [u8],
         width: u16,
         receiver: &mut BulkCompressor,
-    ) -> Vec<&'static str> {
+    ) -> (Vec<(FrameAction, u32)>, Vec<&'static str>) {
         use super::super::orders::testing::{decode, Decoded};
         let stride = usize::from(width) * 4;
         let put = |screen: &mut [u8], x: i32, y: i32, bgr: [u8; 3]| {
             let at = y as usize * stride + x as usize * 4;
             screen[at..at + 3].copy_from_slice(&bgr);
         };
-        let mut orders = Vec::new();
+        let (mut markers, mut orders) = (Vec::new(), Vec::new());
         for (code, flags, data) in coded_updates(out) {
             let data = match flags {
                 Some(flags) => receiver.decompress(&data, flags).unwrap().to_vec(),
@@ -954,10 +1032,17 @@ mod tests {
                         }
                     }
                 }
+                UpdateCode::SurfaceCommands => {
+                    let command: SurfaceCommand<'_> = ironrdp_core::decode(&data).unwrap();
+                    let SurfaceCommand::FrameMarker(marker) = command else {
+                        panic!("{command:?}")
+                    };
+                    markers.push((marker.frame_action, marker.frame_id.unwrap()));
+                }
                 other => panic!("unexpected update {other:?}"),
             }
         }
-        orders
+        (markers, orders)
     }
 
     fn pattern(w: u16, h: u16, paint: impl Fn(u16, u16) -> [u8; 3]) -> Frame {
@@ -981,7 +1066,8 @@ mod tests {
     }
 
     /// Copies, fills and pixels reach the client in the order of the ops, as orders where it
-    /// takes them and as bitmaps where not, bulk-compressed with one history.
+    /// takes them and as bitmaps where not, bulk-compressed with one history, each frame
+    /// between markers where it acknowledges frames.
     #[test]
     fn ops_reach_the_client_in_their_order() {
         let (w, h) = (256u16, 128u16);
@@ -1028,23 +1114,26 @@ mod tests {
             multi_opaque_rect: false,
             ..all
         };
-        // (orders, bulk, the orders expected in frame 2)
-        let clients: [(OrderKinds, Option<CompressionType>, &[&str]); 3] = [
+        // (orders, markers, bulk, the orders expected in frame 2)
+        let clients: [(OrderKinds, bool, Option<CompressionType>, &[&str]); 3] = [
             (
                 all,
+                true,
                 Some(CompressionType::Rdp61),
                 &["ScrBlt", "MultiOpaqueRect", "ScrBlt"],
             ),
             (
                 no_multi,
+                false,
                 Some(CompressionType::K64),
                 &["ScrBlt", "OpaqueRect", "OpaqueRect", "ScrBlt"],
             ),
-            (OrderKinds::default(), None, &[]),
+            (OrderKinds::default(), false, None, &[]),
         ];
-        for (kinds, bulk, expected) in clients {
+        for (kinds, markers, bulk, expected) in clients {
             let mut e = BitmapEncoder::new(32, Codec::Auto, true)
                 .with_orders(kinds)
+                .with_frame_markers(markers)
                 .with_bulk_compression(bulk);
             assert_eq!(
                 e.op_kinds(),
@@ -1058,17 +1147,25 @@ mod tests {
             let mut out = Vec::new();
             e.encode(&first, &[Op::Pixels(Rect::new(0, 0, w, h))], &mut out)
                 .unwrap();
-            let o1 = client(&out, &mut screen, w, &mut receiver);
+            let (m1, o1) = client(&out, &mut screen, w, &mut receiver);
             assert!(o1.is_empty());
             assert_eq!(rgb(&screen), rgb(&first.data));
             out.clear();
             e.encode(&second, &ops, &mut out).unwrap();
-            let o2 = client(&out, &mut screen, w, &mut receiver);
+            let (m2, o2) = client(&out, &mut screen, w, &mut receiver);
             assert_eq!(o2, expected, "{kinds:?}");
             assert!(
                 rgb(&screen) == rgb(&second.data),
                 "{kinds:?}: the client shows frame 2"
             );
+            if markers {
+                assert_eq!(m1, [(FrameAction::Begin, 1), (FrameAction::End, 1)]);
+                assert_eq!(m2, [(FrameAction::Begin, 2), (FrameAction::End, 2)]);
+                assert_eq!(e.unacknowledged(), Some(2));
+            } else {
+                assert!(m1.is_empty() && m2.is_empty());
+                assert_eq!(e.unacknowledged(), None);
+            }
         }
     }
 
@@ -1086,7 +1183,7 @@ mod tests {
             e.encode(&f, &ops, &mut out).unwrap();
             let mut screen = vec![0xffu8; f.data.len()];
             let mut receiver = BulkCompressor::new(BulkType::Rdp61);
-            let orders = client(&out, &mut screen, 640, &mut receiver);
+            let (_, orders) = client(&out, &mut screen, 640, &mut receiver);
             assert_eq!(
                 rgb(&screen),
                 rgb(&{
@@ -1115,5 +1212,32 @@ mod tests {
             multi_opaque_rect: false,
         });
         assert_eq!(single.len(), 100);
+    }
+
+    #[test]
+    fn frames_in_flight_until_acknowledged() {
+        let f = frame(64, 32, 7);
+        let ops = [Op::Pixels(Rect::new(0, 0, 64, 32))];
+        let mut e = BitmapEncoder::new(32, Codec::Raw, true).with_frame_markers(true);
+        let mut out = Vec::new();
+        assert_eq!(e.unacknowledged(), Some(0));
+        for _ in 0..3 {
+            e.encode(&f, &ops, &mut out).unwrap();
+        }
+        assert_eq!(e.unacknowledged(), Some(3));
+        e.acknowledged(2);
+        assert_eq!(e.unacknowledged(), Some(1), "frame 2, and so frame 1");
+        // Acknowledgements of frames not in flight (again, older, not sent yet) change nothing.
+        for id in [2, 1, 4, 0, u32::MAX] {
+            e.acknowledged(id);
+            assert_eq!(e.unacknowledged(), Some(1), "acknowledging {id}");
+        }
+        e.acknowledged(3);
+        assert_eq!(e.unacknowledged(), Some(0));
+        // Without markers there is nothing to count.
+        let mut plain = BitmapEncoder::new(32, Codec::Raw, true);
+        plain.encode(&f, &ops, &mut out).unwrap();
+        plain.acknowledged(1);
+        assert_eq!(plain.unacknowledged(), None);
     }
 }

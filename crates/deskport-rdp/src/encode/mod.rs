@@ -127,6 +127,9 @@ pub struct ClientCaps {
     pub compression: Option<CompressionType>,
     /// The drawing orders the client's Order capability set supports.
     pub orders: orders::OrderKinds,
+    /// The client acknowledges frames: it confirmed the FRAME_MARKER surface command and
+    /// sent a Frame Acknowledge capability set (with this maxUnacknowledgedFrameCount).
+    pub frame_acknowledge: Option<u32>,
 }
 
 /// The encoder for a client with `caps`, coding as `codec` says.
@@ -135,7 +138,8 @@ pub fn for_client(caps: ClientCaps, codec: Codec) -> Box<dyn ScreenEncoder> {
         BitmapEncoder::new(caps.bpp, codec, caps.no_compression_header)
             .with_bulk_compression(caps.compression)
             .with_planar_alpha(caps.planar_alpha)
-            .with_orders(caps.orders),
+            .with_orders(caps.orders)
+            .with_frame_markers(caps.frame_acknowledge.is_some()),
     )
 }
 
