@@ -552,6 +552,15 @@ impl ScreenEncoder for BitmapEncoder {
                     self.room_for_order(&mut orders, out)?;
                     orders.scr_blt(*dst, *src);
                     count.scr_blt += 1;
+                    tracing::trace!(
+                        x = dst.x,
+                        y = dst.y,
+                        width = dst.width,
+                        height = dst.height,
+                        src_x = src.0,
+                        src_y = src.1,
+                        "ScrBlt"
+                    );
                 }
                 Op::Fill { color, rects } => {
                     // With the fills of the same colour that follow.
