@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod classic_orders;
 mod cli_config;
 mod cli_manager;
 mod client;

@@ -38,9 +38,29 @@ impl RdpServer {
         server
     }
 
+    /// Like [`RdpServer::start`], sharing a display of `size`, with `env` in the server's
+    /// environment (set last: it may replace RUST_LOG).
+    pub fn start_with(dir: &Path, extra: &[&str], size: (u16, u16), env: &[(&str, &str)]) -> Self {
+        let server = Self::launch_with(dir, extra, None, size, env);
+        wait_until(Duration::from_secs(20), "the RDP server to listen", || {
+            TcpStream::connect((LO, server.port)).ok().map(|_| ())
+        });
+        server
+    }
+
     /// Starts the server and waits only until it has started (its port may stay closed).
     pub fn launch(dir: &Path, extra: &[&str], config: Option<&Path>) -> Self {
-        let desktop = Xvfb::start(640, 480);
+        Self::launch_with(dir, extra, config, (640, 480), &[])
+    }
+
+    fn launch_with(
+        dir: &Path,
+        extra: &[&str],
+        config: Option<&Path>,
+        (width, height): (u16, u16),
+        env: &[(&str, &str)],
+    ) -> Self {
+        let desktop = Xvfb::start(width, height);
         let pattern = desktop.draw_test_pattern();
         let data = dir.join("rdp");
         for user in ["alice", "bob"] {
@@ -63,6 +83,7 @@ impl RdpServer {
                 .args(extra)
                 .env("DESKPORT_CONFIG", config.unwrap_or(Path::new("/dev/null")))
                 .env("RUST_LOG", "info")
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap()),
         )
