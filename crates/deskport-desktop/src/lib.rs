@@ -125,6 +125,12 @@ pub trait Desktop: Send + Sync + std::fmt::Debug {
         let _ = generation;
         None
     }
+    /// A counter that grows whenever something is drawn on the screen, if the desktop reports
+    /// drawing as it happens (then a session reads the screen at once rather than on a timer).
+    fn drawn(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Starts the desktop's text clipboard, if it has one.
     fn clipboard(&self) -> Option<anyhow::Result<clipboard::Clipboard>> {
         None

@@ -379,6 +379,10 @@ impl Desktop for Attached {
         self.session.desktop.clipboard()
     }
 
+    fn drawn(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.session.desktop.drawn()
+    }
+
     fn changes_since(&self, generation: u64) -> Option<Vec<Area>> {
         self.session.desktop.changes_since(generation)
     }

@@ -9,7 +9,7 @@
 //! no unsafe code); else through `GetImage` replies.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use x11rb::connection::Connection as _;
@@ -19,6 +19,7 @@ use x11rb::protocol::shm::{self, ConnectionExt as _};
 use x11rb::protocol::xfixes::{self, ConnectionExt as _};
 use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder};
 use x11rb::protocol::xtest::ConnectionExt as _;
+use x11rb::protocol::Event;
 use x11rb::rust_connection::RustConnection;
 
 use super::{keymap, Area, Button, Cursor, Desktop, Frame, Input};
@@ -43,6 +44,92 @@ pub struct X11Desktop {
     size: AtomicU32,
     /// Where input last put the pointer, `1 << 32 | x << 16 | y` (0: nowhere yet).
     injected: AtomicU64,
+    /// Counts the X server's reports that the screen was drawn to (see [`DamageWatch`]).
+    drawn: Option<DamageWatch>,
+}
+
+/// A thread on a connection of its own that waits for the X server to report drawing on the
+/// screen (a DAMAGE object at the non-empty level: one event when drawing starts, re-armed
+/// by emptying it) and counts each report on a watch channel, so that sessions read the
+/// screen as soon as something was drawn instead of on their next timer tick. Ends when the
+/// desktop drops (a message to its window wakes it).
+struct DamageWatch {
+    drawn: tokio::sync::watch::Sender<u64>,
+    conn: Arc<RustConnection>,
+    window: xproto::Window,
+    stop: xproto::Atom,
+}
+
+impl DamageWatch {
+    fn start(display: &str) -> anyhow::Result<Self> {
+        let (conn, screen_num) = x11rb::connect(Some(display))
+            .with_context(|| format!("connect to X display {display} for damage reports"))?;
+        let root = conn.setup().roots[screen_num].root;
+        conn.damage_query_version(1, 1)?
+            .reply()
+            .context("query DAMAGE")?;
+        let damage = conn.generate_id()?;
+        conn.damage_create(damage, root, damage::ReportLevel::NON_EMPTY)?;
+        let window = conn.generate_id()?;
+        conn.create_window(
+            0,
+            window,
+            root,
+            0,
+            0,
+            1,
+            1,
+            0,
+            xproto::WindowClass::INPUT_ONLY,
+            0,
+            &xproto::CreateWindowAux::new(),
+        )?;
+        let stop = conn
+            .intern_atom(false, b"DESKPORT_DAMAGE_STOP")?
+            .reply()?
+            .atom;
+        conn.flush()?;
+        let conn = Arc::new(conn);
+        let drawn = tokio::sync::watch::channel(0u64).0;
+        let (thread_conn, thread_drawn) = (conn.clone(), drawn.clone());
+        std::thread::Builder::new()
+            .name("deskport-damage".into())
+            .spawn(move || loop {
+                match thread_conn.wait_for_event() {
+                    Ok(Event::DamageNotify(_)) => {
+                        thread_drawn.send_modify(|n| *n += 1);
+                        let emptied = thread_conn
+                            .damage_subtract(damage, x11rb::NONE, x11rb::NONE)
+                            .and_then(|_| thread_conn.flush());
+                        if emptied.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::ClientMessage(e)) if e.window == window && e.type_ == stop => {
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            })
+            .context("start the damage thread")?;
+        Ok(Self {
+            drawn,
+            conn,
+            window,
+            stop,
+        })
+    }
+}
+
+impl Drop for DamageWatch {
+    fn drop(&mut self) {
+        let message = xproto::ClientMessageEvent::new(32, self.window, self.stop, [0u32; 5]);
+        let _ = self
+            .conn
+            .send_event(false, self.window, xproto::EventMask::NO_EVENT, message);
+        let _ = self.conn.flush();
+    }
 }
 
 /// The connection and what capture keeps between checks.
@@ -197,8 +284,20 @@ impl X11Desktop {
         } else {
             None
         };
+        // Where the screen is read at damage reports, a thread says when there are some.
+        let drawn = match &damage {
+            Some(_) => match DamageWatch::start(display) {
+                Ok(watch) => Some(watch),
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), %x_display, "No damage reports: the screen is read on a timer");
+                    None
+                }
+            },
+            None => None,
+        };
         Ok(Self {
             display: display.to_owned(),
+            drawn,
             conn: Mutex::new(CaptureState {
                 unicode: UnicodeKeys {
                     spare: spare_keycodes(&conn)?,
@@ -371,6 +470,10 @@ impl Desktop for X11Desktop {
         Some(crate::clipboard::Clipboard::start_x(&self.display))
     }
 
+    fn drawn(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.drawn.as_ref().map(|w| w.drawn.subscribe())
+    }
+
     fn changes_since(&self, generation: u64) -> Option<Vec<Area>> {
         let state = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         state.damage?;
@@ -433,7 +536,7 @@ impl Desktop for X11Desktop {
             let frame = Frame {
                 width: w,
                 height: h,
-                data: std::sync::Arc::new(data),
+                data: Arc::new(data),
                 generation: state.generation,
             };
             state.frame = Some(frame.clone());
@@ -446,8 +549,8 @@ impl Desktop for X11Desktop {
         let mut damaged = false;
         while let Some(event) = state.conn.poll_for_event()? {
             match event {
-                x11rb::protocol::Event::DamageNotify(_) => damaged = true,
-                x11rb::protocol::Event::XfixesCursorNotify(_) => state.cursor_changed = true,
+                Event::DamageNotify(_) => damaged = true,
+                Event::XfixesCursorNotify(_) => state.cursor_changed = true,
                 _ => {}
             }
         }
@@ -486,7 +589,7 @@ impl Desktop for X11Desktop {
             .take()
             .map(|f| f.data)
             .context("no screen to update")?;
-        let screen = std::sync::Arc::make_mut(&mut data);
+        let screen = Arc::make_mut(&mut data);
         for &area in &areas {
             read_rect(&state.conn, state.shm.as_mut(), self.root, screen, w, area)?;
         }
@@ -790,7 +893,7 @@ fn read_cursor(conn: &RustConnection) -> Option<Cursor> {
         width: reply.width,
         height: reply.height,
         hotspot: (reply.xhot, reply.yhot),
-        argb: std::sync::Arc::new(reply.cursor_image),
+        argb: Arc::new(reply.cursor_image),
     })
 }
 

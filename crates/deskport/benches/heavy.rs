@@ -194,7 +194,10 @@ fn deskport_server(dir: &Path, display: &str, port: u16, netns: Option<&Netns>) 
             .args(["--display", display, "--data-dir"])
             .arg(&data)
             .env("DESKPORT_CONFIG", &config)
-            .env("RUST_LOG", std::env::var("HEAVY_BENCH_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .env(
+                "RUST_LOG",
+                std::env::var("HEAVY_BENCH_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("deskport.log")).unwrap()),
     )

@@ -9,6 +9,7 @@
 
 mod input;
 mod outbox;
+mod pace;
 mod screen;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 use crate::channels::{ChannelEvent, Channels};
 use crate::encode::ScreenEncoder;
 use outbox::Outbox;
+use pace::Pacer;
 use screen::Screen;
 
 /// Why a session ended.
@@ -120,6 +122,7 @@ where
     channels.start_all(&mut out);
     let mut ticker = tokio::time::interval(frame_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pacer = Pacer::new(desktop.drawn());
     loop {
         if !out.is_empty() {
             outbox.send(std::mem::take(&mut out)).await?;
@@ -127,6 +130,7 @@ where
         let event = tokio::select! {
             read = reader.read_pdu() => Event::Client(read),
             _ = ticker.tick() => Event::Frame,
+            () = pacer.due() => Event::Frame,
             event = channels.next_event() => Event::Channel(event),
             changed = close.changed() => Event::Close(match changed {
                 Ok(()) => close.borrow().clone(),
@@ -144,7 +148,10 @@ where
                     &mut out,
                 )? {
                     input::Outcome::Continue => {}
-                    input::Outcome::FrameAcknowledged(id) => screen.acknowledged(id),
+                    input::Outcome::FrameAcknowledged(id) => {
+                        screen.acknowledged(id);
+                        pacer.released();
+                    }
                     input::Outcome::End(end) => return Ok(end),
                 }
             }
@@ -156,9 +163,10 @@ where
             // acknowledged enough of them (a slow link or client skips frames, and the next
             // one shows everything that changed meanwhile).
             Event::Frame if outbox.queued() == 0 && screen.ready() => {
-                screen.update(&mut out).await?
+                screen.update(&mut out).await?;
+                pacer.sent();
             }
-            Event::Frame => {}
+            Event::Frame => pacer.held(),
             Event::Channel(ChannelEvent::Clipboard(event)) => channels.clipboard(event, &mut out),
             Event::Channel(ChannelEvent::Resize(size)) => {
                 let Some(size) = resize(&desktop, size).await? else {
