@@ -38,7 +38,9 @@ pub use net::{free_port, listener};
 pub use netns::{veth, Netns};
 pub use process::ProcessGuard;
 pub use wait::wait_until;
-pub use xvfb::{cursor_image, screenshot, Animation, CursorImage, InputProbe, ProbeEvent, Xvfb};
+pub use xvfb::{
+    cursor_image, screenshot, x_connect, Animation, CursorImage, InputProbe, ProbeEvent, Xvfb,
+};
 
 /// Panics with a clear message unless `program` is on `PATH`. The README's test command
 /// installs every program the tests use, so a miss here means that list is incomplete.

@@ -49,7 +49,7 @@ pub struct FrameWatcher {
 impl FrameWatcher {
     /// Starts watching `display`, whose code's top-left corner is at `origin`.
     pub fn start(display: &str, origin: (u32, u32), interval: Duration) -> anyhow::Result<Self> {
-        let (conn, screen_num) = x11rb::connect(Some(display))?;
+        let (conn, screen_num) = crate::x_connect(display)?;
         let root = conn.setup().roots[screen_num].root;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));

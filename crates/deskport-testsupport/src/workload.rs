@@ -443,7 +443,7 @@ impl std::fmt::Debug for Stepper {
 impl Stepper {
     /// Draws frame 0 on `display` and waits for the X server.
     pub fn open(display: &str) -> anyhow::Result<Self> {
-        let (conn, screen_num) = x11rb::connect(Some(display))
+        let (conn, screen_num) = crate::x_connect(display)
             .map_err(|e| anyhow::anyhow!("connect to X display {display:?}: {e}"))?;
         let scene = Scene::new(conn, screen_num)?;
         scene.frame_zero()?;
@@ -465,7 +465,7 @@ impl Stepper {
 /// `wait_for_start`) frames 1 to `options.frames` at `options.fps`, each logged. Returns when
 /// the last frame is drawn.
 pub fn run(options: &Options) -> anyhow::Result<()> {
-    let (conn, screen_num) = x11rb::connect(Some(&options.display))
+    let (conn, screen_num) = crate::x_connect(&options.display)
         .map_err(|e| anyhow::anyhow!("connect to X display {:?}: {e}", options.display))?;
     let mut scene = Scene::new(conn, screen_num)?;
     scene.frame_zero()?;

@@ -70,7 +70,7 @@ impl Xvfb {
     /// locate — and returns a screenshot of it.
     pub fn draw_test_pattern(&self) -> RgbImage {
         use x11rb::protocol::xproto::{ChangeGCAux, CreateGCAux, Rectangle};
-        let (conn, screen_num) = x11rb::connect(Some(&self.display)).expect("connect to Xvfb");
+        let (conn, screen_num) = x_connect(&self.display).expect("connect to Xvfb");
         let root = conn.setup().roots[screen_num].root;
         let gc = conn.generate_id().expect("an X id");
         conn.create_gc(gc, root, &CreateGCAux::new())
@@ -115,7 +115,7 @@ impl Xvfb {
         let (display, w, h) = (self.display.clone(), self.width, self.height);
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let (conn, screen_num) = x11rb::connect(Some(&display)).expect("connect to Xvfb");
+            let (conn, screen_num) = x_connect(&display).expect("connect to Xvfb");
             let root = conn.setup().roots[screen_num].root;
             let gc = conn.generate_id().expect("an X id");
             conn.create_gc(gc, root, &CreateGCAux::new())
@@ -155,7 +155,7 @@ impl Xvfb {
         let (display, sw, sh) = (self.display.clone(), self.width, self.height);
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let (conn, screen_num) = x11rb::connect(Some(&display)).expect("connect to Xvfb");
+            let (conn, screen_num) = x_connect(&display).expect("connect to Xvfb");
             let screen = &conn.setup().roots[screen_num];
             let (root, depth) = (screen.root, screen.root_depth);
             let gc = conn.generate_id().expect("an X id");
@@ -219,7 +219,7 @@ impl Xvfb {
 ///
 /// Supports the 24/32-bit TrueColor layouts that Xvfb and real servers use.
 pub fn screenshot(display: &str) -> anyhow::Result<RgbImage> {
-    let (conn, screen_num) = x11rb::connect(Some(display))?;
+    let (conn, screen_num) = x_connect(display)?;
     let setup = conn.setup();
     let screen = &setup.roots[screen_num];
     let (width, height) = (screen.width_in_pixels, screen.height_in_pixels);
@@ -283,7 +283,7 @@ impl InputProbe {
     fn open(display: &str, width: u16, height: u16) -> Self {
         use x11rb::protocol::xproto::{CreateWindowAux, EventMask, InputFocus, WindowClass};
         use x11rb::protocol::Event;
-        let (conn, screen_num) = x11rb::connect(Some(display)).expect("connect to Xvfb");
+        let (conn, screen_num) = x_connect(display).expect("connect to Xvfb");
         let screen = conn.setup().roots[screen_num].clone();
         let window = conn.generate_id().expect("an X id");
         conn.create_window(
@@ -334,7 +334,7 @@ pub type CursorImage = ((u16, u16), (u16, u16), Vec<u32>);
 /// The pointer image `display` shows now (XFIXES).
 pub fn cursor_image(display: &str) -> anyhow::Result<CursorImage> {
     use x11rb::protocol::xfixes::ConnectionExt as _;
-    let (conn, _) = x11rb::connect(Some(display))?;
+    let (conn, _) = x_connect(display)?;
     conn.xfixes_query_version(5, 0)?.reply()?;
     let reply = conn.xfixes_get_cursor_image()?.reply()?;
     Ok((
@@ -342,4 +342,24 @@ pub fn cursor_image(display: &str) -> anyhow::Result<CursorImage> {
         (reply.xhot, reply.yhot),
         reply.cursor_image,
     ))
+}
+
+/// Connects to the local X `display` (`:N` or `:N.S`) through its socket file
+/// `/tmp/.X11-unix/XN`, never the abstract socket of that name: abstract sockets belong to a
+/// network namespace, so a test outside the namespace an X server runs in (the benchmark's
+/// shaped link) would otherwise reach whatever server of the same number its own namespace
+/// has. Other display names connect as x11rb does.
+pub fn x_connect(display: &str) -> anyhow::Result<(x11rb::rust_connection::RustConnection, usize)> {
+    use x11rb::rust_connection::{DefaultStream, RustConnection};
+    let local = display.strip_prefix(':').and_then(|rest| {
+        let (number, screen) = rest.split_once('.').unwrap_or((rest, "0"));
+        Some((number.parse::<u32>().ok()?, screen.parse::<usize>().ok()?))
+    });
+    let Some((number, screen)) = local else {
+        return Ok(x11rb::connect(Some(display))?);
+    };
+    let stream = std::os::unix::net::UnixStream::connect(format!("/tmp/.X11-unix/X{number}"))
+        .map_err(|e| anyhow::anyhow!("connect to X display {display}: {e}"))?;
+    let (stream, _) = DefaultStream::from_unix_stream(stream)?;
+    Ok((RustConnection::connect_to_stream(stream, screen)?, screen))
 }
