@@ -22,12 +22,38 @@ impl PlanarEncoder {
     /// Appends the stream for a `width`x`height` area to `out`: the format header, then the
     /// alpha (all opaque; left out with the "no alpha" flag when `alpha` is false), red,
     /// green and blue planes. `row(y)` gives the area's *top-down* row `y` as `[b, g, r, x]`
-    /// pixels (at least `width * 4` bytes); the stream's rows are bottom-up.
+    /// pixels (at least `width * 4` bytes); the stream's rows are bottom-up, as bitmap
+    /// updates want them.
     pub fn encode<'a>(
         &mut self,
         width: usize,
         height: usize,
         alpha: bool,
+        row: impl Fn(usize) -> &'a [u8],
+        out: &mut Vec<u8>,
+    ) {
+        self.encode_rows(width, height, alpha, false, row, out);
+    }
+
+    /// The same stream with its rows top-down and no alpha plane, as the graphics pipeline
+    /// wants it (MS-RDPEGFX 2.2.4.2: planar in WireToSurface1 is not flipped; opacity has a
+    /// codec of its own there).
+    pub fn encode_top_down<'a>(
+        &mut self,
+        width: usize,
+        height: usize,
+        row: impl Fn(usize) -> &'a [u8],
+        out: &mut Vec<u8>,
+    ) {
+        self.encode_rows(width, height, false, true, row, out);
+    }
+
+    fn encode_rows<'a>(
+        &mut self,
+        width: usize,
+        height: usize,
+        alpha: bool,
+        top_down: bool,
         row: impl Fn(usize) -> &'a [u8],
         out: &mut Vec<u8>,
     ) {
@@ -40,10 +66,11 @@ impl PlanarEncoder {
         } else {
             out.push(HEADER_RLE_WITH_ALPHA | NO_ALPHA);
         }
-        // Red, green, blue (byte 2, 1, 0 of each pixel), rows bottom-up.
+        // Red, green, blue (byte 2, 1, 0 of each pixel), rows in stream order.
         for channel in [2usize, 1, 0] {
             self.plane.clear();
-            for y in (0..height).rev() {
+            for i in 0..height {
+                let y = if top_down { i } else { height - 1 - i };
                 let pixels = &row(y)[..width * 4];
                 self.plane
                     .extend(pixels.chunks_exact(4).map(|p| p[channel]));
@@ -217,6 +244,33 @@ mod tests {
                 let src = &rows[y][x * 4..x * 4 + 3];
                 assert_eq!(p, [src[2], src[1], src[0]], "{w}x{h} pixel ({x}, {y})");
             }
+        }
+    }
+
+    /// The graphics pipeline's form: no alpha plane, rows top-down (IronRDP's decoder keeps
+    /// the stream's row order).
+    #[test]
+    fn top_down_streams_have_no_alpha_and_decode_upright() {
+        use ironrdp_graphics::rdp6::BitmapStreamDecoder;
+        let (w, h) = (37usize, 11usize);
+        let rows: Vec<Vec<u8>> = (0..h)
+            .map(|y| {
+                (0..w)
+                    .flat_map(|x| [(x * 7) as u8, (y * 20) as u8, ((x + y) % 3 * 90) as u8, 0])
+                    .collect()
+            })
+            .collect();
+        let mut stream = Vec::new();
+        PlanarEncoder::default().encode_top_down(w, h, |y| &rows[y], &mut stream);
+        assert_eq!(stream[0], 0x30, "RLE, no alpha");
+        let mut rgb = Vec::new();
+        BitmapStreamDecoder::default()
+            .decode_bitmap_stream_to_rgb24(&stream, &mut rgb, w, h)
+            .unwrap();
+        for (i, p) in rgb.chunks_exact(3).enumerate() {
+            let (x, y) = (i % w, i / w);
+            let src = &rows[y][x * 4..x * 4 + 3];
+            assert_eq!(p, [src[2], src[1], src[0]], "pixel ({x}, {y})");
         }
     }
 }
