@@ -9,6 +9,7 @@
 
 pub mod cliprdr;
 pub mod display_control;
+pub mod gfx;
 
 use deskport_desktop::Desktop;
 use deskport_proto::clipboard::ClipboardAction;

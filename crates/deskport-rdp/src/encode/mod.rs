@@ -3,11 +3,13 @@
 //! [`ScreenEncoder`], chosen per session after the capability exchange, turns ops into PDUs:
 //! [`bitmap`] is the classic path every client decodes (fast-path bitmap updates, planar or
 //! raw, bulk-compressed; copies and fills as drawing orders, [`orders`], where the client
-//! takes them); [`pointer`] carries the pointer's shape and position (the same on
-//! every path).
+//! takes them); [`gfx`] the graphics pipeline's, for clients ready on that channel (the
+//! session switches to it then); [`pointer`] carries the pointer's shape and position (the
+//! same on every path).
 
 pub mod bitmap;
 pub mod diff;
+pub mod gfx;
 pub mod orders;
 pub mod planar;
 pub mod pointer;
