@@ -19,6 +19,7 @@ use ironrdp_acceptor::{Acceptor, AcceptorState, DesktopSize};
 use ironrdp_async::{Framed as AsyncFramed, FramedWrite};
 use ironrdp_connector::{state_downcast, Sequence as _};
 use ironrdp_core::WriteBuf;
+use ironrdp_pdu::gcc::ClientEarlyCapabilityFlags;
 use ironrdp_pdu::mcs::SendDataRequest;
 use ironrdp_pdu::nego::SecurityProtocol;
 use ironrdp_pdu::rdp::capability_sets::{self as caps, CapabilitySet};
@@ -262,7 +263,11 @@ pub async fn serve(
         .iter()
         .any(|c| matches!(c, CapabilitySet::Pointer(p) if p.pointer_cache_size > 0));
     let (orders, frame_acknowledge) = client_orders_and_frames(&result.capabilities);
-    tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, ?orders, ?frame_acknowledge, "Session started");
+    // The graphics pipeline, for clients that ask for it in their Core Data.
+    let gfx = result
+        .client_early_capability_flags
+        .contains(ClientEarlyCapabilityFlags::SUPPORT_DYN_VC_GFX_PROTOCOL);
+    tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, ?orders, ?frame_acknowledge, gfx, "Session started");
     let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
     let encoder = crate::encode::for_client(
         ClientCaps {
@@ -280,6 +285,7 @@ pub async fn serve(
         result.user_channel_id,
         attached,
         &*desktop,
+        gfx,
     );
     let params = SessionParams {
         desktop,

@@ -1,18 +1,17 @@
 //! The client asking for another screen size (MS-RDPEDISP, the Display Control dynamic
 //! virtual channel): the requests reach the session loop, which resizes the desktop and runs
-//! a Deactivation-Reactivation Sequence (MS-RDPBCGR 1.3.1.3) with the new size.
+//! a Deactivation-Reactivation Sequence (MS-RDPBCGR 1.3.1.3) with the new size — or, on the
+//! graphics pipeline, resets the graphics to it.
 
 use ironrdp_displaycontrol::pdu::{DisplayControlMonitorLayout, MonitorLayoutEntry};
 use ironrdp_displaycontrol::server::{DisplayControlHandler, DisplayControlServer};
-use ironrdp_dvc::DrdynvcServer;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-/// The dynamic virtual channel with Display Control, and where its size requests arrive.
-pub fn drdynvc() -> (DrdynvcServer, UnboundedReceiver<(u16, u16)>) {
+/// The Display Control channel (a dynamic channel of `drdynvc`), and where its size requests
+/// arrive.
+pub fn processor() -> (DisplayControlServer, UnboundedReceiver<(u16, u16)>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let drdynvc =
-        DrdynvcServer::new().with_dynamic_channel(DisplayControlServer::new(Box::new(Layouts(tx))));
-    (drdynvc, rx)
+    (DisplayControlServer::new(Box::new(Layouts(tx))), rx)
 }
 
 /// Passes each monitor layout on as the size of the screen it describes.

@@ -2,7 +2,9 @@
 //! [`ChannelEvent`]s for the session loop and the loop's answers back into PDUs:
 //! - [`cliprdr`]: the text clipboard (static channel `cliprdr`);
 //! - [`display_control`]: the client's size requests (Display Control, a dynamic channel over
-//!   `drdynvc`), attached only when the desktops can change size.
+//!   `drdynvc`), attached only when the desktops can change size;
+//! - [`gfx`]: the graphics pipeline (a dynamic channel over `drdynvc`), opened only for
+//!   clients whose early capability flags ask for it.
 //!
 //! [`attach`] offers the channels to a connection's acceptor; after the connection sequence
 //! [`Channels`] owns the channels the client joined.
@@ -16,10 +18,12 @@ use deskport_proto::clipboard::ClipboardAction;
 use deskport_proto::next;
 use ironrdp_acceptor::Acceptor;
 use ironrdp_cliprdr::CliprdrServer;
+use ironrdp_dvc::DrdynvcServer;
 use ironrdp_svc::{server_encode_svc_messages, StaticChannelSet, SvcMessage};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use self::cliprdr::ClipboardEvent;
+use self::gfx::{GfxEvent, GfxServer};
 
 /// What a channel reports to the session loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +31,8 @@ pub enum ChannelEvent {
     Clipboard(ClipboardEvent),
     /// Display Control: the client asks for a screen of this size.
     Resize((u16, u16)),
+    /// The graphics pipeline.
+    Gfx(GfxEvent),
 }
 
 /// The channels' event sources, between the acceptor and the session.
@@ -34,19 +40,28 @@ pub enum ChannelEvent {
 pub struct Attached {
     clipboard: UnboundedReceiver<deskport_proto::clipboard::FromPeer>,
     resize: Option<UnboundedReceiver<(u16, u16)>>,
+    gfx: UnboundedReceiver<GfxEvent>,
 }
 
-/// Offers the channels to `acceptor`: the clipboard always, Display Control when the desktop
-/// can change size (`resizable`).
+/// Offers the channels to `acceptor`: the clipboard and the graphics pipeline always,
+/// Display Control when the desktop can change size (`resizable`).
 pub fn attach(acceptor: &mut Acceptor, resizable: bool) -> Attached {
     let (cliprdr, clipboard) = cliprdr::processor();
     acceptor.attach_static_channel(cliprdr);
-    let resize = resizable.then(|| {
-        let (drdynvc, requests) = display_control::drdynvc();
-        acceptor.attach_static_channel(drdynvc);
-        requests
-    });
-    Attached { clipboard, resize }
+    let mut drdynvc = DrdynvcServer::new();
+    let mut resize = None;
+    if resizable {
+        let (display_control, requests) = display_control::processor();
+        drdynvc = drdynvc.with_dynamic_channel(display_control);
+        resize = Some(requests);
+    }
+    let (graphics, gfx) = gfx::processor(gfx::ZGFX_MODE);
+    acceptor.attach_static_channel(drdynvc.with_dynamic_channel(graphics));
+    Attached {
+        clipboard,
+        resize,
+        gfx,
+    }
 }
 
 /// The channels of a session.
@@ -58,17 +73,32 @@ pub struct Channels {
     pub user_channel_id: u16,
     clipboard: cliprdr::Clipboard,
     resize: Option<UnboundedReceiver<(u16, u16)>>,
+    gfx: Option<UnboundedReceiver<GfxEvent>>,
 }
 
 impl Channels {
     /// The channels of `set` (joined by the client), with the event sources of `attached`
-    /// and the clipboard of `desktop`.
+    /// and the clipboard of `desktop`; the graphics pipeline only if the client's early
+    /// capability flags ask for it (`gfx`: SUPPORT_DYN_VC_GFX_PROTOCOL), else its channel is
+    /// not even offered.
     pub fn new(
-        set: StaticChannelSet,
+        mut set: StaticChannelSet,
         user_channel_id: u16,
         attached: Attached,
         desktop: &dyn Desktop,
+        gfx: bool,
     ) -> Self {
+        if !gfx {
+            let drdynvc = set
+                .get_by_type_mut::<DrdynvcServer>()
+                .and_then(|c| c.channel_processor_downcast_mut::<DrdynvcServer>());
+            if let Some(drdynvc) = drdynvc {
+                if let Some(id) = drdynvc.get_channel_id_by_type::<GfxServer>() {
+                    // Not created yet: nothing to tell the client.
+                    let _ = drdynvc.close_channel(id);
+                }
+            }
+        }
         let joined = set.get_channel_id_by_type::<CliprdrServer>().is_some();
         let desktop_clipboard = match desktop.clipboard() {
             Some(Ok(c)) if joined => Some(c),
@@ -83,7 +113,13 @@ impl Channels {
             user_channel_id,
             clipboard: cliprdr::Clipboard::new(attached.clipboard, desktop_clipboard),
             resize: attached.resize,
+            gfx: gfx.then_some(attached.gfx),
         }
+    }
+
+    /// The MCS channel of `drdynvc`, if the client joined it.
+    pub fn drdynvc_id(&self) -> Option<u16> {
+        self.set.get_channel_id_by_type::<DrdynvcServer>()
     }
 
     /// The next thing a channel reports (never resolves while none has anything).
@@ -100,6 +136,10 @@ impl Channels {
                         return ChannelEvent::Resize(size);
                     }
                     None => self.resize = None,
+                },
+                event = next(&mut self.gfx) => match event {
+                    Some(event) => return ChannelEvent::Gfx(event),
+                    None => self.gfx = None,
                 },
             }
         }

@@ -3,10 +3,12 @@
 //! - client input goes to the desktop, channel data to its channel ([`input`]);
 //! - at each tick the desktop's changes go to the client ([`screen`], through the
 //!   [`crate::encode::ScreenEncoder`] chosen after the capability exchange);
-//! - channel events ([`crate::channels`]): the clipboard's, and the client's size requests
+//! - channel events ([`crate::channels`]): the clipboard's, the client's size requests
 //!   (the desktop is resized and the Deactivation-Reactivation Sequence announces the new
-//!   size).
+//!   size; on the graphics pipeline the next frame resets the graphics to it), and the
+//!   graphics pipeline's ([`gfx`]: the screen goes over it while it works).
 
+mod gfx;
 mod input;
 mod outbox;
 mod pace;
@@ -107,6 +109,7 @@ where
         mut acceptor,
     } = params;
     let mut screen = Screen::new(desktop.clone(), encoder, new_pointer);
+    let mut pipeline = gfx::Pipeline::default();
     let mut out = Vec::new();
     if let Some(end) = input::backlog(
         &*desktop,
@@ -168,10 +171,24 @@ where
             }
             Event::Frame => pacer.held(),
             Event::Channel(ChannelEvent::Clipboard(event)) => channels.clipboard(event, &mut out),
+            Event::Channel(ChannelEvent::Gfx(event)) => {
+                let drdynvc = channels.drdynvc_id();
+                pipeline.event(event, &mut screen, drdynvc, channels.user_channel_id);
+            }
             Event::Channel(ChannelEvent::Resize(size)) => {
                 let Some(size) = resize(&desktop, size).await? else {
                     continue;
                 };
+                if pipeline.active() {
+                    // The next frame, at the new size, resets the graphics (a new surface).
+                    tracing::info!(
+                        width = size.0,
+                        height = size.1,
+                        "Graphics reset to the new screen size"
+                    );
+                    screen.resend();
+                    continue;
+                }
                 let Some(old) = acceptor.take() else {
                     continue;
                 };

@@ -106,4 +106,21 @@ impl Screen {
         self.sent = Some((frame.generation, frame.width, frame.height));
         Ok(())
     }
+
+    /// Sends with `encoder` from now on, the whole screen first; the encoder used until now.
+    pub fn set_encoder(&mut self, encoder: Box<dyn ScreenEncoder>) -> Box<dyn ScreenEncoder> {
+        self.sent = None;
+        self.diff.forget();
+        std::mem::replace(&mut self.encoder, encoder)
+    }
+
+    /// Frames the client has not acknowledged ([`ScreenEncoder::unacknowledged`]).
+    pub fn unacknowledged(&self) -> Option<u32> {
+        self.encoder.unacknowledged()
+    }
+
+    /// The client acknowledged frame `id`.
+    pub fn acknowledged(&mut self, id: u32) {
+        self.encoder.acknowledged(id);
+    }
 }

@@ -310,8 +310,9 @@ fn xfreerdp_shows_the_desktop_with_tls_nla_and_gfx() {
     let server = RdpServer::start(dir.path(), &["--no-nla-only"], None);
     let client = Xvfb::start(1024, 768);
     for (name, args) in [
-        ("xfreerdp-tls", vec!["/sec:tls"]),
-        ("xfreerdp-nla", vec!["/sec:nla"]),
+        // (xfreerdp 2.11 asks for the graphics pipeline unless told `/network:lan`.)
+        ("xfreerdp-tls", vec!["/sec:tls", "/network:lan"]),
+        ("xfreerdp-nla", vec!["/sec:nla", "/network:lan"]),
         ("xfreerdp-nla-gfx", vec!["/sec:nla", "/gfx"]),
         ("xfreerdp-tls-gfx", vec!["/sec:tls", "/gfx"]),
     ] {
@@ -333,6 +334,78 @@ fn xfreerdp_shows_the_desktop_with_tls_nla_and_gfx() {
     }
     let log = server.log();
     assert_eq!(log.matches("Session started").count(), 4, "{log}");
+    // The two `/gfx` sessions went over the graphics pipeline, the classic ones did not
+    // offer it.
+    assert_eq!(log.matches("gfx=true").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("The screen goes over the graphics pipeline")
+            .count(),
+        2,
+        "{log}"
+    );
+}
+
+/// A count from the server's graphics pipeline totals (logged when a session's encoder
+/// goes), summed over the log's sessions.
+pub fn gfx_total(log: &str, name: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("Graphics pipeline totals"))
+        .filter_map(|l| {
+            l.split(&format!(" {name}="))
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// The client's screenshot shows `screen` exactly (every pixel) at `at`.
+pub fn exactly(shot: &RgbImage, at: (u32, u32), screen: &RgbImage) -> bool {
+    at.0 + screen.width() <= shot.width()
+        && at.1 + screen.height() <= shot.height()
+        && image_util::diff_fraction(shot, at, screen, (0, 0), screen.dimensions(), 0) == 0.0
+}
+
+/// xfreerdp `/gfx` on the graphics pipeline: capabilities 10.7 with AVC disabled, the desktop
+/// pixel for pixel (planar bitmaps), then changes of a flat square as Solid Fills, shown
+/// exactly too.
+#[test]
+fn xfreerdp_gfx_shows_the_desktop_pixel_for_pixel() {
+    let dir = deskport_testsupport::data_dir();
+    let server = RdpServer::start(dir.path(), &["--no-nla-only"], None);
+    let client = Xvfb::start(1024, 768);
+    let mut c = xfreerdp(&client, &server, "alice", PASSWORD, &["/sec:tls", "/gfx"]);
+    let shot = wait_for_desktop(&client, &server.pattern, "xfreerdp-gfx", || {
+        c.process.try_wait().is_none()
+    });
+    let at = find_desktop(&shot, &server.pattern).unwrap();
+    assert!(exactly(&shot, at, &server.pattern), "every pixel");
+    // An 8x8 square changes colour every 100 ms for a while: flat changes.
+    let animation = server.desktop().animate_corner();
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(animation);
+    let screen = server.desktop().screenshot();
+    assert_ne!(screen, server.pattern, "the corner changed");
+    wait_until(
+        Duration::from_secs(10),
+        "the client to show the last colour",
+        || exactly(&client.screenshot(), at, &screen).then_some(()),
+    );
+    c.process.stop();
+    let log = wait_until(Duration::from_secs(10), "the session's totals", || {
+        let log = server.log();
+        log.contains("Graphics pipeline totals").then_some(log)
+    });
+    assert!(
+        log.contains(r#"Graphics pipeline capabilities confirmed version="0xa0701""#)
+            && log.contains("AVC_DISABLED"),
+        "{log}"
+    );
+    assert!(gfx_total(&log, "planar") > 0, "{log}");
+    assert!(gfx_total(&log, "solid_fills") >= 5, "{log}");
+    assert!(!log.contains("Back to the classic"), "{log}");
 }
 
 #[test]

@@ -538,9 +538,33 @@ fn screen_size(display: &str) -> Option<(u32, u32)> {
 }
 
 /// The client's window changes size: the client asks for the new size over display control,
-/// the session's X server (Xvnc) takes it, and the client shows the whole session at it.
+/// the session's X server (Xvnc) takes it, and the client shows the whole session at it
+/// (classic updates: a Deactivation-Reactivation Sequence announces each size).
 #[test]
 fn the_session_screen_follows_xfreerdps_window() {
+    // (Classic: xfreerdp 2.11 asks for the graphics pipeline unless told `/network:lan`.)
+    let log = xfreerdp_window_resized("/network:lan", "xfreerdp");
+    assert!(log.contains("Reactivated at the new screen size"), "{log}");
+}
+
+/// The same with xfreerdp on the graphics pipeline (`/gfx`): the session stays on it, each
+/// new size is a graphics reset with a new surface (no reactivation), and xfreerdp shows
+/// the session pixel for pixel at every size.
+#[test]
+fn the_session_screen_follows_xfreerdps_window_on_the_graphics_pipeline() {
+    let log = xfreerdp_window_resized("/gfx", "xfreerdp-gfx");
+    assert_eq!(
+        log.matches("Graphics reset to the new screen size").count(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains("Reactivated"), "{log}");
+    assert!(!log.contains("Back to the classic"), "{log}");
+}
+
+/// xfreerdp with `/dynamic-resolution` and `extra` follows its window (artifacts named after
+/// `name`); the server's log.
+fn xfreerdp_window_resized(extra: &str, name: &str) -> String {
     require_program("Xvnc");
     let dir = deskport_testsupport::data_dir();
     let server = Server::start(dir.path(), 3600);
@@ -551,9 +575,10 @@ fn the_session_screen_follows_xfreerdps_window() {
         dir.path(),
         "alice",
         PASSWORD,
-        &["/sec:nla", "/size:800x600", "/dynamic-resolution"],
+        &["/sec:nla", "/size:800x600", "/dynamic-resolution", extra],
     );
-    screen_follows_window(&server, &client, "xfreerdp");
+    screen_follows_window(&server, &client, "xfreerdp", name);
+    server.log()
 }
 
 /// The same with `deskport connect`'s window.
@@ -564,12 +589,14 @@ fn the_session_screen_follows_deskport_connects_window() {
     let server = Server::start(dir.path(), 3600);
     let client = Xvfb::start(1280, 1024);
     let _window = deskport_window(&client, &server.target(), dir.path());
-    screen_follows_window(&server, &client, "deskport");
+    screen_follows_window(&server, &client, "deskport", "deskport");
+    let log = server.log();
+    assert!(log.contains("Reactivated at the new screen size"), "{log}");
 }
 
 /// Alice's session (800x600) shows in the window of class `class`, then follows the window
-/// to two other sizes.
-fn screen_follows_window(server: &Server, client: &Xvfb, class: &str) {
+/// to two other sizes, each shown exactly (artifacts named after `name`).
+fn screen_follows_window(server: &Server, client: &Xvfb, class: &str, name: &str) {
     require_program("xdotool");
     require_program("xsetroot");
     let alice = server.display_of("alice");
@@ -580,7 +607,7 @@ fn screen_follows_window(server: &Server, client: &Xvfb, class: &str) {
         .status()
         .unwrap()
         .success());
-    wait_shown(client, &alice, &format!("resize-{class}-before"));
+    wait_shown(client, &alice, &format!("resize-{name}-before"));
     assert_eq!(screen_size(&alice), Some((800, 600)));
     for (width, height) in [(1024u32, 700u32), (640, 480)] {
         // (The window may not be ready for display control at once: ask until it follows.)
@@ -597,13 +624,22 @@ fn screen_follows_window(server: &Server, client: &Xvfb, class: &str) {
                 (screen_size(&alice) == Some((width, height))).then_some(())
             },
         );
-        wait_shown(client, &alice, &format!("resize-{class}-{width}x{height}"));
+        wait_shown(client, &alice, &format!("resize-{name}-{width}x{height}"));
+        wait_until(
+            Duration::from_secs(10),
+            &format!("every pixel at {width}x{height} ({name})"),
+            || {
+                let desktop = deskport_testsupport::screenshot(&alice).ok()?;
+                exactly_shown(&client.screenshot(), &desktop).then_some(())
+            },
+        );
     }
-    assert!(
-        server.log().contains("Reactivated at the new screen size"),
-        "{}",
-        server.log()
-    );
+}
+
+/// Whether `shot` shows `desktop` pixel for pixel (where its top-left corner is found).
+fn exactly_shown(shot: &RgbImage, desktop: &RgbImage) -> bool {
+    let needle = image::imageops::crop_imm(desktop, 0, 0, 200, 60).to_image();
+    image_util::find(shot, &needle, 0).is_some_and(|at| crate::rdp::exactly(shot, at, desktop))
 }
 
 /// Where the pointer is on `display`.
