@@ -1,5 +1,7 @@
 //! Connecting: TCP, security negotiation, TLS with trust on first use, NLA or TLS logon, and
-//! errors that say what went wrong in the user's terms.
+//! errors that say what went wrong in the user's terms. The client offers the graphics
+//! pipeline (MS-RDPEGFX; decoded and composited by ironrdp-session) unless told not to, and
+//! takes classic bitmap updates from servers without it.
 //!
 //! The server's certificate is accepted during the TLS handshake only so that it can be
 //! checked right after it — against a pinned fingerprint or the known-hosts file — before
@@ -16,6 +18,11 @@ use ironrdp_connector::sspi::generator::NetworkRequest;
 use ironrdp_connector::{
     BitmapConfig, ClientConnector, Config, ConnectionResult, ConnectorError, ConnectorErrorKind,
     ConnectorResult, Credentials, DesktopSize, ServerName,
+};
+use ironrdp_egfx::client::{GraphicsPipelineClient, GraphicsPipelineHandler};
+use ironrdp_egfx::pdu::{
+    CapabilitiesV103Flags, CapabilitiesV104Flags, CapabilitiesV107Flags, CapabilitiesV10Flags,
+    CapabilitiesV81Flags, CapabilitiesV8Flags, CapabilitySet,
 };
 use ironrdp_pdu::gcc;
 use ironrdp_pdu::nego::FailureCode;
@@ -62,6 +69,8 @@ pub struct Options {
     pub clipboard: Option<tokio::sync::mpsc::UnboundedSender<deskport_proto::clipboard::FromPeer>>,
     /// Join the Display Control channel (a window asks the server for its new size).
     pub display_control: bool,
+    /// Offer the graphics pipeline (MS-RDPEGFX).
+    pub gfx: bool,
 }
 
 impl Options {
@@ -265,7 +274,61 @@ fn config(opts: &Options) -> Config {
         enable_server_pointer: true,
         pointer_software_rendering: false,
         multitransport_flags: None,
-        support_dyn_vc_gfx_protocol: false,
+        // The graphics pipeline: its channel is joined in `connect` when this is set.
+        support_dyn_vc_gfx_protocol: opts.gfx,
+    }
+}
+
+/// What this client offers and reports on the graphics channel.
+#[derive(Debug)]
+struct Graphics;
+
+impl GraphicsPipelineHandler for Graphics {
+    /// Every version up to 10.7, all without H.264 (this client has no decoder; the 10.x
+    /// sets say so with AVC_DISABLED, and ironrdp-egfx drops any set that implies AVC, which
+    /// would leave only 8.0), with a small cache.
+    fn capabilities(&self) -> Vec<CapabilitySet> {
+        vec![
+            CapabilitySet::V10_7 {
+                flags: CapabilitiesV107Flags::SMALL_CACHE | CapabilitiesV107Flags::AVC_DISABLED,
+            },
+            CapabilitySet::V10_6 {
+                flags: CapabilitiesV104Flags::SMALL_CACHE | CapabilitiesV104Flags::AVC_DISABLED,
+            },
+            CapabilitySet::V10_5 {
+                flags: CapabilitiesV104Flags::SMALL_CACHE | CapabilitiesV104Flags::AVC_DISABLED,
+            },
+            CapabilitySet::V10_4 {
+                flags: CapabilitiesV104Flags::SMALL_CACHE | CapabilitiesV104Flags::AVC_DISABLED,
+            },
+            CapabilitySet::V10_3 {
+                flags: CapabilitiesV103Flags::AVC_DISABLED,
+            },
+            CapabilitySet::V10_2 {
+                flags: CapabilitiesV10Flags::SMALL_CACHE | CapabilitiesV10Flags::AVC_DISABLED,
+            },
+            CapabilitySet::V10 {
+                flags: CapabilitiesV10Flags::SMALL_CACHE | CapabilitiesV10Flags::AVC_DISABLED,
+            },
+            CapabilitySet::V8_1 {
+                flags: CapabilitiesV81Flags::SMALL_CACHE,
+            },
+            CapabilitySet::V8 {
+                flags: CapabilitiesV8Flags::SMALL_CACHE,
+            },
+        ]
+    }
+
+    fn on_capabilities_confirmed(&mut self, caps: &CapabilitySet) {
+        tracing::info!(
+            version = format!("{:#x}", caps.version().0),
+            ?caps,
+            "The server confirmed the graphics pipeline"
+        );
+    }
+
+    fn on_close(&mut self) {
+        tracing::info!("The graphics channel closed");
     }
 }
 
@@ -401,10 +464,18 @@ pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
             deskport_proto::clipboard::Backend::new(tx.clone()),
         )));
     }
-    if opts.display_control {
-        connector.attach_static_channel(ironrdp_dvc::DrdynvcClient::new().with_dynamic_channel(
-            ironrdp_displaycontrol::client::DisplayControlClient::new(|_| Ok(Vec::new())),
-        ));
+    if opts.display_control || opts.gfx {
+        let mut drdynvc = ironrdp_dvc::DrdynvcClient::new();
+        if opts.display_control {
+            drdynvc = drdynvc.with_dynamic_channel(
+                ironrdp_displaycontrol::client::DisplayControlClient::new(|_| Ok(Vec::new())),
+            );
+        }
+        if opts.gfx {
+            drdynvc =
+                drdynvc.with_dynamic_channel(GraphicsPipelineClient::new(Box::new(Graphics), None));
+        }
+        connector.attach_static_channel(drdynvc);
     }
     let mut framed = TokioFramed::new(tcp);
     let should_upgrade = ironrdp_async::connect_begin(&mut framed, &mut connector)

@@ -47,7 +47,8 @@ pub trait Frontend {
     fn update(&mut self, image: &DecodedImage, region: &InclusiveRectangle)
         -> anyhow::Result<bool>;
 
-    /// The desktop was resized by the server (after a reactivation); `image` is blank.
+    /// The desktop was resized by the server (after a reactivation, or a graphics reset);
+    /// `image` is blank or about to be painted whole.
     fn resized(&mut self, image: &DecodedImage) -> anyhow::Result<()>;
 
     /// The server follows size changes from now on (display control is ready).
@@ -453,9 +454,22 @@ pub async fn run<F: Frontend>(
                     }
                     Err(e) => return Err(session_error("reading from the server", e)),
                 };
-                stage
+                let outputs = stage
                     .process(&mut image, action, &payload, framed.last_read_at())
-                    .map_err(|e| session_error("the server sent", e))?
+                    .map_err(|e| session_error("the server sent", e))?;
+                // The graphics pipeline resets the image to a new size (Reset Graphics)
+                // without a reactivation.
+                if (image.width(), image.height()) != (size.width, size.height) {
+                    size = ironrdp_connector::DesktopSize {
+                        width: image.width(),
+                        height: image.height(),
+                    };
+                    tracing::debug!(size.width, size.height, "The graphics were reset to a new size");
+                    frontend
+                        .resized(&image)
+                        .map_err(|e| session_error("frontend", e))?;
+                }
+                outputs
             }
             event = async {
                 match events.as_mut() {

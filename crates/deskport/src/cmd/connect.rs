@@ -87,6 +87,11 @@ pub struct Args {
     /// Where certificates are remembered (trust on first use).
     #[arg(long, value_name = "FILE")]
     known_hosts: Option<PathBuf>,
+
+    /// Do not offer the graphics pipeline (MS-RDPEGFX): the server then sends classic bitmap
+    /// updates. By default it is offered and used where the server supports it.
+    #[arg(long)]
+    no_gfx: bool,
 }
 
 fn read_rdp_file(path: &Path) -> anyhow::Result<RdpFile> {
@@ -180,6 +185,7 @@ pub fn exec(args: Args) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(args.timeout),
         clipboard: None,
         display_control: false,
+        gfx: !args.no_gfx,
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

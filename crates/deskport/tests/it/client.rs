@@ -30,14 +30,17 @@ fn connect(dir: &Path, args: &[&str], password: &str) -> Output {
     )
 }
 
+/// `deskport connect` as `command` (`RUST_LOG=warn` unless it sets it).
 fn connect_with(mut command: Command, dir: &Path, args: &[&str], password: &str) -> Output {
+    if !command.get_envs().any(|(k, _)| k == "RUST_LOG") {
+        command.env("RUST_LOG", "warn");
+    }
     let mut child = command
         .arg("connect")
         .args(args)
         .args(["-p", "-", "--known-hosts"])
         .arg(dir.join("known_hosts"))
         .env("DESKPORT_CONFIG", "/dev/null")
-        .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -126,6 +129,58 @@ fn screenshots_of_deskports_server_with_nla_tls_and_auto() {
         "{}",
         server.log()
     );
+}
+
+/// `deskport connect` offers the graphics pipeline: against deskport it gets 10.7 with AVC
+/// disabled, and its screenshot is the server's screen pixel for pixel; `--no-gfx` gets
+/// classic bitmap updates, just as exact.
+#[test]
+fn screenshots_over_the_graphics_pipeline_and_without_it() {
+    let dir = deskport_testsupport::data_dir();
+    let server = RdpServer::start(dir.path(), &["--no-nla-only"], None);
+    let target = server.target();
+    for (name, extra) in [("gfx", None), ("no-gfx", Some("--no-gfx"))] {
+        let png = dir.path().join(format!("{name}.png"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_deskport"));
+        command.env("RUST_LOG", "info");
+        let mut args = vec![target.as_str(), "-u", "alice"];
+        args.extend(extra);
+        args.extend(["--screenshot", png.to_str().unwrap()]);
+        let out = connect_with(command, dir.path(), &args, PASSWORD);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let confirmed = r#"The server confirmed the graphics pipeline version="0xa0701""#;
+        assert_eq!(
+            stderr.contains(confirmed),
+            extra.is_none(),
+            "{name}: {stderr}"
+        );
+        if extra.is_none() {
+            assert!(stderr.contains("AVC_DISABLED"), "{stderr}");
+        }
+        let shot = image::open(&png).unwrap().to_rgb8();
+        image_util::save_png(
+            &shot,
+            &deskport_testsupport::artifact_dir("client")
+                .join(format!("deskport-server-{name}.png")),
+        );
+        assert_eq!(shot.dimensions(), server.pattern.dimensions());
+        assert_eq!(
+            image_util::diff_fraction(&shot, (0, 0), &server.pattern, (0, 0), shot.dimensions(), 0),
+            0.0,
+            "{name}: every pixel"
+        );
+    }
+    let log = server.log();
+    assert_eq!(log.matches("gfx=true").count(), 1, "{log}");
+    assert_eq!(log.matches("gfx=false").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("The screen goes over the graphics pipeline")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("AVC_DISABLED"), "{log}");
 }
 
 #[test]
@@ -501,28 +556,34 @@ impl ShadowServer {
     }
 }
 
+/// FreeRDP's shadow server serves `deskport connect` over the graphics pipeline (it confirms
+/// 10.7 with AVC disabled) and, with `--no-gfx`, with classic updates.
 #[test]
 fn screenshots_of_freerdps_shadow_server() {
     let dir = deskport_testsupport::data_dir();
     let server = ShadowServer::start(dir.path());
     let target = format!("127.0.0.1:{}", server.port);
-    for sec in ["tls", "auto"] {
-        let png = dir.path().join(format!("shadow-{sec}.png"));
-        let out = connect(
-            dir.path(),
-            &[
-                &target,
-                "-u",
-                "anyone",
-                "--sec",
-                sec,
-                "--screenshot",
-                png.to_str().unwrap(),
-            ],
-            "any password",
+    for (sec, gfx) in [("tls", true), ("auto", true), ("tls", false)] {
+        let name = if gfx {
+            sec.to_owned()
+        } else {
+            format!("{sec}-no-gfx")
+        };
+        let png = dir.path().join(format!("shadow-{name}.png"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_deskport"));
+        command.env("RUST_LOG", "info");
+        let mut args = vec![target.as_str(), "-u", "anyone", "--sec", sec];
+        args.extend((!gfx).then_some("--no-gfx"));
+        args.extend(["--screenshot", png.to_str().unwrap()]);
+        let out = connect_with(command, dir.path(), &args, "any password");
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains("The server confirmed the graphics pipeline"),
+            gfx,
+            "{name}: {stderr}"
         );
-        assert!(out.status.success(), "--sec {sec}: {}", text(&out));
-        assert_shows(&png, &server.pattern, &format!("shadow-{sec}"));
+        assert_shows(&png, &server.pattern, &format!("shadow-{name}"));
     }
 }
 

@@ -581,7 +581,7 @@ fn xfreerdp_window_resized(extra: &str, name: &str) -> String {
     server.log()
 }
 
-/// The same with `deskport connect`'s window.
+/// The same with `deskport connect`'s window (on the graphics pipeline, its default).
 #[test]
 fn the_session_screen_follows_deskport_connects_window() {
     require_program("Xvnc");
@@ -591,7 +591,10 @@ fn the_session_screen_follows_deskport_connects_window() {
     let _window = deskport_window(&client, &server.target(), dir.path());
     screen_follows_window(&server, &client, "deskport", "deskport");
     let log = server.log();
-    assert!(log.contains("Reactivated at the new screen size"), "{log}");
+    assert!(
+        log.contains("Graphics reset to the new screen size"),
+        "{log}"
+    );
 }
 
 /// Alice's session (800x600) shows in the window of class `class`, then follows the window
