@@ -320,13 +320,31 @@ pub fn choose(advertised: &CapabilitiesAdvertisePdu) -> Result<CapabilitySet, St
     ))
 }
 
-fn pdu_name(pdu: &GfxPdu) -> String {
-    // The variant's name, without its fields.
-    let text = format!("{pdu:?}");
-    text.split(['(', ' ', '{'])
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+/// The PDU's name, for the log (without formatting its fields: a client may send megabytes).
+fn pdu_name(pdu: &GfxPdu) -> &'static str {
+    match pdu {
+        GfxPdu::WireToSurface1(_) => "Wire To Surface 1",
+        GfxPdu::WireToSurface2(_) => "Wire To Surface 2",
+        GfxPdu::DeleteEncodingContext(_) => "Delete Encoding Context",
+        GfxPdu::SolidFill(_) => "Solid Fill",
+        GfxPdu::SurfaceToSurface(_) => "Surface To Surface",
+        GfxPdu::SurfaceToCache(_) => "Surface To Cache",
+        GfxPdu::CacheToSurface(_) => "Cache To Surface",
+        GfxPdu::EvictCacheEntry(_) => "Evict Cache Entry",
+        GfxPdu::CreateSurface(_) => "Create Surface",
+        GfxPdu::DeleteSurface(_) => "Delete Surface",
+        GfxPdu::StartFrame(_) => "Start Frame",
+        GfxPdu::EndFrame(_) => "End Frame",
+        GfxPdu::FrameAcknowledge(_) => "Frame Acknowledge",
+        GfxPdu::ResetGraphics(_) => "Reset Graphics",
+        GfxPdu::MapSurfaceToOutput(_) => "Map Surface To Output",
+        GfxPdu::CacheImportOffer(_) => "Cache Import Offer",
+        GfxPdu::CacheImportReply(_) => "Cache Import Reply",
+        GfxPdu::CapabilitiesAdvertise(_) => "Capabilities Advertise",
+        GfxPdu::CapabilitiesConfirm(_) => "Capabilities Confirm",
+        GfxPdu::QoeFrameAcknowledge(_) => "QoE Frame Acknowledge",
+        _ => "a mapping PDU",
+    }
 }
 
 /// What the channel and the session's encoder share (cheap to clone): the channel's ZGFX
@@ -717,6 +735,9 @@ mod tests {
                 }));
             }
             assert_eq!(failed.len(), 1, "{name}: {failed:?}");
+            if name == "a server-to-client PDU" {
+                assert!(failed[0].contains("unexpected End Frame"), "{failed:?}");
+            }
             // Stopped for good: even a valid advertisement is ignored now.
             assert!(server.process(3, &valid_caps).unwrap().is_empty(), "{name}");
             assert!(events(&mut rx).is_empty(), "{name}");

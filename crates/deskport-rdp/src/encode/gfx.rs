@@ -125,8 +125,17 @@ impl GfxEncoder {
             }),
             &mut self.buf,
         )?;
+        let screen = Rect::new(0, 0, frame.width, frame.height);
         for op in ops {
             match op {
+                // A copy from or to outside the surface would be refused whole by the client
+                // (FreeRDP checks every rectangle): its destination goes as pixels instead.
+                Op::Copy { src, dst } if !copy_fits(*src, *dst, screen) => {
+                    tracing::warn!(?src, ?dst, "A copy outside the screen sent as pixels");
+                    for piece in dst.intersect(&screen).into_iter().flat_map(pieces) {
+                        self.bitmap(frame, surface, piece);
+                    }
+                }
                 Op::Copy { src, dst } => {
                     self.stats.copies += 1;
                     push(
@@ -337,6 +346,16 @@ fn push(pdu: &GfxPdu, buf: &mut Vec<u8>) -> anyhow::Result<()> {
     let mut cursor = ironrdp_core::WriteCursor::new(&mut buf[start..]);
     pdu.encode(&mut cursor)
         .map_err(|e| anyhow::anyhow!("encode a graphics PDU: {e}"))
+}
+
+/// Whether a copy of `dst`'s size from `src` to `dst` stays within `screen`.
+fn copy_fits(src: (u16, u16), dst: Rect, screen: Rect) -> bool {
+    let from = Rect::new(src.0, src.1, dst.width, dst.height);
+    let inside = |r: Rect| {
+        u32::from(r.x) + u32::from(r.width) <= u32::from(screen.width)
+            && u32::from(r.y) + u32::from(r.height) <= u32::from(screen.height)
+    };
+    !dst.is_empty() && inside(from) && inside(dst)
 }
 
 fn exclusive(r: Rect) -> ExclusiveRectangle {
@@ -638,17 +657,26 @@ mod tests {
             fixed.push(Op::Pixels(Rect::new(10, 15, 130, 55)));
             send(&mut enc, &mut client, &scrolled, &fixed);
             assert_eq!(enc.stats().copies, 1);
+            // A copy from beyond the screen's edge: its destination goes as pixels.
+            let ops = [Op::Copy {
+                src: (250, 0),
+                dst: Rect::new(0, 0, 60, 20),
+            }];
+            let planar = enc.stats().planar;
+            send(&mut enc, &mut client, &scrolled, &ops);
+            assert_eq!(enc.stats().copies, 1);
+            assert!(enc.stats().planar > planar);
             // A new size: the graphics are reset, the new surface painted whole.
             let smaller = desktop(200, 100, 9);
             let ops = Diff::new().ops(&smaller, None, kinds);
             send(&mut enc, &mut client, &smaller, &ops);
             let s = enc.stats();
-            assert_eq!((s.frames, s.surfaces), (4, 2), "{s:?}");
+            assert_eq!((s.frames, s.surfaces), (5, 2), "{s:?}");
             assert!(s.wire_bytes > 0 && s.plain_bytes > 0);
             if mode == CompressionMode::Never {
                 assert!(s.wire_bytes > s.plain_bytes);
             }
-            assert_eq!(client.messages, 4, "one message per frame");
+            assert_eq!(client.messages, 5, "one message per frame");
         }
     }
 
