@@ -138,6 +138,15 @@ impl GfxEncoder {
                 }
                 Op::Copy { src, dst } => {
                     self.stats.copies += 1;
+                    tracing::trace!(
+                        x = dst.x,
+                        y = dst.y,
+                        width = dst.width,
+                        height = dst.height,
+                        src_x = src.0,
+                        src_y = src.1,
+                        "SurfaceToSurface"
+                    );
                     push(
                         &GfxPdu::SurfaceToSurface(SurfaceToSurfacePdu {
                             source_surface_id: surface,

@@ -1,9 +1,10 @@
 //! The session on the graphics pipeline (MS-RDPEGFX): what the graphics channel reports
 //! ([`GfxEvent`]) switches the screen's encoder — to a [`GfxEncoder`] once the client is
 //! ready (the first frame paints the whole surface), back to the classic one for good when
-//! the channel fails or closes (the whole screen again, as bitmap updates) — and frames wait
-//! while too many are unacknowledged, so a client that stops acknowledging cannot make the
-//! server queue frames without bound.
+//! the channel fails or closes (the whole screen again, as bitmap updates). Its frames are
+//! acknowledged like the classic path's: the session's flow control ([`Screen::ready`]) holds
+//! frames back while too many are unacknowledged, so a client that stops acknowledging cannot
+//! make the server queue frames without bound.
 
 use crate::channels::gfx::GfxEvent;
 use crate::encode::gfx::{GfxChannel, GfxEncoder};
@@ -11,17 +12,11 @@ use crate::encode::ScreenEncoder;
 
 use super::screen::Screen;
 
-/// Frames in flight at most: beyond, the session waits for acknowledgements (the desktop's
-/// changes accumulate meanwhile, nothing is lost). A bound, not a pacing policy.
-pub const MAX_IN_FLIGHT: u32 = 16;
-
 /// The graphics pipeline's state in a session.
 #[derive(Debug, Default)]
 pub struct Pipeline {
     /// The classic encoder, kept while the graphics pipeline's is in use.
     classic: Option<Box<dyn ScreenEncoder>>,
-    /// Frames are waiting for acknowledgements (logged once per wait).
-    waiting: bool,
 }
 
 impl Pipeline {
@@ -31,14 +26,14 @@ impl Pipeline {
     }
 
     /// Handles what the graphics channel reported. `drdynvc_id`, `user_channel_id`: the MCS
-    /// channels frames go on.
+    /// channels frames go on. True when it was a frame acknowledgement (one held back may go).
     pub fn event(
         &mut self,
         event: GfxEvent,
         screen: &mut Screen,
         drdynvc_id: Option<u16>,
         user_channel_id: u16,
-    ) {
+    ) -> bool {
         match event {
             GfxEvent::Ready {
                 channel_id,
@@ -47,7 +42,7 @@ impl Pipeline {
             } => {
                 let Some(mcs_id) = drdynvc_id else {
                     tracing::warn!("Graphics channel ready without drdynvc: not used");
-                    return;
+                    return false;
                 };
                 let channel = GfxChannel {
                     dvc_id: channel_id,
@@ -55,13 +50,16 @@ impl Pipeline {
                     user_id: user_channel_id,
                 };
                 let previous = screen.set_encoder(Box::new(GfxEncoder::new(channel, caps, link)));
-                self.waiting = false;
                 if self.classic.is_none() {
                     tracing::info!("The screen goes over the graphics pipeline from now on");
                     self.classic = Some(previous);
                 }
+                false
             }
-            GfxEvent::Acknowledged { frame_id } => screen.acknowledged(frame_id),
+            GfxEvent::Acknowledged { frame_id } => {
+                screen.acknowledged(frame_id);
+                true
+            }
             GfxEvent::Failed(reason) => {
                 if let Some(classic) = self.classic.take() {
                     tracing::warn!(
@@ -69,23 +67,10 @@ impl Pipeline {
                         "Back to the classic screen updates: the graphics pipeline stopped"
                     );
                     drop(screen.set_encoder(classic));
-                    self.waiting = false;
                 }
+                false
             }
         }
-    }
-
-    /// Whether the next frame must wait for acknowledgements ([`MAX_IN_FLIGHT`]).
-    pub fn must_wait(&mut self, screen: &Screen) -> bool {
-        let full = screen.unacknowledged().is_some_and(|n| n >= MAX_IN_FLIGHT);
-        if full && !self.waiting {
-            tracing::info!(
-                frames = MAX_IN_FLIGHT,
-                "The client has not acknowledged the last frames: screen updates wait for it"
-            );
-        }
-        self.waiting = full;
-        full
     }
 }
 
@@ -224,7 +209,7 @@ mod tests {
         assert_eq!(screen.unacknowledged(), None);
     }
 
-    /// A client that stops acknowledging gets at most MAX_IN_FLIGHT frames; its
+    /// A client that stops acknowledging gets at most the session's window of frames; its
     /// acknowledgements let the next ones go. A resize on the graphics pipeline is a new
     /// surface, painted whole.
     #[tokio::test]
@@ -237,21 +222,21 @@ mod tests {
         let mut unread = Vec::new();
         let mut sent = 0;
         for seed in 0..100u8 {
-            if pipeline.must_wait(&screen) {
+            if !screen.ready() {
                 continue;
             }
             desktop.show(96, 64, seed);
             screen.update(&mut unread).await.unwrap();
             sent += 1;
         }
-        assert_eq!(sent, MAX_IN_FLIGHT);
-        assert_eq!(screen.unacknowledged(), Some(MAX_IN_FLIGHT));
+        assert_eq!(sent, super::super::screen::WINDOW);
+        assert_eq!(screen.unacknowledged(), Some(sent));
         // The client reads and acknowledges everything: frames go again.
         client.receive(&unread);
         while let Ok(event) = client.events.try_recv() {
             pipeline.event(event, &mut screen, Some(DRDYNVC), USER);
         }
-        assert!(!pipeline.must_wait(&screen));
+        assert!(screen.ready());
         assert!(client.shows(&desktop.capture().unwrap()));
 
         // A new size (as after Display Control): the client's output follows.

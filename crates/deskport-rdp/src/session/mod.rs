@@ -173,7 +173,9 @@ where
             Event::Channel(ChannelEvent::Clipboard(event)) => channels.clipboard(event, &mut out),
             Event::Channel(ChannelEvent::Gfx(event)) => {
                 let drdynvc = channels.drdynvc_id();
-                pipeline.event(event, &mut screen, drdynvc, channels.user_channel_id);
+                if pipeline.event(event, &mut screen, drdynvc, channels.user_channel_id) {
+                    pacer.released();
+                }
             }
             Event::Channel(ChannelEvent::Resize(size)) => {
                 let Some(size) = resize(&desktop, size).await? else {

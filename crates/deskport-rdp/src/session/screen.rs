@@ -13,7 +13,7 @@ use crate::encode::{pointer, ScreenEncoder};
 /// Frames in flight at most when the client acknowledges frames (as FreeRDP advertises and
 /// xrdp uses): the screen is read again only when one of them is acknowledged, so a slow
 /// client or link gets fewer, current frames instead of a queue of stale ones.
-const WINDOW: u32 = 2;
+pub(super) const WINDOW: u32 = 2;
 
 /// What the client has been sent of the screen.
 #[derive(Debug)]
@@ -115,12 +115,8 @@ impl Screen {
     }
 
     /// Frames the client has not acknowledged ([`ScreenEncoder::unacknowledged`]).
+    #[cfg(test)]
     pub fn unacknowledged(&self) -> Option<u32> {
         self.encoder.unacknowledged()
-    }
-
-    /// The client acknowledged frame `id`.
-    pub fn acknowledged(&mut self, id: u32) {
-        self.encoder.acknowledged(id);
     }
 }

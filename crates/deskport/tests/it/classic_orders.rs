@@ -6,7 +6,9 @@
 //! pixel for pixel. The server's log shows the orders it sent: ScrBlts (the motion the diff
 //! found) whose source and destination overlap, moving up, down and sideways, and OpaqueRects
 //! to both, MultiOpaqueRects to xfreerdp only; and the frames xfreerdp acknowledged (rdesktop
-//! acknowledges none: it is sent no frame markers).
+//! acknowledges none: it is sent no frame markers). The same drawing with xfreerdp on the
+//! graphics pipeline (`/gfx`): Surface To Surface copies, Solid Fills and planar pixels,
+//! pixel for pixel too.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,7 +18,7 @@ use deskport_testsupport::workload::{self, Options};
 use deskport_testsupport::{image_util, require_program, wait_until, ProcessGuard, Xvfb};
 use image::RgbImage;
 
-use crate::rdp::{rdesktop_args, xfreerdp, Client, RdpServer, PASSWORD};
+use crate::rdp::{gfx_total, rdesktop_args, xfreerdp, Client, RdpServer, PASSWORD};
 
 /// The server's display: the workload's size.
 const SIZE: (u16, u16) = workload::SCREEN;
@@ -30,7 +32,8 @@ fn server(dir: &Path) -> RdpServer {
         SIZE,
         &[(
             "RUST_LOG",
-            "info,deskport_rdp::encode=debug,deskport_rdp::encode::bitmap=trace",
+            "info,deskport_rdp::encode=debug,deskport_rdp::encode::bitmap=trace,\
+             deskport_rdp::encode::gfx=trace",
         )],
     )
 }
@@ -139,12 +142,13 @@ fn field(line: &str, key: &str) -> Option<u64> {
     value.split(' ').next()?.parse().ok()
 }
 
-/// The ScrBlts in the server's log whose source and destination overlap, as the way their
-/// content moved: (dx, dy).
-fn overlapping_copies(log: &str) -> Vec<(i64, i64)> {
+/// The copies in the server's log (trace lines named `what`: ScrBlt, SurfaceToSurface) whose
+/// source and destination overlap, as the way their content moved: (dx, dy).
+fn overlapping_copies(log: &str, what: &str) -> Vec<(i64, i64)> {
     let value = |line: &str, key: &str| field(line, key).map(|v| v as i64);
+    let what = format!(": {what} ");
     log.lines()
-        .filter(|l| l.contains(": ScrBlt "))
+        .filter(|l| l.contains(&what))
         .filter_map(|l| {
             let (x, y) = (value(l, "x")?, value(l, "y")?);
             let (w, h) = (value(l, "width")?, value(l, "height")?);
@@ -180,13 +184,19 @@ fn draw_and_compare(
     let sent = orders_sent(&log);
     eprintln!("orders sent (ScrBlt, OpaqueRect, MultiOpaqueRect): {sent:?}");
     assert!(sent.0 > 0 && sent.1 > 0, "{sent:?}: {log}");
-    let moves = overlapping_copies(&log);
+    moved_every_way(&log, "ScrBlt");
+    (sent, terminal)
+}
+
+/// Asserts that the log shows copies (`what`) with overlapping source and destination for
+/// content that moved up, down and sideways.
+fn moved_every_way(log: &str, what: &str) {
+    let moves = overlapping_copies(log, what);
     let up = moves.iter().filter(|m| m.1 < 0).count();
     let down = moves.iter().filter(|m| m.1 > 0).count();
     let sideways = moves.iter().filter(|m| m.0 != 0).count();
-    eprintln!("overlapping ScrBlts: {up} up, {down} down, {sideways} sideways");
-    assert!(up > 0 && down > 0 && sideways > 0, "{moves:?}");
-    (sent, terminal)
+    eprintln!("overlapping {what}s: {up} up, {down} down, {sideways} sideways");
+    assert!(up > 0 && down > 0 && sideways > 0, "{what}: {moves:?}");
 }
 
 #[test]
@@ -252,4 +262,47 @@ fn rdesktop_draws_orders() {
     assert_eq!(multi, 0);
     let log = server.log();
     assert!(!log.contains("Frame acknowledged"), "{log}");
+}
+
+/// xfreerdp on the graphics pipeline: the same drawing as Surface To Surface copies (moving
+/// up, down and sideways, overlapping), Solid Fills and planar pixels, shown pixel for pixel;
+/// every frame acknowledged, nothing refused, no fallback to the classic path.
+#[test]
+fn xfreerdp_on_the_graphics_pipeline_copies_fills_and_paints() {
+    let dir = deskport_testsupport::data_dir();
+    let server = server(dir.path());
+    let client = Xvfb::start(1400, 900);
+    let mut c = xfreerdp(
+        &client,
+        &server,
+        "alice",
+        PASSWORD,
+        &["/sec:tls", "/gfx", "/bpp:32", "/size:1280x800"],
+    );
+    let session = session_started(&server);
+    assert!(session.contains("gfx=true"), "{session}");
+    wait_until(Duration::from_secs(30), "the graphics pipeline", || {
+        server
+            .log()
+            .contains("The screen goes over the graphics pipeline")
+            .then_some(())
+    });
+    let _terminal = draw(&server, dir.path());
+    shows_exactly(&server, &client, "xfreerdp-gfx", || {
+        c.process.try_wait().is_none()
+    });
+    let log = server.log();
+    moved_every_way(&log, "SurfaceToSurface");
+    let output = c.output();
+    assert!(!output.contains("[ERROR]"), "{output}");
+    c.process.stop();
+    let log = wait_until(Duration::from_secs(10), "the session's totals", || {
+        let log = server.log();
+        log.contains("Graphics pipeline totals").then_some(log)
+    });
+    for total in ["surface_to_surface", "solid_fills", "planar"] {
+        assert!(gfx_total(&log, total) > 0, "{total}: {log}");
+    }
+    assert!(!log.contains("Back to the classic"), "{log}");
+    assert!(!log.contains("A copy outside the screen"), "{log}");
 }

@@ -369,8 +369,7 @@ pub fn exactly(shot: &RgbImage, at: (u32, u32), screen: &RgbImage) -> bool {
 }
 
 /// xfreerdp `/gfx` on the graphics pipeline: capabilities 10.7 with AVC disabled, the desktop
-/// pixel for pixel (planar bitmaps), then changes of a flat square as Solid Fills, shown
-/// exactly too.
+/// pixel for pixel, then changes of a flat square as Solid Fills, shown exactly too.
 #[test]
 fn xfreerdp_gfx_shows_the_desktop_pixel_for_pixel() {
     let dir = deskport_testsupport::data_dir();
@@ -403,7 +402,9 @@ fn xfreerdp_gfx_shows_the_desktop_pixel_for_pixel() {
             && log.contains("AVC_DISABLED"),
         "{log}"
     );
-    assert!(gfx_total(&log, "planar") > 0, "{log}");
+    // The test pattern is flat rectangles and squares: Solid Fills paint all of it (the
+    // graphics pipeline's planar pixels are checked in classic_orders.rs, with the heavy
+    // workload).
     assert!(gfx_total(&log, "solid_fills") >= 5, "{log}");
     assert!(!log.contains("Back to the classic"), "{log}");
 }
