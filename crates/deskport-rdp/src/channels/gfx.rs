@@ -35,11 +35,13 @@ use ironrdp_graphics::zgfx::{self, CompressionMode};
 use ironrdp_pdu::PduResult;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-/// How the server's messages on the channel are compressed (ZGFX, MS-RDPEGFX 3.1.9.1): not
-/// at all. On the heavy workload (`benches/zgfx.rs`) `Auto` saved a quarter of the bytes
-/// (planar is already run-length coded) for 35 times the encoder's CPU — about 100 ms a
-/// frame with ironrdp-graphics' compressor, which a 30 frames/s session cannot afford.
-pub const ZGFX_MODE: CompressionMode = CompressionMode::Never;
+use crate::encode::zgfx::Zgfx;
+
+/// How the server's messages on the channel are compressed (ZGFX, MS-RDPEGFX 3.1.9.1): each
+/// segment compressed where that makes it smaller, by our own compressor
+/// ([`crate::encode::zgfx`]; ironrdp-graphics' takes about 100 ms a frame on the heavy
+/// workload, `benches/zgfx.rs`). `Never` (uncompressed segments) is kept for tests.
+pub const ZGFX_MODE: CompressionMode = CompressionMode::Auto;
 
 /// What the graphics channel reports to the session loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,7 +355,7 @@ fn pdu_name(pdu: &GfxPdu) -> &'static str {
 pub struct GfxLink(Arc<Mutex<Link>>);
 
 struct Link {
-    compressor: zgfx::Compressor,
+    compressor: Zgfx,
     mode: CompressionMode,
     /// The last frame id given out (0: none; ids start at 1).
     sent: u32,
@@ -387,7 +389,7 @@ impl Eq for GfxLink {}
 impl GfxLink {
     pub fn new(mode: CompressionMode) -> Self {
         Self(Arc::new(Mutex::new(Link {
-            compressor: zgfx::Compressor::new(),
+            compressor: Zgfx::new(),
             mode,
             sent: 0,
             acked: 0,
@@ -405,8 +407,10 @@ impl GfxLink {
         let Link {
             compressor, mode, ..
         } = &mut *link;
-        zgfx::compress_and_wrap_egfx(pdus, compressor, *mode)
-            .map_err(|e| format!("ZGFX compression failed: {e}"))
+        Ok(match mode {
+            CompressionMode::Never => zgfx::wrap_uncompressed(pdus),
+            CompressionMode::Auto | CompressionMode::Always => compressor.compress_and_wrap(pdus),
+        })
     }
 
     /// One PDU as a message of the channel's ZGFX stream, ready for `drdynvc`.

@@ -13,6 +13,7 @@ pub mod gfx;
 pub mod orders;
 pub mod planar;
 pub mod pointer;
+pub mod zgfx;
 
 use deskport_desktop::Frame;
 use ironrdp_core::{Encode as _, WriteCursor};
