@@ -8,6 +8,8 @@
 //!   the guard drops — also when the test panics.
 //! - [`Xvfb`]: a private X display at a size of the test's choosing.
 //! - [`Netns`]: a network namespace deleted on drop, and [`veth`] to wire two of them.
+//! - [`Postgres`]: a PostgreSQL cluster of the test's own on a loopback port, stopped and
+//!   removed on drop.
 //! - [`screenshot`] and the pixel helpers in [`image_util`].
 //! - [`servers`]: FreeRDP's shadow server and xrdp with Xvnc sessions, to compare with.
 //! - [`workload`] (the `deskport-workload` program), [`framecode`] and [`watch`]: the RDP
@@ -26,6 +28,7 @@ pub mod framecode;
 pub mod image_util;
 mod net;
 mod netns;
+mod postgres;
 mod process;
 pub mod servers;
 mod wait;
@@ -36,6 +39,7 @@ mod xvfb;
 pub use dirs::{artifact_dir, data_dir};
 pub use net::{free_port, listener};
 pub use netns::{veth, Netns};
+pub use postgres::Postgres;
 pub use process::ProcessGuard;
 pub use wait::wait_until;
 pub use xvfb::{
