@@ -99,6 +99,33 @@ impl Action {
     }
 }
 
+impl Action {
+    /// Whether the change alters who a bearer token belongs to, or what that owner may see:
+    /// tokens, users and their memberships, instances (their agent tokens).
+    pub(crate) fn touches_principals(self) -> bool {
+        match self {
+            Action::ProjectCreate
+            | Action::ProjectDelete
+            | Action::UserDelete
+            | Action::MembershipSet
+            | Action::MembershipDelete
+            | Action::TokenCreate
+            | Action::TokenDelete
+            | Action::InstanceCreate
+            | Action::InstanceDelete => true,
+            Action::UserCreate
+            | Action::UserPassword
+            | Action::GroupCreate
+            | Action::GroupDelete
+            | Action::RuleCreate
+            | Action::RuleDelete
+            | Action::InstanceRemoteDesktop
+            | Action::InstanceAttachGroup
+            | Action::InstanceDetachGroup => false,
+        }
+    }
+}
+
 /// A readable one-line summary of a rule, for the audit log:
 /// `ingress IPv4 tcp port 3389 from 127.0.0.1/32`.
 pub(crate) fn rule_summary(rule: &Rule) -> String {

@@ -2,15 +2,22 @@
 //! inside a [`Transaction`]. No rule lives here — no validation, no audit wording, no decision
 //! about the revision, no clock: [`crate::Store`] makes those and calls these.
 //!
-//! A backend promises two things the rules layer builds on:
+//! A backend promises what the rules layer builds on:
 //! - write transactions are serialized with each other, across every process sharing the
 //!   database, so what a transaction reads stays true until it commits;
-//! - a transaction dropped without [`Transaction::commit`] changes nothing.
+//! - a transaction dropped without [`Transaction::commit`] changes nothing;
+//! - a read ([`Backend::read`]) sees one committed state throughout, however many statements
+//!   it takes;
+//! - a database that other processes write to (PostgreSQL, with several manager replicas)
+//!   tells the store what they committed ([`Backend::notices`], from what each transaction
+//!   [`Transaction::announce`]s), and when it may have missed some ([`Notice::Lost`]).
 //!
 //! Orders are part of each method's contract (the API lists things in them): the conformance
 //! suite checks them, so two backends answer alike.
 
+use deskport_policy::throttle::Attempts;
 use deskport_policy::{GroupId, Rule, RuleId, SecurityGroup};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::{
@@ -25,6 +32,47 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     async fn read(&self) -> Result<Box<dyn Rows>>;
     /// A write transaction, serialized with every other write transaction on the database.
     async fn write(&self) -> Result<Box<dyn Transaction>>;
+
+    /// What other processes commit to this database, as it happens; `None` for a database
+    /// only this process writes to. Taken once, by the store.
+    fn notices(&self) -> Option<mpsc::UnboundedReceiver<Notice>> {
+        None
+    }
+
+    /// Whether this process is the one, of all sharing the database, that runs the periodic
+    /// jobs now. It stays so until it stops (or loses the database), then another takes over.
+    async fn lead(&self) -> Result<bool>;
+}
+
+/// What a committed change touched that readers keep copies of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// The policy revision the change moved to.
+    pub revision: Option<u64>,
+    /// Who a token belongs to: API tokens, users and their memberships, instances' agent
+    /// tokens.
+    pub principals: bool,
+    /// Instances' records.
+    pub instances: bool,
+}
+
+impl Touched {
+    /// Whether readers' copies stay valid.
+    pub fn is_empty(&self) -> bool {
+        *self == Touched::default()
+    }
+}
+
+/// News of the database from [`Backend::notices`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// Another process committed a change.
+    Committed(Touched),
+    /// Notices stopped coming (the connection they arrive on was lost): commits may be
+    /// missed until [`Notice::Listening`].
+    Lost,
+    /// Notices come again; what was committed while they did not is unknown.
+    Listening,
 }
 
 /// Row reads. Users come with their memberships (by project name); groups with their rules
@@ -72,6 +120,9 @@ pub trait Rows: Send {
         projects: Option<&[Uuid]>,
         filter: &AuditFilter,
     ) -> Result<Vec<AuditEvent>>;
+
+    /// The login attempts recorded for these keys (keys without any are left out).
+    async fn login_attempts(&mut self, keys: &[String]) -> Result<Vec<(String, Attempts)>>;
 }
 
 /// Which sessions [`Transaction::delete_sessions`] deletes.
@@ -83,6 +134,14 @@ pub enum Sessions<'a> {
     User(Uuid),
     /// Those whose `expires_at` is before this time.
     ExpiredBefore(i64),
+}
+
+/// Which keys' login attempts [`Transaction::delete_login_attempts`] deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginAttempts<'a> {
+    Key(&'a str),
+    /// Those whose last attempt is before this time.
+    IdleSince(i64),
 }
 
 /// An audit event to append; the backend numbers events in the order they are committed.
@@ -150,9 +209,16 @@ pub trait Transaction: Rows {
     async fn attach_group(&mut self, instance: Uuid, group: GroupId) -> Result<()>;
     async fn detach_group(&mut self, instance: Uuid, group: GroupId) -> Result<()>;
 
+    /// Records `key`'s attempts, replacing what was recorded.
+    async fn put_login_attempts(&mut self, key: &str, attempts: &Attempts) -> Result<()>;
+    async fn delete_login_attempts(&mut self, which: LoginAttempts<'_>) -> Result<()>;
+
     async fn insert_audit(&mut self, event: &NewAuditEvent<'_>) -> Result<()>;
     /// Increments the policy revision and returns the new one.
     async fn bump_revision(&mut self) -> Result<u64>;
 
+    /// Tells the other processes sharing the database, when this transaction commits, what
+    /// it touched (a database only this process writes to does nothing).
+    async fn announce(&mut self, touched: &Touched) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
 }

@@ -4,13 +4,15 @@
 //! two backends that pass them behave alike for the manager.
 //!
 //! A backend's test file is one line; the opener returns the backend and a guard kept until
-//! the story ends (a temporary directory, a scratch database to drop):
+//! the story ends (a temporary directory, a database server of the test's own). No backend
+//! (`None`) skips the story: only when the environment asks to skip that database (its fixture
+//! says so, e.g. `DESKPORT_SKIP_POSTGRES=1`); a server that is missing fails the story.
 //!
 //! ```ignore
 //! deskport_store::conformance_tests!(sqlite, || async {
 //!     let dir = deskport_testsupport::data_dir();
 //!     let backend = SqliteBackend::open(&dir.path().join("deskport.db")).await.unwrap();
-//!     (backend, dir)
+//!     (Some(backend), dir)
 //! });
 //! ```
 
@@ -20,6 +22,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 
+use deskport_policy::throttle::Limits;
 use deskport_policy::{
     proto, Cidr, Direction, ErrorCode, Ethertype, GroupId, Member, PortRange, Protocol, Quota,
     Remote, RuleId, RuleSpec, Service, L4,
@@ -33,7 +36,7 @@ use crate::{
 };
 
 /// One test per story for the backend `$open` makes: `conformance_tests!(name, opener)`,
-/// where the opener is a closure returning a future of `(backend, guard)`.
+/// where the opener is a closure returning a future of `(Option<backend>, guard)`.
 #[macro_export]
 macro_rules! conformance_tests {
     ($name:ident, $open:expr) => {
@@ -46,6 +49,8 @@ macro_rules! conformance_tests {
                 memberships,
                 api_tokens_and_principals,
                 sessions_expire_and_end,
+                login_throttling,
+                janitor,
                 projects,
                 groups,
                 groups_in_use,
@@ -70,12 +75,13 @@ macro_rules! conformance_tests {
     };
 }
 
-/// Opens a backend with `open`, runs `story` on a store over it, then drops the guard.
+/// Opens a backend with `open`, runs `story` on a store over it, then drops the store and
+/// the guard.
 pub fn run<B, G, Open, Opened, Story, Done>(open: Open, story: Story)
 where
     B: Backend,
     Open: FnOnce() -> Opened,
-    Opened: Future<Output = (B, G)>,
+    Opened: Future<Output = (Option<B>, G)>,
     Story: FnOnce(Store) -> Done,
     Done: Future<Output = ()>,
 {
@@ -85,8 +91,10 @@ where
         .expect("a tokio runtime");
     runtime.block_on(async {
         let (backend, guard) = open().await;
-        let store = Store::new(backend).await.expect("a store over the backend");
-        story(store).await;
+        if let Some(backend) = backend {
+            let store = Store::new(backend).await.expect("a store over the backend");
+            story(store).await;
+        }
         drop(guard);
     });
 }
@@ -687,6 +695,149 @@ pub async fn sessions_expire_and_end(store: Store) {
     assert_eq!(
         store.list_audit_all(&every(1000)).await.unwrap().len(),
         events
+    );
+}
+
+/// Login throttling in the store: `max_failures` failed attempts lock the keys out, for
+/// longer each time; attempts being checked count already (so that simultaneous ones cannot
+/// get past the limit together); a success forgets the user's key and takes its attempt back
+/// from the others. Nothing is audited and the revision stays.
+pub async fn login_throttling(store: Store) {
+    boot(&store).await;
+    let events = store.list_audit_all(&every(1000)).await.unwrap().len();
+    let limits = Limits {
+        max_failures: 3,
+        window: std::time::Duration::from_secs(60),
+        lockout: std::time::Duration::from_secs(10),
+        max_lockout: std::time::Duration::from_secs(25),
+    };
+    let keys = ["user:carol".to_owned(), "ip:192.0.2.7".to_owned()];
+    let t = now();
+    for n in 1..=3 {
+        let started = revision_after(&store, false, store.login_attempt(&limits, &keys, t))
+            .await
+            .unwrap();
+        assert_eq!(started, Ok(()), "attempt {n}");
+        let lock = store.login_failed(&limits, &keys, t).await.unwrap();
+        assert_eq!(lock, (n == 3).then_some(std::time::Duration::from_secs(10)));
+    }
+    assert_eq!(
+        store.login_attempt(&limits, &keys, t).await.unwrap(),
+        Err(11),
+        "locked out"
+    );
+    let other_user = ["user:dave".to_owned(), "ip:192.0.2.7".to_owned()];
+    assert_eq!(
+        store.login_attempt(&limits, &other_user, t).await.unwrap(),
+        Err(11),
+        "the address is locked out too"
+    );
+    let elsewhere = ["user:dave".to_owned(), "ip:192.0.2.8".to_owned()];
+    assert_eq!(
+        store.login_attempt(&limits, &elsewhere, t).await.unwrap(),
+        Ok(())
+    );
+    store
+        .login_succeeded(&limits, &elsewhere[0], &elsewhere[1..])
+        .await
+        .unwrap();
+
+    // After the lockout, three more failures lock out for twice as long.
+    let later = t + 10_000;
+    for _ in 0..3 {
+        assert_eq!(
+            store.login_attempt(&limits, &keys, later).await.unwrap(),
+            Ok(())
+        );
+        store.login_failed(&limits, &keys, later).await.unwrap();
+    }
+    assert_eq!(
+        store.login_attempt(&limits, &keys, later).await.unwrap(),
+        Err(21)
+    );
+
+    // Attempts in progress count: of five at once, three go on.
+    let fresh = ["user:erin".to_owned(), "ip:192.0.2.9".to_owned()];
+    let mut started = 0;
+    for _ in 0..5 {
+        if store
+            .login_attempt(&limits, &fresh, t)
+            .await
+            .unwrap()
+            .is_ok()
+        {
+            started += 1;
+        }
+    }
+    assert_eq!(started, 3);
+    // One succeeds: the user's key is forgotten, the address's attempt taken back.
+    store
+        .login_succeeded(&limits, &fresh[0], &fresh[1..])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.login_attempt(&limits, &fresh, t).await.unwrap(),
+        Ok(()),
+        "the address has one attempt free again"
+    );
+    assert_eq!(
+        store.login_attempt(&limits, &fresh, t).await.unwrap(),
+        Err(1),
+        "and only one"
+    );
+    assert_eq!(
+        store.list_audit_all(&every(1000)).await.unwrap().len(),
+        events
+    );
+}
+
+/// The periodic clean-up (one process of those sharing a database leads it; a store alone
+/// does): expired sessions go, so do login attempts past the limits' memory, nothing else.
+pub async fn janitor(store: Store) {
+    let b = boot(&store).await;
+    let limits = Limits::default();
+    let t = now();
+    let memory = limits.memory().as_millis() as i64;
+    let keys = ["user:old".to_owned()];
+    store
+        .login_attempt(&limits, &keys, t)
+        .await
+        .unwrap()
+        .unwrap();
+    store.login_failed(&limits, &keys, t).await.unwrap();
+    store
+        .create_session(b.admin, "live", "csrf", t + HOUR)
+        .await
+        .unwrap();
+    store
+        .create_session(b.admin, "ending", "csrf", t + 2)
+        .await
+        .unwrap();
+
+    assert!(revision_after(&store, false, store.janitor(&limits, t + 1))
+        .await
+        .unwrap());
+    assert!(store.session("ending", t).await.unwrap().is_some());
+    assert!(store.janitor(&limits, t + 3).await.unwrap());
+    assert_eq!(store.session("ending", t).await.unwrap(), None);
+    assert!(store.session("live", t).await.unwrap().is_some());
+
+    // The key's failure is kept while it may count: with a limit of two, a second failure
+    // locks the key out…
+    let two = Limits {
+        max_failures: 2,
+        ..limits
+    };
+    assert!(store.janitor(&limits, t + memory - 1).await.unwrap());
+    store.login_attempt(&two, &keys, t).await.unwrap().unwrap();
+    assert!(store.login_failed(&two, &keys, t).await.unwrap().is_some());
+    assert!(store.login_attempt(&two, &keys, t).await.unwrap().is_err());
+    // …and forgotten after: the lockout is gone with it.
+    assert!(store.janitor(&limits, t + memory + 1).await.unwrap());
+    assert_eq!(
+        store.login_attempt(&two, &keys, t).await.unwrap(),
+        Ok(()),
+        "forgotten: counting starts afresh"
     );
 }
 

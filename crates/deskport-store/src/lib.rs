@@ -9,7 +9,20 @@
 //! - [`Backend`] / [`Transaction`] (`backend.rs`) are what a database provides: row reads and
 //!   writes inside a write transaction that is serialized with every other one (so "check
 //!   against what is committed, then insert" is atomic), and reads outside it.
-//! - [`SqliteBackend`] (`sqlite.rs`) is the SQLite backend; it owns every SQL statement.
+//! - `sql.rs` holds every SQL statement, in the dialect both databases accept;
+//!   [`SqliteBackend`] (`sqlite.rs`, the embedded default) and [`PostgresBackend`]
+//!   (`postgres.rs`, for several manager replicas on one database) supply connections,
+//!   serialization of writers, and — PostgreSQL only — notices of other processes' commits.
+//!
+//! The schemas are two migration folders with the same version numbers
+//! (`migrations/sqlite`, `migrations/postgres`): the same tables and columns in each
+//! database's own types (an identity column is not SQLite's AUTOINCREMENT, a 64-bit integer is
+//! not PostgreSQL's INTEGER, names sort bytewise only with PostgreSQL's `COLLATE "C"`), so each
+//! file reads as plain SQL of its database; a test keeps the two lists of versions equal.
+//! Why not one schema both accept: it would have to give up the types that make each
+//! database check the data (SQLite's INTEGER is PostgreSQL's 32-bit INTEGER, and there is no
+//! collation clause both take), and existing SQLite databases record each migration's
+//! checksum, so `migrations/sqlite/0001_init.sql` must stay byte for byte what they ran.
 //!
 //! `conformance` (feature `conformance`) is the suite every backend must pass: stories run
 //! against a fresh [`Store`] over the backend, one line per backend with
@@ -22,6 +35,8 @@ mod audit;
 mod backend;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod postgres;
+mod sql;
 mod sqlite;
 mod store;
 
@@ -30,9 +45,12 @@ use std::net::IpAddr;
 use deskport_policy::{GroupId, Policy, Rejected, Rule, SecurityGroup};
 use uuid::Uuid;
 
-pub use backend::{Backend, NewAuditEvent, Rows, Sessions, Transaction};
+pub use backend::{
+    Backend, LoginAttempts, NewAuditEvent, Notice, Rows, Sessions, Touched, Transaction,
+};
+pub use postgres::{PostgresBackend, CHANNEL as POSTGRES_CHANNEL, LISTENER_NAME};
 pub use sqlite::SqliteBackend;
-pub use store::Store;
+pub use store::{Store, StoreStats};
 
 /// A project (tenant).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,6 +282,16 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database URL is not valid: {0}")]
+    BadUrl(String),
+    #[error("cannot connect to the database at {target}: {reason}")]
+    Connect { target: String, reason: String },
+    /// A later deskport migrated the database: this one would not understand it.
+    #[error(
+        "the database's schema has version {found}, and this deskport knows versions up to \
+         {known} only: it was upgraded by a newer deskport, which must be used with it"
+    )]
+    NewerSchema { found: i64, known: i64 },
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
 }
@@ -278,4 +306,36 @@ impl From<Rejected> for StoreError {
 
 pub(crate) fn not_found(what: &'static str) -> StoreError {
     StoreError::NotFound { what }
+}
+
+/// Runs `migrator`'s migrations not yet applied, each in a transaction; a database that has
+/// a migration `migrator` does not know is refused untouched.
+pub(crate) async fn migrate<'a, A>(migrator: &sqlx::migrate::Migrator, connection: A) -> Result<()>
+where
+    A: sqlx::Acquire<'a>,
+    <A::Connection as std::ops::Deref>::Target: sqlx::migrate::Migrate,
+{
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    migrator.run(connection).await.map_err(|e| match e {
+        sqlx::migrate::MigrateError::VersionMissing(found) if found > known => {
+            StoreError::NewerSchema { found, known }
+        }
+        other => StoreError::Migrate(other),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Both schemas have the same migrations: a change to one is made to the other.
+    #[test]
+    fn both_schemas_have_the_same_versions() {
+        let list = |m: &sqlx::migrate::Migrator| -> Vec<(i64, String)> {
+            m.iter()
+                .map(|m| (m.version, m.description.to_string()))
+                .collect()
+        };
+        let sqlite = list(&crate::sqlite::MIGRATOR);
+        assert!(sqlite.len() >= 2, "{sqlite:?}");
+        assert_eq!(sqlite, list(&crate::postgres::MIGRATOR));
+    }
 }

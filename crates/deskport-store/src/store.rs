@@ -3,30 +3,44 @@
 //! Every mutation is one backend transaction that reads what it checks, writes its rows, appends
 //! its audit event and, for the changes agents enforce, bumps the policy revision — then
 //! commits. A check and the write it guards cannot be split by another writer, because the
-//! backend serializes write transactions.
+//! backend serializes write transactions (across processes too).
 //!
-//! Reads of groups, instances and token owners, which every API request makes, are served from
-//! in-memory snapshots tagged with a *generation* that each commit through this `Store`
-//! increments, so a snapshot is never served after a change made here.
+//! Reads that every request makes are served from in-memory copies, each valid while what it
+//! depends on has not changed:
+//! - the **policy view** (every group with its rules and every instance, read in one snapshot
+//!   with the revision it is at) until the revision moves: groups and rules change only with
+//!   it. It is loaded once per revision however many readers ask at once (one load, the
+//!   others wait for it), so agents woken by a new revision cost one read between them;
+//! - the **instances** (for the API and the console, with what agents last reported) until a
+//!   change touches instances;
+//! - **token owners** until a change touches tokens, users' memberships or instances.
+//!
+//! Each commit says what it [`Touched`]; this store forgets the copies it touched at once, and
+//! tells other processes on the same database through the backend
+//! ([`Transaction::announce`]), whose [`Notice`]s this store follows in a task of its own. While
+//! the backend may miss notices ([`Notice::Lost`]) no copy is used; when it hears again
+//! ([`Notice::Listening`]), the revision is read again and every copy forgotten, so a change
+//! committed meanwhile is neither missed by agents nor hidden by a copy.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
 
+use deskport_policy::throttle::{Attempts, Limits};
 use deskport_policy::{
     check_group_deletable, default_group, validate_group, validate_rule, GroupId, Member, Note,
     Policy, Quota, RuleContext, RuleId, RuleSpec, SecurityGroup, Service, DEFAULT_GROUP,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::audit::{rule_summary, Action};
 use crate::{
     not_found, Actor, AgentState, ApiToken, AuditEvent, AuditFilter, Backend, Bootstrap,
-    GroupRecord, Instance, NewAuditEvent, NewInstance, Principal, Project, Result, Role, Rows,
-    RuleRecord, Session, Sessions, StoreError, Transaction, User,
+    GroupRecord, Instance, LoginAttempts, NewAuditEvent, NewInstance, Notice, Principal, Project,
+    Result, Role, Rows, RuleRecord, Session, Sessions, StoreError, Touched, Transaction, User,
 };
 
 /// The project every store has, which cannot be deleted.
@@ -50,17 +64,51 @@ pub struct Store {
 struct Inner {
     backend: Box<dyn Backend>,
     revision: watch::Sender<u64>,
-    generation: AtomicU64,
-    groups: Snapshot<Vec<GroupRecord>>,
+    /// Moved by every change to token owners (here or, through notices, elsewhere).
+    principals_version: AtomicU64,
+    /// Moved by every change to instances.
+    instances_version: AtomicU64,
+    /// Whether the copies may be used: false while the backend may miss other processes'
+    /// commits.
+    listening: AtomicBool,
+    /// Whether other processes write to the database (the backend has notices).
+    shared: bool,
+    /// The policy view; the lock makes concurrent readers share one load.
+    policy: tokio::sync::Mutex<Option<Arc<PolicyView>>>,
     instances: Snapshot<Vec<Instance>>,
     principals: PrincipalCache,
+    reads: AtomicU64,
+    policy_loads: AtomicU64,
+    listener_losses: AtomicU64,
 }
 
-/// Token hash → owner, valid at one generation.
+/// Every group and instance at a revision, read in one snapshot.
+#[derive(Debug)]
+struct PolicyView {
+    revision: u64,
+    groups: Vec<GroupRecord>,
+    instances: Vec<Instance>,
+}
+
+/// Token hash → owner, valid at one version.
 type PrincipalCache = Mutex<(u64, HashMap<String, Option<Principal>>)>;
 
-/// A value read at a generation.
+/// A value read at a version.
 type Snapshot<T> = Mutex<Option<(u64, Arc<T>)>>;
+
+/// What a store has done, for the manager's `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Read transactions on the database.
+    pub reads: u64,
+    /// Loads of the policy view (one per revision when the copies are in use).
+    pub policy_loads: u64,
+    /// Whether notices of other processes' commits arrive now (`None`: no other process writes
+    /// to the database).
+    pub listening: Option<bool>,
+    /// Times the backend lost the notices.
+    pub listener_losses: u64,
+}
 
 /// What a change writes to the audit log.
 struct Change {
@@ -143,24 +191,110 @@ async fn insert_group(
     Ok(())
 }
 
+impl Inner {
+    /// Publishes a committed revision; two commits publish in either order, and it never
+    /// goes back.
+    fn publish(&self, new: u64) {
+        self.revision.send_if_modified(|current| {
+            let newer = new > *current;
+            if newer {
+                *current = new;
+            }
+            newer
+        });
+    }
+
+    /// Forgets the copies a committed change touched.
+    fn invalidate(&self, touched: &Touched) {
+        if touched.principals {
+            self.principals_version.fetch_add(1, Ordering::SeqCst);
+        }
+        if touched.instances {
+            self.instances_version.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Some(revision) = touched.revision {
+            self.publish(revision);
+        }
+    }
+
+    fn forget_all(&self) {
+        self.principals_version.fetch_add(1, Ordering::SeqCst);
+        self.instances_version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// `version` while the copies may be used.
+    fn version(&self, version: &AtomicU64) -> Option<u64> {
+        self.listening
+            .load(Ordering::SeqCst)
+            .then(|| version.load(Ordering::SeqCst))
+    }
+}
+
+/// Follows the backend's notices for the store until either is gone.
+async fn follow(inner: Weak<Inner>, mut notices: mpsc::UnboundedReceiver<Notice>) {
+    while let Some(notice) = notices.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match notice {
+            Notice::Committed(touched) => inner.invalidate(&touched),
+            Notice::Lost => {
+                inner.listening.store(false, Ordering::SeqCst);
+                inner.forget_all();
+                inner.listener_losses.fetch_add(1, Ordering::SeqCst);
+            }
+            Notice::Listening => {
+                // What was committed while nobody listened: the revision tells agents, and
+                // every copy goes.
+                let mut wait = Duration::from_millis(100);
+                let revision = loop {
+                    let read = async { inner.backend.read().await?.revision().await };
+                    match read.await {
+                        Ok(revision) => break revision,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Cannot read the policy revision again; retrying");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                };
+                inner.publish(revision);
+                inner.forget_all();
+                inner.listening.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
 impl Store {
-    /// The store over `backend`.
+    /// The store over `backend` (and, for a database other processes write to, a task that
+    /// follows their commits).
     pub async fn new(backend: impl Backend) -> Result<Self> {
         let current = backend.read().await?.revision().await?;
         let (revision, _) = watch::channel(current);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                backend: Box::new(backend),
-                revision,
-                generation: AtomicU64::new(1),
-                groups: Mutex::new(None),
-                instances: Mutex::new(None),
-                principals: Mutex::new((0, HashMap::new())),
-            }),
-        })
+        let notices = backend.notices();
+        let inner = Arc::new(Inner {
+            backend: Box::new(backend),
+            revision,
+            principals_version: AtomicU64::new(1),
+            instances_version: AtomicU64::new(1),
+            listening: AtomicBool::new(true),
+            shared: notices.is_some(),
+            policy: tokio::sync::Mutex::new(None),
+            instances: Mutex::new(None),
+            principals: Mutex::new((0, HashMap::new())),
+            reads: AtomicU64::new(0),
+            policy_loads: AtomicU64::new(0),
+            listener_losses: AtomicU64::new(0),
+        });
+        if let Some(notices) = notices {
+            tokio::spawn(follow(Arc::downgrade(&inner), notices));
+        }
+        Ok(Self { inner })
     }
 
     async fn read(&self) -> Result<Box<dyn Rows>> {
+        self.inner.reads.fetch_add(1, Ordering::Relaxed);
         self.inner.backend.read().await
     }
 
@@ -168,15 +302,25 @@ impl Store {
         self.inner.backend.write().await
     }
 
-    fn generation(&self) -> u64 {
-        self.inner.generation.load(Ordering::SeqCst)
+    /// What this store has done (reads, loads of the policy view, notices).
+    pub fn stats(&self) -> StoreStats {
+        let inner = &self.inner;
+        StoreStats {
+            reads: inner.reads.load(Ordering::Relaxed),
+            policy_loads: inner.policy_loads.load(Ordering::Relaxed),
+            listening: inner.shared.then(|| inner.listening.load(Ordering::SeqCst)),
+            listener_losses: inner.listener_losses.load(Ordering::SeqCst),
+        }
     }
 
-    /// Commits a change that is not audited (sessions, agent reports) and invalidates the
-    /// snapshots.
-    async fn commit_quietly(&self, tx: Box<dyn Transaction>) -> Result<()> {
+    /// Commits a change that is not audited (sessions, agent reports, login attempts),
+    /// announcing what it touched.
+    async fn commit_touching(&self, mut tx: Box<dyn Transaction>, touched: Touched) -> Result<()> {
+        if !touched.is_empty() {
+            tx.announce(&touched).await?;
+        }
         tx.commit().await?;
-        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        self.inner.invalidate(&touched);
         Ok(())
     }
 
@@ -202,48 +346,70 @@ impl Store {
             true => Some(tx.bump_revision().await?),
             false => None,
         };
-        self.commit_quietly(tx).await?;
-        if let Some(new) = revision {
-            // Two writers publish after their commits in either order; never go back.
-            self.inner.revision.send_if_modified(|current| {
-                let newer = new > *current;
-                if newer {
-                    *current = new;
-                }
-                newer
-            });
-        }
-        Ok(())
+        let touched = Touched {
+            revision,
+            principals: change.action.touches_principals(),
+            instances: revision.is_some(),
+        };
+        self.commit_touching(tx, touched).await
     }
 
-    /// `snapshot`'s value if it was read at the current generation, else what `load` reads
-    /// (kept for the next caller).
+    /// `snapshot`'s value if it was read at `version`, else what `load` reads (kept for the
+    /// next caller while copies may be used).
     async fn snapshot<T>(
         &self,
         snapshot: &Snapshot<T>,
+        version: Option<u64>,
         load: impl Future<Output = Result<T>>,
     ) -> Result<Arc<T>> {
-        let generation = self.generation();
-        if let Some((g, value)) = &*snapshot.lock().unwrap_or_else(|e| e.into_inner()) {
-            if *g == generation {
-                return Ok(value.clone());
+        if let Some(version) = version {
+            if let Some((v, value)) = &*snapshot.lock().unwrap_or_else(|e| e.into_inner()) {
+                if *v == version {
+                    return Ok(value.clone());
+                }
             }
         }
         let value = Arc::new(load.await?);
-        *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, value.clone()));
+        if let Some(version) = version {
+            *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, value.clone()));
+        }
         Ok(value)
     }
 
-    /// Every group of every project.
-    async fn all_groups(&self) -> Result<Arc<Vec<GroupRecord>>> {
-        let load = async { self.read().await?.groups(None).await };
-        self.snapshot(&self.inner.groups, load).await
+    /// Every group and instance in one snapshot, with its revision.
+    async fn load_policy(&self) -> Result<Arc<PolicyView>> {
+        self.inner.policy_loads.fetch_add(1, Ordering::Relaxed);
+        let mut rows = self.read().await?;
+        let view = PolicyView {
+            revision: rows.revision().await?,
+            groups: rows.groups(None).await?,
+            instances: rows.instances(None).await?,
+        };
+        // A revision committed elsewhere, not yet announced: agents may have it now.
+        self.inner.publish(view.revision);
+        Ok(Arc::new(view))
     }
 
-    /// Every instance of every project.
+    /// The policy view at the revision known now, or a later one.
+    async fn policy(&self) -> Result<Arc<PolicyView>> {
+        if !self.inner.listening.load(Ordering::SeqCst) {
+            return self.load_policy().await;
+        }
+        let wanted = *self.inner.revision.borrow();
+        let mut slot = self.inner.policy.lock().await;
+        if let Some(view) = slot.as_ref().filter(|v| v.revision >= wanted) {
+            return Ok(view.clone());
+        }
+        let view = self.load_policy().await?;
+        *slot = Some(view.clone());
+        Ok(view)
+    }
+
+    /// Every instance of every project, with what agents last reported.
     async fn all_instances(&self) -> Result<Arc<Vec<Instance>>> {
         let load = async { self.read().await?.instances(None).await };
-        self.snapshot(&self.inner.instances, load).await
+        let version = self.inner.version(&self.inner.instances_version);
+        self.snapshot(&self.inner.instances, version, load).await
     }
 
     /// An instance as committed.
@@ -478,14 +644,14 @@ impl Store {
     /// Who the bearer token with this hash belongs to: a user's API token, else an instance's
     /// agent token.
     pub async fn principal_by_token(&self, token_hash: &str) -> Result<Option<Principal>> {
-        let generation = self.generation();
-        {
+        let version = self.inner.version(&self.inner.principals_version);
+        if let Some(version) = version {
             let cache = self
                 .inner
                 .principals
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if cache.0 == generation {
+            if cache.0 == version {
                 if let Some(found) = cache.1.get(token_hash) {
                     return Ok(found.clone());
                 }
@@ -502,15 +668,17 @@ impl Store {
                     project_id,
                 }),
         };
-        let mut cache = self
-            .inner
-            .principals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if cache.0 != generation || cache.1.len() >= PRINCIPAL_CACHE {
-            *cache = (generation, HashMap::new());
+        if let Some(version) = version {
+            let mut cache = self
+                .inner
+                .principals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if cache.0 != version || cache.1.len() >= PRINCIPAL_CACHE {
+                *cache = (version, HashMap::new());
+            }
+            cache.1.insert(token_hash.to_owned(), found.clone());
         }
-        cache.1.insert(token_hash.to_owned(), found.clone());
         Ok(found)
     }
 
@@ -527,7 +695,7 @@ impl Store {
         tx.delete_sessions(Sessions::ExpiredBefore(now)).await?;
         tx.insert_session(user, token_hash, csrf_token, now, expires_at)
             .await?;
-        self.commit_quietly(tx).await
+        self.commit_touching(tx, Touched::default()).await
     }
 
     /// The session with this token hash if it is still valid at `now`.
@@ -539,7 +707,88 @@ impl Store {
     pub async fn delete_session(&self, token_hash: &str) -> Result<()> {
         let mut tx = self.write().await?;
         tx.delete_sessions(Sessions::Token(token_hash)).await?;
-        self.commit_quietly(tx).await
+        self.commit_touching(tx, Touched::default()).await
+    }
+
+    // ---- login throttling and periodic clean-up ----
+
+    /// A login attempt for `keys` (a user name, a source address…) starts at `now`:
+    /// `Ok(Err(seconds to wait))` while any key is refused under `limits`; otherwise the
+    /// attempt counts as a failure of every key until [`Store::login_succeeded`]. The counts are
+    /// in the database, in serialized transactions: they hold across processes sharing it.
+    pub async fn login_attempt(
+        &self,
+        limits: &Limits,
+        keys: &[String],
+        now: i64,
+    ) -> Result<Result<(), u64>> {
+        let mut tx = self.write().await?;
+        let known: HashMap<String, Attempts> = tx.login_attempts(keys).await?.into_iter().collect();
+        let wait = keys
+            .iter()
+            .filter_map(|k| limits.check(known.get(k)?, now).err())
+            .max();
+        if let Some(wait) = wait {
+            return Ok(Err(wait));
+        }
+        for key in keys {
+            let attempts = limits.begin(known.get(key).copied(), now);
+            tx.put_login_attempts(key, &attempts).await?;
+        }
+        self.commit_touching(tx, Touched::default()).await?;
+        Ok(Ok(()))
+    }
+
+    /// The attempt failed: returns the lockout it started, if it did (the longest of the
+    /// keys').
+    pub async fn login_failed(
+        &self,
+        limits: &Limits,
+        keys: &[String],
+        now: i64,
+    ) -> Result<Option<Duration>> {
+        let mut tx = self.write().await?;
+        let mut started = None;
+        for (key, attempts) in tx.login_attempts(keys).await? {
+            let (after, lock) = limits.failed(attempts, now);
+            tx.put_login_attempts(&key, &after).await?;
+            started = started.max(lock);
+        }
+        self.commit_touching(tx, Touched::default()).await?;
+        Ok(started)
+    }
+
+    /// The attempt succeeded: `forget`'s attempts and lockouts are forgotten (the user's), the
+    /// attempt no longer counts for `keys` (the source address's).
+    pub async fn login_succeeded(
+        &self,
+        limits: &Limits,
+        forget: &str,
+        keys: &[String],
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        tx.delete_login_attempts(LoginAttempts::Key(forget)).await?;
+        for (key, attempts) in tx.login_attempts(keys).await? {
+            tx.put_login_attempts(&key, &limits.succeeded(attempts))
+                .await?;
+        }
+        self.commit_touching(tx, Touched::default()).await
+    }
+
+    /// The periodic clean-up at `now`: expired sessions, login attempts `limits` no longer
+    /// need. Done by the one process that leads among those sharing the database (see
+    /// [`Backend::lead`]); returns whether this one did it.
+    pub async fn janitor(&self, limits: &Limits, now: i64) -> Result<bool> {
+        if !self.inner.backend.lead().await? {
+            return Ok(false);
+        }
+        let memory = i64::try_from(limits.memory().as_millis()).unwrap_or(i64::MAX);
+        let mut tx = self.write().await?;
+        tx.delete_sessions(Sessions::ExpiredBefore(now)).await?;
+        tx.delete_login_attempts(LoginAttempts::IdleSince(now.saturating_sub(memory)))
+            .await?;
+        self.commit_touching(tx, Touched::default()).await?;
+        Ok(true)
     }
 
     // ---- projects ----
@@ -627,13 +876,15 @@ impl Store {
 
     /// The visible groups, oldest first, with their rules.
     pub async fn list_groups(&self, visible: &[Uuid]) -> Result<Vec<GroupRecord>> {
-        let all = self.all_groups().await?;
-        Ok(in_view(&all, visible).cloned().collect())
+        let view = self.policy().await?;
+        Ok(in_view(&view.groups, visible).cloned().collect())
     }
 
     pub async fn group(&self, visible: &[Uuid], id: GroupId) -> Result<GroupRecord> {
-        let all = self.all_groups().await?;
-        let found = in_view(&all, visible).find(|g| g.group.id == id).cloned();
+        let view = self.policy().await?;
+        let found = in_view(&view.groups, visible)
+            .find(|g| g.group.id == id)
+            .cloned();
         found.ok_or_else(|| not_found("security group"))
     }
 
@@ -993,7 +1244,11 @@ impl Store {
             ..before
         };
         tx.update_instance(&after).await?;
-        self.commit_quietly(tx).await
+        let touched = Touched {
+            instances: true,
+            ..Touched::default()
+        };
+        self.commit_touching(tx, touched).await
     }
 
     // ---- audit log and the agents' feed ----
@@ -1033,10 +1288,10 @@ impl Store {
     /// The state an agent of `instance` enforces (its instance as the member, the rest of the
     /// project as peers); `None` for a whole project (every instance a member).
     pub async fn agent_state(&self, project: Uuid, instance: Option<Uuid>) -> Result<AgentState> {
-        // Read the revision first: a change committed meanwhile makes the agent fetch again.
-        let revision = *self.inner.revision.borrow();
-        let groups = self.list_groups(&[project]).await?;
-        let instances = self.list_instances(&[project]).await?;
+        let view = self.policy().await?;
+        let project = [project];
+        let groups = in_view(&view.groups, &project);
+        let instances: Vec<&Instance> = in_view(&view.instances, &project).collect();
         let member = |i: &Instance| Member {
             name: i.name.clone(),
             addresses: vec![i.public_address],
@@ -1055,15 +1310,15 @@ impl Store {
             },
         };
         let (mine, others): (Vec<&Instance>, Vec<&Instance>) = instances
-            .iter()
+            .into_iter()
             .partition(|i| instance.is_none_or(|id| i.id == id));
         if instance.is_some() && mine.is_empty() {
             return Err(not_found("instance"));
         }
         Ok(AgentState {
-            revision,
+            revision: view.revision,
             policy: Policy {
-                groups: groups.into_iter().map(|g| g.group).collect(),
+                groups: groups.map(|g| g.group.clone()).collect(),
                 members: mine.iter().map(|i| member(i)).collect(),
                 peers: others.iter().map(|i| member(i)).collect(),
             },
