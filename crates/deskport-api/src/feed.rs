@@ -33,6 +33,8 @@ pub struct Feed {
     wait: Duration,
     backoff: Duration,
     last_error: Option<String>,
+    /// The URL of the manager followed now, for those who show it while [`Feed::next`] runs.
+    followed: tokio::sync::watch::Sender<String>,
 }
 
 impl Feed {
@@ -45,9 +47,11 @@ impl Feed {
             .iter()
             .map(|url| Client::new(url, Some(token.to_owned())))
             .collect::<Result<Vec<_>, _>>()?;
+        let followed = tokio::sync::watch::channel(managers[0].base().to_owned()).0;
         Ok(Self {
             managers,
             active: 0,
+            followed,
             wait: LONG_POLL,
             backoff: FIRST_BACKOFF,
             last_error: None,
@@ -63,6 +67,12 @@ impl Feed {
     /// The URL of the manager followed now.
     pub fn following(&self) -> &str {
         self.managers[self.active].base()
+    }
+
+    /// The URL of the manager followed now, as it changes — also during [`Feed::next`], which
+    /// fails over without returning.
+    pub fn watch_following(&self) -> tokio::sync::watch::Receiver<String> {
+        self.followed.subscribe()
     }
 
     /// The first policy document newer than `after` (every document when `after` is `None`).
@@ -116,6 +126,8 @@ impl Feed {
         self.last_error = Some(message);
         if self.managers.len() > 1 {
             self.active = (self.active + 1) % self.managers.len();
+            self.followed
+                .send_replace(self.managers[self.active].base().to_owned());
             tracing::info!(manager = self.following(), "Following another manager");
         }
     }

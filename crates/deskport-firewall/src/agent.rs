@@ -449,9 +449,19 @@ async fn follow_manager(
     loop {
         stats.follow(feed.following());
         let after = current.as_ref().map(|c| c.revision);
-        let doc = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            doc = feed.next(after) => doc,
+        // The metrics name the manager followed as soon as the feed fails over, not only
+        // when a document arrives.
+        let mut followed = feed.watch_following();
+        let doc = {
+            let next = feed.next(after);
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    doc = &mut next => break doc,
+                    Ok(()) = followed.changed() => stats.follow(&followed.borrow_and_update()),
+                }
+            }
         };
         stats.follow(feed.following());
         let loaded = match load_doc(&doc, Path::new("manager feed")) {
