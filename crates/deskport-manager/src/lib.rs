@@ -1,6 +1,7 @@
 //! The manager (SPEC §3): deskport's control plane. It serves the HTTP API (`/api/v1`, with its
 //! OpenAPI document), the web console, `/healthz` and `/metrics`, and the agents' feed; it keeps
-//! everything in a [`deskport_store::Store`] (SQLite by default) and never writes SQL itself.
+//! everything in a [`deskport_store::Store`] (SQLite by default, PostgreSQL for several
+//! replicas on one database) and never writes SQL itself.
 //! The API and the console make changes through the same operations ([`ops`]: the role check,
 //! then the store).
 //!
@@ -8,6 +9,12 @@
 //! administrator), [`Manager::run`] serves it on a listener until a shutdown future resolves
 //! (tests pass port 0). The pieces are public too: [`open_store`] + [`bootstrap`], [`app`]
 //! builds the router, [`serve`] runs it.
+//!
+//! Replicas: any number of managers may serve one PostgreSQL database. Everything a request
+//! depends on is in the database — sessions, API tokens, login attempts (so that 5 failures
+//! allowed are 5 whichever replica they hit) — and the store hears the other replicas' commits,
+//! so long-polling agents on every replica get each change. The periodic clean-up
+//! ([`janitor`]) runs on one replica at a time, the one holding the database's lead lock.
 
 pub mod api;
 pub mod auth;
@@ -28,8 +35,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
+use deskport_policy::throttle::Limits;
 use deskport_policy::Quota;
-use deskport_store::{Actor, SqliteBackend, Store};
+use deskport_store::{Actor, PostgresBackend, SqliteBackend, Store};
 use rand::Rng as _;
 
 use crate::error::ApiError;
@@ -45,7 +53,7 @@ pub fn now_ms() -> i64 {
 pub struct ManagerConfig {
     /// Holds `deskport.db` (SQLite) unless `db` names another database.
     pub data_dir: PathBuf,
-    /// `sqlite:PATH` (or a bare path); PostgreSQL is not implemented yet.
+    /// `sqlite:PATH` (or a bare path), or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`.
     pub db: Option<String>,
     pub quota: Quota,
     /// The RDP user name shown in connect commands.
@@ -66,32 +74,120 @@ impl Default for ManagerConfig {
     }
 }
 
-/// Opens the database named by the configuration (creating the data directory and running
-/// the migrations).
+/// The database a configuration names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (the default: `deskport.db` in the data directory).
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (may hold a password: never print it).
+    Postgres(String),
+}
+
+impl Database {
+    /// What `config` names: `db` if set, else the SQLite file in the data directory. A URL of
+    /// another kind (`mysql://…`) is refused rather than taken for a file name.
+    pub fn of(config: &ManagerConfig) -> anyhow::Result<Self> {
+        let Some(url) = config.db.as_deref() else {
+            return Ok(Database::Sqlite(config.data_dir.join("deskport.db")));
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Database::Postgres(url.to_owned()));
+        }
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            return Ok(Database::Sqlite(PathBuf::from(path)));
+        }
+        match url.split_once("://") {
+            Some((scheme, _)) => anyhow::bail!(
+                "the database URL's scheme {scheme:?} is not supported: use sqlite:PATH or \
+                 postgres://USER@HOST/DATABASE"
+            ),
+            None if url.is_empty() => anyhow::bail!("the database URL is empty"),
+            None => Ok(Database::Sqlite(PathBuf::from(url))),
+        }
+    }
+}
+
+impl std::fmt::Display for Database {
+    /// The file, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                match authority.rsplit_once('@') {
+                    Some((user, host)) => {
+                        let user = user.split_once(':').map_or(user, |(name, _)| name);
+                        write!(f, "{scheme}://{user}@{host}{path}")
+                    }
+                    None => write!(f, "{url}"),
+                }
+            }
+        }
+    }
+}
+
+/// Opens the database named by the configuration (creating the data directory for the
+/// default SQLite file, running the migrations).
 pub async fn open_store(config: &ManagerConfig) -> anyhow::Result<Arc<Store>> {
-    let path = match config.db.as_deref() {
-        None => {
-            std::fs::create_dir_all(&config.data_dir).with_context(|| {
-                format!("create the data directory {}", config.data_dir.display())
-            })?;
-            config.data_dir.join("deskport.db")
+    let store = match Database::of(config)? {
+        Database::Sqlite(path) => {
+            if config.db.is_none() {
+                std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                    format!("create the data directory {}", config.data_dir.display())
+                })?;
+            }
+            let backend = SqliteBackend::open(&path)
+                .await
+                .with_context(|| format!("open the database {}", path.display()))?;
+            Store::new(backend)
+                .await
+                .with_context(|| format!("read the database {}", path.display()))?
         }
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            anyhow::bail!("PostgreSQL is not supported by this build yet; use SQLite (the default)")
+        Database::Postgres(url) => {
+            let backend = PostgresBackend::open(&url)
+                .await
+                .context("open the PostgreSQL database")?;
+            Store::new(backend)
+                .await
+                .context("read the PostgreSQL database")?
         }
-        Some(url) => PathBuf::from(
-            url.strip_prefix("sqlite://")
-                .or_else(|| url.strip_prefix("sqlite:"))
-                .unwrap_or(url),
-        ),
     };
-    let backend = SqliteBackend::open(&path)
-        .await
-        .with_context(|| format!("open the database {}", path.display()))?;
-    let store = Store::new(backend)
-        .await
-        .with_context(|| format!("read the database {}", path.display()))?;
     Ok(Arc::new(store))
+}
+
+/// How often the periodic clean-up runs.
+pub const JANITOR_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The periodic clean-up (expired sessions, login attempts no longer needed) every
+/// [`JANITOR_EVERY`], on the one replica that leads; runs until dropped.
+pub async fn janitor(store: Arc<Store>, limits: Limits) {
+    let mut tick = tokio::time::interval(JANITOR_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading = false;
+    loop {
+        tick.tick().await;
+        match store.janitor(&limits, now_ms()).await {
+            Ok(now_leading) => {
+                if now_leading != leading {
+                    tracing::info!(
+                        leading = now_leading,
+                        "This manager {} the periodic clean-up",
+                        if now_leading {
+                            "now runs"
+                        } else {
+                            "no longer runs"
+                        }
+                    );
+                }
+                leading = now_leading;
+            }
+            Err(e) => tracing::warn!(error = %e, "The periodic clean-up failed"),
+        }
+    }
 }
 
 /// On first start, creates the `default` project and the `admin` user. The password is
@@ -176,7 +272,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.metrics.render(revision),
+        s.metrics.render(revision) + &metrics::render_store(&s.store.stats()),
     )
 }
 
@@ -185,7 +281,7 @@ pub fn state(store: Arc<Store>, config: &ManagerConfig) -> AppState {
     AppState {
         store,
         quota: config.quota,
-        throttle: Arc::new(deskport_policy::throttle::Throttle::default()),
+        limits: Limits::default(),
         metrics: Arc::new(metrics::Metrics::default()),
         rdp_user: config.rdp_user.clone(),
     }
@@ -231,7 +327,10 @@ impl Manager {
     ) -> anyhow::Result<()> {
         let addr = listener.local_addr().context("the listener's address")?;
         tracing::info!(%addr, "Manager started");
-        serve(listener, app(self.state, self.body_limit), shutdown).await?;
+        let janitor = tokio::spawn(janitor(self.state.store.clone(), self.state.limits));
+        let served = serve(listener, app(self.state, self.body_limit), shutdown).await;
+        janitor.abort();
+        served?;
         tracing::info!("Manager stopped");
         Ok(())
     }
@@ -250,4 +349,42 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await
     .context("serve HTTP")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(db: Option<&str>) -> anyhow::Result<Database> {
+        Database::of(&ManagerConfig {
+            data_dir: PathBuf::from("data"),
+            db: db.map(str::to_owned),
+            ..ManagerConfig::default()
+        })
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            of(None).unwrap(),
+            Database::Sqlite(PathBuf::from("data/deskport.db"))
+        );
+        assert_eq!(
+            of(Some("sqlite:x.db")).unwrap(),
+            Database::Sqlite("x.db".into())
+        );
+        assert_eq!(of(Some("y.db")).unwrap(), Database::Sqlite("y.db".into()));
+        let pg = of(Some(
+            "postgresql://u:secret@db:5433/deskport?sslmode=disable",
+        ))
+        .unwrap();
+        assert_eq!(
+            pg.to_string(),
+            "postgresql://u@db:5433/deskport?sslmode=disable",
+            "no password shown"
+        );
+        let err = of(Some("mysql://db/x")).unwrap_err().to_string();
+        assert!(err.contains("\"mysql\""), "{err}");
+        assert!(of(Some("")).is_err());
+    }
 }

@@ -78,6 +78,33 @@ impl Metrics {
     }
 }
 
+/// The store's counters: reads of the database, loads of the policy view (one per revision
+/// however many agents wait), and whether other replicas' commits are heard.
+pub fn render_store(stats: &deskport_store::StoreStats) -> String {
+    let mut out = String::new();
+    out += "# HELP deskport_manager_db_reads_total Read transactions on the database.\n";
+    out += "# TYPE deskport_manager_db_reads_total counter\n";
+    out += &format!("deskport_manager_db_reads_total {}\n", stats.reads);
+    out += "# HELP deskport_manager_policy_loads_total Loads of every group and instance (once per revision when copies are in use).\n";
+    out += "# TYPE deskport_manager_policy_loads_total counter\n";
+    out += &format!(
+        "deskport_manager_policy_loads_total {}\n",
+        stats.policy_loads
+    );
+    if let Some(listening) = stats.listening {
+        out += "# HELP deskport_manager_db_listening Whether other replicas' commits are heard now (PostgreSQL).\n";
+        out += "# TYPE deskport_manager_db_listening gauge\n";
+        out += &format!("deskport_manager_db_listening {}\n", u8::from(listening));
+        out += "# HELP deskport_manager_db_listener_losses_total Times the connection that hears other replicas' commits was lost.\n";
+        out += "# TYPE deskport_manager_db_listener_losses_total counter\n";
+        out += &format!(
+            "deskport_manager_db_listener_losses_total {}\n",
+            stats.listener_losses
+        );
+    }
+    out
+}
+
 /// Middleware: times every request and counts it under its route template.
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();

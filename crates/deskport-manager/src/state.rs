@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::FromRef;
-use deskport_policy::throttle::Throttle;
+use deskport_policy::throttle::Limits;
 use deskport_policy::Quota;
 use deskport_store::{Store, User};
 use uuid::Uuid;
@@ -16,7 +16,8 @@ use crate::ops::Ops;
 pub struct AppState {
     pub store: Arc<Store>,
     pub quota: Quota,
-    pub throttle: Arc<Throttle>,
+    /// Login throttling; the counts are in the store, shared by every replica.
+    pub limits: Limits,
     pub metrics: Arc<Metrics>,
     /// The RDP user name shown in connect commands (`deskport up` sets it).
     pub rdp_user: Option<String>,

@@ -22,7 +22,12 @@ pub async fn login(
     password: &str,
 ) -> ApiResult<deskport_store::User> {
     let keys = [format!("user:{username}"), format!("ip:{addr}")];
-    if let Err(wait) = s.throttle.check(&keys, std::time::Instant::now()) {
+    // The attempt counts (in the database, for every replica) until it succeeds.
+    if let Err(wait) = s
+        .store
+        .login_attempt(&s.limits, &keys, crate::now_ms())
+        .await?
+    {
         return Err(throttled(wait));
     }
     let found = s.store.user_auth(username).await?;
@@ -37,12 +42,18 @@ pub async fn login(
         .map_err(|e| ApiError::internal("verify task", &e))?;
     match user.filter(|_| ok) {
         Some(u) => {
-            s.throttle.success(&keys[0]);
+            s.store
+                .login_succeeded(&s.limits, &keys[0], &keys[1..])
+                .await?;
             Ok(u)
         }
         None => {
             tracing::warn!(username, %addr, "Failed login");
-            if let Some(lock) = s.throttle.failure(&keys, std::time::Instant::now()) {
+            if let Some(lock) = s
+                .store
+                .login_failed(&s.limits, &keys, crate::now_ms())
+                .await?
+            {
                 tracing::warn!(username, %addr, seconds = lock.as_secs(), "Login locked out after repeated failures");
             }
             Err(ApiError::unauthorized("wrong user name or password"))

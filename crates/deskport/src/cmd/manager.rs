@@ -20,7 +20,8 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
-    /// Database URL: `sqlite:PATH` (default: SQLite in the data directory).
+    /// Database URL: `sqlite:PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`
+    /// (default: SQLite in the data directory).
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     db: Option<String>,
@@ -38,8 +39,8 @@ pub fn exec(_args: Args, settings: &ManagerSettings) -> anyhow::Result<()> {
             .with_context(|| format!("listen on {}", settings.listen))?;
         let addr = listener.local_addr()?;
         println!(
-            "deskport manager: http://{addr} (data in {})",
-            config.data_dir.display()
+            "deskport manager: http://{addr} (database {})",
+            deskport_manager::Database::of(&config)?
         );
         if let Some(password) = manager.generated_password() {
             println!("administrator: admin / {password}  (shown once; set DESKPORT_ADMIN_PASSWORD to choose it)");

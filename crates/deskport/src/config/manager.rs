@@ -15,7 +15,8 @@ pub struct ManagerSettings {
     pub listen: SocketAddr,
     /// Directory of the SQLite database (`deskport.db`); default `~/.local/share/deskport`.
     pub data_dir: Option<PathBuf>,
-    /// Another database: `sqlite:PATH`.
+    /// Another database: `sqlite:PATH`, or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`
+    /// (several managers may share one PostgreSQL database).
     pub db: Option<String>,
     /// Security groups per project at most.
     pub quota_groups: usize,
