@@ -19,17 +19,25 @@ pub struct Manager {
     pub port: u16,
     pub home: PathBuf,
     pub data: PathBuf,
+    /// `--db`, when not the SQLite file in `data`.
+    pub db: Option<String>,
     pub process: Option<ProcessGuard>,
 }
 
 impl Manager {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with_db(dir, None)
+    }
+
+    /// A manager on the database `db` (`--db`), e.g. a PostgreSQL URL.
+    pub fn start_with_db(dir: &Path, db: Option<String>) -> Self {
         let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let mut m = Manager {
             url: format!("http://127.0.0.1:{port}"),
             port,
             home: dir.join("home"),
             data: dir.join("data"),
+            db,
             process: None,
         };
         std::fs::create_dir_all(&m.home).unwrap();
@@ -39,17 +47,26 @@ impl Manager {
 
     pub fn restart(&mut self) {
         self.process = None;
-        let log = std::fs::File::create(self.home.join("manager.log")).unwrap();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.home.join("manager.log"))
+            .unwrap();
+        let mut command = self.cli();
+        command
+            .args([
+                "manager",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--data-dir",
+            ])
+            .arg(&self.data);
+        if let Some(db) = &self.db {
+            command.args(["--db", db]);
+        }
         let process = ProcessGuard::spawn(
             "deskport manager",
-            self.cli()
-                .args([
-                    "manager",
-                    "--listen",
-                    &format!("127.0.0.1:{}", self.port),
-                    "--data-dir",
-                ])
-                .arg(&self.data)
+            command
                 .env("DESKPORT_ADMIN_PASSWORD", PASSWORD)
                 .stdout(Stdio::null())
                 .stderr(log),
@@ -67,6 +84,17 @@ impl Manager {
     pub fn stop(&mut self) {
         if let Some(p) = self.process.take() {
             p.stop();
+        }
+    }
+
+    /// Kills the manager with SIGKILL: no shutdown of any kind.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.signal(nix::sys::signal::Signal::SIGKILL);
+            assert!(
+                p.wait_timeout(Duration::from_secs(10)).is_some(),
+                "the manager did not die"
+            );
         }
     }
 

@@ -10,10 +10,10 @@ use deskport_testsupport::{free_port, wait_until, ProcessGuard};
 
 use crate::cli_manager::Manager;
 
-const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+pub(crate) const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+pub(crate) const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
-fn echo_server() -> u16 {
+pub(crate) fn echo_server() -> u16 {
     let listener = TcpListener::bind((LO, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -32,7 +32,7 @@ fn echo_server() -> u16 {
     port
 }
 
-fn connect_from(source: Ipv4Addr, port: u16) -> Option<TcpStream> {
+pub(crate) fn connect_from(source: Ipv4Addr, port: u16) -> Option<TcpStream> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket
         .bind(&SocketAddr::new(IpAddr::V4(source), 0).into())
@@ -43,18 +43,18 @@ fn connect_from(source: Ipv4Addr, port: u16) -> Option<TcpStream> {
     Some(s)
 }
 
-fn echo(s: &mut TcpStream) -> bool {
+pub(crate) fn echo(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4];
     s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
 }
 
-fn reaches(source: Ipv4Addr, port: u16) -> bool {
+pub(crate) fn reaches(source: Ipv4Addr, port: u16) -> bool {
     connect_from(source, port).is_some_and(|mut s| echo(&mut s))
 }
 
 /// The instance `desktop`, its RDP service an echo server on a port of its own, published by
 /// the gateway on a free public port while Remote Desktop is on: (public port, agent token).
-fn instance_with_rdp(m: &Manager) -> (u16, String) {
+pub(crate) fn instance_with_rdp(m: &Manager) -> (u16, String) {
     let internal = echo_server();
     let public = free_port(LO);
     let created: serde_json::Value = serde_json::from_str(&m.ok(&[
@@ -74,7 +74,7 @@ fn instance_with_rdp(m: &Manager) -> (u16, String) {
 }
 
 /// A rule for the public port from 127.0.0.2 (`A`).
-fn allow_a(m: &Manager, public: u16) {
+pub(crate) fn allow_a(m: &Manager, public: u16) {
     m.ok(&[
         "rule",
         "add",
