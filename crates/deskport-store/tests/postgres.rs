@@ -1,5 +1,6 @@
 //! What PostgreSQL adds to the conformance suite: several stores (manager replicas) on one
-//! database — each sees the others' changes, also those committed while it could not listen —
+//! database — each sees the others' changes, also those committed while it could not listen, and
+//! loads the policy once per revision however many agents wait —
 //! one of them leads the periodic jobs, and opening refuses a bad URL, an unreachable server
 //! and a newer schema, leaving the database as it was. A cluster of the test's own each time.
 
@@ -333,5 +334,56 @@ fn newer_schemas_are_refused_and_failed_migrations_change_nothing() {
         pg.psql("schema", "DROP TABLE squatter");
         drop(open(&url).await);
         assert_eq!(pg.psql("schema", versions).trim(), "1,2");
+    });
+}
+
+/// Many agents wait on replica B for the next revision; a change committed through A wakes
+/// them all, and B reads the policy for that revision from the database once between them.
+#[test]
+fn a_replica_loads_the_policy_once_per_revision_however_many_wait() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.database("fanout");
+    runtime().block_on(async {
+        let a = open(&url).await;
+        let b = std::sync::Arc::new(open(&url).await);
+        let boot = a.bootstrap("hash").await.unwrap();
+        let d = boot.default_project;
+        let default = b.list_groups(&[d]).await.unwrap()[0].clone();
+        let before = b.agent_state(d, None).await.unwrap().revision;
+        let loads = b.stats().policy_loads;
+
+        let waiting: Vec<_> = (0..200)
+            .map(|_| {
+                let mut revisions = b.subscribe();
+                let b = b.clone();
+                tokio::spawn(async move {
+                    revisions.wait_for(|r| *r > before).await.unwrap();
+                    b.agent_state(d, None).await.unwrap()
+                })
+            })
+            .collect();
+        let (rule, _) = a
+            .create_rule(
+                &alice(),
+                default.group.id,
+                &rdp_from("192.0.2.0/24"),
+                Quota::default(),
+            )
+            .await
+            .unwrap();
+        let after = a.revision().await.unwrap();
+        for agent in waiting {
+            let state = tokio::time::timeout(Duration::from_secs(10), agent)
+                .await
+                .expect("every agent wakes")
+                .unwrap();
+            assert_eq!(state.revision, after);
+            assert!(state.policy.groups[0].rules.contains(&rule.rule));
+        }
+        assert_eq!(
+            b.stats().policy_loads - loads,
+            1,
+            "one load for the revision, however many agents"
+        );
     });
 }
