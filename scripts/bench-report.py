@@ -2,10 +2,15 @@
 
 Usage: bench-report.py BENCH_OUTPUT CRITERION_DIR OUT_DIR
        bench-report.py --heavy-only BENCH_OUTPUT OUT_DIR
+       bench-report.py --control-only BENCH_OUTPUT OUT_DIR
 
 The heavy RDP benchmark's `HEAVY|link|server|frames|of|median ms|p95 ms|bytes|CPU-s|PSNR|polls/s`
 lines become their own table, between the markers below. With --heavy-only, only that table
 and the heavy `BENCH|` rows are replaced in an existing RESULTS.md; every other row is kept.
+
+The control-plane benchmark's `CONTROL|figure|value|target|SQLite|met` lines (and its
+`CONTROLNOTE|` lines) become the control-plane section; --control-only replaces only that
+section and the `control plane` rows of the main table.
 """
 
 import json
@@ -160,6 +165,113 @@ def heavy_section(rows, notes):
     return lines
 
 
+CONTROL_BEGIN = "<!-- control-plane:begin -->"
+CONTROL_END = "<!-- control-plane:end -->"
+
+
+def control_lines(path):
+    rows, notes = [], {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.rstrip("\n").split("|")
+            if parts[0] == "CONTROL" and len(parts) == 6:
+                rows.append(parts[1:])
+            elif parts[0] == "CONTROLNOTE" and len(parts) >= 2:
+                notes[parts[1]] = parts[2:]
+    return rows, notes
+
+
+def control_section(rows, notes):
+    setup = notes.get("setup", ["2000", "5", "20"])
+    agents, changes, per_project = (int(x) for x in setup[:3])
+    nofile = notes.get("nofile")
+    raised = ""
+    if nofile and nofile[0] != nofile[1]:
+        raised = (
+            f"The benchmark raised its soft limit of open files to the hard one ({nofile[0]} → "
+            f"{nofile[1]}) before opening the agents' connections. "
+        )
+    elif nofile:
+        raised = (
+            "The benchmark raises its soft limit of open files to the hard one before opening the "
+            f"agents' connections (here it already was: {nofile[1]}). "
+        )
+    lines = [
+        CONTROL_BEGIN,
+        "## Control plane: PostgreSQL, two replicas, agents long-polling (issue 15)",
+        "",
+        "`cargo bench -p deskport-manager --bench controlplane`, on a private PostgreSQL cluster on "
+        "loopback (`initdb` in a temporary directory, stopped at the end). API reads: the calls, "
+        "32 keep-alive connections for 5 s and the data set of the SQLite API benchmark, against "
+        "one PostgreSQL replica and against a manager on SQLite, in the same run. Fan-out: two "
+        f"managers on one database, {agents:,} simulated agents (half on each; "
+        "`CONTROL_BENCH_AGENTS`) long-polling the agent feed with their instances' agent tokens "
+        "through `deskport_api::Feed` and reporting each revision as the firewall agent does, in "
+        f"projects of {per_project} instances; a rule added through one replica, timed from the API "
+        "call to each agent holding the new revision, "
+        f"{changes} times (percentiles over every agent of every change). Reads: "
+        "`deskport_manager_db_reads_total` of each replica's `/metrics` over one change. The "
+        "SQLite baseline is the same agents on one manager on SQLite (it has no replicas). "
+        + raised
+        + "Everything — the managers, the agents, PostgreSQL — shares this machine's cores, so "
+        "the fan-out times include the load generator's own work.",
+        "",
+        f"Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} at commit {commit_id()} "
+        "(`scripts/bench control-plane` replaces this section and the `control plane` rows only).",
+        "",
+        "| figure | PostgreSQL | target | SQLite (same run) | target met |",
+        "|---|---:|---:|---:|:---:|",
+    ]
+    for name, value, target, sqlite, met in rows:
+        lines.append(f"| {name} | {value} | {target} | {sqlite} | {met} |")
+    lines += ["", CONTROL_END]
+    return lines
+
+
+def replace_section(text, begin, end, section):
+    """`text` with the part between `begin` and `end` replaced, else `section` put before
+    the plots."""
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        after = rest.split(end, 1)[1]
+        return before + section + after
+    marker = "\n## Plots"
+    at = text.find(marker)
+    if at < 0:
+        at = text.find("\nCommit ")
+    return text[:at] + "\n" + section + "\n" + text[at:] if at >= 0 else text + "\n" + section + "\n"
+
+
+def replace_rows(text, rows, prefix):
+    """`text` whose main table has `rows` in place of its rows named `prefix`…"""
+    new_rows = []
+    for r in rows:
+        if r["name"].startswith(prefix):
+            ratio = ratio_of(r)
+            shown = f"{ratio:.2f}" if ratio is not None else "—"
+            new_rows.append(
+                f"| {r['name']} | {fmt(r['value'])} {r['unit']} | {fmt(r['baseline'])} {r['baseline_what']} | {shown} |"
+            )
+    lines = [l for l in text.split("\n") if not l.startswith("| " + prefix)]
+    end = next(i for i, l in enumerate(lines) if l.startswith("| "))
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[end:end] = new_rows
+    return "\n".join(lines)
+
+
+def control_only(out_path, out_dir):
+    """Replaces the control-plane section and its BENCH rows of an existing RESULTS.md."""
+    results = os.path.join(out_dir, "RESULTS.md")
+    with open(results, encoding="utf-8") as f:
+        text = f.read()
+    rows, notes = control_lines(out_path)
+    text = replace_section(text, CONTROL_BEGIN, CONTROL_END, "\n".join(control_section(rows, notes)))
+    text = replace_rows(text, bench_lines(out_path), "control plane")
+    with open(results, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def commit_id():
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -228,6 +340,9 @@ def ratio_of(r):
 def main():
     if sys.argv[1] == "--heavy-only":
         heavy_only(sys.argv[2], sys.argv[3])
+        return
+    if sys.argv[1] == "--control-only":
+        control_only(sys.argv[2], sys.argv[3])
         return
     out_path, crit_dir, out_dir = sys.argv[1:4]
     plt = pyplot()
@@ -340,6 +455,10 @@ def main():
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, "ratios.png"), dpi=100)
         plots.append(("ratios.png", "Every other figure against its baseline"))
+
+    control, notes = control_lines(out_path)
+    if control:
+        lines += [""] + control_section(control, notes)
 
     heavy = heavy_lines(out_path)
     if heavy or heavy_notes(out_path):
