@@ -9,8 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use deskport_api::v1::{CreateGroup, CreateInstance, CreateRule, ProtocolValue, TokenRequest};
@@ -18,53 +18,16 @@ use deskport_api::Client;
 use deskport_firewall::agent::{self, AgentConfig, Backend, Source};
 use deskport_firewall::{Gateway, GatewayConfig};
 use deskport_manager::ManagerConfig;
+use support::{CONNECTIONS, SECONDS};
 
-const CONNECTIONS: usize = 32;
-const SECONDS: f64 = 5.0;
-
-/// Requests per second and latency percentiles of GET `path` under `CONNECTIONS` clients.
+/// Requests per second and latency percentiles of GET `path` ([`support::load`]).
 fn load(
     rt: &tokio::runtime::Runtime,
     base: &str,
     token: &str,
     path: &str,
 ) -> (f64, Duration, Duration) {
-    rt.block_on(async {
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..CONNECTIONS)
-            .map(|_| {
-                let http = reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .build()
-                    .unwrap();
-                let url = format!("{base}{path}");
-                let token = token.to_owned();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let t = Instant::now();
-                        let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
-                        assert!(r.status().is_success(), "{}", r.status());
-                        r.bytes().await.unwrap();
-                        latencies.push(t.elapsed());
-                    }
-                    latencies
-                })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_secs_f64(SECONDS)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        all.sort();
-        let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize];
-        (all.len() as f64 / elapsed, pct(0.5), pct(0.99))
-    })
+    rt.block_on(support::load(base, token, path))
 }
 
 fn main() {

@@ -30,7 +30,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,10 +40,9 @@ use deskport_api::v1::{CreateGroup, CreateInstance, CreateRule, ProtocolValue, T
 use deskport_api::{Client, Feed};
 use deskport_manager::ManagerConfig;
 use deskport_testsupport::Postgres;
+use support::{load, pct, CONNECTIONS, SECONDS};
 use uuid::Uuid;
 
-const CONNECTIONS: usize = 32;
-const SECONDS: f64 = 5.0;
 const PASSWORD: &str = "bench-password";
 const READ_PATHS: [&str; 2] = ["/api/v1/security-groups", "/api/v1/instances"];
 
@@ -148,48 +149,6 @@ async fn api_data(base: &str, token: &str) {
         .await
         .unwrap();
     }
-}
-
-/// Requests per second and latency percentiles (p50, p99) of GET `path` under `CONNECTIONS`
-/// clients for `SECONDS` (as `benches/api.rs` measures).
-async fn load(base: &str, token: &str, path: &str) -> (f64, Duration, Duration) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
-            let http = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .build()
-                .unwrap();
-            let url = format!("{base}{path}");
-            let token = token.to_owned();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
-                    assert!(r.status().is_success(), "{}", r.status());
-                    r.bytes().await.unwrap();
-                    latencies.push(t.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs_f64(SECONDS)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort();
-    (all.len() as f64 / elapsed, pct(&all, 0.5), pct(&all, 0.99))
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn ms(d: Duration) -> f64 {
