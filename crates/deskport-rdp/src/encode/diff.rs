@@ -170,6 +170,7 @@ impl Diff {
         }
         used.push(d);
         let whole = self.fill_gaps(frame, whole, d);
+        let parts = self.merge_parts(frame, parts, d);
         for dst in merge(whole).into_iter().chain(parts) {
             let src = (
                 (i32::from(dst.x) - d.0) as u16,
@@ -177,6 +178,43 @@ impl Diff {
             );
             copies.push((src, dst));
         }
+    }
+
+    /// `parts` (changed parts of tiles a copy by `d` gets right, sorted by tile row then x)
+    /// as fewer copies: neighbours in a row with the same top and height become one where
+    /// they touch, or where the copy gets the gap between them right too; then runs of the
+    /// same columns that touch vertically. (A moved rectangle's edge is a part per tile.)
+    fn merge_parts(&self, frame: &Frame, parts: Vec<Rect>, d: Offset) -> Vec<Rect> {
+        let mut rows: Vec<Rect> = Vec::with_capacity(parts.len());
+        for part in parts {
+            if let Some(last) = rows.last_mut() {
+                let joinable = last.y == part.y
+                    && last.height == part.height
+                    && part.x >= last.right()
+                    && part.x - last.right() <= TILE;
+                if joinable {
+                    let both = union(last, &part);
+                    if part.x == last.right() || self.moved(frame, both, d) {
+                        *last = both;
+                        continue;
+                    }
+                }
+            }
+            rows.push(part);
+        }
+        let mut out: Vec<Rect> = Vec::with_capacity(rows.len());
+        for r in rows {
+            if let Some(above) = out
+                .iter_mut()
+                .rev()
+                .find(|a| a.x == r.x && a.width == r.width && a.bottom() == r.y)
+            {
+                *above = union(above, &r);
+                continue;
+            }
+            out.push(r);
+        }
+        out
     }
 
     /// `tiles` (whole tiles a copy by `d` gets right, sorted by row then x) with the tiles
@@ -846,6 +884,41 @@ mod tests {
             // Only the rows that scrolled in (and tile edges) go as pixels.
             assert!(pixels_sent(&ops) <= 360 * 40, "{}", pixels_sent(&ops));
         }
+    }
+
+    /// A wide block of text moving up under a line of text that stays: in the tiles they
+    /// share, only the block's band changed (the copy would get the still line wrong), and
+    /// those bands go as one copy, not one per tile.
+    #[test]
+    fn a_moved_edge_is_one_copy() {
+        let (w, h) = (480u16, 240u16);
+        let scene = |n: u16| {
+            frame(w, h, move |x, y| {
+                if (40..360).contains(&x) && (36..48).contains(&y) {
+                    return text(x, y, 11);
+                }
+                let (bx, by) = (40, 60 - n * 5);
+                if (bx..bx + 320).contains(&x) && (by..by + 100).contains(&y) {
+                    return text(x - bx, y - by, 3);
+                }
+                [10, 80, 160]
+            })
+        };
+        let mut diff = Diff::new();
+        let mut client = vec![0u8; usize::from(w) * usize::from(h) * 4];
+        let first = scene(0);
+        apply(&mut client, &first, &diff.ops(&first, None, ALL));
+        let moved = scene(1);
+        let ops = diff.ops(&moved, None, ALL);
+        apply(&mut client, &moved, &ops);
+        assert_eq!(rgb(&client), rgb(&moved.data));
+        let copies: Vec<&Op> = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Copy { .. }))
+            .collect();
+        // The block spans 11 tile columns: per tile, its top band would be 11 copies alone.
+        assert!(copies.len() <= 4, "{copies:?}");
+        assert_eq!(pixels_sent(&ops), 0, "{ops:?}");
     }
 
     #[test]
