@@ -37,7 +37,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use x509_cert::der::Decode as _;
 
-use crate::known_hosts::{KnownHosts, Trust};
+use deskport_tls::known_hosts::{KnownHosts, Trust};
 
 /// Which security the client offers (`--sec`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +198,7 @@ impl ServerCertVerifier for TrustLater {
 }
 
 /// SHA-256 of a DER certificate, as `ab:cd:…` — the form the server prints at start.
-pub use deskport_proto::fingerprint;
+pub use deskport_tls::fingerprint;
 
 fn normalize_fingerprint(text: &str) -> String {
     let hex: String = text

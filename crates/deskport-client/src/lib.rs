@@ -9,7 +9,7 @@
 //! [`rdpfile`] reads the `.rdp` files mstsc writes; [`known_hosts`] remembers certificates.
 
 pub mod connect;
-pub mod known_hosts;
+pub use deskport_tls::known_hosts;
 pub mod rdpfile;
 pub mod session;
 pub mod window;

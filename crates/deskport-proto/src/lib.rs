@@ -2,21 +2,11 @@
 //!
 //! Nothing here does I/O or knows a desktop: [`clipboard`] turns the `cliprdr` channel's
 //! events and the local desktop's copies into actions ([`clipboard::ClipboardSync`]), for
-//! either role; [`fingerprint`] names a server certificate the way both roles print and pin it.
+//! either role. (Certificate fingerprints, which the manager's clients share too, are
+//! `deskport-tls`'s.)
 //! The platform side (X11) is `deskport-desktop`'s; I/O is the session loops'.
 
 pub mod clipboard;
-
-use sha2::{Digest as _, Sha256};
-
-/// SHA-256 of the certificate `der`, as `ab:cd:…`.
-pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// The next item of an optional receiver (a channel a session may not have); never resolves
 /// without one, so it can sit in a `select!` either way.
