@@ -1,6 +1,15 @@
 //! A typed client of the manager's API, for the CLI and the agents.
+//!
+//! Over `https://` the manager's certificate is checked as the caller's [`ServerTrust`] says
+//! (a pinned fingerprint, a CA file, or the known-hosts file for trust on first use); there is
+//! no way to accept any certificate. A refused certificate is [`ClientError::Tls`], which names
+//! both fingerprints.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use deskport_tls::Verifier;
+pub use deskport_tls::{parse_fingerprint, ServerTrust};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -18,6 +27,9 @@ pub enum ClientError {
     /// The manager answered with an error.
     #[error("{}", describe(.status, .body))]
     Api { status: u16, body: ErrorBody },
+    /// The manager's certificate is not trusted (or there is no way to check it).
+    #[error("will not talk to the manager at {url}: {message}")]
+    Tls { url: String, message: String },
     /// The answer was not what this client understands.
     #[error("unexpected answer from the manager: {0}")]
     Decode(String),
@@ -54,27 +66,71 @@ impl ClientError {
     }
 }
 
-/// The manager's API at `base` (e.g. `http://127.0.0.1:8080`), with a bearer token.
+/// The manager's API at `base` (e.g. `https://manager.example:8080`), with a bearer token.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    verifier: Option<Arc<Verifier>>,
 }
 
 type R<T> = Result<T, ClientError>;
 
 impl Client {
+    /// A client of a manager at an `http://` URL (plain HTTP: the manager serves it on
+    /// loopback only); an `https://` URL needs [`Client::with_trust`].
     pub fn new(base: &str, token: Option<String>) -> R<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+        Self::with_trust(base, token, None)
+    }
+
+    /// A client that checks an `https://` manager's certificate as `trust` says (`trust` is
+    /// not used for `http://`). An `https://` URL without `trust` is refused.
+    pub fn with_trust(base: &str, token: Option<String>, trust: Option<&ServerTrust>) -> R<Self> {
+        let base = base.trim_end_matches('/').to_owned();
+        let tls_error = |message: String| ClientError::Tls {
+            url: base.clone(),
+            message,
+        };
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        let mut verifier = None;
+        if base.starts_with("https://") {
+            let trust = trust.ok_or_else(|| {
+                tls_error(
+                    "no way to check its certificate: pin its fingerprint or give a CA file"
+                        .to_owned(),
+                )
+            })?;
+            let url = reqwest::Url::parse(&base).map_err(|e| tls_error(e.to_string()))?;
+            let host = url
+                .host_str()
+                .ok_or_else(|| tls_error("the URL names no host".to_owned()))?;
+            let port = url.port_or_known_default().unwrap_or(443);
+            let v = Verifier::new(trust, &format!("{host}:{port}"))
+                .map_err(|e| tls_error(format!("{e:#}")))?;
+            let config = v.client_config().map_err(|e| tls_error(format!("{e:#}")))?;
+            builder = builder.use_preconfigured_tls(config);
+            verifier = Some(v);
+        } else {
+            let config =
+                deskport_tls::verify::trust_nothing().map_err(|e| tls_error(format!("{e:#}")))?;
+            builder = builder.use_preconfigured_tls(config);
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Decode(e.to_string()))?;
         Ok(Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            base,
             token,
+            verifier,
         })
+    }
+
+    /// The certificate fingerprint this client remembered in the known-hosts file (trust on
+    /// first use), when it did.
+    pub fn remembered_fingerprint(&self) -> Option<String> {
+        self.verifier.as_ref().and_then(|v| v.remembered())
     }
 
     pub fn base(&self) -> &str {
@@ -99,9 +155,17 @@ impl Client {
             Some(t) => request.bearer_auth(t),
             None => request,
         };
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            message: root_cause(&e),
+        let response = request.send().await.map_err(|e| {
+            match self.verifier.as_ref().and_then(|v| v.take_refusal()) {
+                Some(message) => ClientError::Tls {
+                    url: self.base.clone(),
+                    message,
+                },
+                None => ClientError::Unreachable {
+                    url: self.base.clone(),
+                    message: root_cause(&e),
+                },
+            }
         })?;
         let status = response.status();
         if status.is_success() {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rand::Rng as _;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, ServerTrust};
 use crate::policy_doc::PolicyDocument;
 use crate::v1::AgentReport;
 
@@ -38,14 +38,20 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// Follows `urls` (tried in order, the first one first) with the agent `token`.
-    pub fn new(urls: &[String], token: &str) -> Result<Self, ClientError> {
+    /// Follows `urls` (tried in order, the first one first) with the agent `token`; `https://`
+    /// managers are checked as `trust` says (every replica under the same trust: one pinned
+    /// certificate they share, or a CA).
+    pub fn new(
+        urls: &[String],
+        token: &str,
+        trust: Option<&ServerTrust>,
+    ) -> Result<Self, ClientError> {
         if urls.is_empty() {
             return Err(ClientError::Decode("no manager URL given".to_owned()));
         }
         let managers = urls
             .iter()
-            .map(|url| Client::new(url, Some(token.to_owned())))
+            .map(|url| Client::with_trust(url, Some(token.to_owned()), trust))
             .collect::<Result<Vec<_>, _>>()?;
         let followed = tokio::sync::watch::channel(managers[0].base().to_owned()).0;
         Ok(Self {

@@ -14,7 +14,7 @@ pub mod policy_doc;
 pub mod v1;
 
 #[cfg(feature = "client")]
-pub use client::{Client, ClientError};
+pub use client::{parse_fingerprint, Client, ClientError, ServerTrust};
 #[cfg(feature = "client")]
 pub use feed::Feed;
 pub use policy_doc::{DocError, PolicyDocument};

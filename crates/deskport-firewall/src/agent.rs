@@ -25,11 +25,12 @@ pub enum Source {
     /// The agent feed of the managers at `urls` (replicas of one control plane; the first one
     /// first, the next when it stops answering), with the instance's agent `token`. The last
     /// document received is kept in `state` and enforced at start and whenever no manager can
-    /// be reached.
+    /// be reached. `https://` managers are checked as `trust` says.
     Manager {
         urls: Vec<String>,
         token: String,
         state: PathBuf,
+        trust: Option<deskport_api::ServerTrust>,
     },
 }
 
@@ -341,8 +342,13 @@ async fn follow(
 ) -> Result<(), AgentError> {
     let path = match source {
         Source::File(path) => path,
-        Source::Manager { urls, token, state } => {
-            let feed = Feed::new(&urls, &token)?;
+        Source::Manager {
+            urls,
+            token,
+            state,
+            trust,
+        } => {
+            let feed = Feed::new(&urls, &token, trust.as_ref())?;
             tracing::info!(
                 backend = backend.name(),
                 manager = feed.following(),

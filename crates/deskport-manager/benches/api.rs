@@ -171,6 +171,7 @@ fn main() {
                         urls,
                         token: agent_token,
                         state,
+                        trust: None,
                     },
                     backend: Backend::Gateway(gateway),
                     poll_interval: Duration::from_millis(100),

@@ -267,7 +267,7 @@ async fn fan_out(
             let url = managers[i % managers.len()].clone();
             let slots = slots.clone();
             tokio::spawn(async move {
-                let mut feed = Feed::new(&[url], &token).unwrap();
+                let mut feed = Feed::new(&[url], &token, None).unwrap();
                 let mut after = None;
                 loop {
                     let doc = feed.next(after).await;
@@ -436,6 +436,9 @@ fn control(name: &str, value: &str, target: &str, sqlite: &str, met: Option<bool
 }
 
 fn main() {
+    // reqwest has no TLS provider of its own here (deskport's client configures it); the
+    // plain reqwest clients below need the process default.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     if std::env::args()
         .skip(1)
         .any(|a| !a.starts_with("--") && !"controlplane".contains(&a))

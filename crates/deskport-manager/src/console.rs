@@ -179,6 +179,8 @@ pub struct Console {
     project: Uuid,
     addr: IpAddr,
     flash: Option<Flash>,
+    /// The certificate the manager serves, when over HTTPS.
+    tls_fingerprint: Option<String>,
 }
 
 impl Console {
@@ -258,6 +260,7 @@ impl FromRequestParts<AppState> for Console {
             project,
             addr,
             flash,
+            tls_fingerprint: state.tls_fingerprint.clone(),
         })
     }
 }
@@ -323,6 +326,7 @@ fn page(c: &Console, status: StatusCode, title: &str, nav: Nav, body: Markup) ->
                     }
                     (body)
                 }
+                (access_footer(c.tls_fingerprint.as_deref()))
             }
         }
     };
@@ -383,7 +387,32 @@ struct LoginQuery {
     error: Option<String>,
 }
 
-fn login_form(csrf: &str, username: &str, error: Option<&str>) -> Markup {
+/// How the console is reached: the certificate's fingerprint to compare with the one the
+/// browser shows (and to pin in the CLI and agents), or that this is plain loopback HTTP.
+fn access_footer(fingerprint: Option<&str>) -> Markup {
+    html! {
+        footer.access {
+            @if let Some(fp) = fingerprint {
+                "This manager's HTTPS certificate: "
+                code #manager-fingerprint { "SHA256:" (fp) }
+                " — pin it with "
+                code { "--manager-fingerprint" }
+                " (agents) or compare it with what "
+                code { "deskport login" }
+                " prints."
+            } @else {
+                "Served over plain HTTP on the loopback interface only."
+            }
+        }
+    }
+}
+
+fn login_form(
+    csrf: &str,
+    username: &str,
+    error: Option<&str>,
+    fingerprint: Option<&str>,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -412,15 +441,20 @@ fn login_form(csrf: &str, username: &str, error: Option<&str>) -> Markup {
                         button type="submit" { "Log in" }
                     }
                 }
+                (access_footer(fingerprint))
             }
         }
     }
 }
 
-async fn login_page(headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
+async fn login_page(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
     let existing = cookie(&headers, LOGIN_CSRF_COOKIE).map(str::to_owned);
     let csrf = existing.clone().unwrap_or_else(|| new_token("").0);
-    let body = login_form(&csrf, "", q.error.as_deref());
+    let body = login_form(&csrf, "", q.error.as_deref(), s.tls_fingerprint.as_deref());
     let mut response = body.into_response();
     if existing.is_none() {
         let (name, value) = set_cookie(LOGIN_CSRF_COOKIE, &csrf, None);
@@ -449,6 +483,7 @@ async fn login(
                 &csrf,
                 username,
                 Some("This form expired; please log in again."),
+                s.tls_fingerprint.as_deref(),
             ),
         )
             .into_response();
@@ -461,7 +496,13 @@ async fn login(
     let user = match check_login(&s, addr, username, password).await {
         Ok(u) => u,
         Err(e) => {
-            return (e.status, login_form(expected, username, Some(&e.message))).into_response()
+            let form = login_form(
+                expected,
+                username,
+                Some(&e.message),
+                s.tls_fingerprint.as_deref(),
+            );
+            return (e.status, form).into_response();
         }
     };
     let (token, hash) = new_token("dps_");

@@ -21,6 +21,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The RDP user name shown in connect commands (`deskport up` sets it).
     pub rdp_user: Option<String>,
+    /// The SHA-256 fingerprint of the certificate served, when the manager serves HTTPS
+    /// (shown in the console; cookies get `Secure` and responses HSTS).
+    pub tls_fingerprint: Option<String>,
 }
 
 impl AppState {

@@ -68,7 +68,7 @@ struct As {
 
 impl As {
     async fn login(server: &Server, user: &str, password: &str) -> Self {
-        let http = reqwest::Client::new();
+        let http = plain_http();
         let r = http
             .post(server.url("/api/v1/auth/tokens"))
             .json(&json!({"username": user, "password": password}))
@@ -136,7 +136,9 @@ fn rdp_rule(group: &Value, cidr: &str) -> Value {
 }
 
 async fn revision(server: &Server) -> u64 {
-    let h: Value = reqwest::get(server.url("/healthz"))
+    let h: Value = plain_http()
+        .get(server.url("/healthz"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -658,7 +660,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let group = default_group(&admin).await;
     let gid = group["id"].as_str().unwrap();
     let before = revision(&server).await;
-    let http = reqwest::Client::new();
+    let http = plain_http();
     let raw = |body: String, content_type: &str| {
         http.post(server.url("/api/v1/security-group-rules"))
             .bearer_auth(&admin.token)
@@ -801,7 +803,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 async fn failed_logins_are_throttled() {
     let dir = deskport_testsupport::data_dir();
     let server = Server::start(dir.path()).await;
-    let http = reqwest::Client::new();
+    let http = plain_http();
     let attempt = |password: &'static str| {
         http.post(server.url("/api/v1/auth/tokens"))
             .json(&json!({"username": "admin", "password": password}))
@@ -909,7 +911,9 @@ async fn the_agent_feed_answers_a_waiting_agent_when_a_rule_changes() {
 async fn openapi_document_health_and_metrics() {
     let dir = deskport_testsupport::data_dir();
     let server = Server::start(dir.path()).await;
-    let doc: Value = reqwest::get(server.url("/api/v1/openapi.json"))
+    let doc: Value = plain_http()
+        .get(server.url("/api/v1/openapi.json"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -931,14 +935,18 @@ async fn openapi_document_health_and_metrics() {
         );
     }
     assert!(doc["components"]["schemas"].get("CreateRule").is_some());
-    let health: Value = reqwest::get(server.url("/healthz"))
+    let health: Value = plain_http()
+        .get(server.url("/healthz"))
+        .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(health["status"], "ok");
-    let metrics = reqwest::get(server.url("/metrics"))
+    let metrics = plain_http()
+        .get(server.url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()
@@ -951,7 +959,19 @@ async fn openapi_document_health_and_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("deskport_policy_revision "));
-    let r = reqwest::get(server.url("/nowhere")).await.unwrap();
+    let r = plain_http()
+        .get(server.url("/nowhere"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     server.stop().await;
+}
+
+/// A reqwest client for these plain-HTTP tests. reqwest is built without a TLS provider of its
+/// own (deskport's client gives it one configured to check the manager); a client of its own
+/// building needs the process default installed.
+fn plain_http() -> reqwest::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::Client::new()
 }

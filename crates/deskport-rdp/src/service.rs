@@ -48,6 +48,8 @@ pub enum SwitchSource {
         urls: Vec<String>,
         token: String,
         initial: Switches,
+        /// How `https://` managers are checked.
+        trust: Option<deskport_api::ServerTrust>,
     },
 }
 
@@ -162,8 +164,10 @@ impl RdpServer {
                 urls,
                 token,
                 initial,
+                trust,
             } => {
-                let feed = Feed::new(&urls, &token).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let feed =
+                    Feed::new(&urls, &token, trust.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
                 let (sender, receiver) = watch::channel(initial);
                 let task = tokio::spawn(follow_manager(feed, sender, self.fingerprint.clone()));
                 (receiver, Some(task))

@@ -58,10 +58,13 @@ pub enum Command {
     /// that cannot be read or parsed changes nothing: the previous policy stays in force. With
     /// the nft backend the ruleset stays in the kernel after the agent stops (fail closed).
     Firewall(cmd::firewall::Args),
-    /// Run the manager: the HTTP API and the agents' feed, on SQLite.
+    /// Run the manager: the console, the HTTP API and the agents' feed, over HTTPS.
     ///
     /// On first start it creates the project `default` and the user `admin`, whose password is
-    /// DESKPORT_ADMIN_PASSWORD or generated and printed once.
+    /// DESKPORT_ADMIN_PASSWORD or generated and printed once. The HTTPS certificate is made on
+    /// first start and kept in the data directory (or given with --tls-cert/--tls-key); its
+    /// SHA-256 fingerprint is printed at start for the CLI and the agents to pin. Plain HTTP
+    /// only with --insecure-http and on a loopback address.
     Manager(cmd::manager::Args),
     /// Run the RDP server of this instance, or manage its accounts (`user add|del|passwd|list`).
     ///
@@ -133,7 +136,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RdpServer(args) => cmd::rdp_server::exec(args, &settings.rdp_server, &file),
         Command::Up(args) => cmd::up::exec(args, &settings, &file),
         Command::Connect(args) => cmd::connect::exec(args),
-        Command::Login(args) => cmd::remote::login(args, &file),
+        Command::Login(args) => cmd::remote::login(args, &file, &settings.cli),
         Command::Sg(args) => cmd::remote::sg(args, &settings.cli),
         Command::Rule(args) => cmd::remote::rule(args, &settings.cli),
         Command::Instance(args) => cmd::remote::instance(args, &settings.cli),

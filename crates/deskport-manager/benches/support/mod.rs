@@ -16,6 +16,8 @@ pub async fn load(base: &str, token: &str, path: &str) -> (f64, Duration, Durati
     let started = Instant::now();
     let tasks: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
+            // reqwest has no TLS provider of its own here (deskport's client configures it).
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let http = reqwest::Client::builder()
                 .pool_max_idle_per_host(1)
                 .build()

@@ -26,11 +26,20 @@ pub struct Args {
     #[arg(long, value_name = "FILE", conflicts_with = "manager")]
     #[serde(skip_serializing_if = "Option::is_none")]
     policy: Option<PathBuf>,
-    /// Follow this manager's agent feed (e.g. http://127.0.0.1:8080) instead of a file; several
+    /// Follow this manager's agent feed (e.g. https://127.0.0.1:8080) instead of a file; several
     /// replicas separated by commas are followed in turn (the next when one stops answering).
     #[arg(long, value_name = "URL[,URL...]", requires = "token")]
     #[serde(skip_serializing_if = "Option::is_none")]
     manager: Option<String>,
+    /// Trust an https:// manager only with this certificate: its SHA-256 fingerprint
+    /// (`SHA256:ab:cd:…`, as `deskport manager` prints it and the console shows it).
+    #[arg(long, value_name = "SHA256:FP", conflicts_with = "manager_ca_file")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manager_fingerprint: Option<String>,
+    /// Trust an https:// manager whose certificate this CA (PEM file) signed for its host.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manager_ca_file: Option<PathBuf>,
     /// The agent token of the instance (printed by `deskport instance create`).
     #[arg(long, value_name = "TOKEN")]
     #[serde(skip_serializing_if = "Option::is_none")]

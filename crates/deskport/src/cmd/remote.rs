@@ -9,7 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::cli::UsageError;
-use crate::config::cli::CliSettings;
+use crate::config::cli::{CliSettings, ProfileTrust};
 use crate::config::ConfigFile;
 use crate::prompt::read_password;
 
@@ -21,7 +21,8 @@ fn client(settings: &CliSettings) -> anyhow::Result<Client> {
     let (Some(url), Some(token)) = (&settings.url, &settings.token) else {
         anyhow::bail!("not logged in to a manager: run 'deskport login URL' (or 'deskport up')");
     };
-    Client::new(url, Some(token.clone())).map_err(refused)
+    let trust = crate::config::cli::server_trust(settings)?;
+    Client::with_trust(url, Some(token.clone()), Some(&trust)).map_err(refused)
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -65,10 +66,22 @@ fn notices(list: &[Notice]) {
 // ---- login ----
 
 /// Log in to a manager: ask it for an API token and keep URL and token in the CLI config.
+///
+/// An https:// manager's certificate is checked against --manager-fingerprint or --ca-file
+/// (kept in the config for the commands that follow), else by trust on first use: the first
+/// certificate seen for HOST:PORT is remembered in the known-hosts file (the one `deskport
+/// connect` uses) and a different one later is refused, like ssh.
 #[derive(Debug, clap::Args)]
 pub struct LoginArgs {
-    /// The manager's URL, e.g. http://127.0.0.1:8080.
+    /// The manager's URL, e.g. https://manager.example:8080.
     url: String,
+    /// Trust the manager only with this certificate (SHA-256 fingerprint, `SHA256:ab:cd:…` as
+    /// `deskport manager` prints it and the console shows it).
+    #[arg(long, value_name = "SHA256:FP", conflicts_with = "ca_file")]
+    manager_fingerprint: Option<String>,
+    /// Trust the manager's certificate when this CA (PEM file) signed it for the URL's host.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// User name.
     #[arg(long, default_value = "admin")]
     user: String,
@@ -77,11 +90,26 @@ pub struct LoginArgs {
     password_stdin: bool,
 }
 
-pub fn login(args: LoginArgs, file: &ConfigFile) -> anyhow::Result<()> {
+pub fn login(args: LoginArgs, file: &ConfigFile, settings: &CliSettings) -> anyhow::Result<()> {
     let url = args.url.trim_end_matches('/').to_owned();
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(UsageError(format!("{url:?} is not an http:// or https:// URL")).into());
     }
+    let profile = ProfileTrust {
+        fingerprint: match &args.manager_fingerprint {
+            Some(fp) => Some(
+                deskport_api::parse_fingerprint(fp)
+                    .map_err(|e| anyhow::anyhow!("--manager-fingerprint: {e}"))?,
+            ),
+            None => None,
+        },
+        ca_file: args.ca_file.clone(),
+    };
+    let trust = crate::config::cli::server_trust(&CliSettings {
+        fingerprint: profile.fingerprint.clone(),
+        ca_file: profile.ca_file.clone(),
+        ..settings.clone()
+    })?;
     let password = read_password(
         args.password_stdin,
         &format!("password for {} at {url}: ", args.user),
@@ -99,10 +127,18 @@ pub fn login(args: LoginArgs, file: &ConfigFile) -> anyhow::Result<()> {
             if host.is_empty() { "?" } else { &host }
         )),
     };
-    let client = Client::new(&url, None).map_err(refused)?;
+    let client = Client::with_trust(&url, None, Some(&trust)).map_err(refused)?;
     let response =
         crate::runtime::block_on_here(async { client.token(&request).await.map_err(refused) })?;
-    crate::config::cli::write_profile(&file.path, &url, &response.token)?;
+    if let (Some(fp), deskport_api::ServerTrust::KnownHosts(path)) =
+        (client.remembered_fingerprint(), &trust)
+    {
+        println!(
+            "first connection to this manager: its certificate SHA256:{fp} is now trusted              (remembered in {}; compare it with the one the manager printed at start)",
+            path.display()
+        );
+    }
+    crate::config::cli::write_profile(&file.path, &url, &response.token, &profile)?;
     println!(
         "logged in to {url} as {}; token saved in {}",
         args.user,

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use deskport_api::v1::{CreateInstance, TokenRequest, UpdateRemoteDesktop};
-use deskport_api::Client;
+use deskport_api::{Client, ServerTrust};
 use deskport_desktop::launch::{self, XServer, XSession, XSessionSpec};
 use deskport_rdp::accounts::Accounts;
 use serde::{Deserialize, Serialize};
@@ -205,22 +205,44 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
     // The manager.
     let mut manager_settings = settings.manager.clone();
     manager_settings.data_dir = Some(dir.clone());
-    let manager = deskport_manager::Manager::open(
-        &manager_settings.config(Some(credentials.rdp_user.clone()))?,
-        Some(credentials.admin_password.clone()),
-    )
-    .await?;
+    // HTTPS, its certificate made on first start in the data directory (kept like the rest):
+    // the CLI profile and the agents below pin its fingerprint.
+    let manager_config = manager_settings.config(Some(credentials.rdp_user.clone()))?;
+    deskport_manager::check_listen(args.console, &manager_config.tls)?;
+    let manager =
+        deskport_manager::Manager::open(&manager_config, Some(credentials.admin_password.clone()))
+            .await?;
     let listener = tokio::net::TcpListener::bind(args.console)
         .await
         .with_context(|| format!("listen on {} (pass --console ADDR:PORT)", args.console))?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let manager_fingerprint = manager.tls().map(|t| t.fingerprint.clone());
+    let trust = manager_fingerprint.clone().map(ServerTrust::Fingerprint);
+    let scheme = if trust.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr()?);
     let mut manager = tokio::spawn(manager.run(listener, stop.signal()));
 
     // The CLI's token (kept across runs while it works) and the instance.
-    let token = api_token(&url, &mut state, &credentials).await?;
+    let token = api_token(&url, trust.as_ref(), &mut state, &credentials).await?;
     state.save(&dir)?;
-    crate::config::cli::write_profile(&file.path, &url, &token)?;
-    let agent_token = instance(&url, &token, &mut state, &dir, public, internal).await?;
+    crate::config::cli::write_profile(
+        &file.path,
+        &url,
+        &token,
+        &crate::config::cli::ProfileTrust {
+            fingerprint: manager_fingerprint.clone(),
+            ca_file: None,
+        },
+    )?;
+    let agent_token = instance(
+        &url,
+        trust.as_ref(),
+        &token,
+        &mut state,
+        &dir,
+        public,
+        internal,
+    )
+    .await?;
 
     // The instance's RDP account, its desktop and its RDP server, following the manager's
     // switches. (With nftables nothing forwards: the RDP server is on the public port.)
@@ -241,6 +263,10 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
     rdp_settings.display = Some(desktop.display().to_owned());
     rdp_settings.manager = Some(url.clone());
     rdp_settings.token = Some(agent_token.clone());
+    rdp_settings.manager_fingerprint = manager_fingerprint
+        .as_ref()
+        .map(|fp| format!("SHA256:{fp}"));
+    rdp_settings.manager_ca_file = None;
     let rdp = deskport_rdp::RdpServer::open(rdp_settings.server()?.0)?;
     let fingerprint = rdp.fingerprint().to_owned();
     let mut rdp_bound = rdp.bound();
@@ -259,6 +285,7 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
         urls: vec![url.clone()],
         token: agent_token,
         state: dir.join("firewall-policy.json"),
+        trust: trust.clone(),
     });
     agent.remove_on_stop = nft;
     let agent = deskport_firewall::Agent::new(agent);
@@ -282,12 +309,18 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
     }
 
     let user = &credentials.rdp_user;
+    let manager_certificate = match &manager_fingerprint {
+        Some(fp) => format!(
+            "  console cert:   SHA256:{fp} (self-signed; the CLI config and the agents pin it)\n"
+        ),
+        None => String::new(),
+    };
     println!(
         "\
 deskport is up (state in {dir}).
 
   console:        {url}/      admin / {admin_password}   (API: {url}/api/v1)
-  instance:       {INSTANCE}: RDP at {public} ({path}), desktop on display {display}
+{manager_certificate}  instance:       {INSTANCE}: RDP at {public} ({path}), desktop on display {display}
   RDP account:    {user} / {rdp_password}
   certificate:    SHA256 {fingerprint}
 
@@ -345,16 +378,17 @@ Ctrl-C stops everything; `deskport up` again keeps all state.",
 /// new one.
 async fn api_token(
     url: &str,
+    trust: Option<&ServerTrust>,
     state: &mut UpState,
     credentials: &Credentials,
 ) -> anyhow::Result<String> {
     if let Some(token) = &state.api_token {
-        let client = Client::new(url, Some(token.clone())).map_err(refused)?;
+        let client = Client::with_trust(url, Some(token.clone()), trust).map_err(refused)?;
         if client.projects().await.is_ok() {
             return Ok(token.clone());
         }
     }
-    let token = Client::new(url, None)
+    let token = Client::with_trust(url, None, trust)
         .map_err(refused)?
         .token(&TokenRequest {
             username: "admin".to_owned(),
@@ -372,13 +406,14 @@ async fn api_token(
 /// default group (RDP refused until a rule allows it) with Remote Desktop on; its agent token.
 async fn instance(
     url: &str,
+    trust: Option<&ServerTrust>,
     token: &str,
     state: &mut UpState,
     dir: &Path,
     public: SocketAddr,
     internal: SocketAddr,
 ) -> anyhow::Result<String> {
-    let admin = Client::new(url, Some(token.to_owned())).map_err(refused)?;
+    let admin = Client::with_trust(url, Some(token.to_owned()), trust).map_err(refused)?;
     let existing = admin
         .instances()
         .await

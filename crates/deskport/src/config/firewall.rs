@@ -22,6 +22,11 @@ pub struct FirewallSettings {
     /// Take the policy from the agent feed of this manager instead (with `token`); several
     /// replicas separated by commas are followed in turn, the next when one stops answering.
     pub manager: Option<String>,
+    /// Trust `https://` managers only with this certificate (SHA-256 fingerprint,
+    /// `SHA256:ab:cd:…`); every replica listed must serve it.
+    pub manager_fingerprint: Option<String>,
+    /// Trust `https://` managers whose certificate this CA (PEM file) signed.
+    pub manager_ca_file: Option<PathBuf>,
     /// The instance's agent token (or a user's API token for a whole project).
     pub token: Option<String>,
     /// Where the last policy from the manager is kept (default in the data directory).
@@ -60,6 +65,8 @@ impl Default for FirewallSettings {
             policy: None,
             manager: None,
             token: None,
+            manager_fingerprint: None,
+            manager_ca_file: None,
             state: None,
             placement: PlacementKind::Forward,
             host_ports: Vec::new(),
@@ -121,6 +128,38 @@ pub fn manager_urls(text: &str) -> Result<Vec<String>, UsageError> {
     }
 }
 
+/// How an agent trusts the `https://` managers among `urls`: the pinned `fingerprint` or the
+/// CA file. An `https://` URL without either, or a malformed fingerprint, is an error (an
+/// agent has no one to ask whether a first certificate is the right one).
+pub fn manager_trust(
+    urls: &[String],
+    fingerprint: Option<&str>,
+    ca_file: Option<&PathBuf>,
+) -> anyhow::Result<Option<deskport_api::ServerTrust>> {
+    use deskport_api::ServerTrust;
+    let trust = match (fingerprint, ca_file) {
+        (Some(fp), None) => {
+            Some(ServerTrust::pin(fp).map_err(|e| anyhow::anyhow!("--manager-fingerprint: {e}"))?)
+        }
+        (None, Some(ca)) => Some(ServerTrust::CaFile(ca.clone())),
+        (None, None) => None,
+        (Some(_), Some(_)) => anyhow::bail!(
+            "give either --manager-fingerprint or --manager-ca-file (manager_fingerprint or \
+             manager_ca_file), not both"
+        ),
+    };
+    if trust.is_none() {
+        if let Some(url) = urls.iter().find(|u| u.starts_with("https://")) {
+            anyhow::bail!(
+                "cannot check the certificate of the manager at {url}: give \
+                 --manager-fingerprint SHA256:… (as the manager prints it) or \
+                 --manager-ca-file FILE"
+            );
+        }
+    }
+    Ok(trust)
+}
+
 impl FirewallSettings {
     /// Checks the combination of settings (usage errors, exit status 2).
     pub fn check(&self) -> Result<(), UsageError> {
@@ -155,10 +194,17 @@ impl FirewallSettings {
                     Some(p) => p.clone(),
                     None => super::default_data_dir()?.join("firewall-policy.json"),
                 };
+                let urls = manager_urls(urls)?;
+                let trust = manager_trust(
+                    &urls,
+                    self.manager_fingerprint.as_deref(),
+                    self.manager_ca_file.as_ref(),
+                )?;
                 Ok(deskport_firewall::Source::Manager {
-                    urls: manager_urls(urls)?,
+                    urls,
                     token,
                     state,
+                    trust,
                 })
             }
             (None, Some(path)) => Ok(deskport_firewall::Source::File(path.clone())),

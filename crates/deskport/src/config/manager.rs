@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use deskport_manager::ManagerConfig;
+use deskport_manager::{ManagerConfig, Tls};
 use deskport_policy::Quota;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +24,13 @@ pub struct ManagerSettings {
     pub quota_rules: usize,
     /// Largest accepted request body, bytes.
     pub body_limit: usize,
+    /// Serve HTTPS (the default). `false`: plain HTTP, refused unless `listen` is loopback.
+    pub tls: bool,
+    /// The HTTPS certificate chain (PEM) to serve, with `tls_key`; default: a self-signed
+    /// one made on first start in `DATA_DIR/tls/`.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ManagerSettings {
@@ -36,6 +43,9 @@ impl Default for ManagerSettings {
             quota_groups: quota.groups,
             quota_rules: quota.rules,
             body_limit: 64 * 1024,
+            tls: true,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -43,6 +53,19 @@ impl Default for ManagerSettings {
 impl ManagerSettings {
     /// The manager's configuration; `rdp_user` is the RDP account shown in connect commands.
     pub fn config(&self, rdp_user: Option<String>) -> anyhow::Result<ManagerConfig> {
+        let tls = match (self.tls, &self.tls_cert, &self.tls_key) {
+            (true, None, None) => Tls::SelfSigned,
+            (true, Some(cert), Some(key)) => Tls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (true, Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key (its private key)"),
+            (true, None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert (its certificate)"),
+            (false, None, None) => Tls::PlainHttp,
+            (false, _, _) => anyhow::bail!(
+                "plain HTTP (--insecure-http, [manager] tls = false) and a certificate                  (--tls-cert, --tls-key) contradict each other"
+            ),
+        };
         Ok(ManagerConfig {
             data_dir: match &self.data_dir {
                 Some(d) => d.clone(),
@@ -55,6 +78,7 @@ impl ManagerSettings {
             },
             rdp_user,
             body_limit: self.body_limit,
+            tls,
         })
     }
 }

@@ -44,6 +44,11 @@ pub struct RdpServerSettings {
     /// several replicas separated by commas are followed in turn.
     pub manager: Option<String>,
     pub token: Option<String>,
+    /// Trust `https://` managers only with this certificate (SHA-256 fingerprint,
+    /// `SHA256:ab:cd:…`); every replica listed must serve it.
+    pub manager_fingerprint: Option<String>,
+    /// Trust `https://` managers whose certificate this CA (PEM file) signed.
+    pub manager_ca_file: Option<PathBuf>,
     /// Connections at most.
     pub max_connections: usize,
     /// Seconds a client has to complete the connection sequence.
@@ -84,6 +89,8 @@ impl Default for RdpServerSettings {
             nla_only: true,
             manager: None,
             token: None,
+            manager_fingerprint: None,
+            manager_ca_file: None,
             max_connections: 64,
             handshake_timeout_secs: 20,
             frame_interval_ms: 33,
@@ -150,14 +157,23 @@ impl RdpServerSettings {
             }
         };
         let (switches, sender) = match (&self.manager, &self.token) {
-            (Some(urls), Some(token)) => (
-                SwitchSource::Manager {
-                    urls: super::firewall::manager_urls(urls)?,
-                    token: token.clone(),
-                    initial: self.switches(),
-                },
-                None,
-            ),
+            (Some(urls), Some(token)) => {
+                let urls = super::firewall::manager_urls(urls)?;
+                let trust = super::firewall::manager_trust(
+                    &urls,
+                    self.manager_fingerprint.as_deref(),
+                    self.manager_ca_file.as_ref(),
+                )?;
+                (
+                    SwitchSource::Manager {
+                        urls,
+                        token: token.clone(),
+                        initial: self.switches(),
+                        trust,
+                    },
+                    None,
+                )
+            }
             (Some(_), None) => {
                 return Err(UsageError(
                     "--manager needs --token (the instance's agent token)".to_owned(),

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use deskport_testsupport::{free_port, wait_until, ProcessGuard};
@@ -13,7 +13,8 @@ use crate::support::{run, run_input, Run};
 
 pub const PASSWORD: &str = "test-admin-password";
 
-/// A manager process on a free port, with its home (config) and data directories.
+/// A manager process on a free port, with its home (config) and data directories: plain
+/// HTTP on loopback (`--insecure-http`), or HTTPS ([`Manager::start_https`]).
 pub struct Manager {
     pub url: String,
     pub port: u16,
@@ -22,6 +23,11 @@ pub struct Manager {
     /// `--db`, when not the SQLite file in `data`.
     pub db: Option<String>,
     pub process: Option<ProcessGuard>,
+    /// More flags of `deskport manager` (HTTPS: `--tls-cert`…); without HTTPS,
+    /// `--insecure-http`.
+    pub args: Vec<String>,
+    /// Over HTTPS: the certificate's fingerprint as the manager printed it at its last start.
+    pub fingerprint: Option<String>,
 }
 
 impl Manager {
@@ -31,14 +37,33 @@ impl Manager {
 
     /// A manager on the database `db` (`--db`), e.g. a PostgreSQL URL.
     pub fn start_with_db(dir: &Path, db: Option<String>) -> Self {
+        Self::start_with(dir, db, vec!["--insecure-http".to_owned()])
+    }
+
+    /// A manager serving HTTPS with `args` (none: its self-signed certificate).
+    pub fn start_https(dir: &Path, args: &[&str]) -> Self {
+        Self::start_with(dir, None, args.iter().map(|a| (*a).to_owned()).collect())
+    }
+
+    fn https(&self) -> bool {
+        !self.args.iter().any(|a| a == "--insecure-http")
+    }
+
+    fn start_with(dir: &Path, db: Option<String>, args: Vec<String>) -> Self {
         let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let https = !args.iter().any(|a| a == "--insecure-http");
         let mut m = Manager {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!(
+                "{}://127.0.0.1:{port}",
+                if https { "https" } else { "http" }
+            ),
             port,
             home: dir.join("home"),
             data: dir.join("data"),
             db,
             process: None,
+            args,
+            fingerprint: None,
         };
         std::fs::create_dir_all(&m.home).unwrap();
         m.restart();
@@ -64,16 +89,34 @@ impl Manager {
         if let Some(db) = &self.db {
             command.args(["--db", db]);
         }
+        command.args(&self.args);
+        let out = self.home.join("manager.out");
         let process = ProcessGuard::spawn(
             "deskport manager",
             command
                 .env("DESKPORT_ADMIN_PASSWORD", PASSWORD)
-                .stdout(Stdio::null())
+                .stdout(std::fs::File::create(&out).unwrap())
                 .stderr(log),
         )
         .unwrap();
         self.process = Some(process);
         let port = self.port;
+        if self.https() {
+            // Ready when it printed its certificate and accepts connections.
+            let printed = wait_until(Duration::from_secs(20), "the manager to start", || {
+                let text = std::fs::read_to_string(&out).ok()?;
+                let fp = text
+                    .split("certificate: SHA256:")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .to_owned();
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+                Some(fp)
+            });
+            self.fingerprint = Some(printed);
+            return;
+        }
         wait_until(Duration::from_secs(20), "the manager to answer", || {
             http_get(port, "/healthz")
                 .filter(|r| r.contains("\"ok\""))

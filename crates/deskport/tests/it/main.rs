@@ -11,6 +11,7 @@ mod firewall_feed;
 mod firewall_gateway;
 mod firewall_nft;
 mod fuzz_corpus;
+mod manager_https;
 mod manager_postgres;
 mod openapi;
 mod rdp;

@@ -61,3 +61,31 @@ fn output(out: Output) -> Run {
         stderr: String::from_utf8(stderr).expect("stderr is UTF-8"),
     }
 }
+
+/// `GET path` over HTTPS from the server on loopback `port` whose certificate has `fingerprint`
+/// (checked: a different one fails); the whole response, headers included.
+pub fn https_get(port: u16, path: &str, fingerprint: &str) -> Result<String, String> {
+    use std::io::{Read as _, Write as _};
+    let trust = deskport_tls::ServerTrust::Fingerprint(fingerprint.to_owned());
+    let verifier = deskport_tls::Verifier::new(&trust, &format!("127.0.0.1:{port}"))
+        .map_err(|e| e.to_string())?;
+    let config = verifier.client_config().map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| e.to_string())?;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    match tls
+        .write_all(request.as_bytes())
+        .and_then(|()| tls.read_to_string(&mut text))
+    {
+        Ok(_) => Ok(text),
+        // A peer that closes without close_notify after the whole answer.
+        Err(_) if text.contains("\r\n\r\n") => Ok(text),
+        Err(e) => Err(verifier.take_refusal().unwrap_or_else(|| e.to_string())),
+    }
+}
