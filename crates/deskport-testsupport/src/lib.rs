@@ -44,6 +44,7 @@ pub use process::ProcessGuard;
 pub use wait::wait_until;
 pub use xvfb::{
     cursor_image, screenshot, x_connect, Animation, CursorImage, InputProbe, ProbeEvent, Xvfb,
+    SOCKET_FILE_ONLY,
 };
 
 /// Panics with a clear message unless `program` is on `PATH`. The README's test command

@@ -344,18 +344,27 @@ pub fn cursor_image(display: &str) -> anyhow::Result<CursorImage> {
     ))
 }
 
-/// Connects to the local X `display` (`:N` or `:N.S`) through its socket file
-/// `/tmp/.X11-unix/XN`, never the abstract socket of that name: abstract sockets belong to a
-/// network namespace, so a test outside the namespace an X server runs in (the benchmark's
-/// shaped link) would otherwise reach whatever server of the same number its own namespace
-/// has. Other display names connect as x11rb does.
+/// Set (to anything) to make [`x_connect`] use socket files only.
+pub const SOCKET_FILE_ONLY: &str = "DESKPORT_X_SOCKET_FILE";
+
+/// Connects to the X `display` as x11rb does (the abstract socket first), or — when
+/// `DESKPORT_X_SOCKET_FILE` is set, as the heavy benchmark sets it — to a local display
+/// (`:N` or `:N.S`) through its socket file `/tmp/.X11-unix/XN` only. Abstract sockets belong
+/// to a network namespace: a process outside the namespace an X server runs in (the
+/// benchmark's shaped link) would reach whatever server of that number its own namespace
+/// has. The socket files are shared by all namespaces, and that cuts the other way: an X
+/// server started in a namespace does not see the abstract sockets of the host's, may take
+/// a display number in use there and replace its socket file — so tests that run X servers
+/// in namespaces beside others (`up --firewall nft`) keep the abstract socket. The cookie
+/// comes from the X authority file as x11rb reads it.
 pub fn x_connect(display: &str) -> anyhow::Result<(x11rb::rust_connection::RustConnection, usize)> {
     use x11rb::rust_connection::{DefaultStream, RustConnection};
     let local = display.strip_prefix(':').and_then(|rest| {
         let (number, screen) = rest.split_once('.').unwrap_or((rest, "0"));
         Some((number.parse::<u32>().ok()?, screen.parse::<usize>().ok()?))
     });
-    let Some((number, screen)) = local else {
+    let Some((number, screen)) = local.filter(|_| std::env::var_os(SOCKET_FILE_ONLY).is_some())
+    else {
         return Ok(x11rb::connect(Some(display))?);
     };
     let stream = std::os::unix::net::UnixStream::connect(format!("/tmp/.X11-unix/X{number}"))
