@@ -331,8 +331,19 @@ fn an_agent_follows_two_managers_through_the_death_of_one() {
     wait_until(Duration::from_secs(10), "A's rule to be enforced", || {
         reaches(c, public).then_some(())
     });
-    let revision = metric(metrics, "deskport_agent_policy_revision").unwrap();
-    let applies = metric(metrics, "deskport_agent_applies_total").unwrap();
+    // The rules are in force before the agent's metrics say so: wait until they settle.
+    let settled = || {
+        (
+            metric(metrics, "deskport_agent_policy_revision"),
+            metric(metrics, "deskport_agent_applies_total"),
+        )
+    };
+    let (revision, applies) = wait_until(Duration::from_secs(10), "the metrics to settle", || {
+        let first = settled();
+        std::thread::sleep(Duration::from_millis(300));
+        (first.0.is_some() && first == settled()).then_some(first)
+    });
+    let (revision, applies) = (revision.unwrap(), applies.unwrap());
 
     let killed = Instant::now();
     a.kill();
