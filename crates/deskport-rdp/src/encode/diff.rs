@@ -274,21 +274,14 @@ impl Diff {
     /// The bounding box of the pixels of `rect` that a copy by `d` would still get wrong
     /// (`Some(None)`: none); `None` if the source is off the screen.
     fn differs_after(&self, frame: &Frame, rect: Rect, d: Offset) -> Option<Option<Rect>> {
-        let (sx, sy) = (i32::from(rect.x) - d.0, i32::from(rect.y) - d.1);
-        if sx < 0
-            || sy < 0
-            || sx + i32::from(rect.width) > i32::from(self.width)
-            || sy + i32::from(rect.height) > i32::from(self.height)
-        {
-            return None;
-        }
+        let (sx, sy) = self.source(rect, d)?;
         let stride = usize::from(self.width) * 4;
         let len = usize::from(rect.width) * 4;
         let mut rows = (u16::MAX, 0u16);
         let mut cols = (usize::MAX, 0usize);
         for row in 0..rect.height {
             let new = (usize::from(rect.y + row)) * stride + usize::from(rect.x) * 4;
-            let old = (sy as usize + usize::from(row)) * stride + sx as usize * 4;
+            let old = (sy + usize::from(row)) * stride + sx * 4;
             let (a, b) = (&frame.data[new..new + len], &self.shadow[old..old + len]);
             if a == b {
                 continue;
@@ -408,21 +401,26 @@ impl Diff {
         Some(found)
     }
 
+    /// The corner `rect` moved back by `d` comes from, if all of that source is on the screen.
+    fn source(&self, rect: Rect, d: Offset) -> Option<(usize, usize)> {
+        let (sx, sy) = (i32::from(rect.x) - d.0, i32::from(rect.y) - d.1);
+        let inside = sx >= 0
+            && sy >= 0
+            && sx + i32::from(rect.width) <= i32::from(self.width)
+            && sy + i32::from(rect.height) <= i32::from(self.height);
+        inside.then_some((sx as usize, sy as usize))
+    }
+
     /// Whether `rect` of `frame` is what the client shows at `rect` moved back by `d`.
     fn moved(&self, frame: &Frame, rect: Rect, d: Offset) -> bool {
-        let (sx, sy) = (i32::from(rect.x) - d.0, i32::from(rect.y) - d.1);
-        if sx < 0
-            || sy < 0
-            || sx + i32::from(rect.width) > i32::from(self.width)
-            || sy + i32::from(rect.height) > i32::from(self.height)
-        {
+        let Some((sx, sy)) = self.source(rect, d) else {
             return false;
-        }
+        };
         let stride = usize::from(self.width) * 4;
         let len = usize::from(rect.width) * 4;
         (0..usize::from(rect.height)).all(|row| {
             let new = (usize::from(rect.y) + row) * stride + usize::from(rect.x) * 4;
-            let old = (sy as usize + row) * stride + sx as usize * 4;
+            let old = (sy + row) * stride + sx * 4;
             same_pixels(&frame.data[new..new + len], &self.shadow[old..old + len])
         })
     }
@@ -723,25 +721,10 @@ fn copy_rect(frame: &Frame, screen: &mut [u8], rect: Rect) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
 
-    fn frame(w: u16, h: u16, paint: impl Fn(u16, u16) -> [u8; 3]) -> Frame {
-        let mut data = Vec::with_capacity(usize::from(w) * usize::from(h) * 4);
-        for y in 0..h {
-            for x in 0..w {
-                let [b, g, r] = paint(x, y);
-                data.extend_from_slice(&[b, g, r, 0]);
-            }
-        }
-        Frame {
-            width: w,
-            height: h,
-            data: Arc::new(data),
-            generation: 0,
-        }
-    }
+    use crate::encode::test_frame as frame;
 
     /// What a client shows after carrying out `ops` on `screen` (pixels from `frame`).
     fn apply(screen: &mut [u8], frame: &Frame, ops: &[Op]) {

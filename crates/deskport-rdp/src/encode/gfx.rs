@@ -548,7 +548,6 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use ironrdp_graphics::zgfx::CompressionMode;
 
@@ -557,21 +556,7 @@ mod tests {
     use crate::channels::gfx::GfxEvent;
     use crate::encode::diff::Diff;
 
-    fn frame(w: u16, h: u16, paint: impl Fn(u16, u16) -> [u8; 3]) -> Frame {
-        let mut data = Vec::with_capacity(usize::from(w) * usize::from(h) * 4);
-        for y in 0..h {
-            for x in 0..w {
-                let [b, g, r] = paint(x, y);
-                data.extend_from_slice(&[b, g, r, 0]);
-            }
-        }
-        Frame {
-            width: w,
-            height: h,
-            data: Arc::new(data),
-            generation: 0,
-        }
-    }
+    use crate::encode::test_frame as frame;
 
     /// A pixel of noise (splitmix64 of its position).
     fn noise(x: u16, y: u16, seed: u64) -> [u8; 3] {

@@ -163,3 +163,21 @@ pub(crate) fn write_update(
         .map_err(|e| anyhow::anyhow!("encode a fast-path update: {e}"))?;
     Ok(())
 }
+
+/// A frame painted pixel by pixel (`paint(x, y)` gives blue, green, red), for tests.
+#[cfg(test)]
+pub(crate) fn test_frame(w: u16, h: u16, paint: impl Fn(u16, u16) -> [u8; 3]) -> Frame {
+    let mut data = Vec::with_capacity(usize::from(w) * usize::from(h) * 4);
+    for y in 0..h {
+        for x in 0..w {
+            let [b, g, r] = paint(x, y);
+            data.extend_from_slice(&[b, g, r, 0]);
+        }
+    }
+    Frame {
+        width: w,
+        height: h,
+        data: std::sync::Arc::new(data),
+        generation: 0,
+    }
+}
