@@ -13,7 +13,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use deskport_api::v1::{CreateGroup, CreateInstance, CreateRule, ProtocolValue, TokenRequest};
+use deskport_api::v1::{CreateInstance, CreateRule, ProtocolValue, TokenRequest};
 use deskport_api::Client;
 use deskport_firewall::agent::{self, AgentConfig, Backend, Source};
 use deskport_firewall::{Gateway, GatewayConfig};
@@ -80,39 +80,7 @@ fn main() {
             .await
             .unwrap()
             .token;
-        let c = Client::new(&base, Some(token.clone())).unwrap();
-        for g in 0..8 {
-            let group = c
-                .create_group(CreateGroup {
-                    name: format!("group-{g}"),
-                    description: String::new(),
-                    project_id: None,
-                })
-                .await
-                .unwrap();
-            for r in 0..10 {
-                c.create_rule(CreateRule {
-                    security_group_id: group.security_group.id,
-                    protocol: Some(ProtocolValue::Name("tcp".into())),
-                    port_range_min: Some(1000 + r),
-                    remote_ip_prefix: Some(format!("10.{g}.{r}.0/24")),
-                    ..CreateRule::default()
-                })
-                .await
-                .unwrap();
-            }
-        }
-        for i in 0..5 {
-            c.create_instance(CreateInstance {
-                name: format!("vm-{i}"),
-                public_address: format!("198.18.2.{}", 10 + i),
-                internal_address: None,
-                security_groups: vec!["default".into(), format!("group-{i}")],
-                project_id: None,
-            })
-            .await
-            .unwrap();
-        }
+        support::api_data(&base, &token).await;
         token
     });
 

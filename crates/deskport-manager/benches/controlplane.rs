@@ -36,11 +36,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deskport_api::v1::{CreateGroup, CreateInstance, CreateRule, ProtocolValue, TokenRequest};
+use deskport_api::v1::{CreateInstance, CreateRule, ProtocolValue, TokenRequest};
 use deskport_api::{Client, Feed};
 use deskport_manager::ManagerConfig;
 use deskport_testsupport::Postgres;
-use support::{load, pct, CONNECTIONS, SECONDS};
+use support::{api_data, load, pct, CONNECTIONS, SECONDS};
 use uuid::Uuid;
 
 const PASSWORD: &str = "bench-password";
@@ -112,43 +112,6 @@ async fn login(base: &str) -> String {
         .await
         .unwrap()
         .token
-}
-
-/// The data set of `benches/api.rs`: 8 groups of 10 rules each, 5 instances.
-async fn api_data(base: &str, token: &str) {
-    let c = Client::new(base, Some(token.to_owned())).unwrap();
-    for g in 0..8 {
-        let group = c
-            .create_group(CreateGroup {
-                name: format!("group-{g}"),
-                description: String::new(),
-                project_id: None,
-            })
-            .await
-            .unwrap();
-        for r in 0..10 {
-            c.create_rule(CreateRule {
-                security_group_id: group.security_group.id,
-                protocol: Some(ProtocolValue::Name("tcp".into())),
-                port_range_min: Some(1000 + r),
-                remote_ip_prefix: Some(format!("10.{g}.{r}.0/24")),
-                ..CreateRule::default()
-            })
-            .await
-            .unwrap();
-        }
-    }
-    for i in 0..5 {
-        c.create_instance(CreateInstance {
-            name: format!("vm-{i}"),
-            public_address: format!("198.18.2.{}", 10 + i),
-            internal_address: None,
-            security_groups: vec!["default".into(), format!("group-{i}")],
-            project_id: None,
-        })
-        .await
-        .unwrap();
-    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -4,6 +4,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use deskport_api::v1::{CreateGroup, CreateInstance, CreateRule, ProtocolValue};
+use deskport_api::Client;
+
 /// Clients that read at once.
 pub const CONNECTIONS: usize = 32;
 /// How long each read load lasts.
@@ -52,4 +55,42 @@ pub async fn load(base: &str, token: &str, path: &str) -> (f64, Duration, Durati
 /// The `p` quantile of `sorted`.
 pub fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The read benchmarks' data set: 8 groups of 10 rules each, 5 instances, created through
+/// the API at `base` with `token`.
+pub async fn api_data(base: &str, token: &str) {
+    let c = Client::new(base, Some(token.to_owned())).unwrap();
+    for g in 0..8 {
+        let group = c
+            .create_group(CreateGroup {
+                name: format!("group-{g}"),
+                description: String::new(),
+                project_id: None,
+            })
+            .await
+            .unwrap();
+        for r in 0..10 {
+            c.create_rule(CreateRule {
+                security_group_id: group.security_group.id,
+                protocol: Some(ProtocolValue::Name("tcp".into())),
+                port_range_min: Some(1000 + r),
+                remote_ip_prefix: Some(format!("10.{g}.{r}.0/24")),
+                ..CreateRule::default()
+            })
+            .await
+            .unwrap();
+        }
+    }
+    for i in 0..5 {
+        c.create_instance(CreateInstance {
+            name: format!("vm-{i}"),
+            public_address: format!("198.18.2.{}", 10 + i),
+            internal_address: None,
+            security_groups: vec!["default".into(), format!("group-{i}")],
+            project_id: None,
+        })
+        .await
+        .unwrap();
+    }
 }

@@ -75,6 +75,11 @@ pub(crate) fn instance_with_rdp(m: &Manager) -> (u16, String) {
 
 /// A rule for the public port from 127.0.0.2 (`A`).
 pub(crate) fn allow_a(m: &Manager, public: u16) {
+    allow_from(m, public, "127.0.0.2/32");
+}
+
+/// A rule of the default group for TCP to the public port from `cidr`, through manager `m`.
+pub(crate) fn allow_from(m: &Manager, public: u16, cidr: &str) {
     m.ok(&[
         "rule",
         "add",
@@ -85,7 +90,7 @@ pub(crate) fn allow_a(m: &Manager, public: u16) {
         "--port",
         &public.to_string(),
         "--cidr",
-        "127.0.0.2/32",
+        cidr,
     ]);
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use deskport_testsupport::{free_port, wait_until, Postgres, ProcessGuard};
 
 use crate::cli_manager::{Manager, PASSWORD};
-use crate::firewall_feed::{allow_a, instance_with_rdp, reaches, A, LO};
+use crate::firewall_feed::{allow_a, allow_from, instance_with_rdp, reaches, A, LO};
 use crate::support::{deskport, Run};
 
 /// Runs `command` until it exits, at most 60 s (a manager that wrongly starts serving fails
@@ -316,18 +316,7 @@ fn an_agent_follows_two_managers_through_the_death_of_one() {
 
     // Through A, just before it dies.
     let c = Ipv4Addr::new(127, 0, 0, 3);
-    a.ok(&[
-        "rule",
-        "add",
-        "--group",
-        "default",
-        "--protocol",
-        "tcp",
-        "--port",
-        &public.to_string(),
-        "--cidr",
-        "127.0.0.3/32",
-    ]);
+    allow_from(&a, public, "127.0.0.3/32");
     wait_until(Duration::from_secs(10), "A's rule to be enforced", || {
         reaches(c, public).then_some(())
     });
