@@ -245,13 +245,21 @@ fn common(a: &[u8], b: &[u8]) -> usize {
 
 /// Whether a match costs fewer bits than its bytes as literals (9 bits each, mostly).
 fn worth(distance: usize, length: usize) -> bool {
-    let (_, prefix_bits, value_bits) = distance_token(distance);
-    (prefix_bits + value_bits) as usize + length_bits(length) < 9 * length
+    let token = distance_token(distance);
+    (token.prefix_bits + token.value_bits) as usize + length_bits(length) < 9 * length
 }
 
-/// The match token for `distance`: (prefix, prefix length, value bits), with the range's base
-/// subtracted by the caller (MS-RDPEGFX 2.2.5.2.1, the table's match rows).
-fn distance_token(distance: usize) -> (u32, u32, u32) {
+/// The match token for `distance` (MS-RDPEGFX 2.2.5.2.1, the table's match rows).
+#[derive(Debug, Clone, Copy)]
+struct DistanceToken {
+    prefix: u32,
+    prefix_bits: u32,
+    value_bits: u32,
+    /// The smallest distance of the token's range (the value is the distance above it).
+    base: usize,
+}
+
+fn distance_token(distance: usize) -> DistanceToken {
     const TOKENS: [(u32, u32, u32, usize); 12] = [
         (0b10001, 5, 5, 0),
         (0b10010, 5, 7, 32),
@@ -266,25 +274,17 @@ fn distance_token(distance: usize) -> (u32, u32, u32) {
         (0b10111101, 8, 21, 2_414_240),
         (0b101111100, 9, 22, 4_511_392),
     ];
-    let mut chosen = TOKENS[0];
-    for token in TOKENS {
-        if distance >= token.3 {
-            chosen = token;
-        }
+    let (prefix, prefix_bits, value_bits, base) = TOKENS
+        .into_iter()
+        .take_while(|t| distance >= t.3)
+        .last()
+        .unwrap_or(TOKENS[0]);
+    DistanceToken {
+        prefix,
+        prefix_bits,
+        value_bits,
+        base,
     }
-    (chosen.0, chosen.1, chosen.2)
-}
-
-fn distance_base(distance: usize) -> usize {
-    const BASES: [usize; 12] = [
-        0, 32, 160, 672, 1_696, 5_792, 22_176, 54_944, 317_088, 1_365_664, 2_414_240, 4_511_392,
-    ];
-    BASES
-        .iter()
-        .copied()
-        .filter(|&b| distance >= b)
-        .max()
-        .unwrap_or(0)
 }
 
 /// Bits the length of a match takes (length 3: one bit; else a unary size and a value).
@@ -371,9 +371,9 @@ impl Bits {
     }
 
     fn matched(&mut self, distance: usize, length: usize) {
-        let (prefix, prefix_bits, value_bits) = distance_token(distance);
-        self.put(prefix, prefix_bits);
-        self.put((distance - distance_base(distance)) as u32, value_bits);
+        let token = distance_token(distance);
+        self.put(token.prefix, token.prefix_bits);
+        self.put((distance - token.base) as u32, token.value_bits);
         if length == 3 {
             self.put(0, 1);
         } else {
@@ -528,9 +528,9 @@ mod tests {
             (5_792, 5_792),
             (2_499_999, 2_414_240),
         ] {
-            assert_eq!(distance_base(distance), base);
-            let (_, _, bits) = distance_token(distance);
-            assert!(distance - base < 1 << bits);
+            let token = distance_token(distance);
+            assert_eq!(token.base, base);
+            assert!(distance - base < 1 << token.value_bits);
         }
         for length in [3usize, 4, 7, 8, 255, 256, 65_535] {
             let mut b = Bits::with_capacity(8);
