@@ -32,6 +32,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     async fn read(&self) -> Result<Box<dyn Rows>>;
     /// A write transaction, serialized with every other write transaction on the database.
     async fn write(&self) -> Result<Box<dyn Transaction>>;
+    /// A write transaction for the agents' status columns only
+    /// ([`Transaction::report_agent`]): no serialized writer reads them to write them back, so
+    /// these need not queue behind (or ahead of) changes where the database lets writers run
+    /// side by side.
+    async fn status_write(&self) -> Result<Box<dyn Transaction>> {
+        self.write().await
+    }
 
     /// What other processes commit to this database, as it happens; `None` for a database
     /// only this process writes to. Taken once, by the store.
@@ -156,6 +163,17 @@ pub struct NewAuditEvent<'a> {
     pub created_at: i64,
 }
 
+/// What an instance's agent reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentReport {
+    pub instance: Uuid,
+    /// Its RDP server's certificate fingerprint; `None` leaves the last one.
+    pub fingerprint: Option<String>,
+    /// The revision it enforces; `None` leaves the last one.
+    pub revision: Option<u64>,
+    pub seen_at: i64,
+}
+
 /// Row writes (and reads) in one write transaction.
 #[async_trait::async_trait]
 pub trait Transaction: Rows {
@@ -202,8 +220,12 @@ pub trait Transaction: Rows {
 
     /// Inserts an instance (its groups are attached with [`Transaction::attach_group`]).
     async fn insert_instance(&mut self, instance: &Instance, agent_token_hash: &str) -> Result<()>;
-    /// Stores every field of `instance` but its id, project and groups.
+    /// Stores every field of `instance` but its id, project and groups, and what its agent
+    /// reports ([`Transaction::report_agent`]).
     async fn update_instance(&mut self, instance: &Instance) -> Result<()>;
+    /// An agent's report: what it leaves out stays as last reported. `false` if there is no
+    /// such instance.
+    async fn report_agent(&mut self, report: &AgentReport) -> Result<bool>;
     async fn delete_instance(&mut self, id: Uuid) -> Result<()>;
     /// Attaches `group` after the instance's other groups.
     async fn attach_group(&mut self, instance: Uuid, group: GroupId) -> Result<()>;

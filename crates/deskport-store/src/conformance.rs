@@ -1681,6 +1681,47 @@ pub async fn agent_reports(store: Store) {
         store.list_audit_all(&every(1000)).await.unwrap().len(),
         events
     );
+    // A change to the instance keeps what its agent reported.
+    let changed = store
+        .set_remote_desktop(&alice(), desk.id, Some(true), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (changed.cert_fingerprint.as_deref(), changed.agent_revision),
+        (Some("ef:01"), Some(8))
+    );
+    // Many at once (they are written in batches): each lands, an unknown instance among
+    // them is refused alone.
+    let mut others = Vec::new();
+    for i in 0..20u64 {
+        let name = format!("desk{i}");
+        let address = format!("198.51.100.{}", 10 + i);
+        let instance = store
+            .create_instance(&alice(), &new_instance(d, &name, &address, vec![]))
+            .await
+            .unwrap();
+        others.push(instance.id);
+    }
+    let reports: Vec<_> = others
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (store, id) = (store.clone(), *id);
+            tokio::spawn(async move { store.report_agent(id, None, Some(100 + i as u64)).await })
+        })
+        .collect();
+    let stray = {
+        let store = store.clone();
+        tokio::spawn(async move { store.report_agent(Uuid::new_v4(), None, Some(1)).await })
+    };
+    for report in reports {
+        report.await.unwrap().unwrap();
+    }
+    assert_not_found(stray.await.unwrap().unwrap_err(), "instance");
+    for (i, id) in others.iter().enumerate() {
+        let seen = store.instance(&[d], *id).await.unwrap();
+        assert_eq!(seen.agent_revision, Some(100 + i as u64));
+    }
 }
 
 /// The audit log: newest first, filtered by action, actor, target and id, limited, and per

@@ -46,7 +46,8 @@ use deskport_policy::{GroupId, Policy, Rejected, Rule, SecurityGroup};
 use uuid::Uuid;
 
 pub use backend::{
-    Backend, LoginAttempts, NewAuditEvent, Notice, Rows, Sessions, Touched, Transaction,
+    AgentReport, Backend, LoginAttempts, NewAuditEvent, Notice, Rows, Sessions, Touched,
+    Transaction,
 };
 pub use postgres::{PostgresBackend, CHANNEL as POSTGRES_CHANNEL, LISTENER_NAME};
 pub use sqlite::SqliteBackend;

@@ -228,6 +228,14 @@ impl Backend for PostgresBackend {
         })))
     }
 
+    /// Without the write lock: the row locks of the instances it reports on are enough.
+    async fn status_write(&self) -> Result<Box<dyn Transaction>> {
+        Ok(Box::new(Conn(Pg {
+            tx: self.pool.begin().await?,
+            origin: self.origin.clone(),
+        })))
+    }
+
     fn notices(&self) -> Option<mpsc::UnboundedReceiver<Notice>> {
         self.notices
             .lock()

@@ -20,9 +20,9 @@ use deskport_policy::{
 use uuid::Uuid;
 
 use crate::{
-    ApiToken, AuditEvent, AuditFilter, GroupRecord, Instance, LoginAttempts, Membership,
-    NewAuditEvent, Project, Result, Role, Rows, RuleRecord, Session, Sessions, StoreError, Touched,
-    Transaction, User,
+    AgentReport, ApiToken, AuditEvent, AuditFilter, GroupRecord, Instance, LoginAttempts,
+    Membership, NewAuditEvent, Project, Result, Role, Rows, RuleRecord, Session, Sessions,
+    StoreError, Touched, Transaction, User,
 };
 
 /// A value bound to a statement's parameter.
@@ -904,9 +904,8 @@ impl<S: Sql> Transaction for Conn<S> {
     async fn update_instance(&mut self, instance: &Instance) -> Result<()> {
         self.run(
                 "UPDATE instances SET name = $1, public_address = $2, public_rdp_port = $3, internal_address = $4,
-                    rdp_port = $5, rdp_enabled = $6, rdp_nla_only = $7, cert_fingerprint = $8, agent_seen_at = $9,
-                    agent_revision = $10, created_at = $11
-                 WHERE id = $12",
+                    rdp_port = $5, rdp_enabled = $6, rdp_nla_only = $7, created_at = $8
+                 WHERE id = $9",
                 &args![
                     &instance.name,
                     instance.public_address.to_string(),
@@ -915,14 +914,29 @@ impl<S: Sql> Transaction for Conn<S> {
                     instance.rdp_port,
                     instance.rdp_enabled,
                     instance.rdp_nla_only,
-                    &instance.cert_fingerprint,
-                    instance.agent_seen_at,
-                    instance.agent_revision.map(|r| r as i64),
                     instance.created_at,
                     instance.id,
                 ],
         )
         .await
+    }
+
+    async fn report_agent(&mut self, report: &AgentReport) -> Result<bool> {
+        let changed = self
+            .0
+            .execute(
+                "UPDATE instances SET cert_fingerprint = COALESCE($1, cert_fingerprint),
+                    agent_revision = COALESCE($2, agent_revision), agent_seen_at = $3
+                 WHERE id = $4",
+                &args![
+                    &report.fingerprint,
+                    report.revision.map(|r| r as i64),
+                    report.seen_at,
+                    report.instance,
+                ],
+            )
+            .await?;
+        Ok(changed > 0)
     }
 
     async fn delete_instance(&mut self, id: Uuid) -> Result<()> {

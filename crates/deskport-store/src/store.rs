@@ -38,9 +38,10 @@ use uuid::Uuid;
 
 use crate::audit::{rule_summary, Action};
 use crate::{
-    not_found, Actor, AgentState, ApiToken, AuditEvent, AuditFilter, Backend, Bootstrap,
-    GroupRecord, Instance, LoginAttempts, NewAuditEvent, NewInstance, Notice, Principal, Project,
-    Result, Role, Rows, RuleRecord, Session, Sessions, StoreError, Touched, Transaction, User,
+    not_found, Actor, AgentReport, AgentState, ApiToken, AuditEvent, AuditFilter, Backend,
+    Bootstrap, GroupRecord, Instance, LoginAttempts, NewAuditEvent, NewInstance, Notice, Principal,
+    Project, Result, Role, Rows, RuleRecord, Session, Sessions, StoreError, Touched, Transaction,
+    User,
 };
 
 /// The project every store has, which cannot be deleted.
@@ -80,6 +81,17 @@ struct Inner {
     reads: AtomicU64,
     policy_loads: AtomicU64,
     listener_losses: AtomicU64,
+    /// Agents' reports waiting to be written, and the turn to write them.
+    reports: Mutex<Vec<(AgentReport, Answer)>>,
+    report_turn: tokio::sync::Mutex<()>,
+}
+
+/// Where a report's outcome goes.
+type Answer = tokio::sync::oneshot::Sender<Result<()>>;
+
+/// `mutex`'s value, even if a panic left it poisoned (every value kept is valid on its own).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Every group and instance at a revision, read in one snapshot.
@@ -286,6 +298,8 @@ impl Store {
             reads: AtomicU64::new(0),
             policy_loads: AtomicU64::new(0),
             listener_losses: AtomicU64::new(0),
+            reports: Mutex::new(Vec::new()),
+            report_turn: tokio::sync::Mutex::new(()),
         });
         if let Some(notices) = notices {
             tokio::spawn(follow(Arc::downgrade(&inner), notices));
@@ -1226,29 +1240,79 @@ impl Store {
 
     /// An agent's report: its certificate fingerprint (RDP server) and enforced revision;
     /// what it leaves out stays as last reported.
+    ///
+    /// Reports are written beside the serialized changes ([`Backend::status_write`]) and in
+    /// batches: when thousands of agents report the revision a change brought them, they do
+    /// not queue ahead of the next change, and they cost a few transactions, not thousands.
+    /// Whoever holds the writer's turn writes every report waiting then, its own included.
     pub async fn report_agent(
         &self,
         id: Uuid,
         fingerprint: Option<&str>,
         revision: Option<u64>,
     ) -> Result<()> {
-        let mut tx = self.write().await?;
-        let before = tx
-            .instance(id)
-            .await?
-            .ok_or_else(|| not_found("instance"))?;
-        let after = Instance {
-            cert_fingerprint: fingerprint.map(str::to_owned).or(before.cert_fingerprint),
-            agent_revision: revision.or(before.agent_revision),
-            agent_seen_at: Some(now_ms()),
-            ..before
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let report = AgentReport {
+            instance: id,
+            fingerprint: fingerprint.map(str::to_owned),
+            revision,
+            seen_at: now_ms(),
         };
-        tx.update_instance(&after).await?;
+        lock(&self.inner.reports).push((report, answer));
+        {
+            let _turn = self.inner.report_turn.lock().await;
+            let batch = std::mem::take(&mut *lock(&self.inner.reports));
+            if !batch.is_empty() {
+                // In a task of its own: a caller that goes away does not take the others'
+                // reports with it.
+                let store = self.clone();
+                let _ = tokio::spawn(async move { store.write_reports(batch).await }).await;
+            }
+        }
+        answered.await.unwrap_or(Err(StoreError::Corrupt(
+            "the report was not written".into(),
+        )))
+    }
+
+    /// Writes `batch` in one transaction; if that fails, each report alone, so each gets its
+    /// own answer.
+    async fn write_reports(&self, batch: Vec<(AgentReport, Answer)>) {
+        let reports: Vec<&AgentReport> = batch.iter().map(|(r, _)| r).collect();
+        match self.write_report_batch(&reports).await {
+            Ok(found) => {
+                for ((_, answer), found) in batch.into_iter().zip(found) {
+                    let _ = answer.send(found.then_some(()).ok_or_else(|| not_found("instance")));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                for (report, answer) in batch {
+                    let result = self.write_report_batch(&[&report]).await.and_then(|found| {
+                        found[0].then_some(()).ok_or_else(|| not_found("instance"))
+                    });
+                    let _ = answer.send(result);
+                }
+            }
+            Err(e) => {
+                if let Some((_, answer)) = batch.into_iter().next() {
+                    let _ = answer.send(Err(e));
+                }
+            }
+        }
+    }
+
+    /// For each report, whether its instance exists.
+    async fn write_report_batch(&self, reports: &[&AgentReport]) -> Result<Vec<bool>> {
+        let mut tx = self.inner.backend.status_write().await?;
+        let mut found = Vec::with_capacity(reports.len());
+        for report in reports {
+            found.push(tx.report_agent(report).await?);
+        }
         let touched = Touched {
-            instances: true,
+            instances: found.contains(&true),
             ..Touched::default()
         };
-        self.commit_touching(tx, touched).await
+        self.commit_touching(tx, touched).await?;
+        Ok(found)
     }
 
     // ---- audit log and the agents' feed ----
