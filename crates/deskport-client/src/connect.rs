@@ -71,7 +71,35 @@ pub struct Options {
     pub display_control: bool,
     /// Offer the graphics pipeline (MS-RDPEGFX).
     pub gfx: bool,
+    /// Reach the host through an RD Gateway instead of directly.
+    pub gateway: Option<GatewayOptions>,
 }
+
+/// An RD Gateway to go through (`--gateway`, `--gateway-token`, or a `.rdp` file's
+/// `gatewayhostname` and `gatewayaccesstoken`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayOptions {
+    pub host: String,
+    pub port: u16,
+    pub token: String,
+    /// `--gateway-fingerprint`: accept only this certificate for the gateway; else the
+    /// known-hosts file, as for RDP servers.
+    pub pin: Option<String>,
+}
+
+impl GatewayOptions {
+    pub fn endpoint(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// What RDP runs over: a TCP connection, or a tunnel through an RD Gateway.
+pub trait Transport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin> Transport for T {}
 
 impl Options {
     pub fn endpoint(&self) -> String {
@@ -127,6 +155,8 @@ pub enum ClientError {
         pinned: String,
         received: String,
     },
+    #[error("the RD Gateway {endpoint} refused: {message}")]
+    Gateway { endpoint: String, message: String },
     #[error("the server closed the connection during the handshake ({0})")]
     Closed(String),
     #[error("timed out: {0}")]
@@ -410,7 +440,7 @@ fn explain(err: ConnectorError, endpoint: &str, early: bool) -> ClientError {
 
 /// A connected session: the transport and what the connection sequence settled.
 pub struct Connected {
-    pub framed: TokioFramed<tokio_rustls::client::TlsStream<TcpStream>>,
+    pub framed: TokioFramed<tokio_rustls::client::TlsStream<Box<dyn Transport>>>,
     pub result: ConnectionResult,
     pub fingerprint: String,
     /// Whether the certificate was seen for the first time (and remembered).
@@ -426,19 +456,19 @@ impl std::fmt::Debug for Connected {
     }
 }
 
-/// Connects and logs on.
-pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
-    let endpoint = opts.endpoint();
-    let tcp = match tokio::time::timeout(
-        opts.connect_timeout,
-        TcpStream::connect((opts.host.as_str(), opts.port)),
-    )
-    .await
-    {
+/// A TCP connection to `host`:`port`, its failures in the user's terms.
+async fn tcp(
+    host: &str,
+    port: u16,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<TcpStream, ClientError> {
+    let endpoint = endpoint.to_owned();
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
         Err(_) => {
             return Err(ClientError::Filtered {
                 endpoint,
-                seconds: opts.connect_timeout.as_secs(),
+                seconds: timeout.as_secs(),
             })
         }
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -454,10 +484,138 @@ pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
         Ok(Ok(s)) => s,
     };
     let _ = tcp.set_nodelay(true);
-    let local: SocketAddr = tcp.local_addr().map_err(|e| ClientError::Network {
+    Ok(tcp)
+}
+
+/// The connection RDP runs over (directly, or a tunnel through the gateway) and its local
+/// address.
+async fn transport(opts: &Options) -> Result<(Box<dyn Transport>, SocketAddr), ClientError> {
+    let Some(gw) = &opts.gateway else {
+        let endpoint = opts.endpoint();
+        let tcp = tcp(&opts.host, opts.port, &endpoint, opts.connect_timeout).await?;
+        let local = tcp.local_addr().map_err(|e| ClientError::Network {
+            endpoint,
+            message: e.to_string(),
+        })?;
+        return Ok((Box::new(tcp), local));
+    };
+    let endpoint = gw.endpoint();
+    let tcp = tcp(&gw.host, gw.port, &endpoint, opts.connect_timeout).await?;
+    let local = tcp.local_addr().map_err(|e| ClientError::Network {
         endpoint: endpoint.clone(),
         message: e.to_string(),
     })?;
+    // The gateway's certificate is checked (pin or known-hosts) before the token is sent.
+    let (tls, cert) = tls_handshake(&gw.host, tcp, false).await?;
+    check_certificate(&endpoint, &cert, gw.pin.as_deref(), &opts.known_hosts)?;
+    let request = deskport_gateway::client::Request {
+        host: gw.host.clone(),
+        token: gw.token.clone(),
+        resource: opts.host.clone(),
+        port: opts.port,
+        client_name: "deskport".to_owned(),
+    };
+    let tunnel = tokio::time::timeout(
+        opts.connect_timeout,
+        deskport_gateway::client::connect(tls, &request),
+    )
+    .await
+    .map_err(|_| {
+        ClientError::Timeout(format!(
+            "the RD Gateway {endpoint} did not set the tunnel up"
+        ))
+    })?
+    .map_err(|e| ClientError::Gateway {
+        endpoint,
+        message: e.to_string(),
+    })?;
+    Ok((Box::new(tunnel), local))
+}
+
+/// TLS over `io` accepting any certificate for now (it is checked right after, before
+/// anything secret is sent): the stream and the certificate.
+async fn tls_handshake<IO>(
+    host: &str,
+    io: IO,
+    for_credssp: bool,
+) -> Result<(tokio_rustls::client::TlsStream<IO>, CertificateDer<'static>), ClientError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls_config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(TrustLater(provider)))
+        .with_no_client_auth();
+    if for_credssp {
+        // CredSSP binds to this handshake; a resumed session would not carry the server's key.
+        tls_config.resumption = rustls::client::Resumption::disabled();
+    }
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| ClientError::Protocol(format!("{host}: {e}")))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config))
+        .connect(server_name, io)
+        .await
+        .map_err(|e| ClientError::Closed(format!("TLS: {e}")))?;
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| ClientError::Protocol("the server sent no certificate".into()))?
+        .clone();
+    Ok((tls, cert))
+}
+
+/// Checks `cert` of `endpoint` against the pin, else the known-hosts file (remembering it on
+/// first use): its fingerprint and whether it was new.
+fn check_certificate(
+    endpoint: &str,
+    cert: &CertificateDer<'_>,
+    pin: Option<&str>,
+    known_hosts: &std::path::Path,
+) -> Result<(String, bool), ClientError> {
+    let received = fingerprint(cert);
+    let first_use = match pin {
+        Some(pin) => {
+            let pinned = normalize_fingerprint(pin);
+            if pinned != received {
+                return Err(ClientError::CertificateMismatch {
+                    endpoint: endpoint.to_owned(),
+                    pinned,
+                    received,
+                });
+            }
+            false
+        }
+        None => match KnownHosts::new(known_hosts).check(endpoint, &received) {
+            Ok(Trust::Known) => false,
+            Ok(Trust::Added) => true,
+            Ok(Trust::Changed { known }) => {
+                return Err(ClientError::CertificateChanged {
+                    endpoint: endpoint.to_owned(),
+                    known,
+                    received,
+                    known_hosts: known_hosts.display().to_string(),
+                })
+            }
+            Err(e) => {
+                return Err(ClientError::Protocol(format!(
+                    "cannot use the known-hosts file {}: {e}",
+                    known_hosts.display()
+                )))
+            }
+        },
+    };
+    Ok((received, first_use))
+}
+
+/// Connects and logs on.
+pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
+    let endpoint = opts.endpoint();
+    let (tcp, local) = transport(opts).await?;
     let mut connector = ClientConnector::new(config(opts), local);
     if let Some(tx) = &opts.clipboard {
         connector.attach_static_channel(ironrdp_cliprdr::CliprdrClient::new(Box::new(
@@ -484,63 +642,9 @@ pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
     let tcp = framed.into_inner_no_leftover();
 
     // TLS: the certificate is checked before anything secret is sent.
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls_config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Protocol(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(TrustLater(provider)))
-        .with_no_client_auth();
-    // CredSSP binds to this handshake; a resumed session would not carry the server's key.
-    tls_config.resumption = rustls::client::Resumption::disabled();
-    let server_name = rustls::pki_types::ServerName::try_from(opts.host.clone())
-        .map_err(|e| ClientError::Protocol(format!("{}: {e}", opts.host)))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config))
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| ClientError::Closed(format!("TLS: {e}")))?;
-    let cert = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or_else(|| ClientError::Protocol("the server sent no certificate".into()))?
-        .clone();
-    let received = fingerprint(&cert);
-    let first_use = match &opts.pin {
-        Some(pin) => {
-            let pinned = normalize_fingerprint(pin);
-            if pinned != received {
-                return Err(ClientError::CertificateMismatch {
-                    endpoint,
-                    pinned,
-                    received,
-                });
-            }
-            false
-        }
-        None => {
-            let known_hosts = KnownHosts::new(&opts.known_hosts);
-            match known_hosts.check(&endpoint, &received) {
-                Ok(Trust::Known) => false,
-                Ok(Trust::Added) => true,
-                Ok(Trust::Changed { known }) => {
-                    return Err(ClientError::CertificateChanged {
-                        endpoint,
-                        known,
-                        received,
-                        known_hosts: opts.known_hosts.display().to_string(),
-                    })
-                }
-                Err(e) => {
-                    return Err(ClientError::Protocol(format!(
-                        "cannot use the known-hosts file {}: {e}",
-                        opts.known_hosts.display()
-                    )))
-                }
-            }
-        }
-    };
+    let (tls, cert) = tls_handshake(&opts.host, tcp, true).await?;
+    let (received, first_use) =
+        check_certificate(&endpoint, &cert, opts.pin.as_deref(), &opts.known_hosts)?;
     let parsed = x509_cert::Certificate::from_der(&cert)
         .map_err(|e| ClientError::Protocol(format!("the server's certificate: {e}")))?;
     let server_public_key = parsed

@@ -14,4 +14,4 @@ pub mod rdpfile;
 pub mod session;
 pub mod window;
 
-pub use connect::{connect, ClientError, Options, Security};
+pub use connect::{connect, ClientError, GatewayOptions, Options, Security};

@@ -1,7 +1,8 @@
 //! `.rdp` files, as mstsc writes them: `name:type:value` lines (`s` string, `i` integer).
 //! The fields deskport reads: `full address`, `server port`, `username`, `domain`,
-//! `desktopwidth`, `desktopheight`, `screen mode id` (2 = full screen) and
-//! `enablecredsspsupport` (0 = TLS only).
+//! `desktopwidth`, `desktopheight`, `screen mode id` (2 = full screen),
+//! `enablecredsspsupport` (0 = TLS only) and the RD Gateway's `gatewayhostname` (used when
+//! `gatewayusagemethod` is 1 or 2, as mstsc does) and `gatewayaccesstoken`.
 
 use std::collections::HashMap;
 
@@ -16,6 +17,10 @@ pub struct RdpFile {
     pub fullscreen: bool,
     /// `Some(false)`: `enablecredsspsupport:i:0`, NLA off.
     pub credssp: Option<bool>,
+    /// `gatewayhostname` (HOST[:PORT]) when `gatewayusagemethod` says to use it.
+    pub gateway: Option<String>,
+    /// `gatewayaccesstoken`.
+    pub gateway_token: Option<String>,
 }
 
 /// Why a file was refused: the line and what is wrong.
@@ -136,6 +141,21 @@ impl RdpFile {
         }
         file.fullscreen = int("screen mode id")? == Some(2);
         file.credssp = int("enablecredsspsupport")?.map(|v| v != 0);
+        if matches!(int("gatewayusagemethod")?, Some(1 | 2)) {
+            if let Some((line, address)) =
+                fields.get("gatewayhostname").filter(|(_, v)| !v.is_empty())
+            {
+                split_host_port(address).map_err(|message| RdpFileError {
+                    line: *line,
+                    message: format!("gatewayhostname: {message}"),
+                })?;
+                file.gateway = Some(address.clone());
+            }
+        }
+        file.gateway_token = fields
+            .get("gatewayaccesstoken")
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty());
         Ok(file)
     }
 }
@@ -158,6 +178,23 @@ mod tests {
         assert_eq!(file.size, Some((1280, 800)));
         assert!(file.fullscreen);
         assert_eq!(file.credssp, Some(false));
+    }
+
+    /// The console's gateway download: the gateway is used only when the usage method says
+    /// so (1 direct, 2 detect), as mstsc does.
+    #[test]
+    fn gateway_fields() {
+        let text = "full address:s:198.18.2.2:3389\r\ngatewayhostname:s:gw.example:8443\r\n\
+                    gatewayaccesstoken:s:tok-123\r\ngatewayprofileusagemethod:i:1\r\n";
+        let off = RdpFile::parse(text).unwrap();
+        assert_eq!(
+            (off.gateway, off.gateway_token.as_deref()),
+            (None, Some("tok-123"))
+        );
+        let on = RdpFile::parse(&format!("{text}gatewayusagemethod:i:1\r\n")).unwrap();
+        assert_eq!(on.gateway.as_deref(), Some("gw.example:8443"));
+        let bad = RdpFile::parse("gatewayusagemethod:i:1\ngatewayhostname:s:gw:0\n");
+        assert_eq!(bad.unwrap_err().line, 2);
     }
 
     #[test]

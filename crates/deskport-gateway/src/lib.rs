@@ -134,8 +134,9 @@ pub enum Event {
 /// whenever [`changes`](Authorizer::changes) moves.
 #[async_trait::async_trait]
 pub trait Authorizer: Send + Sync + std::fmt::Debug + 'static {
-    /// The grant of the PAA cookie a client presented.
-    async fn open(&self, cookie: &str) -> Result<Grant, Refusal>;
+    /// The grant of the PAA cookie a client at `peer` presented. A refusal is recorded here
+    /// (the authorizer knows whose token it was); the gateway records every other event.
+    async fn open(&self, cookie: &str, peer: SocketAddr) -> Result<Grant, Refusal>;
     /// Whether a live tunnel's grant still holds (its token may have expired since it
     /// opened: expiry bounds opening, not the session).
     async fn recheck(&self, grant: &Grant) -> Result<(), Refusal>;

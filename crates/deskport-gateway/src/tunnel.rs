@@ -58,6 +58,8 @@ enum End {
     Done(String),
     /// Refused before any RDP byte flowed.
     Refused(String),
+    /// Refused by the authorizer, which recorded it.
+    RefusedByAuthorizer(String),
 }
 
 impl Input {
@@ -134,7 +136,7 @@ pub(crate) async fn run(
     };
     let setup = tokio::time::timeout(
         shared.limits.setup_timeout,
-        setup(&shared, &mut packets, &out),
+        setup(&shared, &mut packets, &out, peer),
     )
     .await;
     let (grant, target, client_name) = match setup {
@@ -146,6 +148,11 @@ pub(crate) async fn run(
                 .authorizer
                 .record(peer, grant.as_ref(), Event::Refused { reason })
                 .await;
+            return;
+        }
+        Ok(Err((_, End::RefusedByAuthorizer(reason)))) => {
+            shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, %reason, "RD Gateway: refused");
             return;
         }
         Ok(Err((_, End::Done(why)))) => {
@@ -215,6 +222,7 @@ async fn setup(
     shared: &Shared,
     packets: &mut Packets,
     out: &mpsc::Sender<Out>,
+    peer: SocketAddr,
 ) -> Result<(Grant, TcpStream, String), SetupEnd> {
     let send = |packet: Packet| async move {
         out.send(Out::Packet(packet.encode()))
@@ -264,11 +272,11 @@ async fn setup(
             End::Refused("the tunnel create carried no token".into()),
         ));
     };
-    let grant = match shared.authorizer.open(&cookie).await {
+    let grant = match shared.authorizer.open(&cookie, peer).await {
         Ok(grant) => grant,
         Err(refusal) => {
-            send(refuse_tunnel(refusal.hresult())).await?;
-            return Err((None, End::Refused(refusal.reason)));
+            let _ = send(refuse_tunnel(refusal.hresult())).await;
+            return Err((None, End::RefusedByAuthorizer(refusal.reason)));
         }
     };
     let tunnel_id = shared.stats.tunnels.fetch_add(1, Ordering::Relaxed) as u32 + 1;

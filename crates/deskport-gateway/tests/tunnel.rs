@@ -27,8 +27,12 @@ struct Fake {
 
 #[async_trait::async_trait]
 impl Authorizer for Fake {
-    async fn open(&self, cookie: &str) -> Result<Grant, Refusal> {
+    async fn open(&self, cookie: &str, _: SocketAddr) -> Result<Grant, Refusal> {
         if cookie != "good token" {
+            // The authorizer records its own refusals.
+            self.events.lock().unwrap().push(Event::Refused {
+                reason: "unknown token".into(),
+            });
             return Err(Refusal::new(RefusalKind::Token, "unknown token"));
         }
         Ok(Grant {

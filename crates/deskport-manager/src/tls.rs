@@ -113,6 +113,8 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // RDP through the RD Gateway rides on these connections: no Nagle delay.
+                let _ = tcp.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use deskport_client::rdpfile::{split_host_port, RdpFile};
 use deskport_client::session::{self, Ending, Screenshot};
 use deskport_client::window::{self, Window};
-use deskport_client::{Options, Security};
+use deskport_client::{GatewayOptions, Options, Security};
 
 use crate::cli::UsageError;
 use crate::prompt::read_password;
@@ -92,6 +92,24 @@ pub struct Args {
     /// updates. By default it is offered and used where the server supports it.
     #[arg(long)]
     no_gfx: bool,
+
+    /// Go through this RD Gateway (HOST[:PORT], port 443 unless given) instead of connecting
+    /// to the host directly: RDP rides in HTTPS, so the host's RDP port may stay closed. The
+    /// host is then named as the gateway's token knows it (the instance's name or address).
+    /// Default: the .rdp file's `gatewayhostname`.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    gateway: Option<String>,
+
+    /// The gateway's access token (`deskport instance rdp-token NAME`); `-` reads it from the
+    /// first line of stdin (after the password, if that is read too). Default: the .rdp
+    /// file's `gatewayaccesstoken`.
+    #[arg(long, value_name = "TOKEN|-", allow_hyphen_values = true)]
+    gateway_token: Option<String>,
+
+    /// Accept only the gateway certificate with this SHA-256 fingerprint (the manager's, as
+    /// `deskport manager` prints it); else the known-hosts file (trust on first use).
+    #[arg(long, value_name = "SHA256")]
+    gateway_fingerprint: Option<String>,
 }
 
 fn read_rdp_file(path: &Path) -> anyhow::Result<RdpFile> {
@@ -172,7 +190,40 @@ pub fn exec(args: Args) -> anyhow::Result<()> {
             .into())
         }
     };
+    let gateway = match args.gateway.clone().or(file.gateway.clone()) {
+        None if args.gateway_token.is_some() || args.gateway_fingerprint.is_some() => {
+            return Err(UsageError(
+                "--gateway-token and --gateway-fingerprint need --gateway HOST[:PORT]".to_owned(),
+            )
+            .into())
+        }
+        None => None,
+        Some(address) => {
+            let (gw_host, gw_port) =
+                split_host_port(&address).map_err(|e| UsageError(format!("--gateway: {e}")))?;
+            let token = match args.gateway_token.as_deref() {
+                Some("-") => read_password(true, "")?,
+                Some(t) => t.trim().to_owned(),
+                None => file.gateway_token.clone().unwrap_or_default(),
+            };
+            if token.is_empty() {
+                return Err(UsageError(
+                    "no gateway token: pass --gateway-token TOKEN (deskport instance rdp-token \
+                     NAME makes one)"
+                        .to_owned(),
+                )
+                .into());
+            }
+            Some(GatewayOptions {
+                host: gw_host,
+                port: gw_port.unwrap_or(443),
+                token,
+                pin: args.gateway_fingerprint.clone(),
+            })
+        }
+    };
     let options = Options {
+        gateway,
         host: host.clone(),
         port: file.port.unwrap_or(3389),
         username,
