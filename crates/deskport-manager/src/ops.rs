@@ -241,7 +241,7 @@ impl<'a> Ops<'a> {
         self.changeable_instance(id).await?;
         Ok(self
             .store
-            .set_remote_desktop(&self.actor, id, enabled, nla_only)
+            .set_remote_desktop(&self.actor, id, enabled, nla_only, None)
             .await?)
     }
 

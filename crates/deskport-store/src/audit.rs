@@ -26,6 +26,9 @@ pub(crate) enum Action {
     InstanceRemoteDesktop,
     InstanceAttachGroup,
     InstanceDetachGroup,
+    /// An RD Gateway token minted for one user and the instance.
+    InstanceRdpToken,
+    InstanceRdpTokenRevoke,
 }
 
 impl Action {
@@ -50,6 +53,8 @@ impl Action {
             Action::InstanceRemoteDesktop => "instance.remote_desktop",
             Action::InstanceAttachGroup => "instance.attach_group",
             Action::InstanceDetachGroup => "instance.detach_group",
+            Action::InstanceRdpToken => "instance.rdp_token",
+            Action::InstanceRdpTokenRevoke => "instance.rdp_token_revoke",
         }
     }
 
@@ -69,7 +74,9 @@ impl Action {
             | Action::InstanceDelete
             | Action::InstanceRemoteDesktop
             | Action::InstanceAttachGroup
-            | Action::InstanceDetachGroup => "instance",
+            | Action::InstanceDetachGroup
+            | Action::InstanceRdpToken
+            | Action::InstanceRdpTokenRevoke => "instance",
         }
     }
 
@@ -94,14 +101,18 @@ impl Action {
             | Action::MembershipSet
             | Action::MembershipDelete
             | Action::TokenCreate
-            | Action::TokenDelete => false,
+            | Action::TokenDelete
+            | Action::InstanceRdpToken
+            | Action::InstanceRdpTokenRevoke => false,
         }
     }
 }
 
 impl Action {
     /// Whether the change alters who a bearer token belongs to, or what that owner may see:
-    /// tokens, users and their memberships, instances (their agent tokens).
+    /// tokens, users and their memberships, instances (their agent tokens). A revoked RD
+    /// Gateway token does too: live tunnels opened with it are rechecked
+    /// ([`crate::Store::access_changes`]).
     pub(crate) fn touches_principals(self) -> bool {
         match self {
             Action::ProjectCreate
@@ -112,7 +123,8 @@ impl Action {
             | Action::TokenCreate
             | Action::TokenDelete
             | Action::InstanceCreate
-            | Action::InstanceDelete => true,
+            | Action::InstanceDelete
+            | Action::InstanceRdpTokenRevoke => true,
             Action::UserCreate
             | Action::UserPassword
             | Action::GroupCreate
@@ -121,7 +133,8 @@ impl Action {
             | Action::RuleDelete
             | Action::InstanceRemoteDesktop
             | Action::InstanceAttachGroup
-            | Action::InstanceDetachGroup => false,
+            | Action::InstanceDetachGroup
+            | Action::InstanceRdpToken => false,
         }
     }
 }

@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::{
-    Actor, ApiToken, AuditEvent, AuditFilter, GroupRecord, Instance, Project, Result, Role,
-    RuleRecord, Session, User,
+    Actor, ApiToken, AuditEvent, AuditFilter, GatewayToken, GroupRecord, Instance, Project, Result,
+    Role, RuleRecord, Session, User,
 };
 
 /// A database holding deskport's data.
@@ -119,6 +119,13 @@ pub trait Rows: Send {
     async fn instance(&mut self, id: Uuid) -> Result<Option<Instance>>;
     /// The instance (and its project) whose agent token has this hash.
     async fn agent_token(&mut self, token_hash: &str) -> Result<Option<(Uuid, Uuid)>>;
+
+    /// The RD Gateway token with this id, with its user's name if the user exists.
+    async fn gateway_token(&mut self, id: Uuid) -> Result<Option<GatewayToken>>;
+    /// The RD Gateway token with this hash, with its user's name if the user exists.
+    async fn gateway_token_by_hash(&mut self, token_hash: &str) -> Result<Option<GatewayToken>>;
+    /// An instance's RD Gateway tokens, oldest first.
+    async fn gateway_tokens(&mut self, instance: Uuid) -> Result<Vec<GatewayToken>>;
 
     /// Events of `projects` (of any project or none with `None`) that match `filter`, newest
     /// first, at most `filter.limit`.
@@ -230,6 +237,12 @@ pub trait Transaction: Rows {
     /// Attaches `group` after the instance's other groups.
     async fn attach_group(&mut self, instance: Uuid, group: GroupId) -> Result<()>;
     async fn detach_group(&mut self, instance: Uuid, group: GroupId) -> Result<()>;
+
+    async fn insert_gateway_token(&mut self, token: &GatewayToken, token_hash: &str) -> Result<()>;
+    /// Stamps the token revoked at `at`; `false` if there is no such token or it was revoked.
+    async fn revoke_gateway_token(&mut self, id: Uuid, at: i64) -> Result<bool>;
+    /// Deletes the RD Gateway tokens that expired before this time; how many there were.
+    async fn delete_gateway_tokens(&mut self, expired_before: i64) -> Result<u64>;
 
     /// Records `key`'s attempts, replacing what was recorded.
     async fn put_login_attempts(&mut self, key: &str, attempts: &Attempts) -> Result<()>;

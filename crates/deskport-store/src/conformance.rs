@@ -31,8 +31,8 @@ use uuid::Uuid;
 
 use crate::audit::rule_summary;
 use crate::{
-    Actor, AuditEvent, AuditFilter, Backend, Bootstrap, GroupRecord, Membership, NewInstance,
-    Principal, Role, Store, StoreError,
+    Actor, AuditEvent, AuditFilter, Backend, Bootstrap, GatewayEvent, GrantRefusal, GroupRecord,
+    Instance, Membership, NewInstance, Principal, Refused, Role, Store, StoreError,
 };
 
 /// One test per story for the backend `$open` makes: `conformance_tests!(name, opener)`,
@@ -62,6 +62,9 @@ macro_rules! conformance_tests {
                 revision_subscribers,
                 agent_state,
                 tenancy,
+                gateway_tokens,
+                gateway_grants,
+                gateway_access_changes,
             );
         }
     };
@@ -1422,7 +1425,11 @@ pub async fn instances(store: Store) {
         (13389, new.internal_address, 3390)
     );
     assert_eq!(desk.groups, [(default.group.id, "default".to_owned())]);
-    assert_eq!((desk.rdp_enabled, desk.rdp_nla_only), (false, true));
+    assert_eq!(
+        (desk.rdp_enabled, desk.rdp_nla_only, desk.rdp_gateway),
+        (false, true, true),
+        "remote connections off, NLA only and gateway access on"
+    );
     assert_eq!(
         (
             desk.cert_fingerprint.clone(),
@@ -1500,7 +1507,7 @@ pub async fn instances(store: Store) {
     let on = revision_after(
         &store,
         true,
-        store.set_remote_desktop(&bob(), desk.id, Some(true), None),
+        store.set_remote_desktop(&bob(), desk.id, Some(true), None, None),
     )
     .await
     .unwrap();
@@ -1511,18 +1518,38 @@ pub async fn instances(store: Store) {
         &bob(),
         Some(d),
         ("instance", desk.id.to_string()),
-        "desk: remote connections off -> on, NLA only on -> on",
+        "desk: remote connections off -> on, NLA only on -> on, gateway access on -> on",
     )
     .await;
     let nla_off = store
-        .set_remote_desktop(&bob(), desk.id, None, Some(false))
+        .set_remote_desktop(&bob(), desk.id, None, Some(false), None)
         .await
         .unwrap();
     assert_eq!((nla_off.rdp_enabled, nla_off.rdp_nla_only), (true, false));
     assert_eq!(store.instance(&[d], desk.id).await.unwrap(), nla_off);
     assert_eq!(
         last_event(&store, "instance.remote_desktop").await.summary,
-        "desk: remote connections on -> on, NLA only on -> off"
+        "desk: remote connections on -> on, NLA only on -> off, gateway access on -> on"
+    );
+    let gateway_off = revision_after(
+        &store,
+        true,
+        store.set_remote_desktop(&bob(), desk.id, None, None, Some(false)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            gateway_off.rdp_enabled,
+            gateway_off.rdp_nla_only,
+            gateway_off.rdp_gateway
+        ),
+        (true, false, false)
+    );
+    assert_eq!(store.instance(&[d], desk.id).await.unwrap(), gateway_off);
+    assert_eq!(
+        last_event(&store, "instance.remote_desktop").await.summary,
+        "desk: remote connections on -> on, NLA only off -> off, gateway access on -> off"
     );
 
     let attached = revision_after(
@@ -1607,7 +1634,7 @@ pub async fn instances(store: Store) {
     for err in [
         store.delete_instance(&alice(), desk.id).await.unwrap_err(),
         store
-            .set_remote_desktop(&alice(), desk.id, Some(true), None)
+            .set_remote_desktop(&alice(), desk.id, Some(true), None, None)
             .await
             .unwrap_err(),
         store
@@ -1683,7 +1710,7 @@ pub async fn agent_reports(store: Store) {
     );
     // A change to the instance keeps what its agent reported.
     let changed = store
-        .set_remote_desktop(&alice(), desk.id, Some(true), None)
+        .set_remote_desktop(&alice(), desk.id, Some(true), None, None)
         .await
         .unwrap();
     assert_eq!(
@@ -1888,7 +1915,7 @@ pub async fn agent_state(store: Store) {
         .await
         .unwrap();
     let default = default_group(&store, d).await;
-    let member = |i: &crate::Instance, services: Vec<Service>| Member {
+    let member = |i: &Instance, services: Vec<Service>| Member {
         name: i.name.clone(),
         addresses: vec![i.public_address],
         groups: vec![default.group.id],
@@ -1904,7 +1931,7 @@ pub async fn agent_state(store: Store) {
     assert_eq!(state.policy.groups, std::slice::from_ref(&default.group));
 
     let a = store
-        .set_remote_desktop(&alice(), a.id, Some(true), None)
+        .set_remote_desktop(&alice(), a.id, Some(true), None, None)
         .await
         .unwrap();
     let state = store.agent_state(d, Some(a.id)).await.unwrap();
@@ -2001,4 +2028,514 @@ pub async fn tenancy(store: Store) {
     assert_eq!(store.rule(&both, rule.rule.id).await.unwrap(), rule);
     assert_eq!(store.instance(&both, instance.id).await.unwrap(), instance);
     assert_eq!(store.list_instances(&both).await.unwrap(), [instance]);
+}
+
+// ---- the RD Gateway ----
+
+const FIVE_MINUTES: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The default project with `desk` (remote connections on) and user `carol`, a reader of it.
+async fn gateway_setup(store: &Store) -> (Bootstrap, Instance, crate::User) {
+    let b = boot(store).await;
+    let d = b.default_project;
+    let desk = store
+        .create_instance(&alice(), &new_instance(d, "desk", "198.51.100.1", vec![]))
+        .await
+        .unwrap();
+    let desk = store
+        .set_remote_desktop(&alice(), desk.id, Some(true), None, None)
+        .await
+        .unwrap();
+    let carol = store
+        .create_user(&alice(), "carol", "carol-hash", false)
+        .await
+        .unwrap();
+    store
+        .set_membership(&alice(), d, carol.id, Role::Reader)
+        .await
+        .unwrap();
+    (b, desk, carol)
+}
+
+fn refusal(found: Result<crate::GatewayGrant, Refused>) -> Refused {
+    match found {
+        Ok(grant) => panic!("expected a refusal, got {grant:?}"),
+        Err(refused) => refused,
+    }
+}
+
+/// Tokens: minted for a member while remote connections and gateway access are on, for 30 s
+/// to 1 h, audited without moving the revision, listed without secrets, revoked once.
+pub async fn gateway_tokens(store: Store) {
+    let (b, desk, carol) = gateway_setup(&store).await;
+    let d = b.default_project;
+    let before = now();
+    let (token, secret) = revision_after(
+        &store,
+        false,
+        store.mint_gateway_token(&alice(), carol.id, desk.id, FIVE_MINUTES),
+    )
+    .await
+    .unwrap();
+    assert!(secret.starts_with("dpg_") && secret.len() == 68, "{secret}");
+    assert_eq!(
+        (token.user_id, token.user_name.as_deref(), token.instance_id),
+        (carol.id, Some("carol"), desk.id)
+    );
+    assert!(token.created_at >= before);
+    assert_eq!(token.expires_at, token.created_at + 300_000);
+    assert_eq!(token.revoked_at, None);
+    assert_event(
+        &store,
+        "instance.rdp_token",
+        &alice(),
+        Some(d),
+        ("instance", desk.id.to_string()),
+        &format!("desk: gateway token {} for carol, valid 300 s", token.id),
+    )
+    .await;
+    let (second, other_secret) = store
+        .mint_gateway_token(
+            &alice(),
+            b.admin,
+            desk.id,
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    assert_ne!(secret, other_secret);
+    assert_eq!(second.expires_at, second.created_at + 3_600_000);
+    let listed = store.list_gateway_tokens(&[d], desk.id).await.unwrap();
+    assert_eq!(listed, [token.clone(), second.clone()], "oldest first");
+    assert_eq!(store.gateway_token(&[d], token.id).await.unwrap(), token);
+
+    // Refusals.
+    for ttl in [29, 3601] {
+        let err = store
+            .mint_gateway_token(
+                &alice(),
+                carol.id,
+                desk.id,
+                std::time::Duration::from_secs(ttl),
+            )
+            .await
+            .unwrap_err();
+        assert_conflict(err, "invalid_ttl", Some("ttl_seconds"));
+    }
+    let dave = store
+        .create_user(&alice(), "dave", "dave-hash", false)
+        .await
+        .unwrap();
+    let err = store
+        .mint_gateway_token(&alice(), dave.id, desk.id, FIVE_MINUTES)
+        .await
+        .unwrap_err();
+    assert_conflict(err, "not_a_member", None);
+    let err = store
+        .mint_gateway_token(&alice(), carol.id, Uuid::new_v4(), FIVE_MINUTES)
+        .await
+        .unwrap_err();
+    assert_not_found(err, "instance");
+    let err = store
+        .mint_gateway_token(&alice(), Uuid::new_v4(), desk.id, FIVE_MINUTES)
+        .await
+        .unwrap_err();
+    assert_not_found(err, "user");
+    store
+        .set_remote_desktop(&alice(), desk.id, None, None, Some(false))
+        .await
+        .unwrap();
+    let err = store
+        .mint_gateway_token(&alice(), carol.id, desk.id, FIVE_MINUTES)
+        .await
+        .unwrap_err();
+    assert_conflict(err, "gateway_access_off", None);
+    store
+        .set_remote_desktop(&alice(), desk.id, Some(false), None, Some(true))
+        .await
+        .unwrap();
+    let err = store
+        .mint_gateway_token(&alice(), carol.id, desk.id, FIVE_MINUTES)
+        .await
+        .unwrap_err();
+    assert_conflict(err, "remote_desktop_off", None);
+
+    // Another project's instance and token are not found.
+    let other = store
+        .create_project(&alice(), "other", "", b.admin)
+        .await
+        .unwrap();
+    let err = store
+        .list_gateway_tokens(&[other.id], desk.id)
+        .await
+        .unwrap_err();
+    assert_not_found(err, "instance");
+    let err = store
+        .gateway_token(&[other.id], token.id)
+        .await
+        .unwrap_err();
+    assert_not_found(err, "gateway token");
+    let err = store
+        .revoke_gateway_token(&bob(), &[other.id], token.id)
+        .await
+        .unwrap_err();
+    assert_not_found(err, "gateway token");
+
+    // Revoked once, audited, still listed.
+    let revoked = revision_after(
+        &store,
+        false,
+        store.revoke_gateway_token(&bob(), &[d], token.id),
+    )
+    .await
+    .unwrap();
+    assert!(revoked.revoked_at.unwrap() >= token.created_at);
+    assert_event(
+        &store,
+        "instance.rdp_token_revoke",
+        &bob(),
+        Some(d),
+        ("instance", desk.id.to_string()),
+        &format!("desk: gateway token {} of carol revoked", token.id),
+    )
+    .await;
+    assert_eq!(store.gateway_token(&[d], token.id).await.unwrap(), revoked);
+    let err = store
+        .revoke_gateway_token(&bob(), &[d], token.id)
+        .await
+        .unwrap_err();
+    assert_conflict(err, "already_revoked", None);
+    let err = store
+        .revoke_gateway_token(&bob(), &[d], Uuid::new_v4())
+        .await
+        .unwrap_err();
+    assert_not_found(err, "gateway token");
+
+    // The janitor forgets tokens a week after they expired, not before.
+    assert!(store.janitor(&Limits::default(), now()).await.unwrap());
+    assert_eq!(
+        store
+            .list_gateway_tokens(&[d], desk.id)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let later = second.expires_at + 7 * 24 * HOUR + 1;
+    assert!(store.janitor(&Limits::default(), later).await.unwrap());
+    assert!(store
+        .list_gateway_tokens(&[d], desk.id)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Grants: a token opens tunnels until it expires (reused too); revoked, expired, switched
+/// off, no longer a member, user or instance deleted all refuse, saying why and whose token it
+/// was; a recheck of a live tunnel ignores expiry only. Gateway events are audited.
+pub async fn gateway_grants(store: Store) {
+    let (b, desk, carol) = gateway_setup(&store).await;
+    let d = b.default_project;
+    let (token, secret) = store
+        .mint_gateway_token(&alice(), carol.id, desk.id, FIVE_MINUTES)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let grant = store.gateway_grant(&secret).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                grant.token_id,
+                grant.user_id,
+                grant.user_name.as_str(),
+                grant.project_id
+            ),
+            (token.id, carol.id, "carol", d)
+        );
+        assert_eq!(grant.instance, store.instance(&[d], desk.id).await.unwrap());
+    }
+    let refused = refusal(store.gateway_grant("dpg_unknown").await.unwrap());
+    assert_eq!(
+        refused,
+        Refused {
+            reason: GrantRefusal::UnknownToken,
+            token_id: None,
+            user_id: None,
+            user_name: None,
+            instance_id: None,
+            project_id: None,
+        }
+    );
+    assert_eq!(refused.to_string(), "the gateway token is not known");
+
+    // Expiry: refused when opening, not on a recheck.
+    let expired = refusal(
+        store
+            .gateway_grant_at(&secret, token.expires_at)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        expired,
+        Refused {
+            reason: GrantRefusal::Expired,
+            token_id: Some(token.id),
+            user_id: Some(carol.id),
+            user_name: Some("carol".into()),
+            instance_id: Some(desk.id),
+            project_id: Some(d),
+        }
+    );
+    assert!(store
+        .gateway_grant_at(&secret, token.expires_at - 1)
+        .await
+        .unwrap()
+        .is_ok());
+    assert!(store.recheck_grant(token.id).await.unwrap().is_ok());
+    assert_eq!(
+        refusal(store.recheck_grant(Uuid::new_v4()).await.unwrap()).reason,
+        GrantRefusal::UnknownToken
+    );
+
+    // Each switch refuses, opening and rechecking, until it is on again.
+    let reason = |store: &Store| {
+        let store = store.clone();
+        let secret = secret.clone();
+        async move {
+            let opening = store
+                .gateway_grant(&secret)
+                .await
+                .unwrap()
+                .err()
+                .map(|r| r.reason);
+            let live = store
+                .recheck_grant(token.id)
+                .await
+                .unwrap()
+                .err()
+                .map(|r| r.reason);
+            assert_eq!(opening, live, "opening and rechecking agree");
+            opening
+        }
+    };
+    store
+        .set_remote_desktop(&alice(), desk.id, None, None, Some(false))
+        .await
+        .unwrap();
+    assert_eq!(reason(&store).await, Some(GrantRefusal::GatewayOff));
+    store
+        .set_remote_desktop(&alice(), desk.id, Some(false), None, Some(true))
+        .await
+        .unwrap();
+    assert_eq!(reason(&store).await, Some(GrantRefusal::RemoteDesktopOff));
+    store
+        .set_remote_desktop(&alice(), desk.id, Some(true), None, None)
+        .await
+        .unwrap();
+    assert_eq!(reason(&store).await, None);
+
+    // Membership: any role will do; none refuses.
+    store
+        .remove_membership(&alice(), d, carol.id)
+        .await
+        .unwrap();
+    assert_eq!(reason(&store).await, Some(GrantRefusal::NotMember));
+    store
+        .set_membership(&alice(), d, carol.id, Role::Member)
+        .await
+        .unwrap();
+    assert_eq!(reason(&store).await, None);
+
+    // Revoked.
+    store
+        .revoke_gateway_token(&alice(), &[d], token.id)
+        .await
+        .unwrap();
+    assert_eq!(reason(&store).await, Some(GrantRefusal::Revoked));
+
+    // The user deleted; the instance deleted.
+    let (for_carol, carol_secret) = store
+        .mint_gateway_token(&alice(), carol.id, desk.id, FIVE_MINUTES)
+        .await
+        .unwrap();
+    let (for_admin, admin_secret) = store
+        .mint_gateway_token(&alice(), b.admin, desk.id, FIVE_MINUTES)
+        .await
+        .unwrap();
+    store.delete_user(&alice(), carol.id).await.unwrap();
+    let gone = refusal(store.gateway_grant(&carol_secret).await.unwrap());
+    assert_eq!(
+        (gone.reason, gone.user_id, gone.user_name),
+        (GrantRefusal::NotMember, Some(carol.id), None)
+    );
+    assert_eq!(
+        refusal(store.recheck_grant(for_carol.id).await.unwrap()).reason,
+        GrantRefusal::NotMember
+    );
+    assert!(store.gateway_grant(&admin_secret).await.unwrap().is_ok());
+    store.delete_instance(&alice(), desk.id).await.unwrap();
+    let gone = refusal(store.gateway_grant(&admin_secret).await.unwrap());
+    assert_eq!(
+        (gone.reason, gone.instance_id, gone.project_id),
+        (GrantRefusal::InstanceGone, Some(desk.id), None)
+    );
+    assert_eq!(
+        refusal(store.recheck_grant(for_admin.id).await.unwrap()).reason,
+        GrantRefusal::InstanceGone
+    );
+
+    // What the gateway records: events only, by the token's user (or `gateway`).
+    let gateway = |source: &str| Actor {
+        name: "admin".into(),
+        source: Some(source.into()),
+    };
+    revision_after(
+        &store,
+        false,
+        store.audit_gateway(
+            Some(b.admin),
+            Some(d),
+            Some(desk.id),
+            GatewayEvent::Opened,
+            "desk: tunnel to 198.51.100.1:3389".into(),
+            Some("192.0.2.9".into()),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_event(
+        &store,
+        "gateway.session_opened",
+        &gateway("192.0.2.9"),
+        Some(d),
+        ("instance", desk.id.to_string()),
+        "desk: tunnel to 198.51.100.1:3389",
+    )
+    .await;
+    store
+        .audit_gateway(
+            Some(b.admin),
+            Some(d),
+            Some(desk.id),
+            GatewayEvent::Closed,
+            "desk: tunnel closed after 12 s".into(),
+            Some("192.0.2.9".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        last_event(&store, "gateway.session_closed").await.summary,
+        "desk: tunnel closed after 12 s"
+    );
+    store
+        .audit_gateway(
+            None,
+            None,
+            None,
+            GatewayEvent::Refused,
+            "the gateway token is not known".into(),
+            Some("192.0.2.10".into()),
+        )
+        .await
+        .unwrap();
+    let e = last_event(&store, "gateway.refused").await;
+    assert_eq!(
+        (
+            e.actor.as_str(),
+            e.project_id,
+            e.target_id,
+            e.source.as_deref()
+        ),
+        ("gateway", None, None, Some("192.0.2.10"))
+    );
+    store
+        .audit_gateway(
+            Some(carol.id),
+            Some(d),
+            Some(desk.id),
+            GatewayEvent::Refused,
+            "the token's user is not a member of the instance's project".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let e = last_event(&store, "gateway.refused").await;
+    assert_eq!(e.actor, carol.id.to_string(), "a deleted user by id");
+    assert_eq!(
+        store
+            .list_audit(&[d], &by_action("gateway.refused"))
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the project's log shows its refusals"
+    );
+}
+
+/// `access_changes` moves after every commit that can change a grant — a token revoked, a
+/// switch, a membership removed or changed, a user or instance deleted — and not for what
+/// cannot: an agent's report, a token minted, a gateway event.
+pub async fn gateway_access_changes(store: Store) {
+    let (b, desk, carol) = gateway_setup(&store).await;
+    let d = b.default_project;
+    let mut changes = store.access_changes();
+    changes.borrow_and_update();
+    let (token, _) = store
+        .mint_gateway_token(&alice(), carol.id, desk.id, FIVE_MINUTES)
+        .await
+        .unwrap();
+    store
+        .report_agent(desk.id, Some("ab:cd"), Some(3))
+        .await
+        .unwrap();
+    store
+        .audit_gateway(
+            Some(carol.id),
+            Some(d),
+            Some(desk.id),
+            GatewayEvent::Opened,
+            "opened".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        !changes.has_changed().unwrap(),
+        "no grant changes with a report, a new token or an event"
+    );
+    let mut moved = |what: &str| {
+        assert!(
+            changes.has_changed().unwrap(),
+            "{what} moves access_changes"
+        );
+        changes.borrow_and_update();
+    };
+    store
+        .revoke_gateway_token(&alice(), &[d], token.id)
+        .await
+        .unwrap();
+    moved("a token revoked");
+    store
+        .set_remote_desktop(&alice(), desk.id, None, None, Some(false))
+        .await
+        .unwrap();
+    moved("gateway access switched");
+    store
+        .set_remote_desktop(&alice(), desk.id, Some(false), None, None)
+        .await
+        .unwrap();
+    moved("remote connections switched");
+    store
+        .set_membership(&alice(), d, carol.id, Role::Member)
+        .await
+        .unwrap();
+    moved("a role changed");
+    store
+        .remove_membership(&alice(), d, carol.id)
+        .await
+        .unwrap();
+    moved("a membership removed");
+    store.delete_user(&alice(), carol.id).await.unwrap();
+    moved("a user deleted");
+    store.delete_instance(&alice(), desk.id).await.unwrap();
+    moved("an instance deleted");
 }

@@ -51,7 +51,9 @@ pub use backend::{
 };
 pub use postgres::{PostgresBackend, CHANNEL as POSTGRES_CHANNEL, LISTENER_NAME};
 pub use sqlite::SqliteBackend;
-pub use store::{Store, StoreStats};
+pub use store::{
+    Store, StoreStats, GATEWAY_TOKEN_MAX_TTL, GATEWAY_TOKEN_MIN_TTL, GATEWAY_TOKEN_TTL,
+};
 
 /// A project (tenant).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,12 +189,110 @@ pub struct Instance {
     pub rdp_enabled: bool,
     /// *Allow connections only from computers running Remote Desktop with NLA*.
     pub rdp_nla_only: bool,
+    /// *Gateway access*: whether the RD Gateway opens tunnels to this instance (on by
+    /// default; governs the gateway path only, as security groups govern the public one).
+    pub rdp_gateway: bool,
     /// SHA-256 fingerprint of the RDP server's certificate, as its agent reported it.
     pub cert_fingerprint: Option<String>,
     pub agent_seen_at: Option<i64>,
     /// The policy revision the agent last reported enforcing.
     pub agent_revision: Option<u64>,
     pub created_at: i64,
+}
+
+/// An RD Gateway token's record (the secret itself is never stored): it opens tunnels to one
+/// instance for one user until it expires or is revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayToken {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// The user's name; `None` once the user is deleted.
+    pub user_name: Option<String>,
+    pub instance_id: Uuid,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// What the RD Gateway may do with a token: open a tunnel to `instance`'s RDP service (its
+/// internal address, else the public one, and `rdp_port`) for `user_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayGrant {
+    pub token_id: Uuid,
+    pub user_id: Uuid,
+    pub user_name: String,
+    pub instance: Instance,
+    pub project_id: Uuid,
+}
+
+/// Why the RD Gateway may not open (or keep) a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum GrantRefusal {
+    #[error("the gateway token is not known")]
+    UnknownToken,
+    #[error("the gateway token has expired")]
+    Expired,
+    #[error("the gateway token was revoked")]
+    Revoked,
+    #[error("remote connections to the instance are switched off")]
+    RemoteDesktopOff,
+    #[error("gateway access to the instance is switched off")]
+    GatewayOff,
+    #[error("the token's user is not a member of the instance's project")]
+    NotMember,
+    #[error("the instance no longer exists")]
+    InstanceGone,
+}
+
+impl GrantRefusal {
+    /// A stable name for logs and metrics (`unknown_token`, `expired`, …).
+    pub fn code(self) -> &'static str {
+        match self {
+            GrantRefusal::UnknownToken => "unknown_token",
+            GrantRefusal::Expired => "expired",
+            GrantRefusal::Revoked => "revoked",
+            GrantRefusal::RemoteDesktopOff => "remote_desktop_off",
+            GrantRefusal::GatewayOff => "gateway_off",
+            GrantRefusal::NotMember => "not_member",
+            GrantRefusal::InstanceGone => "instance_gone",
+        }
+    }
+}
+
+/// A refused grant: why, and what the token named (for the audit log), as far as known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refused {
+    pub reason: GrantRefusal,
+    pub token_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    /// The user's name, if the user still exists.
+    pub user_name: Option<String>,
+    pub instance_id: Option<Uuid>,
+    /// The instance's project, if the instance still exists.
+    pub project_id: Option<Uuid>,
+}
+
+/// What the RD Gateway records in the audit log ([`crate::Store::audit_gateway`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayEvent {
+    /// A tunnel was opened (`gateway.session_opened`).
+    Opened,
+    /// A tunnel ended (`gateway.session_closed`), whatever ended it.
+    Closed,
+    /// A tunnel was refused, or a live one cut by a refused recheck (`gateway.refused`).
+    Refused,
+}
+
+impl GatewayEvent {
+    /// The event's action in the audit log.
+    pub fn action(self) -> &'static str {
+        match self {
+            GatewayEvent::Opened => "gateway.session_opened",
+            GatewayEvent::Closed => "gateway.session_closed",
+            GatewayEvent::Refused => "gateway.refused",
+        }
+    }
 }
 
 /// What creating an instance needs.

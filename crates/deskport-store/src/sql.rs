@@ -20,9 +20,9 @@ use deskport_policy::{
 use uuid::Uuid;
 
 use crate::{
-    AgentReport, ApiToken, AuditEvent, AuditFilter, GroupRecord, Instance, LoginAttempts,
-    Membership, NewAuditEvent, Project, Result, Role, Rows, RuleRecord, Session, Sessions,
-    StoreError, Touched, Transaction, User,
+    AgentReport, ApiToken, AuditEvent, AuditFilter, GatewayToken, GroupRecord, Instance,
+    LoginAttempts, Membership, NewAuditEvent, Project, Result, Role, Rows, RuleRecord, Session,
+    Sessions, StoreError, Touched, Transaction, User,
 };
 
 /// A value bound to a statement's parameter.
@@ -212,6 +212,23 @@ fn token_from_row(row: &impl Record) -> Result<ApiToken> {
     })
 }
 
+fn gateway_token_from_row(row: &impl Record) -> Result<GatewayToken> {
+    Ok(GatewayToken {
+        id: uuid(&row.text("id")?)?,
+        user_id: uuid(&row.text("user_id")?)?,
+        user_name: row.opt_text("user_name")?,
+        instance_id: uuid(&row.text("instance_id")?)?,
+        created_at: row.int("created_at")?,
+        expires_at: row.int("expires_at")?,
+        revoked_at: row.opt_int("revoked_at")?,
+    })
+}
+
+/// An RD Gateway token's columns and its user's name (tokens outlive their users).
+const GATEWAY_TOKEN: &str =
+    "SELECT t.id, t.user_id, u.name AS user_name, t.instance_id, t.created_at,
+    t.expires_at, t.revoked_at FROM gateway_tokens t LEFT JOIN users u ON u.id = t.user_id";
+
 fn audit_from_row(row: &impl Record) -> Result<AuditEvent> {
     Ok(AuditEvent {
         id: row.int("id")?,
@@ -262,6 +279,7 @@ fn instance_from_row(row: &impl Record) -> Result<Instance> {
         groups: Vec::new(),
         rdp_enabled: row.flag("rdp_enabled")?,
         rdp_nla_only: row.flag("rdp_nla_only")?,
+        rdp_gateway: row.flag("rdp_gateway")?,
         cert_fingerprint: row.opt_text("cert_fingerprint")?,
         agent_seen_at: row.opt_int("agent_seen_at")?,
         agent_revision: row.opt_int("agent_revision")?.map(|r| r as u64),
@@ -645,6 +663,34 @@ impl<S: Sql> Rows for Conn<S> {
             .transpose()
     }
 
+    async fn gateway_token(&mut self, id: Uuid) -> Result<Option<GatewayToken>> {
+        let sql = format!("{GATEWAY_TOKEN} WHERE t.id = $1");
+        self.0
+            .fetch_optional(&sql, &args![id])
+            .await?
+            .map(|row| gateway_token_from_row(&row))
+            .transpose()
+    }
+
+    async fn gateway_token_by_hash(&mut self, token_hash: &str) -> Result<Option<GatewayToken>> {
+        let sql = format!("{GATEWAY_TOKEN} WHERE t.token_hash = $1");
+        self.0
+            .fetch_optional(&sql, &args![token_hash])
+            .await?
+            .map(|row| gateway_token_from_row(&row))
+            .transpose()
+    }
+
+    async fn gateway_tokens(&mut self, instance: Uuid) -> Result<Vec<GatewayToken>> {
+        let sql = format!("{GATEWAY_TOKEN} WHERE t.instance_id = $1 ORDER BY t.created_at, t.id");
+        self.0
+            .fetch_all(&sql, &args![instance])
+            .await?
+            .iter()
+            .map(gateway_token_from_row)
+            .collect()
+    }
+
     async fn audit(
         &mut self,
         projects: Option<&[Uuid]>,
@@ -879,8 +925,9 @@ impl<S: Sql> Transaction for Conn<S> {
     async fn insert_instance(&mut self, instance: &Instance, agent_token_hash: &str) -> Result<()> {
         self.run(
                 "INSERT INTO instances (id, project_id, name, public_address, public_rdp_port, internal_address, rdp_port,
-                    rdp_enabled, rdp_nla_only, cert_fingerprint, agent_token_hash, agent_seen_at, agent_revision, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    rdp_enabled, rdp_nla_only, cert_fingerprint, agent_token_hash, agent_seen_at, agent_revision, created_at,
+                    rdp_gateway)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 &args![
                     instance.id,
                     instance.project_id,
@@ -896,6 +943,7 @@ impl<S: Sql> Transaction for Conn<S> {
                     instance.agent_seen_at,
                     instance.agent_revision.map(|r| r as i64),
                     instance.created_at,
+                    instance.rdp_gateway,
                 ],
         )
         .await
@@ -904,7 +952,7 @@ impl<S: Sql> Transaction for Conn<S> {
     async fn update_instance(&mut self, instance: &Instance) -> Result<()> {
         self.run(
                 "UPDATE instances SET name = $1, public_address = $2, public_rdp_port = $3, internal_address = $4,
-                    rdp_port = $5, rdp_enabled = $6, rdp_nla_only = $7, created_at = $8
+                    rdp_port = $5, rdp_enabled = $6, rdp_nla_only = $7, created_at = $8, rdp_gateway = $10
                  WHERE id = $9",
                 &args![
                     &instance.name,
@@ -916,6 +964,7 @@ impl<S: Sql> Transaction for Conn<S> {
                     instance.rdp_nla_only,
                     instance.created_at,
                     instance.id,
+                    instance.rdp_gateway,
                 ],
         )
         .await
@@ -959,6 +1008,43 @@ impl<S: Sql> Transaction for Conn<S> {
             &args![instance, group.to_string()],
         )
         .await
+    }
+
+    async fn insert_gateway_token(&mut self, t: &GatewayToken, token_hash: &str) -> Result<()> {
+        self.run(
+            "INSERT INTO gateway_tokens (id, token_hash, user_id, instance_id, created_at, expires_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &args![
+                t.id,
+                token_hash,
+                t.user_id,
+                t.instance_id,
+                t.created_at,
+                t.expires_at,
+                t.revoked_at
+            ],
+        )
+        .await
+    }
+
+    async fn revoke_gateway_token(&mut self, id: Uuid, at: i64) -> Result<bool> {
+        let changed = self
+            .0
+            .execute(
+                "UPDATE gateway_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                &args![at, id],
+            )
+            .await?;
+        Ok(changed > 0)
+    }
+
+    async fn delete_gateway_tokens(&mut self, expired_before: i64) -> Result<u64> {
+        self.0
+            .execute(
+                "DELETE FROM gateway_tokens WHERE expires_at < $1",
+                &args![expired_before],
+            )
+            .await
     }
 
     async fn put_login_attempts(&mut self, key: &str, a: &Attempts) -> Result<()> {

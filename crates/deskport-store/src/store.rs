@@ -15,6 +15,11 @@
 //!   change touches instances;
 //! - **token owners** until a change touches tokens, users' memberships or instances.
 //!
+//! What the RD Gateway asks ([`Store::gateway_grant`], [`Store::recheck_grant`]) is read from
+//! the database each time, never from a copy: it is asked when a tunnel opens and, for live
+//! tunnels, when [`Store::access_changes`] moves — after any commit, here or (through the
+//! notices) on another replica, that can change a grant.
+//!
 //! Each commit says what it [`Touched`]; this store forgets the copies it touched at once, and
 //! tells other processes on the same database through the backend
 //! ([`Transaction::announce`]), whose [`Notice`]s this store follows in a task of its own. While
@@ -39,9 +44,9 @@ use uuid::Uuid;
 use crate::audit::{rule_summary, Action};
 use crate::{
     not_found, Actor, AgentReport, AgentState, ApiToken, AuditEvent, AuditFilter, Backend,
-    Bootstrap, GroupRecord, Instance, LoginAttempts, NewAuditEvent, NewInstance, Notice, Principal,
-    Project, Result, Role, Rows, RuleRecord, Session, Sessions, StoreError, Touched, Transaction,
-    User,
+    Bootstrap, GatewayEvent, GatewayGrant, GatewayToken, GrantRefusal, GroupRecord, Instance,
+    LoginAttempts, NewAuditEvent, NewInstance, Notice, Principal, Project, Refused, Result, Role,
+    Rows, RuleRecord, Session, Sessions, StoreError, Touched, Transaction, User,
 };
 
 /// The project every store has, which cannot be deleted.
@@ -52,6 +57,17 @@ const ADMIN: &str = "admin";
 const PRINCIPAL_CACHE: usize = 10_000;
 /// The most audit events one listing returns.
 const AUDIT_LIMIT: u32 = 1000;
+/// How long an RD Gateway token opens tunnels unless asked otherwise.
+pub const GATEWAY_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
+/// The shortest and longest life an RD Gateway token may be given.
+pub const GATEWAY_TOKEN_MIN_TTL: Duration = Duration::from_secs(30);
+pub const GATEWAY_TOKEN_MAX_TTL: Duration = Duration::from_secs(60 * 60);
+/// How long the janitor keeps an RD Gateway token after it expired: a live tunnel opened with
+/// it is rechecked against it ([`Store::recheck_grant`]), so a tunnel lives at most this long
+/// past its token's expiry.
+const GATEWAY_TOKEN_KEPT: i64 = 7 * 24 * 3_600_000;
+/// Who the audit log names for a refused tunnel whose token names no user.
+const GATEWAY_ACTOR: &str = "gateway";
 
 /// Everything the manager persists, and the rules for changing it. Reads take the projects
 /// the caller may see (`visible`); an object of another project is reported as not found.
@@ -65,6 +81,9 @@ pub struct Store {
 struct Inner {
     backend: Box<dyn Backend>,
     revision: watch::Sender<u64>,
+    /// Moved after every commit that can change an RD Gateway grant (see
+    /// [`Store::access_changes`]).
+    access: watch::Sender<u64>,
     /// Moved by every change to token owners (here or, through notices, elsewhere).
     principals_version: AtomicU64,
     /// Moved by every change to instances.
@@ -227,11 +246,20 @@ impl Inner {
         if let Some(revision) = touched.revision {
             self.publish(revision);
         }
+        // Last: whoever it wakes reads what the commit left.
+        if touched.principals || touched.revision.is_some() {
+            self.access_changed();
+        }
     }
 
     fn forget_all(&self) {
         self.principals_version.fetch_add(1, Ordering::SeqCst);
         self.instances_version.fetch_add(1, Ordering::SeqCst);
+        self.access_changed();
+    }
+
+    fn access_changed(&self) {
+        self.access.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// `version` while the copies may be used.
@@ -284,10 +312,12 @@ impl Store {
     pub async fn new(backend: impl Backend) -> Result<Self> {
         let current = backend.read().await?.revision().await?;
         let (revision, _) = watch::channel(current);
+        let (access, _) = watch::channel(0);
         let notices = backend.notices();
         let inner = Arc::new(Inner {
             backend: Box::new(backend),
             revision,
+            access,
             principals_version: AtomicU64::new(1),
             instances_version: AtomicU64::new(1),
             listening: AtomicBool::new(true),
@@ -801,7 +831,15 @@ impl Store {
         tx.delete_sessions(Sessions::ExpiredBefore(now)).await?;
         tx.delete_login_attempts(LoginAttempts::IdleSince(now.saturating_sub(memory)))
             .await?;
-        self.commit_touching(tx, Touched::default()).await?;
+        let forgotten = tx
+            .delete_gateway_tokens(now.saturating_sub(GATEWAY_TOKEN_KEPT))
+            .await?;
+        // A forgotten token refuses the tunnels still open with it: they are rechecked.
+        let touched = Touched {
+            principals: forgotten > 0,
+            ..Touched::default()
+        };
+        self.commit_touching(tx, touched).await?;
         Ok(true)
     }
 
@@ -1114,6 +1152,7 @@ impl Store {
             groups: Vec::new(),
             rdp_enabled: false,
             rdp_nla_only: true,
+            rdp_gateway: true,
             cert_fingerprint: None,
             agent_seen_at: None,
             agent_revision: None,
@@ -1149,13 +1188,15 @@ impl Store {
         self.commit(tx, actor, change).await
     }
 
-    /// Switches *Allow remote connections* and *NLA only*; `None` keeps a switch as it is.
+    /// Switches *Allow remote connections*, *NLA only* and *Gateway access*; `None` keeps a
+    /// switch as it is.
     pub async fn set_remote_desktop(
         &self,
         actor: &Actor,
         id: Uuid,
         enabled: Option<bool>,
         nla_only: Option<bool>,
+        gateway: Option<bool>,
     ) -> Result<Instance> {
         let mut tx = self.write().await?;
         let before = tx
@@ -1165,16 +1206,19 @@ impl Store {
         let after = Instance {
             rdp_enabled: enabled.unwrap_or(before.rdp_enabled),
             rdp_nla_only: nla_only.unwrap_or(before.rdp_nla_only),
+            rdp_gateway: gateway.unwrap_or(before.rdp_gateway),
             ..before.clone()
         };
         tx.update_instance(&after).await?;
         let summary = format!(
-            "{}: remote connections {} -> {}, NLA only {} -> {}",
+            "{}: remote connections {} -> {}, NLA only {} -> {}, gateway access {} -> {}",
             before.name,
             on_off(before.rdp_enabled),
             on_off(after.rdp_enabled),
             on_off(before.rdp_nla_only),
-            on_off(after.rdp_nla_only)
+            on_off(after.rdp_nla_only),
+            on_off(before.rdp_gateway),
+            on_off(after.rdp_gateway)
         );
         let change = Change::new(
             Action::InstanceRemoteDesktop,
@@ -1315,6 +1359,230 @@ impl Store {
         Ok(found)
     }
 
+    // ---- the RD Gateway ----
+
+    /// Mints an RD Gateway token for `user` to reach `instance` for `ttl` (30 s to 1 h): the
+    /// record and the secret, shown once (only its hash is kept). Refused while the instance's
+    /// remote connections or gateway access are off, or if `user` is not a member of its
+    /// project (the gateway would refuse the token). Reusable until it expires: one client run
+    /// opens several tunnels with it (NLA fallback, reconnection, redirection).
+    pub async fn mint_gateway_token(
+        &self,
+        actor: &Actor,
+        user: Uuid,
+        instance: Uuid,
+        ttl: Duration,
+    ) -> Result<(GatewayToken, String)> {
+        if !(GATEWAY_TOKEN_MIN_TTL..=GATEWAY_TOKEN_MAX_TTL).contains(&ttl) {
+            return Err(conflict(
+                "invalid_ttl",
+                Some("ttl_seconds"),
+                format!(
+                    "a gateway token lives {} to {} seconds",
+                    GATEWAY_TOKEN_MIN_TTL.as_secs(),
+                    GATEWAY_TOKEN_MAX_TTL.as_secs()
+                ),
+            ));
+        }
+        let mut tx = self.write().await?;
+        let instance = tx
+            .instance(instance)
+            .await?
+            .ok_or_else(|| not_found("instance"))?;
+        let user = tx.user(user).await?.ok_or_else(|| not_found("user"))?;
+        if user.role_in(instance.project_id).is_none() {
+            return Err(conflict(
+                "not_a_member",
+                None,
+                format!(
+                    "user {} is not a member of instance {}'s project",
+                    user.name, instance.name
+                ),
+            ));
+        }
+        if !instance.rdp_enabled {
+            return Err(conflict(
+                "remote_desktop_off",
+                None,
+                format!("remote connections to {} are switched off", instance.name),
+            ));
+        }
+        if !instance.rdp_gateway {
+            return Err(conflict(
+                "gateway_access_off",
+                None,
+                format!("gateway access to {} is switched off", instance.name),
+            ));
+        }
+        let (secret, hash) = new_gateway_secret();
+        let now = now_ms();
+        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let token = GatewayToken {
+            id: Uuid::new_v4(),
+            user_id: user.id,
+            user_name: Some(user.name.clone()),
+            instance_id: instance.id,
+            created_at: now,
+            expires_at: now.saturating_add(millis),
+            revoked_at: None,
+        };
+        tx.insert_gateway_token(&token, &hash).await?;
+        let change = Change::new(
+            Action::InstanceRdpToken,
+            Some(instance.project_id),
+            instance.id,
+            format!(
+                "{}: gateway token {} for {}, valid {} s",
+                instance.name,
+                token.id,
+                user.name,
+                ttl.as_secs()
+            ),
+        );
+        self.commit(tx, actor, change).await?;
+        Ok((token, secret))
+    }
+
+    /// A visible instance's RD Gateway tokens (revoked and expired ones included, until the
+    /// janitor forgets them), oldest first.
+    pub async fn list_gateway_tokens(
+        &self,
+        visible: &[Uuid],
+        instance: Uuid,
+    ) -> Result<Vec<GatewayToken>> {
+        let instance = self.instance(visible, instance).await?;
+        self.read().await?.gateway_tokens(instance.id).await
+    }
+
+    /// An RD Gateway token of a visible instance.
+    pub async fn gateway_token(&self, visible: &[Uuid], id: Uuid) -> Result<GatewayToken> {
+        let token = self
+            .read()
+            .await?
+            .gateway_token(id)
+            .await?
+            .ok_or_else(|| not_found("gateway token"))?;
+        self.instance(visible, token.instance_id)
+            .await
+            .map_err(|_| not_found("gateway token"))?;
+        Ok(token)
+    }
+
+    /// Revokes an RD Gateway token of a visible instance: it opens no more tunnels, and those
+    /// open with it are cut when they are rechecked ([`Store::access_changes`]).
+    pub async fn revoke_gateway_token(
+        &self,
+        actor: &Actor,
+        visible: &[Uuid],
+        id: Uuid,
+    ) -> Result<GatewayToken> {
+        let mut tx = self.write().await?;
+        let token = tx
+            .gateway_token(id)
+            .await?
+            .ok_or_else(|| not_found("gateway token"))?;
+        let instance = tx
+            .instance(token.instance_id)
+            .await?
+            .filter(|i| visible.contains(&i.project_id))
+            .ok_or_else(|| not_found("gateway token"))?;
+        let now = now_ms();
+        if !tx.revoke_gateway_token(id, now).await? {
+            return Err(conflict(
+                "already_revoked",
+                None,
+                format!("gateway token {id} is already revoked"),
+            ));
+        }
+        let owner = token
+            .user_name
+            .clone()
+            .unwrap_or_else(|| token.user_id.to_string());
+        let change = Change::new(
+            Action::InstanceRdpTokenRevoke,
+            Some(instance.project_id),
+            instance.id,
+            format!("{}: gateway token {id} of {owner} revoked", instance.name),
+        );
+        self.commit(tx, actor, change).await?;
+        Ok(GatewayToken {
+            revoked_at: Some(now),
+            ..token
+        })
+    }
+
+    /// Whether the RD Gateway may open a tunnel with the token `secret` now: the token is
+    /// known, neither revoked nor expired, its instance exists with remote connections and
+    /// gateway access on, and its user exists and is a member (any role) of the instance's
+    /// project. Read from the database, never from a copy.
+    pub async fn gateway_grant(&self, secret: &str) -> Result<Result<GatewayGrant, Refused>> {
+        self.gateway_grant_at(secret, now_ms()).await
+    }
+
+    /// [`Store::gateway_grant`] as of `now` (Unix milliseconds).
+    pub async fn gateway_grant_at(
+        &self,
+        secret: &str,
+        now: i64,
+    ) -> Result<Result<GatewayGrant, Refused>> {
+        let mut rows = self.read().await?;
+        let token = rows.gateway_token_by_hash(&gateway_hash(secret)).await?;
+        check_grant(&mut *rows, token, Some(now)).await
+    }
+
+    /// Whether a live tunnel opened with token `token_id` may go on: the checks of
+    /// [`Store::gateway_grant`] but expiry (a tunnel outlives the time its token could open
+    /// one). Revocation, either switch off, the user's removal from the project, and the
+    /// user's or the instance's deletion refuse. Ask when [`Store::access_changes`] moves.
+    pub async fn recheck_grant(&self, token_id: Uuid) -> Result<Result<GatewayGrant, Refused>> {
+        let mut rows = self.read().await?;
+        let token = rows.gateway_token(token_id).await?;
+        check_grant(&mut *rows, token, None).await
+    }
+
+    /// Records what the RD Gateway did in the audit log (an event only: no revision, no
+    /// copies touched). The actor is `user` by name (its id if it was deleted; `gateway` when
+    /// no user is known, as for an unknown token); `source` is the client's address.
+    pub async fn audit_gateway(
+        &self,
+        user: Option<Uuid>,
+        project: Option<Uuid>,
+        instance: Option<Uuid>,
+        event: GatewayEvent,
+        summary: String,
+        source: Option<String>,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let name = match user {
+            Some(id) => match tx.user(id).await? {
+                Some(user) => user.name,
+                None => id.to_string(),
+            },
+            None => GATEWAY_ACTOR.to_owned(),
+        };
+        let actor = Actor { name, source };
+        tx.insert_audit(&NewAuditEvent {
+            project_id: project,
+            actor: &actor,
+            action: event.action(),
+            target_type: "instance",
+            target_id: instance.map(|i| i.to_string()),
+            summary,
+            created_at: now_ms(),
+        })
+        .await?;
+        self.commit_touching(tx, Touched::default()).await
+    }
+
+    /// A counter that moves after every commit that can change an RD Gateway grant, made here
+    /// or (through the database's notices) by another replica: tokens revoked, users deleted,
+    /// memberships changed, anything that moves the policy revision (the remote-desktop and
+    /// gateway switches, instances deleted), and whenever commits may have been missed. Agents'
+    /// reports do not move it. Live tunnels call [`Store::recheck_grant`] when it moves.
+    pub fn access_changes(&self) -> watch::Receiver<u64> {
+        self.inner.access.subscribe()
+    }
+
     // ---- audit log and the agents' feed ----
 
     /// The visible projects' events matching `filter`, newest first (1 to 1000 of them).
@@ -1389,4 +1657,80 @@ impl Store {
             instances: mine.into_iter().cloned().collect(),
         })
     }
+}
+
+/// A new RD Gateway token (`dpg_` and 256 random bits, hex) and its hash.
+fn new_gateway_secret() -> (String, String) {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let secret = format!("dpg_{}", hex(&bytes));
+    let hash = gateway_hash(&secret);
+    (secret, hash)
+}
+
+/// How an RD Gateway token is stored: its SHA-256, hex, as the manager stores API and agent
+/// tokens (256 random bits need no slow hash).
+fn gateway_hash(secret: &str) -> String {
+    use sha2::Digest as _;
+    hex(&sha2::Sha256::digest(secret.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The grant `token` gives, checked as of `now` (`None`: expiry not checked).
+async fn check_grant(
+    rows: &mut dyn Rows,
+    token: Option<GatewayToken>,
+    now: Option<i64>,
+) -> Result<Result<GatewayGrant, Refused>> {
+    let Some(token) = token else {
+        return Ok(Err(Refused {
+            reason: GrantRefusal::UnknownToken,
+            token_id: None,
+            user_id: None,
+            user_name: None,
+            instance_id: None,
+            project_id: None,
+        }));
+    };
+    let instance = rows.instance(token.instance_id).await?;
+    let refused = |reason| {
+        Ok(Err(Refused {
+            reason,
+            token_id: Some(token.id),
+            user_id: Some(token.user_id),
+            user_name: token.user_name.clone(),
+            instance_id: Some(token.instance_id),
+            project_id: instance.as_ref().map(|i| i.project_id),
+        }))
+    };
+    if token.revoked_at.is_some() {
+        return refused(GrantRefusal::Revoked);
+    }
+    if now.is_some_and(|now| token.expires_at <= now) {
+        return refused(GrantRefusal::Expired);
+    }
+    let Some(found) = &instance else {
+        return refused(GrantRefusal::InstanceGone);
+    };
+    if !found.rdp_enabled {
+        return refused(GrantRefusal::RemoteDesktopOff);
+    }
+    if !found.rdp_gateway {
+        return refused(GrantRefusal::GatewayOff);
+    }
+    let user = rows.user(token.user_id).await?;
+    let Some(user) = user.filter(|u| u.role_in(found.project_id).is_some()) else {
+        return refused(GrantRefusal::NotMember);
+    };
+    Ok(Ok(GatewayGrant {
+        token_id: token.id,
+        user_id: user.id,
+        user_name: user.name,
+        project_id: found.project_id,
+        instance: found.clone(),
+    }))
 }

@@ -301,7 +301,7 @@ fn newer_schemas_are_refused_and_failed_migrations_change_nothing() {
     let versions = "SELECT string_agg(version::text, ',' ORDER BY version) FROM _sqlx_migrations";
     runtime().block_on(async {
         drop(open(&url).await);
-        assert_eq!(pg.psql("schema", versions).trim(), "1,2");
+        assert_eq!(pg.psql("schema", versions).trim(), "1,2,3");
 
         pg.psql(
             "schema",
@@ -309,17 +309,18 @@ fn newer_schemas_are_refused_and_failed_migrations_change_nothing() {
              VALUES (99, 'from the future', true, '\\x00', 0)",
         );
         match PostgresBackend::open(&url).await {
-            Err(StoreError::NewerSchema { found, known }) => assert_eq!((found, known), (99, 2)),
+            Err(StoreError::NewerSchema { found, known }) => assert_eq!((found, known), (99, 3)),
             other => panic!("expected a newer schema, got {other:?}"),
         }
-        assert_eq!(pg.psql("schema", versions).trim(), "1,2,99");
+        assert_eq!(pg.psql("schema", versions).trim(), "1,2,3,99");
         pg.psql("schema", "DELETE FROM _sqlx_migrations WHERE version = 99");
 
         // Back to version 1, with the name of migration 2's second statement taken.
         pg.psql(
             "schema",
-            "DROP TABLE login_attempts; DROP INDEX sessions_by_expiry;
-             DELETE FROM _sqlx_migrations WHERE version = 2;
+            "DROP TABLE gateway_tokens; ALTER TABLE instances DROP COLUMN rdp_gateway;
+             DROP TABLE login_attempts; DROP INDEX sessions_by_expiry;
+             DELETE FROM _sqlx_migrations WHERE version IN (2, 3);
              CREATE TABLE squatter (x BIGINT); CREATE INDEX login_attempts_by_last ON squatter (x)",
         );
         let err = PostgresBackend::open(&url).await.unwrap_err();
@@ -333,7 +334,7 @@ fn newer_schemas_are_refused_and_failed_migrations_change_nothing() {
         );
         pg.psql("schema", "DROP TABLE squatter");
         drop(open(&url).await);
-        assert_eq!(pg.psql("schema", versions).trim(), "1,2");
+        assert_eq!(pg.psql("schema", versions).trim(), "1,2,3");
     });
 }
 
@@ -385,5 +386,49 @@ fn a_replica_loads_the_policy_once_per_revision_however_many_wait() {
             1,
             "one load for the revision, however many agents"
         );
+    });
+}
+
+/// A grant changed through replica A moves replica B's `access_changes` (through the notices),
+/// and B's recheck of a live tunnel then sees it.
+#[test]
+fn another_replicas_grant_changes_reach_live_tunnels() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.database("grants");
+    runtime().block_on(async {
+        let a = open(&url).await;
+        let b = open(&url).await;
+        let boot = a.bootstrap("hash").await.unwrap();
+        let d = boot.default_project;
+        let new = deskport_store::NewInstance {
+            project_id: d,
+            name: "desk".into(),
+            public_address: "198.51.100.1".parse().unwrap(),
+            public_rdp_port: 3389,
+            internal_address: None,
+            rdp_port: 3389,
+            groups: Vec::new(),
+            agent_token_hash: "agent".into(),
+        };
+        let desk = a.create_instance(&alice(), &new).await.unwrap();
+        a.set_remote_desktop(&alice(), desk.id, Some(true), None, None)
+            .await
+            .unwrap();
+        let (token, secret) = a
+            .mint_gateway_token(&alice(), boot.admin, desk.id, Duration::from_secs(300))
+            .await
+            .unwrap();
+        assert!(b.gateway_grant(&secret).await.unwrap().is_ok());
+        let mut changes = b.access_changes();
+        changes.borrow_and_update();
+        a.revoke_gateway_token(&alice(), &[d], token.id)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), changes.changed())
+            .await
+            .expect("B hears of the revocation")
+            .unwrap();
+        let refused = b.recheck_grant(token.id).await.unwrap().unwrap_err();
+        assert_eq!(refused.reason, deskport_store::GrantRefusal::Revoked);
     });
 }
