@@ -445,6 +445,9 @@ pub struct Connected {
     pub fingerprint: String,
     /// Whether the certificate was seen for the first time (and remembered).
     pub first_use: bool,
+    /// Through a gateway: its certificate's fingerprint, if it was seen for the first time
+    /// (and remembered).
+    pub gateway_first_use: Option<String>,
 }
 
 impl std::fmt::Debug for Connected {
@@ -489,7 +492,10 @@ async fn tcp(
 
 /// The connection RDP runs over (directly, or a tunnel through the gateway) and its local
 /// address.
-async fn transport(opts: &Options) -> Result<(Box<dyn Transport>, SocketAddr), ClientError> {
+/// The gateway's certificate's fingerprint comes back if it was new.
+async fn transport(
+    opts: &Options,
+) -> Result<(Box<dyn Transport>, SocketAddr, Option<String>), ClientError> {
     let Some(gw) = &opts.gateway else {
         let endpoint = opts.endpoint();
         let tcp = tcp(&opts.host, opts.port, &endpoint, opts.connect_timeout).await?;
@@ -497,7 +503,7 @@ async fn transport(opts: &Options) -> Result<(Box<dyn Transport>, SocketAddr), C
             endpoint,
             message: e.to_string(),
         })?;
-        return Ok((Box::new(tcp), local));
+        return Ok((Box::new(tcp), local, None));
     };
     let endpoint = gw.endpoint();
     let tcp = tcp(&gw.host, gw.port, &endpoint, opts.connect_timeout).await?;
@@ -507,7 +513,8 @@ async fn transport(opts: &Options) -> Result<(Box<dyn Transport>, SocketAddr), C
     })?;
     // The gateway's certificate is checked (pin or known-hosts) before the token is sent.
     let (tls, cert) = tls_handshake(&gw.host, tcp, false).await?;
-    check_certificate(&endpoint, &cert, gw.pin.as_deref(), &opts.known_hosts)?;
+    let (gw_fingerprint, gw_first_use) =
+        check_certificate(&endpoint, &cert, gw.pin.as_deref(), &opts.known_hosts)?;
     let request = deskport_gateway::client::Request {
         host: gw.host.clone(),
         token: gw.token.clone(),
@@ -529,7 +536,11 @@ async fn transport(opts: &Options) -> Result<(Box<dyn Transport>, SocketAddr), C
         endpoint,
         message: e.to_string(),
     })?;
-    Ok((Box::new(tunnel), local))
+    Ok((
+        Box::new(tunnel),
+        local,
+        gw_first_use.then_some(gw_fingerprint),
+    ))
 }
 
 /// TLS over `io` accepting any certificate for now (it is checked right after, before
@@ -615,7 +626,7 @@ fn check_certificate(
 /// Connects and logs on.
 pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
     let endpoint = opts.endpoint();
-    let (tcp, local) = transport(opts).await?;
+    let (tcp, local, gateway_first_use) = transport(opts).await?;
     let mut connector = ClientConnector::new(config(opts), local);
     if let Some(tx) = &opts.clipboard {
         connector.attach_static_channel(ironrdp_cliprdr::CliprdrClient::new(Box::new(
@@ -675,6 +686,7 @@ pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
         result,
         fingerprint: received,
         first_use,
+        gateway_first_use,
     })
 }
 

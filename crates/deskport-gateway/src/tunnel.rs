@@ -77,7 +77,12 @@ impl Input {
                     Some(ws::Frame::Close(_)) => return Ok(None),
                     None => {
                         let mut buf = vec![0u8; READ_SIZE];
-                        let n = read.read(&mut buf).await.map_err(|e| e.to_string())?;
+                        let n = match read.read(&mut buf).await {
+                            Ok(n) => n,
+                            // Clients often end without TLS's close_notify: that is an end.
+                            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                            Err(e) => return Err(e.to_string()),
+                        };
                         if n == 0 {
                             return Ok(None);
                         }

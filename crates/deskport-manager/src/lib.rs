@@ -28,6 +28,7 @@ pub mod console;
 mod convert;
 pub mod error;
 mod extract;
+pub mod gateway;
 pub mod metrics;
 pub mod ops;
 pub mod state;
@@ -70,6 +71,9 @@ pub struct ManagerConfig {
     pub body_limit: usize,
     /// HTTPS with a made or given certificate, or plain HTTP (loopback only).
     pub tls: Tls,
+    /// The RD Gateway at `/remoteDesktopGateway/` (over HTTPS only) with its bounds; `None`:
+    /// no gateway.
+    pub rd_gateway: Option<deskport_gateway::Limits>,
 }
 
 impl Default for ManagerConfig {
@@ -81,6 +85,7 @@ impl Default for ManagerConfig {
             rdp_user: None,
             body_limit: 64 * 1024,
             tls: Tls::SelfSigned,
+            rd_gateway: Some(deskport_gateway::Limits::default()),
         }
     }
 }
@@ -248,8 +253,13 @@ pub fn generate_password() -> String {
 /// The whole HTTP application.
 pub fn app(state: AppState, body_limit: usize) -> axum::Router {
     let (api, _) = api::router();
+    let gateway = match &state.rd_gateway {
+        Some(gateway) => gateway.routes(),
+        None => axum::Router::new(),
+    };
     let app = axum::Router::new()
         .nest("/api/v1", api)
+        .merge(gateway)
         .merge(console::router())
         .route("/healthz", axum::routing::get(healthz))
         .route("/metrics", axum::routing::get(metrics))
@@ -288,7 +298,12 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.metrics.render(revision) + &metrics::render_store(&s.store.stats()),
+        s.metrics.render(revision)
+            + &metrics::render_store(&s.store.stats())
+            + &s.rd_gateway
+                .as_ref()
+                .map(|g| metrics::render_gateway(&g.stats()))
+                .unwrap_or_default(),
     )
 }
 
@@ -301,6 +316,7 @@ pub fn state(store: Arc<Store>, config: &ManagerConfig) -> AppState {
         metrics: Arc::new(metrics::Metrics::default()),
         rdp_user: config.rdp_user.clone(),
         tls_fingerprint: None,
+        rd_gateway: None,
     }
 }
 
@@ -328,6 +344,13 @@ impl Manager {
         let generated_password = bootstrap(&store, admin_password).await?;
         let mut state = state(store, config);
         state.tls_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
+        if let (Some(_), Some(limits)) = (&tls, config.rd_gateway) {
+            let authority = gateway::StoreAuthorizer::new(state.store.clone());
+            state.rd_gateway = Some(deskport_gateway::RdGateway::new(
+                Arc::new(authority),
+                limits,
+            ));
+        }
         Ok(Self {
             state,
             body_limit: config.body_limit,

@@ -122,3 +122,57 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
     );
     response
 }
+
+/// The RD Gateway's counters.
+pub fn render_gateway(stats: &deskport_gateway::Stats) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        out += &format!(
+            "# HELP deskport_gateway_{name} {help}\n# TYPE deskport_gateway_{name} {kind}\n"
+        );
+        out += &format!("deskport_gateway_{name} {value}\n");
+    };
+    metric(
+        "tunnels",
+        "gauge",
+        "RD Gateway tunnels open or being set up.",
+        stats.active,
+    );
+    metric(
+        "tunnels_opened_total",
+        "counter",
+        "RD Gateway tunnels whose channel opened.",
+        stats.opened,
+    );
+    metric(
+        "tunnels_refused_total",
+        "counter",
+        "RD Gateway tunnels refused (token, channel, setup).",
+        stats.refused,
+    );
+    metric(
+        "tunnels_cut_total",
+        "counter",
+        "RD Gateway tunnels cut because their grant was withdrawn.",
+        stats.cut,
+    );
+    metric(
+        "busy_total",
+        "counter",
+        "RD Gateway requests turned away at the tunnel limit.",
+        stats.busy,
+    );
+    metric(
+        "bytes_to_instances_total",
+        "counter",
+        "RDP bytes carried from clients to instances.",
+        stats.bytes_to_instances,
+    );
+    metric(
+        "bytes_to_clients_total",
+        "counter",
+        "RDP bytes carried from instances to clients.",
+        stats.bytes_to_clients,
+    );
+    out
+}

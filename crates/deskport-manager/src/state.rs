@@ -24,6 +24,8 @@ pub struct AppState {
     /// The SHA-256 fingerprint of the certificate served, when the manager serves HTTPS
     /// (shown in the console; cookies get `Secure` and responses HSTS).
     pub tls_fingerprint: Option<String>,
+    /// The RD Gateway on this listener (HTTPS only: its clients require TLS).
+    pub rd_gateway: Option<deskport_gateway::RdGateway>,
 }
 
 impl AppState {

@@ -269,6 +269,13 @@ async fn run(mut options: Options, args: Args) -> anyhow::Result<()> {
                 args.timeout
             )
         })??;
+    if let (Some(fingerprint), Some(gateway)) = (&connected.gateway_first_use, &options.gateway) {
+        eprintln!(
+            "The certificate of the RD Gateway {} was not known; it is now trusted (remembered in {}):\n  SHA256 {fingerprint}",
+            gateway.endpoint(),
+            options.known_hosts.display(),
+        );
+    }
     if connected.first_use {
         eprintln!(
             "The certificate of {} was not known; it is now trusted (remembered in {}):\n  SHA256 {}",

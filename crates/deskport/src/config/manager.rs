@@ -31,6 +31,11 @@ pub struct ManagerSettings {
     pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Serve the RD Gateway (RDP through HTTPS, at `/remoteDesktopGateway/`) on the HTTPS
+    /// listener.
+    pub rd_gateway: bool,
+    /// RD Gateway tunnels at once (open or being set up), 1 to 100000.
+    pub rd_gateway_max_tunnels: usize,
 }
 
 impl Default for ManagerSettings {
@@ -46,6 +51,8 @@ impl Default for ManagerSettings {
             tls: true,
             tls_cert: None,
             tls_key: None,
+            rd_gateway: true,
+            rd_gateway_max_tunnels: deskport_gateway::Limits::default().max_tunnels,
         }
     }
 }
@@ -66,7 +73,18 @@ impl ManagerSettings {
                 "plain HTTP (--insecure-http, [manager] tls = false) and a certificate                  (--tls-cert, --tls-key) contradict each other"
             ),
         };
+        if !(1..=100_000).contains(&self.rd_gateway_max_tunnels) {
+            anyhow::bail!(
+                "[manager] rd_gateway_max_tunnels is {}: it must be 1 to 100000",
+                self.rd_gateway_max_tunnels
+            );
+        }
+        let rd_gateway = self.rd_gateway.then(|| deskport_gateway::Limits {
+            max_tunnels: self.rd_gateway_max_tunnels,
+            ..deskport_gateway::Limits::default()
+        });
         Ok(ManagerConfig {
+            rd_gateway,
             data_dir: match &self.data_dir {
                 Some(d) => d.clone(),
                 None => super::default_data_dir()?,
