@@ -284,6 +284,21 @@ impl Client {
         .await
     }
 
+    /// Mints an RD Gateway token for the caller to reach instance `id`.
+    pub async fn create_rdp_token(&self, id: Uuid, request: &CreateRdpToken) -> R<RdpTokenCreated> {
+        self.post(&format!("/instances/{id}/rdp-tokens"), request)
+            .await
+    }
+
+    /// The caller's RD Gateway tokens for instance `id` (everyone's for a project admin).
+    pub async fn rdp_tokens(&self, id: Uuid) -> R<RdpTokenList> {
+        self.get(&format!("/instances/{id}/rdp-tokens")).await
+    }
+
+    pub async fn revoke_rdp_token(&self, id: Uuid) -> R<()> {
+        self.delete(&format!("/rdp-tokens/{id}")).await
+    }
+
     pub async fn attach_group(&self, id: Uuid, group: &str) -> R<InstanceEnvelope> {
         self.post(
             &format!("/instances/{id}/security-groups"),

@@ -330,6 +330,13 @@ pub struct RemoteDesktopView {
     pub enabled: bool,
     /// *Allow connections only from computers running Remote Desktop with NLA*.
     pub nla_only: bool,
+    /// *Gateway access*: whether the RD Gateway opens tunnels to the instance (on by default).
+    #[serde(default = "on")]
+    pub gateway: bool,
+}
+
+fn on() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -422,6 +429,55 @@ pub struct UpdateRemoteDesktop {
     pub enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nla_only: Option<bool>,
+    /// *Gateway access*.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<bool>,
+}
+
+/// Where the RD Gateway listens on the manager's HTTPS address (MS-TSGU's HTTP transport).
+pub const GATEWAY_PATH: &str = "/remoteDesktopGateway/";
+
+/// Mint an RD Gateway token for yourself; the body may be left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRdpToken {
+    /// How long the token opens tunnels: 30 to 3600 seconds (300 by default). Tunnels it
+    /// opened live on until closed, revoked or refused on a recheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 30, maximum = 3600)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A new RD Gateway token: the only time its secret is shown. Give it to the client as its
+/// gateway access token (xfreerdp `/gat:TOKEN`, `.rdp` `gatewayaccesstoken:s:TOKEN`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RdpTokenCreated {
+    pub token: String,
+    pub id: Uuid,
+    /// The instance's id.
+    pub instance: Uuid,
+    pub expires_at: String,
+    /// The gateway's path on the manager's HTTPS address.
+    pub gateway_path: String,
+}
+
+/// An RD Gateway token's record (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RdpTokenView {
+    pub id: Uuid,
+    pub instance_id: Uuid,
+    pub user_id: Uuid,
+    /// `None` once the user is deleted.
+    pub user_name: Option<String>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// Your tokens for the instance; a project admin's list has everyone's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RdpTokenList {
+    pub rdp_tokens: Vec<RdpTokenView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -1220,6 +1220,10 @@ async fn instance_page(State(s): State<AppState>, c: Console, Path(id): Path<Uui
                     input #nla_only type="checkbox" name="nla_only" value="on" checked[i.rdp_nla_only] disabled[!c.can_change()];
                     label for="nla_only" { "Allow connections only from computers running Remote Desktop with Network Level Authentication (recommended)" }
                 }
+                div.switch {
+                    input #gateway type="checkbox" name="gateway" value="on" checked[i.rdp_gateway] disabled[!c.can_change()];
+                    label for="gateway" { "Gateway access: allow the project's members to connect through the RD Gateway on this manager's HTTPS port (no public RDP port needed)" }
+                }
                 @if c.can_change() { button type="submit" { "Save" } }
             }
             h2 { "Server certificate" }
@@ -1255,23 +1259,25 @@ async fn set_remote_desktop(
     }
     let enabled = form.get("enabled").is_some_and(|v| v == "on");
     let nla_only = form.get("nla_only").is_some_and(|v| v == "on");
+    let gateway = form.get("gateway").is_some_and(|v| v == "on");
     let back = format!("/instances/{id}");
     let result = c
         .ops(&s)
-        .set_remote_desktop(id, Some(enabled), Some(nla_only))
+        .set_remote_desktop(id, Some(enabled), Some(nla_only), Some(gateway))
         .await;
     match result {
         Ok(i) => redirect_with(
             &back,
             "ok",
             &[format!(
-                "Remote Desktop is {}{}.",
+                "Remote Desktop is {}{}; gateway access is {}.",
                 if i.rdp_enabled { "on" } else { "off" },
                 if i.rdp_enabled && i.rdp_nla_only {
                     ", NLA only"
                 } else {
                     ""
-                }
+                },
+                if i.rdp_gateway { "on" } else { "off" }
             )],
         ),
         Err(e) => redirect_with(&back, "error", &[e.message]),

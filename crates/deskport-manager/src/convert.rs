@@ -3,7 +3,9 @@
 use deskport_api::rfc3339;
 use deskport_api::v1::*;
 use deskport_policy::{template::TemplateKind, Note, Protocol, Remote, L4};
-use deskport_store::{ApiToken, AuditEvent, GroupRecord, Instance, Project, RuleRecord, User};
+use deskport_store::{
+    ApiToken, AuditEvent, GatewayToken, GroupRecord, Instance, Project, RuleRecord, User,
+};
 
 pub fn project(p: &Project) -> ProjectView {
     ProjectView {
@@ -157,6 +159,7 @@ pub fn instance(i: &Instance, rdp_user: Option<&str>) -> InstanceView {
         remote_desktop: RemoteDesktopView {
             enabled: i.rdp_enabled,
             nla_only: i.rdp_nla_only,
+            gateway: i.rdp_gateway,
         },
         cert_fingerprint: i.cert_fingerprint.clone(),
         agent_seen_at: i.agent_seen_at.map(rfc3339),
@@ -167,6 +170,18 @@ pub fn instance(i: &Instance, rdp_user: Option<&str>) -> InstanceView {
             deskport: format!("deskport connect {target} -u {user} --sec {sec}"),
         },
         created_at: rfc3339(i.created_at),
+    }
+}
+
+pub fn rdp_token(t: &GatewayToken) -> RdpTokenView {
+    RdpTokenView {
+        id: t.id,
+        instance_id: t.instance_id,
+        user_id: t.user_id,
+        user_name: t.user_name.clone(),
+        created_at: rfc3339(t.created_at),
+        expires_at: rfc3339(t.expires_at),
+        revoked_at: t.revoked_at.map(rfc3339),
     }
 }
 

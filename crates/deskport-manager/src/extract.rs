@@ -25,6 +25,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
+/// A JSON request body that may be left out: no body and no `Content-Type` is `T::default()`;
+/// anything else is read as [`Body`] reads it.
+#[derive(Debug)]
+pub struct OptionalBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = req.headers();
+        let empty = !headers.contains_key(axum::http::header::CONTENT_TYPE)
+            && headers
+                .get(axum::http::header::CONTENT_LENGTH)
+                .is_none_or(|n| n.as_bytes() == b"0")
+            && !headers.contains_key(axum::http::header::TRANSFER_ENCODING);
+        if empty {
+            return Ok(OptionalBody(T::default()));
+        }
+        Body::from_request(req, state)
+            .await
+            .map(|Body(v)| OptionalBody(v))
+    }
+}
+
 fn json_error(rejection: &JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(

@@ -9,7 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use axum::http::StatusCode;
 use deskport_policy::{GroupId, Note, Quota, RuleId, RuleSpec};
 use deskport_store::{
-    Actor, ApiToken, GroupRecord, Instance, NewInstance, Project, Role, RuleRecord, Store, User,
+    Actor, ApiToken, GatewayToken, GroupRecord, Instance, NewInstance, Project, Role, RuleRecord,
+    Store, User, GATEWAY_TOKEN_MAX_TTL, GATEWAY_TOKEN_MIN_TTL, GATEWAY_TOKEN_TTL,
 };
 use uuid::Uuid;
 
@@ -231,17 +232,87 @@ impl<'a> Ops<'a> {
         Ok(self.store.delete_instance(&self.actor, id).await?)
     }
 
-    /// Switches Remote Desktop and NLA only (members); `None` keeps a switch.
+    /// Switches Remote Desktop, NLA only and gateway access (members); `None` keeps a switch.
     pub async fn set_remote_desktop(
         &self,
         id: Uuid,
         enabled: Option<bool>,
         nla_only: Option<bool>,
+        gateway: Option<bool>,
     ) -> ApiResult<Instance> {
         self.changeable_instance(id).await?;
         Ok(self
             .store
-            .set_remote_desktop(&self.actor, id, enabled, nla_only, None)
+            .set_remote_desktop(&self.actor, id, enabled, nla_only, gateway)
+            .await?)
+    }
+
+    // ---- RD Gateway tokens ----
+
+    /// Mints an RD Gateway token for this user to reach a visible instance, for `ttl_seconds`
+    /// (30 to 3600, 300 by default): the record and the secret, shown once. Any role will do,
+    /// readers included: the gateway admits any member of the project, and a token only
+    /// carries RDP to the instance's RDP service, whose own logon (the instance's accounts,
+    /// NLA) still decides who gets a desktop — as a reader may read the public address and
+    /// connect there when a rule lets it.
+    pub async fn mint_rdp_token(
+        &self,
+        instance: Uuid,
+        ttl_seconds: Option<u64>,
+    ) -> ApiResult<(Instance, GatewayToken, String)> {
+        let ttl = match ttl_seconds {
+            None => GATEWAY_TOKEN_TTL,
+            Some(secs) => std::time::Duration::from_secs(secs),
+        };
+        if !(GATEWAY_TOKEN_MIN_TTL..=GATEWAY_TOKEN_MAX_TTL).contains(&ttl) {
+            return Err(ApiError::bad_request(
+                "invalid_ttl",
+                format!(
+                    "ttl_seconds is {} to {}",
+                    GATEWAY_TOKEN_MIN_TTL.as_secs(),
+                    GATEWAY_TOKEN_MAX_TTL.as_secs()
+                ),
+            )
+            .field("ttl_seconds"));
+        }
+        let found = self.store.instance(&self.view, instance).await?;
+        self.require(found.project_id, Role::Reader)?;
+        let (token, secret) = self
+            .store
+            .mint_gateway_token(&self.actor, self.user.id, instance, ttl)
+            .await?;
+        Ok((found, token, secret))
+    }
+
+    /// Whether this user may see and revoke every token of `project`'s instances (its
+    /// admins and administrators), not only its own.
+    fn sees_every_token(&self, project: Uuid) -> bool {
+        self.user.is_admin || allowed(self.user, project, Role::Admin)
+    }
+
+    /// This user's RD Gateway tokens for a visible instance; everyone's for the project's
+    /// admins. Oldest first, revoked and expired ones included.
+    pub async fn rdp_tokens(&self, instance: Uuid) -> ApiResult<Vec<GatewayToken>> {
+        let found = self.store.instance(&self.view, instance).await?;
+        self.require(found.project_id, Role::Reader)?;
+        let mut tokens = self.store.list_gateway_tokens(&self.view, instance).await?;
+        if !self.sees_every_token(found.project_id) {
+            tokens.retain(|t| t.user_id == self.user.id);
+        }
+        Ok(tokens)
+    }
+
+    /// Revokes an RD Gateway token: one's own, or any of the project's for its admins.
+    /// Another user's token is "not found" to whoever may not list it.
+    pub async fn revoke_rdp_token(&self, id: Uuid) -> ApiResult<GatewayToken> {
+        let token = self.store.gateway_token(&self.view, id).await?;
+        let instance = self.store.instance(&self.view, token.instance_id).await?;
+        if token.user_id != self.user.id && !self.sees_every_token(instance.project_id) {
+            return Err(ApiError::not_found("gateway token"));
+        }
+        Ok(self
+            .store
+            .revoke_gateway_token(&self.actor, &self.view, id)
             .await?)
     }
 

@@ -541,6 +541,177 @@ async fn a_reader_cannot_write() {
     server.stop().await;
 }
 
+/// RD Gateway tokens: gateway access is on by default and switched with the other Remote
+/// Desktop switches; any member mints a token for itself (with or without a body) while both
+/// switches are on; a member lists and revokes its own, a project admin everyone's; another
+/// project's caller finds nothing; bad lifetimes are 400 naming the field.
+#[tokio::test]
+async fn rdp_tokens_are_minted_listed_and_revoked() {
+    let dir = deskport_testsupport::data_dir();
+    let server = Server::start(dir.path()).await;
+    let admin = As::login(&server, "admin", ADMIN_PASSWORD).await;
+    let (status, created) = admin
+        .post(
+            "/instances",
+            json!({"instance": {"name": "desk", "public_address": "198.51.100.7:13389", "internal_address": "10.0.0.7"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["instance"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created["instance"]["remote_desktop"],
+        json!({"enabled": false, "nla_only": true, "gateway": true})
+    );
+    let tokens = format!("/instances/{id}/rdp-tokens");
+    let (status, body) = admin.post(&tokens, json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("remote_desktop_off")),
+        "{body}"
+    );
+    let (status, body) = admin
+        .call(
+            "PUT",
+            &format!("/instances/{id}/remote-desktop"),
+            Some(json!({"enabled": true, "gateway": false})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["instance"]["remote_desktop"],
+        json!({"enabled": true, "nla_only": true, "gateway": false})
+    );
+    let (status, body) = admin.post(&tokens, json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("gateway_access_off")),
+        "{body}"
+    );
+    let (status, _) = admin
+        .call(
+            "PUT",
+            &format!("/instances/{id}/remote-desktop"),
+            Some(json!({"gateway": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    for ttl in [json!(29), json!(3601), json!("ten")] {
+        let (status, body) = admin.post(&tokens, json!({"ttl_seconds": ttl})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["field"], "ttl_seconds", "{body}");
+    }
+    let (status, mine) = admin.post(&tokens, json!({"ttl_seconds": 60})).await;
+    assert_eq!(status, StatusCode::CREATED, "{mine}");
+    assert!(mine["token"].as_str().unwrap().starts_with("dpg_"));
+    assert_eq!(mine["instance"], id.as_str());
+    assert_eq!(mine["gateway_path"], "/remoteDesktopGateway/");
+    assert!(mine["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    // A reader mints for itself, with no body at all.
+    let (_, carol) = admin
+        .post(
+            "/users",
+            json!({"user": {"name": "carol", "password": "carol-password"}}),
+        )
+        .await;
+    let carol_id = carol["user"]["id"].as_str().unwrap().to_owned();
+    let project = created["instance"]["project_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = admin
+        .call(
+            "PUT",
+            &format!("/projects/{project}/members/{carol_id}"),
+            Some(json!({"role": "reader"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let carol = As::login(&server, "carol", "carol-password").await;
+    let (status, hers) = carol.call("POST", &tokens, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{hers}");
+
+    // Listing: her own for her, everyone's for the project admin; never a secret.
+    let listed = carol.get(&tokens).await;
+    let listed = listed["rdp_tokens"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], hers["id"]);
+    assert_eq!(listed[0]["user_name"], "carol");
+    assert!(listed[0].get("token").is_none());
+    let all = admin.get(&tokens).await;
+    let ids: Vec<&Value> = all["rdp_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["id"])
+        .collect();
+    assert_eq!(ids, [&mine["id"], &hers["id"]], "oldest first");
+
+    // Revoking: not someone else's token (not found), one's own once, any for the admin.
+    let (status, _) = carol
+        .call(
+            "DELETE",
+            &format!("/rdp-tokens/{}", mine["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let revoke_hers = format!("/rdp-tokens/{}", hers["id"].as_str().unwrap());
+    let (status, _) = carol.call("DELETE", &revoke_hers, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = carol.call("DELETE", &revoke_hers, None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_revoked"))
+    );
+    assert!(carol.get(&tokens).await["rdp_tokens"][0]["revoked_at"].is_string());
+    let (status, _) = admin
+        .call(
+            "DELETE",
+            &format!("/rdp-tokens/{}", mine["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let audit = admin.get("/audit-events?action=instance.rdp_token").await;
+    assert_eq!(
+        audit["audit_events"].as_array().unwrap().len(),
+        2,
+        "{audit}"
+    );
+
+    // Another project's member sees no such instance or token.
+    let (_, other) = admin
+        .post("/projects", json!({"project": {"name": "other"}}))
+        .await;
+    let other_id = other["project"]["id"].as_str().unwrap();
+    let (_, dave) = admin
+        .post(
+            "/users",
+            json!({"user": {"name": "dave", "password": "dave-password"}}),
+        )
+        .await;
+    admin
+        .call(
+            "PUT",
+            &format!(
+                "/projects/{other_id}/members/{}",
+                dave["user"]["id"].as_str().unwrap()
+            ),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    let dave = As::login(&server, "dave", "dave-password").await;
+    let (status, _) = dave.post(&tokens, json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = dave.call("GET", &tokens, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = dave.call("DELETE", &revoke_hers, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn an_agent_token_reads_only_its_instance() {
     let dir = deskport_testsupport::data_dir();

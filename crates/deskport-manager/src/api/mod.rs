@@ -114,6 +114,11 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(instances::get_instance, instances::delete_instance))
         .routes(routes!(instances::set_remote_desktop))
+        .routes(routes!(
+            instances::create_rdp_token,
+            instances::list_rdp_tokens
+        ))
+        .routes(routes!(instances::revoke_rdp_token))
         .routes(routes!(instances::attach_group))
         .routes(routes!(instances::detach_group))
         .routes(routes!(feed::list_audit))

@@ -686,6 +686,7 @@ pub fn instance(args: InstanceArgs, settings: &CliSettings) -> anyhow::Result<()
                 let update = UpdateRemoteDesktop {
                     enabled: (enable || disable).then_some(enable),
                     nla_only: (nla_only || no_nla_only).then_some(nla_only),
+                    gateway: None,
                 };
                 let updated = c.set_remote_desktop(i.id, update).await.map_err(refused)?;
                 if json {

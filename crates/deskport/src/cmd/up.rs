@@ -445,6 +445,7 @@ async fn instance(
                     UpdateRemoteDesktop {
                         enabled: Some(true),
                         nla_only: Some(true),
+                        gateway: None,
                     },
                 )
                 .await
