@@ -344,6 +344,42 @@ impl Client {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// An RD Gateway asks for a token's grant (administrators' tokens only).
+    pub async fn gateway_open(&self, request: &GatewayOpen) -> R<GatewayDecision> {
+        self.post("/rd-gateway/grants", request).await
+    }
+
+    /// An RD Gateway asks whether a live tunnel's grant still holds.
+    pub async fn gateway_check(&self, token_id: Uuid) -> R<GatewayDecision> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/rd-gateway/grants/{token_id}/check"))),
+        )
+        .await
+    }
+
+    /// An RD Gateway records a tunnel's event.
+    pub async fn gateway_event(&self, report: &GatewayEventReport) -> R<()> {
+        self.execute(self.http.post(self.url("/rd-gateway/events")).json(report))
+            .await
+            .map(|_| ())
+    }
+
+    /// The count of changes that may affect grants: at once if it is not `after`, else when
+    /// it changes, else after about `wait`.
+    pub async fn gateway_changes(&self, after: Option<u64>, wait: Duration) -> R<GatewayChanges> {
+        let mut url = format!(
+            "{}?wait={}",
+            self.url("/rd-gateway/changes"),
+            wait.as_secs()
+        );
+        if let Some(after) = after {
+            url += &format!("&after={after}");
+        }
+        self.send(self.http.get(url).timeout(wait + Duration::from_secs(10)))
+            .await
+    }
+
     pub async fn agent_report(&self, report: &AgentReport) -> R<()> {
         self.execute(self.http.post(self.url("/agent/report")).json(report))
             .await

@@ -523,6 +523,85 @@ pub struct AgentReport {
     pub revision: Option<u64>,
 }
 
+// ---- RD Gateways on their own hosts (`deskport rd-gateway`) ----
+
+/// A token a client presented to an RD Gateway, and from where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayOpen {
+    /// The PAA cookie (the gateway token).
+    pub token: String,
+    /// The client's address as the gateway saw it (`IP:PORT`), for the audit log.
+    pub peer: String,
+}
+
+/// What a token grants: one instance's RDP service for one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayGrant {
+    pub token_id: Uuid,
+    pub user_id: Uuid,
+    pub user: String,
+    pub project_id: Uuid,
+    pub instance_id: Uuid,
+    pub instance: String,
+    /// The RDP service the gateway connects to, `IP:PORT` (the instance's internal address).
+    pub target: String,
+    /// The names a client may ask for (the instance's name and addresses).
+    pub resources: Vec<String>,
+    /// The ports a client may ask for.
+    pub ports: Vec<u16>,
+}
+
+/// Why a token or a live tunnel is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayRefusal {
+    /// `token` (unknown, expired, revoked), `policy` (a switch off, not a member, the instance
+    /// gone) or `unavailable`.
+    pub kind: String,
+    pub reason: String,
+}
+
+/// A gateway's answer: a grant, or a refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayDecision {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GatewayGrant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<GatewayRefusal>,
+}
+
+/// Something that happened to a tunnel, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayEventReport {
+    /// The client's address (`IP:PORT`).
+    pub peer: String,
+    /// The tunnel's grant, if it got one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GatewayGrant>,
+    /// `opened`, `closed`, `cut` or `refused`.
+    pub event: String,
+    /// `opened`: the client's name and the transport; `closed`: why; `cut`, `refused`: the
+    /// reason.
+    #[serde(default)]
+    pub detail: String,
+    /// `closed`: RDP bytes to the instance and to the client.
+    #[serde(default)]
+    pub to_instance: u64,
+    #[serde(default)]
+    pub to_client: u64,
+}
+
+/// The count of changes that may affect gateway grants (long-polled by remote gateways; any
+/// change of the number means "recheck").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GatewayChanges {
+    pub changes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: String,

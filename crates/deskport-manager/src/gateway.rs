@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use deskport_api::v1;
 use deskport_gateway::{Authorizer, Event, Grant, Refusal, RefusalKind};
 use deskport_store::{GatewayEvent, GatewayGrant, GrantRefusal, Refused, Store};
 use tokio::sync::watch;
@@ -57,6 +58,119 @@ pub fn refusal_of(refused: &Refused) -> Refusal {
         | GrantRefusal::InstanceGone => RefusalKind::Policy,
     };
     Refusal::new(kind, refused.reason.to_string())
+}
+
+/// A grant on the wire (`deskport rd-gateway` asks the manager over HTTPS).
+pub fn grant_to_wire(g: &Grant) -> v1::GatewayGrant {
+    v1::GatewayGrant {
+        token_id: g.token_id,
+        user_id: g.user_id,
+        user: g.user.clone(),
+        project_id: g.project_id,
+        instance_id: g.instance_id,
+        instance: g.instance.clone(),
+        target: g.target.to_string(),
+        resources: g.resources.clone(),
+        ports: g.ports.clone(),
+    }
+}
+
+/// A grant from the wire.
+pub fn grant_from_wire(g: &v1::GatewayGrant) -> Result<Grant, String> {
+    Ok(Grant {
+        token_id: g.token_id,
+        user_id: g.user_id,
+        user: g.user.clone(),
+        project_id: g.project_id,
+        instance_id: g.instance_id,
+        instance: g.instance.clone(),
+        target: g
+            .target
+            .parse()
+            .map_err(|_| format!("target {:?} is not IP:PORT", g.target))?,
+        resources: g.resources.clone(),
+        ports: g.ports.clone(),
+    })
+}
+
+pub fn refusal_to_wire(r: &Refusal) -> v1::GatewayRefusal {
+    v1::GatewayRefusal {
+        kind: match r.kind {
+            RefusalKind::Token => "token",
+            RefusalKind::Policy => "policy",
+            RefusalKind::Unavailable => "unavailable",
+        }
+        .to_owned(),
+        reason: r.reason.clone(),
+    }
+}
+
+pub fn refusal_from_wire(r: &v1::GatewayRefusal) -> Refusal {
+    let kind = match r.kind.as_str() {
+        "token" => RefusalKind::Token,
+        "policy" => RefusalKind::Policy,
+        _ => RefusalKind::Unavailable,
+    };
+    Refusal::new(kind, r.reason.clone())
+}
+
+/// An event on the wire (with its peer and grant).
+pub fn event_to_wire(
+    peer: SocketAddr,
+    grant: Option<&Grant>,
+    event: &Event,
+) -> v1::GatewayEventReport {
+    let (kind, detail, to_instance, to_client) = match event {
+        Event::Opened {
+            client_name,
+            transport,
+        } => ("opened", format!("{client_name}\n{transport}"), 0, 0),
+        Event::Closed {
+            to_instance,
+            to_client,
+            why,
+        } => ("closed", why.clone(), *to_instance, *to_client),
+        Event::Cut { reason } => ("cut", reason.clone(), 0, 0),
+        Event::Refused { reason } => ("refused", reason.clone(), 0, 0),
+    };
+    v1::GatewayEventReport {
+        peer: peer.to_string(),
+        grant: grant.map(grant_to_wire),
+        event: kind.to_owned(),
+        detail,
+        to_instance,
+        to_client,
+    }
+}
+
+/// An event from the wire.
+pub fn event_from_wire(report: &v1::GatewayEventReport) -> Result<Event, String> {
+    let detail = report.detail.clone();
+    Ok(match report.event.as_str() {
+        "opened" => {
+            let (client_name, transport) = detail.split_once('\n').unwrap_or((&detail, ""));
+            Event::Opened {
+                client_name: client_name.to_owned(),
+                transport: match transport {
+                    "websocket" => "websocket",
+                    "http" => "http",
+                    _ => "unknown",
+                },
+            }
+        }
+        "closed" => Event::Closed {
+            to_instance: report.to_instance,
+            to_client: report.to_client,
+            why: detail,
+        },
+        "cut" => Event::Cut { reason: detail },
+        "refused" => Event::Refused { reason: detail },
+        other => {
+            return Err(format!(
+                "event {other:?} is not opened, closed, cut or refused"
+            ))
+        }
+    })
 }
 
 fn unavailable(e: &deskport_store::StoreError) -> Refusal {

@@ -4,7 +4,7 @@
 //! is served on loopback only.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,19 +64,25 @@ impl TlsIdentity {
     /// The identity `config` asks for (`None` for plain HTTP), made first when it is the
     /// self-signed one and missing.
     pub fn of(config: &ManagerConfig) -> anyhow::Result<Option<Self>> {
-        let identity = match &config.tls {
+        Self::for_role(&config.tls, &config.data_dir, "deskport manager")
+    }
+
+    /// The identity `tls` asks for of a server playing `role` (the manager, an RD Gateway)
+    /// with its data in `data_dir`.
+    pub fn for_role(tls: &Tls, data_dir: &Path, role: &str) -> anyhow::Result<Option<Self>> {
+        let identity = match tls {
             Tls::PlainHttp => return Ok(None),
             Tls::SelfSigned => deskport_tls::identity::load_or_create(
-                &config.data_dir.join("tls"),
+                &data_dir.join("tls"),
                 &deskport_tls::identity::SelfSigned {
                     algorithm: &rcgen::PKCS_ECDSA_P256_SHA256,
-                    role: "deskport manager".to_owned(),
+                    role: role.to_owned(),
                     names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
                 },
             )
-            .context("the manager's TLS certificate")?,
+            .with_context(|| format!("the {role}'s TLS certificate"))?,
             Tls::Files { cert, key } => deskport_tls::identity::load(cert, key)
-                .context("the manager's TLS certificate (--tls-cert, --tls-key)")?,
+                .with_context(|| format!("the {role}'s TLS certificate (--tls-cert, --tls-key)"))?,
         };
         let mut server = identity.server_config()?;
         server.alpn_protocols = vec![b"http/1.1".to_vec()];

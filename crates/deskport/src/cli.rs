@@ -72,6 +72,15 @@ pub enum Command {
     /// of the article (allow remote connections; NLA only) come from the configuration or the
     /// manager and apply without a restart. The TLS certificate is made on first start and kept.
     RdpServer(cmd::rdp_server::Args),
+    /// Run an RD Gateway on its own host (a bastion): RDP through HTTPS to the instances'
+    /// RDP services, for tokens the manager grants.
+    ///
+    /// xfreerdp (/g:HOST:PORT /gat:TOKEN), mstsc and `deskport connect --gateway` reach an
+    /// instance through it with a token from `deskport instance rdp-token NAME`; the manager
+    /// (asked with an administrator's API token) decides every tunnel, cuts live ones when
+    /// access changes, and audits them. The manager's own HTTPS listener serves the same
+    /// gateway at /remoteDesktopGateway/.
+    RdGateway(cmd::rd_gateway::Args),
     /// Connect to a remote desktop (RDP): a window, or a screenshot with --screenshot.
     ///
     /// Offers NLA and TLS (--sec), checks the server's certificate against the known-hosts file
@@ -118,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Firewall(args) => flags.push(config::flag_layer("firewall", args)?),
         Command::Manager(args) => flags.push(config::flag_layer("manager", args)?),
         Command::RdpServer(args) => flags.push(config::flag_layer("rdp_server", args)?),
+        Command::RdGateway(args) => flags.push(config::flag_layer("rd_gateway", args)?),
         _ => {}
     }
     let mut settings = config::load(&file, &flags).map_err(usage)?;
@@ -135,6 +145,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Manager(args) => cmd::manager::exec(args, &settings.manager),
         Command::RdpServer(args) => cmd::rdp_server::exec(args, &settings.rdp_server, &file),
         Command::Up(args) => cmd::up::exec(args, &settings, &file),
+        Command::RdGateway(_) => cmd::rd_gateway::exec(&settings.rd_gateway),
         Command::Connect(args) => cmd::connect::exec(args),
         Command::Login(args) => cmd::remote::login(args, &file, &settings.cli),
         Command::Sg(args) => cmd::remote::sg(args, &settings.cli),

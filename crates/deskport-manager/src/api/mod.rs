@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod feed;
 pub mod groups;
 pub mod instances;
+pub mod rd_gateway;
 
 use std::net::IpAddr;
 
@@ -124,6 +125,10 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(feed::list_audit))
         .routes(routes!(feed::agent_policy))
         .routes(routes!(feed::agent_report))
+        .routes(routes!(rd_gateway::open))
+        .routes(routes!(rd_gateway::check))
+        .routes(routes!(rd_gateway::event))
+        .routes(routes!(rd_gateway::changes))
         .split_for_parts();
     // After the routes are in: the modifiers of `ApiDoc` run before.
     CommonResponses.modify(&mut api);

@@ -4,6 +4,7 @@ pub mod config;
 pub mod connect;
 pub mod firewall;
 pub mod manager;
+pub mod rd_gateway;
 pub mod rdp_server;
 pub mod remote;
 pub mod up;

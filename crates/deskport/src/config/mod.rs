@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod firewall;
 pub mod manager;
+pub mod rd_gateway;
 pub mod rdp_server;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,9 @@ pub struct Settings {
     /// `deskport rdp-server`.
     #[serde(default)]
     pub rdp_server: rdp_server::RdpServerSettings,
+    /// `deskport rd-gateway`.
+    #[serde(default)]
+    pub rd_gateway: rd_gateway::RdGatewaySettings,
     /// The API commands (`sg`, `rule`, `instance`, …): the manager's URL and token.
     #[serde(default)]
     pub cli: cli::CliSettings,
@@ -199,6 +203,7 @@ pub fn masked(settings: &Settings) -> Settings {
         &mut copy.cli.token,
         &mut copy.firewall.token,
         &mut copy.rdp_server.token,
+        &mut copy.rd_gateway.token,
     ] {
         if token.is_some() {
             *token = Some("***".to_owned());
