@@ -519,8 +519,8 @@ enum InstanceCommand {
     },
     /// Delete an instance.
     Delete { name: String },
-    /// The Remote Desktop switches: allow remote connections, and NLA only.
-    #[command(group(clap::ArgGroup::new("switch").required(true).multiple(true).args(["enable", "disable", "nla_only", "no_nla_only"])))]
+    /// The Remote Desktop switches: allow remote connections, NLA only, and gateway access.
+    #[command(group(clap::ArgGroup::new("switch").required(true).multiple(true).args(["enable", "disable", "nla_only", "no_nla_only", "gateway", "no_gateway"])))]
     Rdp {
         name: String,
         /// Allow remote connections to this computer.
@@ -535,6 +535,42 @@ enum InstanceCommand {
         /// Also allow clients without NLA (e.g. rdesktop).
         #[arg(long)]
         no_nla_only: bool,
+        /// Gateway access: let the project's members connect through the manager's RD Gateway
+        /// (on its HTTPS port) with a token from `instance rdp-token` (on by default).
+        #[arg(long, conflicts_with = "no_gateway")]
+        gateway: bool,
+        /// Refuse connections through the RD Gateway (live ones are cut within a second).
+        #[arg(long)]
+        no_gateway: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mint a short-lived RD Gateway token for yourself to reach the instance through the
+    /// manager's HTTPS port; prints how to use it, then the token alone on the last line
+    /// (`TOKEN=$(deskport instance rdp-token NAME | tail -1)`). It opens connections until it
+    /// expires (one client run may open several); connections it opened live on until they
+    /// end, the token is revoked, either switch goes off or you leave the project.
+    /// With --revoke ID: revoke a token instead (yours, or any for a project admin).
+    RdpToken {
+        name: String,
+        /// How long the token opens connections, in seconds (30 to 3600).
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 300,
+            conflicts_with = "revoke"
+        )]
+        ttl: u64,
+        /// Revoke the token with this id (from `instance rdp-tokens`).
+        #[arg(long, value_name = "ID")]
+        revoke: Option<Uuid>,
+        #[arg(long, conflicts_with = "revoke")]
+        json: bool,
+    },
+    /// List your RD Gateway tokens for an instance (a project admin: everyone's); never their
+    /// secrets.
+    RdpTokens {
+        name: String,
         #[arg(long)]
         json: bool,
     },
@@ -542,6 +578,27 @@ enum InstanceCommand {
     Attach { name: String, group: String },
     /// Detach a security group.
     Detach { name: String, group: String },
+}
+
+/// The RD Gateway's `HOST:PORT` for clients: the manager URL's host and port (443 for https,
+/// 80 for http when the URL names none).
+fn gateway_host(base: &str) -> String {
+    let (default, rest) = match base.split_once("://") {
+        Some(("http", rest)) => (80, rest),
+        Some((_, rest)) => (443, rest),
+        None => (443, base),
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let has_port = match authority.rfind(']') {
+        Some(end) => authority[end..].contains(':'),
+        None => authority.contains(':'),
+    };
+    if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{default}")
+    }
 }
 
 fn onoff(b: bool) -> &'static str {
@@ -575,6 +632,7 @@ fn show_instance(i: &InstanceView) {
         }
     );
     println!("NLA only:          {}", onoff(i.remote_desktop.nla_only));
+    println!("gateway access:    {}", onoff(i.remote_desktop.gateway));
     println!(
         "certificate:       {}",
         i.cert_fingerprint
@@ -680,13 +738,15 @@ pub fn instance(args: InstanceArgs, settings: &CliSettings) -> anyhow::Result<()
                 disable,
                 nla_only,
                 no_nla_only,
+                gateway,
+                no_gateway,
                 json,
             } => {
                 let i = find_instance(&c, &name, project).await?;
                 let update = UpdateRemoteDesktop {
                     enabled: (enable || disable).then_some(enable),
                     nla_only: (nla_only || no_nla_only).then_some(nla_only),
-                    gateway: None,
+                    gateway: (gateway || no_gateway).then_some(gateway),
                 };
                 let updated = c.set_remote_desktop(i.id, update).await.map_err(refused)?;
                 if json {
@@ -694,10 +754,82 @@ pub fn instance(args: InstanceArgs, settings: &CliSettings) -> anyhow::Result<()
                 }
                 let rd = updated.instance.remote_desktop;
                 println!(
-                    "{}: remote desktop {}, NLA only {}",
+                    "{}: remote desktop {}, NLA only {}, gateway access {}",
                     updated.instance.name,
                     if rd.enabled { "enabled" } else { "disabled" },
-                    onoff(rd.nla_only)
+                    onoff(rd.nla_only),
+                    onoff(rd.gateway)
+                );
+            }
+            InstanceCommand::RdpToken {
+                name,
+                revoke: Some(id),
+                ..
+            } => {
+                let i = find_instance(&c, &name, project).await?;
+                c.revoke_rdp_token(id).await.map_err(refused)?;
+                println!("revoked gateway token {id} of {}", i.name);
+            }
+            InstanceCommand::RdpToken {
+                name,
+                ttl,
+                revoke: None,
+                json,
+            } => {
+                let i = find_instance(&c, &name, project).await?;
+                let request = CreateRdpToken {
+                    ttl_seconds: Some(ttl),
+                };
+                let minted = c.create_rdp_token(i.id, &request).await.map_err(refused)?;
+                if json {
+                    return print_json(&minted);
+                }
+                let gateway = gateway_host(c.base());
+                let user = i
+                    .connect
+                    .xfreerdp
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("/u:"))
+                    .unwrap_or("USER");
+                let target = match i.public_address.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V6(a)) => format!("[{a}]:{}", i.public_rdp_port),
+                    _ => format!("{}:{}", i.public_address, i.public_rdp_port),
+                };
+                println!(
+                    "gateway token {} for {}, opens connections until {}",
+                    minted.id, i.name, minted.expires_at
+                );
+                println!("connect through the manager's RD Gateway ({gateway}):");
+                println!(
+                    "  xfreerdp /v:{target} /g:{gateway} /gat:{} /gt:http /u:{user}",
+                    minted.token
+                );
+                println!(
+                    "  or in a .rdp file: gatewayhostname:s:{gateway}, gatewayusagemethod:i:1, \
+                     gatewaycredentialssource:i:5, gatewayaccesstoken:s:TOKEN"
+                );
+                println!("{}", minted.token);
+            }
+            InstanceCommand::RdpTokens { name, json } => {
+                let i = find_instance(&c, &name, project).await?;
+                let list = c.rdp_tokens(i.id).await.map_err(refused)?;
+                if json {
+                    return print_json(&list);
+                }
+                table(
+                    &["ID", "USER", "CREATED", "EXPIRES", "REVOKED"],
+                    list.rdp_tokens
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                t.id.to_string(),
+                                t.user_name.clone().unwrap_or_else(|| t.user_id.to_string()),
+                                t.created_at.clone(),
+                                t.expires_at.clone(),
+                                t.revoked_at.clone().unwrap_or_else(|| "-".into()),
+                            ]
+                        })
+                        .collect(),
                 );
             }
             InstanceCommand::Attach { name, group } => {
@@ -861,4 +993,21 @@ fn url_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_gateway_is_the_manager_urls_host_and_port() {
+        for (url, host) in [
+            ("https://manager.example", "manager.example:443"),
+            ("https://manager.example:8443/", "manager.example:8443"),
+            ("http://127.0.0.1:8080", "127.0.0.1:8080"),
+            ("http://127.0.0.1", "127.0.0.1:80"),
+            ("https://[2001:db8::1]", "[2001:db8::1]:443"),
+            ("https://[2001:db8::1]:9443", "[2001:db8::1]:9443"),
+        ] {
+            assert_eq!(super::gateway_host(url), host, "{url}");
+        }
+    }
 }

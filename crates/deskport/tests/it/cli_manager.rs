@@ -342,7 +342,7 @@ fn the_cli_drives_the_manager_and_reports_refusals_and_usage_errors() {
     let shown = json(&m.ok(&["instance", "show", "desktop", "--json"]));
     assert_eq!(
         shown["instance"]["remote_desktop"],
-        serde_json::json!({"enabled": false, "nla_only": true})
+        serde_json::json!({"enabled": false, "nla_only": true, "gateway": true})
     );
     assert_eq!(shown["instance"]["rdp_port"], 13389);
     assert!(m
@@ -351,7 +351,7 @@ fn the_cli_drives_the_manager_and_reports_refusals_and_usage_errors() {
     let shown = json(&m.ok(&["instance", "show", "desktop", "--json"]));
     assert_eq!(
         shown["instance"]["remote_desktop"],
-        serde_json::json!({"enabled": true, "nla_only": false})
+        serde_json::json!({"enabled": true, "nla_only": false, "gateway": true})
     );
     assert!(m
         .ok(&["instance", "show", "desktop"])
@@ -409,6 +409,87 @@ fn the_cli_drives_the_manager_and_reports_refusals_and_usage_errors() {
         r.stderr.contains("cannot reach the manager"),
         "{}",
         r.stderr
+    );
+}
+
+/// The RD Gateway from the CLI: `instance rdp --gateway/--no-gateway` alone switches gateway
+/// access; `instance rdp-token` prints how to connect through the manager's host and port and
+/// the token alone on the last line; `instance rdp-tokens` lists, `--revoke` revokes; refusals
+/// exit 1 saying why, usage errors 2.
+#[test]
+fn the_cli_mints_lists_and_revokes_rd_gateway_tokens() {
+    let dir = deskport_testsupport::data_dir();
+    let m = Manager::start(dir.path());
+    m.login();
+    m.ok(&[
+        "instance",
+        "create",
+        "desk",
+        "--address",
+        "198.51.100.7:13389",
+    ]);
+    assert!(m
+        .ok(&["instance", "show", "desk"])
+        .contains("gateway access:    on"));
+    let r = m.run(&["instance", "rdp-token", "desk"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("remote connections to desk are switched off"),
+        "{}",
+        r.stderr
+    );
+    assert!(m
+        .ok(&["instance", "rdp", "desk", "--no-gateway"])
+        .contains("remote desktop disabled, NLA only on, gateway access off"));
+    m.ok(&["instance", "rdp", "desk", "--enable"]);
+    let r = m.run(&["instance", "rdp-token", "desk"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("gateway access to desk is switched off"),
+        "{}",
+        r.stderr
+    );
+    assert!(m
+        .ok(&["instance", "rdp", "desk", "--gateway"])
+        .contains("remote desktop enabled, NLA only on, gateway access on"));
+    for args in [
+        vec!["instance", "rdp", "desk", "--gateway", "--no-gateway"],
+        vec!["instance", "rdp-token", "desk", "--ttl", "ten"],
+        vec!["instance", "rdp-token", "desk", "--json", "--revoke", "x"],
+    ] {
+        assert_eq!(m.run(&args).code, 2, "{args:?}");
+    }
+    let r = m.run(&["instance", "rdp-token", "desk", "--ttl", "5"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("ttl_seconds"), "{}", r.stderr);
+
+    let out = m.ok(&["instance", "rdp-token", "desk", "--ttl", "120"]);
+    let token = out.lines().last().unwrap();
+    assert!(token.starts_with("dpg_") && token.len() == 68, "{out}");
+    let gateway = format!("127.0.0.1:{}", m.port);
+    assert!(
+        out.contains(&format!(
+            "xfreerdp /v:198.51.100.7:13389 /g:{gateway} /gat:{token} /gt:http /u:"
+        )),
+        "{out}"
+    );
+    let minted = json(&m.ok(&["instance", "rdp-token", "desk", "--json"]));
+    assert_eq!(minted["gateway_path"], "/remoteDesktopGateway/");
+    let listed = json(&m.ok(&["instance", "rdp-tokens", "desk", "--json"]));
+    assert_eq!(listed["rdp_tokens"].as_array().unwrap().len(), 2);
+    let id = minted["id"].as_str().unwrap();
+    assert!(m.ok(&["instance", "rdp-tokens", "desk"]).contains(id));
+    assert!(m
+        .ok(&["instance", "rdp-token", "desk", "--revoke", id])
+        .contains(&format!("revoked gateway token {id}")));
+    let r = m.run(&["instance", "rdp-token", "desk", "--revoke", id]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("already revoked"), "{}", r.stderr);
+    let listed = json(&m.ok(&["instance", "rdp-tokens", "desk", "--json"]));
+    assert!(
+        listed["rdp_tokens"][1]["revoked_at"].is_string(),
+        "{listed}"
     );
 }
 
