@@ -59,6 +59,8 @@ pub fn router() -> Router<AppState> {
         .route("/instances/{id}/attach", post(attach_group))
         .route("/instances/{id}/detach/{group}", post(detach_group))
         .route("/instances/{id}/rdp-file", get(rdp_file))
+        .route("/instances/{id}/gateway", post(gateway_connect))
+        .route("/instances/{id}/gateway-rdp", post(gateway_rdp_file))
         .route("/audit", get(audit))
         .route(
             "/static/console.css",
@@ -1237,6 +1239,14 @@ async fn instance_page(State(s): State<AppState>, c: Console, Path(id): Path<Uui
             (command("cmd-xfreerdp", "xfreerdp", &view.connect.xfreerdp))
             (command("cmd-deskport", "deskport", &view.connect.deskport))
             p { a.button #download-rdp href=(format!("/instances/{}/rdp-file", i.id)) download=(format!("{}.rdp", file_stem(&i.name))) { "Download .rdp file" } }
+            @if i.rdp_enabled && i.rdp_gateway {
+                h2 { "Connect through the gateway" }
+                p { "No public RDP port needed: a short-lived token (5 minutes to connect) lets you through this manager's HTTPS port to this instance." }
+                form method="post" action=(format!("/instances/{}/gateway", i.id)) {
+                    (csrf_field(&c))
+                    button #gateway-connect type="submit" { "Connect through the gateway" }
+                }
+            }
         }
     };
     page(
@@ -1467,5 +1477,217 @@ mod tests {
         assert!(constant_eq("abc", "abc"));
         assert!(!constant_eq("abc", "abd"));
         assert!(!constant_eq("abc", "abcd"));
+    }
+}
+
+// ---- the RD Gateway ----
+
+/// The gateway's `HOST:PORT` as the browser reached this manager (its `Host` header; 443 when
+/// it names no port).
+fn gateway_host(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let has_port = match host.rfind(']') {
+        Some(end) => host[end..].contains(':'),
+        None => host.contains(':'),
+    };
+    if has_port {
+        host.to_owned()
+    } else {
+        format!("{host}:443")
+    }
+}
+
+/// The `.rdp` file of [`rdp_file_text`] with the RD Gateway at `gateway` and `token` as its
+/// access token.
+pub fn gateway_rdp_file_text(
+    i: &Instance,
+    user: Option<&str>,
+    gateway: &str,
+    token: &str,
+) -> String {
+    let mut text = rdp_file_text(i, user);
+    for line in [
+        format!("gatewayhostname:s:{gateway}"),
+        "gatewayusagemethod:i:1".to_owned(),
+        "gatewayprofileusagemethod:i:1".to_owned(),
+        "gatewaycredentialssource:i:5".to_owned(),
+        format!("gatewayaccesstoken:s:{token}"),
+    ] {
+        text += &line;
+        text += "\r\n";
+    }
+    text
+}
+
+/// Mints a gateway token for the logged-in user and shows how to use it: the xfreerdp command
+/// and the `.rdp` file (downloaded with the token, never in a URL).
+async fn gateway_connect(
+    State(s): State<AppState>,
+    c: Console,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    Form(form): Form<Fields>,
+) -> Response {
+    if !c.csrf_ok(&form) {
+        return forbidden_csrf(&c);
+    }
+    let back = format!("/instances/{id}");
+    let (i, token, secret) = match c.ops(&s).mint_rdp_token(id, None).await {
+        Ok(v) => v,
+        Err(e) => return redirect_with(&back, "error", &[e.message]),
+    };
+    let gateway = gateway_host(&headers);
+    let view = convert::instance(&i, s.rdp_user.as_deref());
+    let user = view
+        .connect
+        .xfreerdp
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("/u:"))
+        .unwrap_or("USER")
+        .to_owned();
+    let host = match i.public_address {
+        IpAddr::V6(a) => format!("[{a}]"),
+        a => a.to_string(),
+    };
+    let xfreerdp = format!(
+        "xfreerdp /v:{host}:{} /g:{gateway} /gat:{secret} /gt:http /u:{user}",
+        i.public_rdp_port
+    );
+    let body = html! {
+        h1 { "Connect to " (i.name) " through the gateway" }
+        div.panel #gateway {
+            p { "Token " code { (token.id) } " opens connections until " (deskport_api::rfc3339(token.expires_at)) "; a connection it opened lasts until it ends. Revoking the token, switching remote connections or gateway access off, or leaving the project cuts it." }
+            div.command {
+                label for="cmd-gateway-xfreerdp" { "xfreerdp" }
+                input #cmd-gateway-xfreerdp type="text" readonly value=(xfreerdp);
+                button.secondary type="button" data-copy="cmd-gateway-xfreerdp" aria-label="Copy the xfreerdp command" { "Copy" }
+            }
+            form method="post" action=(format!("/instances/{}/gateway-rdp", i.id)) {
+                (csrf_field(&c))
+                input type="hidden" name="token" value=(secret);
+                input type="hidden" name="gateway" value=(gateway);
+                button #download-gateway-rdp type="submit" { "Download .rdp file" }
+            }
+            p { a href=(back) { "Back to " (i.name) } }
+        }
+    };
+    page(
+        &c,
+        StatusCode::OK,
+        &format!("Connect to {} through the gateway", i.name),
+        Nav::Instances,
+        body,
+    )
+}
+
+/// The `.rdp` file for a gateway token the logged-in user holds for this instance.
+async fn gateway_rdp_file(
+    State(s): State<AppState>,
+    c: Console,
+    Path(id): Path<Uuid>,
+    Form(form): Form<Fields>,
+) -> Response {
+    if !c.csrf_ok(&form) {
+        return forbidden_csrf(&c);
+    }
+    let back = format!("/instances/{id}");
+    let token = form.get("token").map(String::as_str).unwrap_or_default();
+    let grant = match s.store.gateway_grant(token).await {
+        Ok(Ok(g)) if g.user_id == c.user.id && g.instance.id == id => g,
+        Ok(Ok(_)) => {
+            return redirect_with(
+                &back,
+                "error",
+                &["that token is not yours for this instance".to_owned()],
+            )
+        }
+        Ok(Err(refused)) => return redirect_with(&back, "error", &[refused.to_string()]),
+        Err(e) => return error_page(Some(&c), e.into()),
+    };
+    let gateway = form.get("gateway").map(String::as_str).unwrap_or_default();
+    let valid_gateway = !gateway.is_empty()
+        && gateway
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ".-:[]".contains(ch));
+    if !valid_gateway {
+        return redirect_with(
+            &back,
+            "error",
+            &["the gateway address is not valid".to_owned()],
+        );
+    }
+    let text = gateway_rdp_file_text(&grant.instance, s.rdp_user.as_deref(), gateway, token);
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-rdp".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"{}-gateway.rdp\"",
+                    file_stem(&grant.instance.name)
+                ),
+            ),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod gateway_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use axum::http::{header, HeaderMap, HeaderValue};
+
+    #[test]
+    fn the_gateway_is_where_the_browser_reached_the_manager() {
+        for (host, gateway) in [
+            ("manager.example", "manager.example:443"),
+            ("manager.example:8443", "manager.example:8443"),
+            ("[2001:db8::1]", "[2001:db8::1]:443"),
+            ("[2001:db8::1]:9443", "[2001:db8::1]:9443"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_static(host));
+            assert_eq!(super::gateway_host(&headers), gateway);
+        }
+    }
+
+    #[test]
+    fn the_gateway_rdp_file_names_the_gateway_and_the_token() {
+        let instance = deskport_store::Instance {
+            id: uuid::Uuid::nil(),
+            project_id: uuid::Uuid::nil(),
+            name: "desk".into(),
+            public_address: "198.51.100.7".parse().unwrap(),
+            public_rdp_port: 13389,
+            internal_address: None,
+            rdp_port: 3389,
+            groups: Vec::new(),
+            rdp_enabled: true,
+            rdp_nla_only: true,
+            rdp_gateway: true,
+            cert_fingerprint: None,
+            agent_seen_at: None,
+            agent_revision: None,
+            created_at: 0,
+        };
+        let text =
+            super::gateway_rdp_file_text(&instance, Some("alice"), "gw.example:443", "dpg_x");
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        for line in [
+            "full address:s:198.51.100.7:13389",
+            "username:s:alice",
+            "gatewayhostname:s:gw.example:443",
+            "gatewayusagemethod:i:1",
+            "gatewayprofileusagemethod:i:1",
+            "gatewaycredentialssource:i:5",
+            "gatewayaccesstoken:s:dpg_x",
+        ] {
+            assert!(lines.contains(&line), "{line} missing from {text}");
+        }
     }
 }
