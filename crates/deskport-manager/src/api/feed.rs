@@ -40,7 +40,8 @@ pub struct AuditQuery {
     limit: Option<u32>,
 }
 
-/// Who changed what, when and from where: every create and delete.
+/// Who changed what, when and from where: every create and delete (administrators also see
+/// the events of no project: users, tokens, refused RD Gateway tokens nobody knows).
 #[utoipa::path(get, path = "/audit-events", tag = "audit", params(AuditQuery),
     responses((status = 200, body = AuditList), (status = 400, body = ErrorBody)))]
 pub async fn list_audit(
@@ -48,7 +49,7 @@ pub async fn list_audit(
     caller: Caller,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<AuditList>> {
-    caller.user()?;
+    let admin = caller.user()?.is_admin;
     let mut visible = caller.visible();
     if let Some(p) = q.project_id {
         if !visible.contains(&p) {
@@ -59,19 +60,19 @@ pub async fn list_audit(
     if q.limit.is_some_and(|l| l == 0 || l > 1000) {
         return Err(ApiError::bad_request("invalid_query", "limit is 1-1000").field("limit"));
     }
-    let events = s
-        .store
-        .list_audit(
-            &visible,
-            &AuditFilter {
-                action: q.action,
-                actor: q.actor,
-                target_id: q.target_id,
-                after_id: q.after_id,
-                limit: q.limit.unwrap_or(100),
-            },
-        )
-        .await?;
+    let filter = AuditFilter {
+        action: q.action,
+        actor: q.actor,
+        target_id: q.target_id,
+        after_id: q.after_id,
+        limit: q.limit.unwrap_or(100),
+    };
+    // Administrators also see the events of no project: users, tokens, RD Gateway refusals
+    // of tokens nobody knows.
+    let events = match admin && q.project_id.is_none() {
+        true => s.store.list_audit_all(&filter).await?,
+        false => s.store.list_audit(&visible, &filter).await?,
+    };
     Ok(Json(AuditList {
         audit_events: events.iter().map(convert::audit).collect(),
     }))

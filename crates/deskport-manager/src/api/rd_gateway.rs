@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use deskport_api::v1::*;
@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Query};
+use crate::extract::{Body, Id, Query};
 use crate::gateway::{self, StoreAuthorizer};
 use crate::state::AppState;
 
@@ -71,7 +71,7 @@ pub async fn open(
 pub async fn check(
     State(s): State<AppState>,
     caller: Caller,
-    Path(token_id): Path<Uuid>,
+    Id(token_id): Id<Uuid>,
 ) -> ApiResult<Json<GatewayDecision>> {
     require_gateway(&caller)?;
     let decision = match s.store.recheck_grant(token_id).await? {

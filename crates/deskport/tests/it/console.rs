@@ -461,7 +461,7 @@ async fn story(m: &Manager, url: &str) {
     b.click_nav(Locator::Css("#remote-desktop button[type=submit]"))
         .await;
     assert!(
-        b.body().await.contains("Remote Desktop is on."),
+        b.body().await.contains("Remote Desktop is on"),
         "{}",
         b.body().await
     );

@@ -418,3 +418,252 @@ fn article_end_to_end(firewall: &str) {
         assert!(!listed.success(), "the table goes with `up`");
     }
 }
+
+/// Issue 16: remote desktop through 443 with the article's default group (80 and 443 only):
+/// the RD Gateway on `up`'s HTTPS listener carries xfreerdp (WebSocket and legacy forms) and
+/// `deskport connect` to the instance while its RDP port stays refused; a wrong token and a
+/// channel to anything else are refused before any RDP byte; switching gateway access off
+/// cuts a live session; revoking the token refuses it; all of it is in the audit log.
+#[test]
+fn the_desktop_through_the_rd_gateway_with_port_3389_closed() {
+    require_program("xfreerdp");
+    let dir = deskport_testsupport::data_dir();
+    let port = free_port(LO);
+    let console = free_port(LO);
+    let up = Up::start(dir.path(), port, console, "gateway");
+    let target = up.target();
+    let public: SocketAddr = target.parse().unwrap();
+    let client = Xvfb::start(1280, 900);
+    let logs = dir.path();
+
+    // The article's start: the group allows only HTTP and HTTPS, RDP is refused.
+    assert!(!rdp_answers(Ipv4Addr::LOCALHOST, public), "3389 is closed");
+    let minted = up.cli(&["instance", "rdp-token", "desktop"]);
+    let token = minted.lines().last().unwrap().trim().to_owned();
+    assert!(
+        minted.contains(&format!("/g:127.0.0.1:{console}")),
+        "the CLI shows how to use it: {minted}"
+    );
+    let gateway = format!("/g:127.0.0.1:{console}");
+    let gat = format!("/gat:{token}");
+
+    // 1. The WebSocket form, then the legacy form: the desktop shows.
+    for (transport, artifact) in [
+        ("/gt:http", "gateway-websocket"),
+        ("/gt:http,no-websockets", "gateway-legacy"),
+    ] {
+        let mut x = xfreerdp_to(
+            &client,
+            &target,
+            logs,
+            "alice",
+            PASSWORD,
+            &["/sec:nla", &gateway, &gat, transport],
+        );
+        wait_for_screen(&client, &up.display, artifact, || {
+            x.process.try_wait().is_none()
+        });
+    }
+    assert!(
+        !rdp_answers(Ipv4Addr::LOCALHOST, public),
+        "3389 stayed closed"
+    );
+
+    // 2. deskport connect through the gateway (the gateway's certificate trusted on first use).
+    let png = dir.path().join("through-gateway.png");
+    let mut connect = Command::new(env!("CARGO_BIN_EXE_deskport"))
+        .args([
+            "connect",
+            &target,
+            "-u",
+            "alice",
+            "-p",
+            "-",
+            "--timeout",
+            "20",
+        ])
+        .args(["--gateway", &format!("127.0.0.1:{console}")])
+        .args(["--gateway-token", &token, "--screenshot"])
+        .arg(&png)
+        .arg("--known-hosts")
+        .arg(dir.path().join("known_hosts"))
+        .env("DESKPORT_CONFIG", "/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = writeln!(connect.stdin.take().unwrap(), "{PASSWORD}");
+    let done = connect.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&done.stderr).into_owned();
+    assert!(done.status.success(), "deskport connect --gateway: {said}");
+    assert!(said.contains("RD Gateway 127.0.0.1:"), "{said}");
+    let shot = image::open(&png).unwrap().to_rgb8();
+    let desktop = deskport_testsupport::screenshot(&up.display).unwrap();
+    assert!(
+        find_screen(&shot, &desktop).is_some(),
+        "deskport connect shows the desktop through the gateway"
+    );
+
+    // 3. Refused before any RDP byte: a wrong token, and the right one for another host or
+    // port (the gateway is no open relay).
+    let refused = |flags: &[&str], target: &str, code: &str| {
+        let mut args = vec!["/sec:nla", gateway.as_str()];
+        args.extend_from_slice(flags);
+        let (status, output) =
+            xfreerdp_to(&client, target, logs, "alice", PASSWORD, &args).finish();
+        assert_ne!(status, Some(0), "{output}");
+        assert!(output.contains(code), "{target} {flags:?}: {output}");
+    };
+    refused(
+        &["/gat:not-a-token", "/gt:http"],
+        &target,
+        "E_PROXY_COOKIE_AUTHENTICATION_ACCESS_DENIED",
+    );
+    refused(
+        &[&gat, "/gt:http"],
+        &format!("127.0.0.2:{port}"),
+        "E_PROXY_RAP_ACCESSDENIED",
+    );
+    refused(
+        &[&gat, "/gt:http"],
+        &format!("127.0.0.1:{console}"),
+        "E_PROXY_RAP_ACCESSDENIED",
+    );
+
+    // 4. Gateway access off: the live session is cut, new ones are refused.
+    let mut live = xfreerdp_to(
+        &client,
+        &target,
+        logs,
+        "alice",
+        PASSWORD,
+        &["/sec:nla", &gateway, &gat, "/gt:http"],
+    );
+    wait_for_screen(&client, &up.display, "gateway-before-cut", || {
+        live.process.try_wait().is_none()
+    });
+    let switched = Instant::now();
+    up.cli(&["instance", "rdp", "desktop", "--no-gateway"]);
+    wait_until(
+        Duration::from_secs(10),
+        "the live session to be cut",
+        || live.process.try_wait().map(|_| ()),
+    );
+    eprintln!(
+        "gateway access off -> session cut after {:?}",
+        switched.elapsed()
+    );
+    let (_, output) = live.finish();
+    assert!(output.contains("E_PROXY_CONNECTIONABORTED"), "{output}");
+    refused(&[&gat, "/gt:http"], &target, "E_PROXY_NAP_ACCESSDENIED");
+
+    // 5. Back on, the token revoked: refused.
+    up.cli(&["instance", "rdp", "desktop", "--gateway"]);
+    let tokens: serde_json::Value =
+        serde_json::from_str(&up.cli(&["instance", "rdp-tokens", "desktop", "--json"])).unwrap();
+    let id = tokens["rdp_tokens"][0]["id"].as_str().unwrap().to_owned();
+    up.cli(&["instance", "rdp-token", "desktop", "--revoke", &id]);
+    refused(
+        &[&gat, "/gt:http"],
+        &target,
+        "E_PROXY_COOKIE_AUTHENTICATION_ACCESS_DENIED",
+    );
+
+    // 6. The same through `deskport rd-gateway` on its own (a bastion), asking the manager
+    // with the admin's API token (the one `up` wrote into the CLI config).
+    let minted = up.cli(&["instance", "rdp-token", "desktop"]);
+    let gat = format!("/gat:{}", minted.lines().last().unwrap().trim());
+    let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+    let api_token = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap()
+        .to_owned();
+    let console_cert = up
+        .output()
+        .split("console cert:   SHA256:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let gw_port = free_port(LO);
+    let gw_log = dir.path().join("rd-gateway.log");
+    let _bastion = ProcessGuard::spawn(
+        "deskport rd-gateway",
+        Command::new(env!("CARGO_BIN_EXE_deskport"))
+            .args(["rd-gateway", "--listen", &format!("127.0.0.1:{gw_port}")])
+            .args(["--manager", &format!("https://127.0.0.1:{console}")])
+            .args(["--manager-fingerprint", &format!("SHA256:{console_cert}")])
+            .args(["--token", &api_token, "--data-dir"])
+            .arg(dir.path().join("rd-gateway"))
+            .env("DESKPORT_CONFIG", "/dev/null")
+            .stdout(std::fs::File::create(&gw_log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("rd-gateway.err")).unwrap()),
+    )
+    .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "deskport rd-gateway to listen",
+        || TcpStream::connect((LO, gw_port)).ok().map(|_| ()),
+    );
+    let bastion = format!("/g:127.0.0.1:{gw_port}");
+    let mut via_bastion = xfreerdp_to(
+        &client,
+        &target,
+        logs,
+        "alice",
+        PASSWORD,
+        &["/sec:nla", &bastion, &gat, "/gt:http"],
+    );
+    wait_for_screen(&client, &up.display, "rd-gateway-bastion", || {
+        via_bastion.process.try_wait().is_none()
+    });
+    up.cli(&["instance", "rdp", "desktop", "--no-gateway"]);
+    wait_until(
+        Duration::from_secs(10),
+        "the bastion's session to be cut",
+        || via_bastion.process.try_wait().map(|_| ()),
+    );
+    let (_, output) = via_bastion.finish();
+    assert!(output.contains("E_PROXY_CONNECTIONABORTED"), "{output}");
+    let (status, output) = xfreerdp_to(
+        &client,
+        &target,
+        logs,
+        "alice",
+        PASSWORD,
+        &["/sec:nla", &bastion, "/gat:not-a-token", "/gt:http"],
+    )
+    .finish();
+    assert_ne!(status, Some(0));
+    assert!(
+        output.contains("E_PROXY_COOKIE_AUTHENTICATION_ACCESS_DENIED"),
+        "{output}"
+    );
+
+    // 7. The audit log has every tunnel and every refusal, with why (the bastion's too).
+    let audit = up.cli(&["audit", "list", "--limit", "200"]);
+    for (action, count) in [
+        ("gateway.session_opened", 5),
+        ("gateway.session_closed", 5),
+        ("gateway.refused", 6),
+    ] {
+        let seen = audit.lines().filter(|l| l.contains(action)).count();
+        assert!(
+            seen >= count,
+            "{count} x {action} in the audit log, saw {seen}:\n{audit}"
+        );
+    }
+    for why in [
+        "the gateway token is not known",
+        "is not this token's instance",
+        "gateway access to the instance is switched off",
+        "the gateway token was revoked",
+        "cut: gateway access",
+    ] {
+        assert!(audit.contains(why), "{why:?} in the audit log:\n{audit}");
+    }
+    up.stop();
+}
