@@ -81,7 +81,7 @@ where
     let mut conn = Conn {
         io,
         frames: ws::Decoder::new(256 * 1024),
-        packets: packet::Decoder::new(64 * 1024),
+        packets: packet::Decoder::new(packet::HEADER + 2 + packet::MAX_DATA),
     };
     conn.send(&Packet::HandshakeRequest {
         major: 1,

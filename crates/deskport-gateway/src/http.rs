@@ -279,6 +279,7 @@ where
     let input = Input::Ws {
         read: Box::new(read),
         frames: ws::Decoder::new(tunnel_frame_limit()),
+        buf: Vec::new(),
     };
     tunnel::run(shared, input, out, peer, "websocket").await;
     let _ = writer.await;

@@ -20,8 +20,8 @@ use crate::{Event, Grant, Refusal};
 const SETUP_LIMIT: usize = 16 * 1024;
 /// A DATA packet at most.
 const DATA_LIMIT: usize = packet::HEADER + 2 + packet::MAX_DATA;
-/// What is read from the instance at once.
-const READ_SIZE: usize = 32 * 1024;
+/// What is read from the instance at once (at most one DATA packet's worth).
+const READ_SIZE: usize = packet::MAX_DATA;
 
 /// What goes to the client, in order.
 #[derive(Debug)]
@@ -37,6 +37,8 @@ pub(crate) enum Input {
     Ws {
         read: Box<dyn AsyncRead + Send + Unpin>,
         frames: ws::Decoder,
+        /// Where reads land (kept: one allocation per tunnel).
+        buf: Vec<u8>,
     },
     /// The legacy form's `RDG_IN_DATA` body, de-chunked by the HTTP server.
     Body(mpsc::Receiver<Bytes>),
@@ -67,7 +69,7 @@ impl Input {
     async fn next(&mut self, out: &mpsc::Sender<Out>) -> Result<Option<Bytes>, String> {
         match self {
             Input::Body(rx) => Ok(rx.recv().await),
-            Input::Ws { read, frames } => loop {
+            Input::Ws { read, frames, buf } => loop {
                 match frames.next_frame().map_err(|e| e.to_string())? {
                     Some(ws::Frame::Binary(b)) => return Ok(Some(b)),
                     Some(ws::Frame::Ping(payload)) => {
@@ -76,8 +78,8 @@ impl Input {
                     Some(ws::Frame::Pong) => {}
                     Some(ws::Frame::Close(_)) => return Ok(None),
                     None => {
-                        let mut buf = vec![0u8; READ_SIZE];
-                        let n = match read.read(&mut buf).await {
+                        buf.resize(READ_SIZE, 0);
+                        let n = match read.read(buf).await {
                             Ok(n) => n,
                             // Clients often end without TLS's close_notify: that is an end.
                             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
@@ -451,7 +453,15 @@ async fn relay(
                         .await;
                     return "the instance closed the connection".into();
                 }
-                Ok(Ok(n)) => {
+                Ok(Ok(mut n)) => {
+                    // What else is already there goes in the same packet: fewer packets,
+                    // frames and TLS records (RDP servers write a frame in many small writes).
+                    while n < buf.len() {
+                        match from_instance.try_read(&mut buf[n..]) {
+                            Ok(0) | Err(_) => break,
+                            Ok(more) => n += more,
+                        }
+                    }
                     if out
                         .send(Out::Packet(packet::data_packet(&buf[..n])))
                         .await

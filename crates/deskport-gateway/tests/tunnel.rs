@@ -76,6 +76,10 @@ struct Setup {
 
 /// A gateway on loopback in front of an echo service standing for the instance's RDP.
 async fn setup() -> Setup {
+    setup_with(Limits::default()).await
+}
+
+async fn setup_with(limits: Limits) -> Setup {
     let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = echo.local_addr().unwrap();
     let accepted = Arc::new(Mutex::new(0));
@@ -96,7 +100,7 @@ async fn setup() -> Setup {
         changes: watch::channel(0).0,
         events: Mutex::new(Vec::new()),
     });
-    let gateway = RdGateway::new(fake.clone(), Limits::default());
+    let gateway = RdGateway::new(fake.clone(), limits);
     let app: axum::Router = gateway.routes();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -442,4 +446,50 @@ async fn freerdps_handshake_is_accepted_and_other_requests_refused() {
             "{request:?} -> {response}"
         );
     }
+}
+
+/// The bounds: tunnels beyond the limit get 503 (and are let in again once one ends); a
+/// tunnel not set up in time is dropped and recorded.
+#[tokio::test]
+async fn tunnels_are_bounded_in_number_and_setup_time() {
+    let s = setup_with(Limits {
+        max_tunnels: 1,
+        setup_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    let upgrade = "RDG_OUT_DATA /remoteDesktopGateway/ HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\n\
+                   Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ABCDEFGHIJKLMNO\r\n\r\n";
+    // The first holds the only tunnel without saying anything.
+    let mut idle = TcpStream::connect(s.gateway).await.unwrap();
+    idle.write_all(upgrade.as_bytes()).await.unwrap();
+    assert!(head(&mut idle).await.starts_with("HTTP/1.1 101"));
+    let mut second = TcpStream::connect(s.gateway).await.unwrap();
+    second.write_all(upgrade.as_bytes()).await.unwrap();
+    let busy = head(&mut second).await;
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    // The idle one is dropped when its setup time is up, and says why.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the idle tunnel is dropped");
+    let mut refused = false;
+    for _ in 0..50 {
+        refused = s.fake.events.lock().unwrap().iter().any(
+            |e| matches!(e, Event::Refused { reason } if reason.contains("not set up within")),
+        );
+        if refused {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "{:?}", s.fake.events.lock().unwrap());
+    // Its place is free again.
+    let io = TcpStream::connect(s.gateway).await.unwrap();
+    let mut rdp = client::connect(io, &request("good token", "desk", 3389))
+        .await
+        .unwrap();
+    rdp.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    rdp.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
 }

@@ -4,6 +4,11 @@
 //! server (planar, and `/gfx:AVC420`) and by xrdp 0.9 with an Xvnc session, each watched by
 //! the same xfreerdp 2.11 on its own Xvfb; on loopback and through a 10 Mbit/s link.
 //!
+//! deskport is also measured through its RD Gateway (issue 16): the same server, xfreerdp
+//! reaching it through `deskport manager`'s HTTPS listener (MS-TSGU, WebSocket form, a token
+//! from `deskport instance rdp-token`); bytes are then those the gateway sent the client (TLS,
+//! WebSocket and DATA framing included) and the CPU includes the manager's.
+//!
 //! For every server: frames shown (distinct frame codes the client's window showed), median
 //! and p95 latency from a frame drawn (after XSync) to its code first seen in the client's
 //! window (the watcher polls only the code's pixels with GetImage; one clock, one machine),
@@ -18,7 +23,8 @@
 //!
 //! Run: `cargo bench -p deskport --bench heavy` (as root for the xrdp and 10 Mbit/s rows).
 //! Environment: `HEAVY_BENCH_FRAMES` (default 300) for a quicker check, `HEAVY_BENCH_ROWS`
-//! (comma-separated names: deskport, deskport-gfx, freerdp-planar, freerdp-avc420, xrdp) and
+//! (comma-separated names: deskport, deskport-gateway, deskport-gfx, freerdp-planar,
+//! freerdp-avc420, xrdp) and
 //! `HEAVY_BENCH_LINKS` (loopback, 10mbit) to run a subset. Rows whose programs are missing are
 //! skipped with a line saying so. Prints `HEAVY|…` lines (the table) and `BENCH|…` lines for
 //! `scripts/bench-report.py`.
@@ -49,6 +55,7 @@ const FPS: u32 = 30;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {
     Deskport,
+    DeskportGateway,
     DeskportGfx,
     FreerdpPlanar,
     FreerdpAvc420,
@@ -56,8 +63,9 @@ enum Server {
 }
 
 impl Server {
-    const ALL: [Server; 5] = [
+    const ALL: [Server; 6] = [
         Server::Deskport,
+        Server::DeskportGateway,
         Server::DeskportGfx,
         Server::FreerdpPlanar,
         Server::FreerdpAvc420,
@@ -67,6 +75,7 @@ impl Server {
     fn key(self) -> &'static str {
         match self {
             Server::Deskport => "deskport",
+            Server::DeskportGateway => "deskport-gateway",
             Server::DeskportGfx => "deskport-gfx",
             Server::FreerdpPlanar => "freerdp-planar",
             Server::FreerdpAvc420 => "freerdp-avc420",
@@ -77,6 +86,7 @@ impl Server {
     fn label(self) -> &'static str {
         match self {
             Server::Deskport => "deskport (planar)",
+            Server::DeskportGateway => "deskport (planar) through its RD Gateway",
             Server::DeskportGfx => "deskport, /gfx offered",
             Server::FreerdpPlanar => "FreeRDP 2.11 shadow, planar",
             Server::FreerdpAvc420 => "FreeRDP 2.11 shadow, /gfx:AVC420",
@@ -97,7 +107,9 @@ impl Server {
 
     fn programs(self) -> &'static [&'static str] {
         match self {
-            Server::Deskport | Server::DeskportGfx => &["Xvfb", "xfreerdp", "ss"],
+            Server::Deskport | Server::DeskportGateway | Server::DeskportGfx => {
+                &["Xvfb", "xfreerdp", "ss"]
+            }
             Server::FreerdpPlanar | Server::FreerdpAvc420 => {
                 &["Xvfb", "xfreerdp", "ss", "freerdp-shadow-cli"]
             }
@@ -206,6 +218,73 @@ fn deskport_server(dir: &Path, display: &str, port: u16, netns: Option<&Netns>) 
     process
 }
 
+/// `deskport manager` in front of the server on `port` with an instance for it: the
+/// manager's process and port, and a gateway token for the instance.
+fn gateway_for(
+    dir: &Path,
+    port: u16,
+    netns: Option<&Netns>,
+) -> anyhow::Result<(ProcessGuard, u16, String)> {
+    let manager_port = match netns {
+        Some(_) => 8443,
+        None => deskport_testsupport::free_port(LO),
+    };
+    let cli_config = dir.join("cli.toml");
+    std::fs::write(&cli_config, "")?;
+    let manager = ProcessGuard::spawn(
+        "deskport manager",
+        command_in(netns, env!("CARGO_BIN_EXE_deskport"))
+            .args(["manager", "--listen", &format!("127.0.0.1:{manager_port}")])
+            .arg("--data-dir")
+            .arg(dir.join("manager"))
+            .env("DESKPORT_CONFIG", "/dev/null")
+            .env("DESKPORT_ADMIN_PASSWORD", PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("manager.log"))?),
+    )?;
+    wait_listening(manager_port, netns, "the manager to listen");
+    let cli = |args: &[&str], input: Option<&str>| -> anyhow::Result<String> {
+        let mut child = command_in(netns, env!("CARGO_BIN_EXE_deskport"))
+            .args(args)
+            .env("DESKPORT_CONFIG", &cli_config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(input) = input {
+            writeln!(child.stdin.take().unwrap(), "{input}")?;
+        }
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "deskport {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let url = format!("https://127.0.0.1:{manager_port}");
+    cli(&["login", &url, "--password-stdin"], Some(PASSWORD))?;
+    cli(
+        &[
+            "instance",
+            "create",
+            "bench",
+            "--address",
+            "127.0.0.1",
+            "--internal-address",
+            &format!("127.0.0.1:{port}"),
+        ],
+        None,
+    )?;
+    cli(
+        &["instance", "rdp", "bench", "--enable", "--no-nla-only"],
+        None,
+    )?;
+    let minted = cli(&["instance", "rdp-token", "bench", "--ttl", "3600"], None)?;
+    let token = minted.lines().last().unwrap_or_default().trim().to_owned();
+    Ok((manager, manager_port, token))
+}
+
 /// What xfreerdp printed.
 fn client_said(dir: &Path) -> String {
     ["xfreerdp.log", "xfreerdp.err"]
@@ -230,10 +309,17 @@ fn run_row(server: Server, link: Link, frames: u16) -> anyhow::Result<Row> {
     let desktop = (server != Server::Xrdp).then(|| Xvfb::start_in(SCREEN.0, SCREEN.1, ns));
     let mut guards: Vec<ProcessGuard> = Vec::new();
     let mut xrdp: Option<XrdpServer> = None;
+    // Through the gateway: its port carries the client's bytes.
+    let mut gateway: Option<(u16, String)> = None;
     let (user, password) = match server {
-        Server::Deskport | Server::DeskportGfx => {
+        Server::Deskport | Server::DeskportGfx | Server::DeskportGateway => {
             let display = desktop.as_ref().unwrap().display();
             guards.push(deskport_server(dir, display, port, ns));
+            if server == Server::DeskportGateway {
+                let (manager, manager_port, token) = gateway_for(dir, port, ns)?;
+                guards.push(manager);
+                gateway = Some((manager_port, token));
+            }
             (USER.to_owned(), PASSWORD)
         }
         Server::FreerdpPlanar | Server::FreerdpAvc420 => {
@@ -268,6 +354,12 @@ fn run_row(server: Server, link: Link, frames: u16) -> anyhow::Result<Row> {
         format!("/size:{}x{}", SCREEN.0, SCREEN.1),
     ];
     args.extend(server.client_flags().iter().map(|f| (*f).to_owned()));
+    if let Some((manager_port, token)) = &gateway {
+        args.push(format!("/g:127.0.0.1:{manager_port}"));
+        args.push(format!("/gat:{token}"));
+        args.push("/gt:http".to_owned());
+    }
+    let wire_port = gateway.as_ref().map_or(port, |(p, _)| *p);
     let log = dir.join("xfreerdp.log");
     let mut xfreerdp = ProcessGuard::spawn(
         "xfreerdp",
@@ -380,7 +472,7 @@ fn run_row(server: Server, link: Link, frames: u16) -> anyhow::Result<Row> {
     };
     let cpu = |pids: &[u32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
     let measured = pids(x_pid);
-    let (bytes0, cpu0) = (bytes_sent(port, ns), cpu(&measured));
+    let (bytes0, cpu0) = (bytes_sent(wire_port, ns), cpu(&measured));
     writeln!(work.child_mut().stdin.take().unwrap())?;
     let run_time = Duration::from_secs_f64(f64::from(frames) / f64::from(FPS));
     let status = work
@@ -397,7 +489,7 @@ fn run_row(server: Server, link: Link, frames: u16) -> anyhow::Result<Row> {
         now.retain(|p| measured.contains(p));
         now
     };
-    let (bytes1, cpu1) = (bytes_sent(port, ns), cpu(&measured));
+    let (bytes1, cpu1) = (bytes_sent(wire_port, ns), cpu(&measured));
     anyhow::ensure!(
         xfreerdp.try_wait().is_none(),
         "xfreerdp left during the run: {}",
@@ -541,6 +633,21 @@ fn main() {
             continue;
         };
         let l = link.key();
+        if let Some(gw) = get(Server::DeskportGateway) {
+            println!(
+                "BENCH|rdp heavy {l}: bytes through the RD Gateway|{:.2}|MB|{:.2}|MB direct|lower",
+                gw.bytes as f64 / 1e6,
+                ours.bytes as f64 / 1e6
+            );
+            println!(
+                "BENCH|rdp heavy {l}: median latency through the RD Gateway|{:.1}|ms|{:.1}|ms direct|lower",
+                gw.median_ms, ours.median_ms
+            );
+            println!(
+                "BENCH|rdp heavy {l}: frames through the RD Gateway|{}|frames|{}|frames direct|higher",
+                gw.frames, ours.frames
+            );
+        }
         if let Some(avc) = get(Server::FreerdpAvc420) {
             println!(
                 "BENCH|rdp heavy {l}: frames shown|{}|frames|{}|frames FreeRDP AVC420|higher",
