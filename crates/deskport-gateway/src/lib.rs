@@ -170,6 +170,39 @@ impl Default for Limits {
     }
 }
 
+/// The fuzzing oracle (see `fuzz/`): the bytes as a client's packet stream and as WebSocket
+/// frames carrying one, cut at every point the first byte chooses: decoding never panics, and
+/// every packet decoded re-encodes to bytes that decode to a packet encoding the same again.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_oracle(data: &[u8]) {
+    let step = usize::from(data.first().copied().unwrap_or(1)).max(1);
+    let check = |decoder: &mut packet::Decoder| {
+        while let Ok(Some(p)) = decoder.next_packet() {
+            let once = p.encode();
+            match packet::decode(&once) {
+                Ok(again) => assert_eq!(again.encode(), once, "re-encoding is stable"),
+                Err(e) => panic!("an encoded packet does not decode: {e}"),
+            }
+        }
+    };
+    let mut packets = packet::Decoder::new(packet::HEADER + 2 + packet::MAX_DATA);
+    for chunk in data.chunks(step) {
+        packets.extend(chunk);
+        check(&mut packets);
+    }
+    let mut frames = ws::Decoder::new(128 * 1024);
+    let mut carried = packet::Decoder::new(packet::HEADER + 2 + packet::MAX_DATA);
+    for chunk in data.chunks(step) {
+        frames.extend(chunk);
+        while let Ok(Some(frame)) = frames.next_frame() {
+            if let ws::Frame::Binary(payload) = frame {
+                carried.extend(&payload);
+                check(&mut carried);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ const TARGETS: &[(&str, Oracle)] = &[
     ("fixup_frames", deskport_rdp::fixup::fuzz_oracle),
     ("conntrack_list", deskport_firewall::conntrack::fuzz_oracle),
     ("policy_document", deskport_api::policy_doc::fuzz_oracle),
+    ("tsgu_stream", deskport_gateway::fuzz_oracle),
 ];
 
 fn fuzz_dir() -> PathBuf {
