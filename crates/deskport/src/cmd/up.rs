@@ -315,6 +315,16 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
         ),
         None => String::new(),
     };
+    // Through the RD Gateway on the console's HTTPS port, 3389 left closed.
+    let through_gateway = match (&manager_fingerprint, url.strip_prefix("https://")) {
+        (Some(_), Some(gateway)) => format!(
+            "\nOr through 443, with the RDP port left closed (the RD Gateway on the console's port):\n\n  \
+             TOKEN=$(deskport instance rdp-token {INSTANCE} | tail -1)\n  \
+             xfreerdp /v:{public} /g:{gateway} /gat:$TOKEN /gt:http /u:{user} /cert:tofu\n  \
+             deskport connect {public} -u {user} --gateway {gateway} --gateway-token $TOKEN\n"
+        ),
+        _ => String::new(),
+    };
     println!(
         "\
 deskport is up (state in {dir}).
@@ -334,7 +344,7 @@ then connect:
   deskport connect {public} -u {user}
   xfreerdp /v:{public} /u:{user} /sec:nla /cert:tofu
   rdesktop -u {user} {public}        (after: deskport instance rdp {INSTANCE} --no-nla-only)
-
+{through_gateway}
 Ctrl-C stops everything; `deskport up` again keeps all state.",
         dir = dir.display(),
         admin_password = credentials.admin_password,

@@ -436,8 +436,16 @@ fn the_desktop_through_the_rd_gateway_with_port_3389_closed() {
     let client = Xvfb::start(1280, 900);
     let logs = dir.path();
 
-    // The article's start: the group allows only HTTP and HTTPS, RDP is refused.
+    // The article's start: the group allows only HTTP and HTTPS, RDP is refused; `up` says
+    // how to go through 443 instead.
     assert!(!rdp_answers(Ipv4Addr::LOCALHOST, public), "3389 is closed");
+    assert!(
+        up.output().contains(&format!(
+            "--gateway 127.0.0.1:{console} --gateway-token $TOKEN"
+        )),
+        "{}",
+        up.output()
+    );
     let minted = up.cli(&["instance", "rdp-token", "desktop"]);
     let token = minted.lines().last().unwrap().trim().to_owned();
     assert!(
