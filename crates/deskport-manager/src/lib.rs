@@ -31,10 +31,10 @@ mod extract;
 pub mod gateway;
 pub mod metrics;
 pub mod ops;
+pub mod serve;
 pub mod state;
 mod tls;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -49,6 +49,7 @@ use deskport_store::{Actor, PostgresBackend, SqliteBackend, Store};
 use rand::Rng as _;
 
 use crate::error::ApiError;
+pub use crate::serve::HttpLimits;
 pub use crate::state::AppState;
 pub use crate::tls::{check_listen, serve_tls, Tls, TlsIdentity};
 
@@ -74,6 +75,8 @@ pub struct ManagerConfig {
     /// The RD Gateway at `/remoteDesktopGateway/` (over HTTPS only) with its bounds; `None`:
     /// no gateway.
     pub rd_gateway: Option<deskport_gateway::Limits>,
+    /// The listener's bounds (header-read timeout, connections per source and in all).
+    pub http: HttpLimits,
 }
 
 impl Default for ManagerConfig {
@@ -86,6 +89,7 @@ impl Default for ManagerConfig {
             body_limit: 64 * 1024,
             tls: Tls::SelfSigned,
             rd_gateway: Some(deskport_gateway::Limits::default()),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -300,6 +304,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         )],
         s.metrics.render(revision)
             + &metrics::render_store(&s.store.stats())
+            + &metrics::render_http(&s.http_refusals)
             + &s.rd_gateway
                 .as_ref()
                 .map(|g| metrics::render_gateway(&g.stats()))
@@ -317,6 +322,7 @@ pub fn state(store: Arc<Store>, config: &ManagerConfig) -> AppState {
         rdp_user: config.rdp_user.clone(),
         tls_fingerprint: None,
         rd_gateway: None,
+        http_refusals: Arc::default(),
     }
 }
 
@@ -325,6 +331,7 @@ pub fn state(store: Arc<Store>, config: &ManagerConfig) -> AppState {
 pub struct Manager {
     state: AppState,
     body_limit: usize,
+    http: HttpLimits,
     generated_password: Option<String>,
     tls: Option<TlsIdentity>,
 }
@@ -354,6 +361,7 @@ impl Manager {
         Ok(Self {
             state,
             body_limit: config.body_limit,
+            http: config.http,
             generated_password,
             tls,
         })
@@ -380,11 +388,15 @@ impl Manager {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!(%addr, scheme, "Manager started");
         let janitor = tokio::spawn(janitor(self.state.store.clone(), self.state.limits));
+        let refusals = self.state.http_refusals.clone();
         let app = app(self.state, self.body_limit);
-        let served = match &self.tls {
-            Some(tls) => serve_tls(listener, app, tls, shutdown).await,
-            None => serve(listener, app, shutdown).await,
-        };
+        if self.tls.is_none() {
+            check_listen(addr, &Tls::PlainHttp)?;
+        }
+        let tls = self.tls.as_ref().map(|t| t.config.clone());
+        let served = serve::serve_connections(listener, app, tls, self.http, refusals, shutdown)
+            .await
+            .context("serve HTTP");
         janitor.abort();
         served?;
         tracing::info!("Manager stopped");
@@ -403,11 +415,14 @@ pub async fn serve(
         listener.local_addr().context("the listener's address")?,
         &Tls::PlainHttp,
     )?;
-    axum::serve(
+    serve::serve_connections(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        None,
+        HttpLimits::default(),
+        Arc::default(),
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
     .context("serve HTTP")
 }

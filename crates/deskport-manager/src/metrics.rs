@@ -176,3 +176,20 @@ pub fn render_gateway(stats: &deskport_gateway::Stats) -> String {
     );
     out
 }
+
+/// Connections the listener's caps turned away.
+pub fn render_http(refusals: &crate::serve::Refusals) -> String {
+    use std::sync::atomic::Ordering;
+    let mut out = String::new();
+    out += "# HELP deskport_manager_connections_refused_total Connections closed at once by a cap (per source address, or in all).\n";
+    out += "# TYPE deskport_manager_connections_refused_total counter\n";
+    out += &format!(
+        "deskport_manager_connections_refused_total{{cap=\"per_source\"}} {}\n",
+        refusals.per_source.load(Ordering::Relaxed)
+    );
+    out += &format!(
+        "deskport_manager_connections_refused_total{{cap=\"total\"}} {}\n",
+        refusals.total.load(Ordering::Relaxed)
+    );
+    out
+}

@@ -26,6 +26,8 @@ pub struct AppState {
     pub tls_fingerprint: Option<String>,
     /// The RD Gateway on this listener (HTTPS only: its clients require TLS).
     pub rd_gateway: Option<deskport_gateway::RdGateway>,
+    /// Connections the listener's caps turned away.
+    pub http_refusals: Arc<crate::serve::Refusals>,
 }
 
 impl AppState {

@@ -1,20 +1,17 @@
 //! HTTPS for every manager listener: the certificate (made on first start and kept in the data
-//! directory, or given as files), the TLS listener the HTTP server accepts connections from,
-//! the headers HTTPS responses carry (HSTS, `Secure` cookies), and the rule that plain HTTP
+//! directory, or given as files), the headers HTTPS responses carry (HSTS, `Secure` cookies), and the rule that plain HTTP
 //! is served on loopback only.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
-use axum::serve::ListenerExt as _;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 
+use crate::serve::{serve_connections, HttpLimits};
 use crate::ManagerConfig;
 
 /// How the manager serves.
@@ -45,7 +42,7 @@ pub fn check_listen(addr: SocketAddr, tls: &Tls) -> anyhow::Result<()> {
 /// The certificate the manager serves and its rustls configuration.
 #[derive(Clone)]
 pub struct TlsIdentity {
-    config: Arc<rustls::ServerConfig>,
+    pub(crate) config: Arc<rustls::ServerConfig>,
     /// SHA-256 of the certificate, `ab:cd:…`.
     pub fingerprint: String,
     pub cert_path: PathBuf,
@@ -94,95 +91,22 @@ impl TlsIdentity {
     }
 }
 
-/// A listener whose connections have completed the TLS handshake. Handshakes run on their own
-/// tasks (at most [`HANDSHAKE_TIMEOUT`] each), so a slow client holds up no one else.
-struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-    acceptor: tokio::task::JoinHandle<()>,
-}
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl TlsListener {
-    fn new(listener: TcpListener, tls: &TlsIdentity) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-        let (tx, ready) = tokio::sync::mpsc::channel(64);
-        let acceptor = tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                // RDP through the RD Gateway rides on these connections: no Nagle delay.
-                let _ = tcp.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            ready,
-            local,
-            acceptor,
-        })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.acceptor.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(connection) => connection,
-            // The accepting task ended (it does not, but for the types' sake): no more clients.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-/// Serves `app` over HTTPS with `tls` on `listener` until `shutdown` resolves.
+/// Serves `app` over HTTPS with `tls` on `listener` until `shutdown` resolves, with the
+/// default [`HttpLimits`].
 pub async fn serve_tls(
     listener: TcpListener,
     app: axum::Router,
     tls: &TlsIdentity,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // `tap_io` (doing nothing) is what gives this listener's connections their peer address
-    // as `ConnectInfo<SocketAddr>`.
-    let listener = TlsListener::new(listener, tls)
-        .context("the listener's address")?
-        .tap_io(|_| {});
-    axum::serve(
+    serve_connections(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        Some(tls.config.clone()),
+        HttpLimits::default(),
+        Arc::default(),
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
     .context("serve HTTPS")
 }

@@ -36,11 +36,20 @@ pub struct ManagerSettings {
     pub rd_gateway: bool,
     /// RD Gateway tunnels at once (open or being set up), 1 to 100000.
     pub rd_gateway_max_tunnels: usize,
+    /// Seconds from a connection's start (or its last response) to a request's complete
+    /// header, 1 to 300; a half-sent request or an idle keep-alive connection is then closed.
+    pub header_timeout_secs: u64,
+    /// Connections from one address at once (agents behind one NAT count together), 1 to
+    /// 1000000.
+    pub max_connections_per_source: usize,
+    /// Connections at once in all, 1 to 1000000 (mind the open-files limit).
+    pub max_connections: usize,
 }
 
 impl Default for ManagerSettings {
     fn default() -> Self {
         let quota = Quota::default();
+        let http = deskport_manager::HttpLimits::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: None,
@@ -53,6 +62,9 @@ impl Default for ManagerSettings {
             tls_key: None,
             rd_gateway: true,
             rd_gateway_max_tunnels: deskport_gateway::Limits::default().max_tunnels,
+            header_timeout_secs: http.header_timeout.as_secs(),
+            max_connections_per_source: http.per_source,
+            max_connections: http.max_connections,
         }
     }
 }
@@ -83,7 +95,30 @@ impl ManagerSettings {
             max_tunnels: self.rd_gateway_max_tunnels,
             ..deskport_gateway::Limits::default()
         });
+        for (key, value, max) in [
+            (
+                "header_timeout_secs",
+                self.header_timeout_secs as usize,
+                300,
+            ),
+            (
+                "max_connections_per_source",
+                self.max_connections_per_source,
+                1_000_000,
+            ),
+            ("max_connections", self.max_connections, 1_000_000),
+        ] {
+            if !(1..=max).contains(&value) {
+                anyhow::bail!("[manager] {key} is {value}: it must be 1 to {max}");
+            }
+        }
+        let http = deskport_manager::HttpLimits {
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+            per_source: self.max_connections_per_source,
+            max_connections: self.max_connections,
+        };
         Ok(ManagerConfig {
+            http,
             rd_gateway,
             data_dir: match &self.data_dir {
                 Some(d) => d.clone(),
