@@ -79,9 +79,18 @@ impl Manager {
                 deskport_manager::app(deskport_manager::state(store, config), config.body_limit);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            tokio::spawn(deskport_manager::serve(
+            // Every simulated agent connects from 127.0.0.1: the cap per source address is
+            // lifted to the global one (in production agents come from their own hosts).
+            let limits = deskport_manager::HttpLimits {
+                per_source: 10_000,
+                ..deskport_manager::HttpLimits::default()
+            };
+            tokio::spawn(deskport_manager::serve::serve_connections(
                 listener,
                 app,
+                None,
+                limits,
+                Default::default(),
                 std::future::pending(),
             ));
             format!("http://{addr}")
