@@ -186,6 +186,7 @@ pub async fn serve(
     peer: SocketAddr,
     admission: Admission,
     close: watch::Receiver<Option<String>>,
+    handshake_slot: crate::admit::HandshakeSlot,
 ) -> anyhow::Result<()> {
     let _ = tcp.set_nodelay(true);
     let accounts = shared.accounts.current();
@@ -221,6 +222,8 @@ pub async fn serve(
             shared.handshake_timeout
         ),
     };
+    // Logged on: the address's handshake share is free again.
+    drop(handshake_slot);
     let result = acceptor
         .get_result()
         .context("the acceptor finished without a result")?;

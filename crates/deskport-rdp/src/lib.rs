@@ -17,6 +17,7 @@
 //! negotiation failures unanswered and has no bitmap path rdesktop decodes.
 
 pub mod accounts;
+pub mod admit;
 pub mod channels;
 pub mod connection;
 pub mod credssp;

@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Connections at most (the rest are closed at once).
     pub max_connections: usize,
+    /// What one address may have of them (in the connection sequence, new per second).
+    pub per_source: crate::admit::SourceLimits,
 }
 
 fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -86,6 +88,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (close, _) = watch::channel::<Option<String>>(None);
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let sources = crate::admit::Sources::new(config.per_source);
     let mut listener: Option<TcpListener> = None;
     tokio::pin!(shutdown);
     loop {
@@ -131,6 +134,10 @@ pub async fn run(
                         continue;
                     }
                 };
+                // The address's share first: one address never takes the global slots.
+                let Ok(handshake) = sources.admit(peer.ip()) else {
+                    continue;
+                };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, limit = config.max_connections, "Connection limit reached; closed");
                     continue;
@@ -139,7 +146,9 @@ pub async fn run(
                 let shared = shared.clone();
                 let close = close.subscribe();
                 tokio::spawn(async move {
-                    if let Err(e) = connection::serve(shared, tcp, peer, admission, close).await {
+                    if let Err(e) =
+                        connection::serve(shared, tcp, peer, admission, close, handshake).await
+                    {
                         tracing::info!(%peer, error = format!("{e:#}"), "Connection ended with an error");
                     }
                     drop(slot);

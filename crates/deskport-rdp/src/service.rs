@@ -71,6 +71,8 @@ pub struct RdpServerConfig {
     pub desktops: Desktops,
     pub switches: SwitchSource,
     pub max_connections: usize,
+    /// What one address may have of the connections.
+    pub per_source: crate::admit::SourceLimits,
     pub handshake_timeout: Duration,
     pub frame_interval: Duration,
     pub codec: Codec,
@@ -83,6 +85,7 @@ pub struct RdpServerConfig {
 pub struct RdpServer {
     listen: SocketAddr,
     max_connections: usize,
+    per_source: crate::admit::SourceLimits,
     shared: Arc<Shared>,
     switches: SwitchSource,
     fingerprint: String,
@@ -138,6 +141,7 @@ impl RdpServer {
         Ok(Self {
             listen: config.listen,
             max_connections: config.max_connections,
+            per_source: config.per_source,
             shared,
             switches: config.switches,
             fingerprint,
@@ -177,6 +181,7 @@ impl RdpServer {
             ServerConfig {
                 listen: self.listen,
                 max_connections: self.max_connections,
+                per_source: self.per_source,
             },
             self.shared,
             switches,

@@ -51,6 +51,11 @@ pub struct RdpServerSettings {
     pub manager_ca_file: Option<PathBuf>,
     /// Connections at most.
     pub max_connections: usize,
+    /// Connections of one address in the connection sequence at once (less than
+    /// `max_connections`: one address never takes every slot).
+    pub max_handshakes_per_source: usize,
+    /// New connections of one address per second (bursts of twice as many), 1 to 10000.
+    pub max_new_connections_per_source_per_sec: u32,
     /// Seconds a client has to complete the connection sequence.
     pub handshake_timeout_secs: u64,
     /// Milliseconds between screen checks.
@@ -92,6 +97,9 @@ impl Default for RdpServerSettings {
             manager_fingerprint: None,
             manager_ca_file: None,
             max_connections: 64,
+            max_handshakes_per_source: deskport_rdp::admit::SourceLimits::default().handshakes,
+            max_new_connections_per_source_per_sec: deskport_rdp::admit::SourceLimits::default()
+                .per_second,
             handshake_timeout_secs: 20,
             frame_interval_ms: 33,
             codec: deskport_rdp::Codec::Auto,
@@ -156,6 +164,24 @@ impl RdpServerSettings {
                 })
             }
         };
+        if self.max_handshakes_per_source == 0
+            || self.max_handshakes_per_source >= self.max_connections.max(1)
+        {
+            return Err(UsageError(format!(
+                "[rdp_server] max_handshakes_per_source is {}: it must be 1 to {} (less than \
+                 max_connections, so that one address cannot take every connection)",
+                self.max_handshakes_per_source,
+                self.max_connections.saturating_sub(1)
+            ))
+            .into());
+        }
+        if !(1..=10_000).contains(&self.max_new_connections_per_source_per_sec) {
+            return Err(UsageError(format!(
+                "[rdp_server] max_new_connections_per_source_per_sec is {}: it must be 1 to 10000",
+                self.max_new_connections_per_source_per_sec
+            ))
+            .into());
+        }
         let (switches, sender) = match (&self.manager, &self.token) {
             (Some(urls), Some(token)) => {
                 let urls = super::firewall::manager_urls(urls)?;
@@ -191,6 +217,10 @@ impl RdpServerSettings {
             desktops,
             switches,
             max_connections: self.max_connections,
+            per_source: deskport_rdp::admit::SourceLimits {
+                handshakes: self.max_handshakes_per_source,
+                per_second: self.max_new_connections_per_source_per_sec,
+            },
             handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
             frame_interval: Duration::from_millis(self.frame_interval_ms),
             codec: self.codec,

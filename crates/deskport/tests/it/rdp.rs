@@ -659,3 +659,60 @@ fn standard_rdp_security_is_refused_with_the_reason() {
     assert_eq!(log.matches("Refused at negotiation").count(), 2, "{log}");
     assert!(!log.contains("Session started"), "{log}");
 }
+
+/// Issue 20: an address holding connections in the connection sequence uses its own share
+/// (8 by default), not the global limit: past its share it is closed at once while another
+/// address's negotiation request is answered; the log says why.
+#[test]
+fn one_address_in_the_handshake_cannot_shut_another_out() {
+    use std::io::Read as _;
+    use std::net::SocketAddr;
+    let dir = deskport_testsupport::data_dir();
+    let server = RdpServer::launch(dir.path(), &[], None);
+    let target = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port));
+    let connect_from = |source: Ipv4Addr| -> TcpStream {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+        socket
+            .connect_timeout(&target.into(), Duration::from_secs(5))
+            .unwrap();
+        let stream: TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+    };
+    // The attacker: one byte of a TPKT header, then silence, on each of its 8.
+    let holders: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = connect_from(Ipv4Addr::LOCALHOST);
+            s.write_all(&[0x03]).unwrap();
+            s
+        })
+        .collect();
+    let mut beyond = connect_from(Ipv4Addr::LOCALHOST);
+    let _ = beyond.write_all(&[0x03]);
+    let mut buf = [0u8; 32];
+    assert!(
+        matches!(beyond.read(&mut buf), Ok(0) | Err(_)),
+        "the attacker's ninth is closed at once"
+    );
+    // Another address: its X.224 Connection Request is answered with a Connection Confirm.
+    let mut other = connect_from(Ipv4Addr::new(127, 0, 0, 2));
+    other
+        .write_all(&[
+            0x03, 0x00, 0x00, 0x13, 0x0e, 0xe0, 0, 0, 0, 0, 0, 0x01, 0x00, 0x08, 0x00, 0x03, 0, 0,
+            0,
+        ])
+        .unwrap();
+    let mut answer = [0u8; 19];
+    other.read_exact(&mut answer).unwrap();
+    assert_eq!((answer[0], answer[5]), (0x03, 0xd0), "a Connection Confirm");
+    drop(holders);
+    let log = server.log();
+    assert!(
+        log.contains("too many connections of this address in the connection sequence"),
+        "{log}"
+    );
+}
