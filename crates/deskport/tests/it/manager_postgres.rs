@@ -145,7 +145,7 @@ fn the_manager_refuses_databases_it_cannot_use() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
         r.stderr.contains(
-            "the database's schema has version 99, and this deskport knows versions up to 2"
+            "the database's schema has version 99, and this deskport knows versions up to 3"
         ),
         "{}",
         r.stderr
