@@ -8,6 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use deskport_manager::ManagerConfig;
 use reqwest::header::{self, HeaderMap};
@@ -27,7 +28,9 @@ struct Server {
 }
 
 impl Server {
-    async fn start(dir: &Path) -> Self {
+    /// The manager with its RD Gateway mounted (as over HTTPS), or without (as on plain HTTP or
+    /// with `rd_gateway` off).
+    async fn start(dir: &Path, gateway: bool) -> Self {
         let config = ManagerConfig {
             data_dir: dir.to_owned(),
             rdp_user: Some(RDP_USER.into()),
@@ -37,7 +40,15 @@ impl Server {
         deskport_manager::bootstrap(&store, Some(ADMIN_PASSWORD.into()))
             .await
             .unwrap();
-        let app = deskport_manager::app(deskport_manager::state(store, &config), config.body_limit);
+        let mut state = deskport_manager::state(store, &config);
+        if gateway {
+            let authority = deskport_manager::gateway::StoreAuthorizer::new(state.store.clone());
+            state.rd_gateway = Some(deskport_gateway::RdGateway::new(
+                Arc::new(authority),
+                deskport_gateway::Limits::default(),
+            ));
+        }
+        let app = deskport_manager::app(state, config.body_limit);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -378,7 +389,7 @@ fn rdp_keys(text: &str) -> (HashMap<String, String>, BTreeSet<String>) {
 #[tokio::test]
 async fn connect_through_the_gateway_from_the_remote_desktop_panel() {
     let dir = deskport_testsupport::data_dir();
-    let server = Server::start(dir.path()).await;
+    let server = Server::start(dir.path(), true).await;
     let api = Api::login(&server, "admin", ADMIN_PASSWORD).await;
     let created = api
         .ok(
@@ -711,7 +722,7 @@ async fn connect_through_the_gateway_from_the_remote_desktop_panel() {
 #[tokio::test]
 async fn only_ones_own_token_for_that_instance_downloads() {
     let dir = deskport_testsupport::data_dir();
-    let server = Server::start(dir.path()).await;
+    let server = Server::start(dir.path(), true).await;
     let admin = Api::login(&server, "admin", ADMIN_PASSWORD).await;
     let desk = instance(&admin, "desk", "198.51.100.7:13389").await;
     let other = instance(&admin, "other-desk", "198.51.100.8").await;
@@ -857,5 +868,38 @@ async fn only_ones_own_token_for_that_instance_downloads() {
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert!(!r.body.contains(hers.as_str()));
     assert_eq!(minted(&admin, &instances).await, 3);
+    server.stop().await;
+}
+
+/// A manager that serves no RD Gateway (plain HTTP, or `rd_gateway` off) offers no Connect
+/// through the gateway, whose command and file would point at it, and refuses the action
+/// without minting; the switch is there all the same.
+#[tokio::test]
+async fn no_connect_through_a_gateway_this_manager_does_not_serve() {
+    let dir = deskport_testsupport::data_dir();
+    let server = Server::start(dir.path(), false).await;
+    let api = Api::login(&server, "admin", ADMIN_PASSWORD).await;
+    let id = instance(&api, "desk", "198.51.100.7").await;
+    assert_eq!(
+        api.remote_desktop(&id).await,
+        json!({"enabled": true, "nla_only": true, "gateway": true})
+    );
+    let mut browser = Browser::login(&server, "admin", ADMIN_PASSWORD).await;
+    let csrf = browser.csrf().await;
+    let page = browser.get(&format!("/instances/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains(r#"name="gateway" value="on" checked"#));
+    assert!(!page.body.contains("gateway-connect"), "{}", page.body);
+    assert!(page.body.contains("This manager serves no RD Gateway"));
+    let r = browser
+        .post_form(&format!("/instances/{id}/gateway"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.location(), format!("/instances/{id}"));
+    assert!(!r.body.contains("dpg_"));
+    assert!(browser
+        .flash(&r)
+        .await
+        .starts_with("This manager serves no RD Gateway"));
+    assert!(api.tokens(&id).await.is_empty());
     server.stop().await;
 }
