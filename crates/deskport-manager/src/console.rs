@@ -1241,10 +1241,14 @@ async fn instance_page(State(s): State<AppState>, c: Console, Path(id): Path<Uui
             p { a.button #download-rdp href=(format!("/instances/{}/rdp-file", i.id)) download=(format!("{}.rdp", file_stem(&i.name))) { "Download .rdp file" } }
             @if i.rdp_enabled && i.rdp_gateway {
                 h2 { "Connect through the gateway" }
-                p { "No public RDP port needed: a short-lived token (5 minutes to connect) lets you through this manager's HTTPS port to this instance." }
-                form method="post" action=(format!("/instances/{}/gateway", i.id)) {
-                    (csrf_field(&c))
-                    button #gateway-connect type="submit" { "Connect through the gateway" }
+                @if s.rd_gateway.is_some() {
+                    p { "No public RDP port needed: a short-lived token (5 minutes to connect) lets you through this manager's HTTPS port to this instance." }
+                    form method="post" action=(format!("/instances/{}/gateway", i.id)) {
+                        (csrf_field(&c))
+                        button #gateway-connect type="submit" { "Connect through the gateway" }
+                    }
+                } @else {
+                    p.muted #no-gateway { (NO_GATEWAY) }
                 }
             }
         }
@@ -1522,6 +1526,10 @@ pub fn gateway_rdp_file_text(
     text
 }
 
+/// Why the console offers no *Connect through the gateway*: the command and file it makes point
+/// at this manager, which serves the RD Gateway only over HTTPS and with `rd_gateway` on.
+const NO_GATEWAY: &str = "This manager serves no RD Gateway (it is switched off, or the manager is on plain HTTP): mint a token with 'deskport instance rdp-token' for the gateway you use.";
+
 /// Mints a gateway token for the logged-in user and shows how to use it: the xfreerdp command
 /// and the `.rdp` file (downloaded with the token, never in a URL).
 async fn gateway_connect(
@@ -1535,6 +1543,9 @@ async fn gateway_connect(
         return forbidden_csrf(&c);
     }
     let back = format!("/instances/{id}");
+    if s.rd_gateway.is_none() {
+        return redirect_with(&back, "error", &[NO_GATEWAY.to_owned()]);
+    }
     let (i, token, secret) = match c.ops(&s).mint_rdp_token(id, None).await {
         Ok(v) => v,
         Err(e) => return redirect_with(&back, "error", &[e.message]),
