@@ -244,9 +244,12 @@ fn gateway_for(
     )?;
     wait_listening(manager_port, netns, "the manager to listen");
     let cli = |args: &[&str], input: Option<&str>| -> anyhow::Result<String> {
+        // The CLI's known-hosts file is the bench's own, never the user's.
         let mut child = command_in(netns, env!("CARGO_BIN_EXE_deskport"))
             .args(args)
             .env("DESKPORT_CONFIG", &cli_config)
+            .env("HOME", dir)
+            .env("XDG_CONFIG_HOME", dir.join("config"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -154,3 +154,83 @@ fn host_ports_outside_nft_host_placement_is_a_usage_error() {
         assert!(r.stderr.contains(needle), "{}", r.stderr);
     }
 }
+
+/// The new settings' bad values (RD Gateway, listener and RDP per-source limits) are refused
+/// with the key named, before anything starts.
+#[test]
+fn rd_gateway_and_limit_settings_are_checked() {
+    let home = deskport_testsupport::data_dir();
+    let r = run(deskport(home.path()).arg("rd-gateway"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("needs --manager"), "{}", r.stderr);
+    let r = run(deskport(home.path()).args(["rd-gateway", "--manager", "http://127.0.0.1:1"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("needs --token"), "{}", r.stderr);
+    let r = run(deskport(home.path()).args([
+        "rd-gateway",
+        "--manager",
+        "https://127.0.0.1:1",
+        "--token",
+        "t",
+    ]));
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("cannot check the certificate"),
+        "{}",
+        r.stderr
+    );
+    let r = run(deskport(home.path())
+        .env("DESKPORT_RD_GATEWAY__MAX_TUNNELS", "0")
+        .args([
+            "rd-gateway",
+            "--manager",
+            "http://127.0.0.1:1",
+            "--token",
+            "t",
+        ]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("max_tunnels is 0"), "{}", r.stderr);
+    for (key, value, needle) in [
+        (
+            "DESKPORT_MANAGER__HEADER_TIMEOUT_SECS",
+            "0",
+            "header_timeout_secs is 0",
+        ),
+        (
+            "DESKPORT_MANAGER__MAX_CONNECTIONS_PER_SOURCE",
+            "0",
+            "max_connections_per_source is 0",
+        ),
+        (
+            "DESKPORT_MANAGER__RD_GATEWAY_MAX_TUNNELS",
+            "0",
+            "rd_gateway_max_tunnels is 0",
+        ),
+    ] {
+        let r = run(deskport(home.path())
+            .env(key, value)
+            .args(["manager", "--data-dir"])
+            .arg(home.path().join("m")));
+        assert_ne!(r.code, 0, "{key}");
+        assert!(r.stderr.contains(needle), "{key}: {}", r.stderr);
+    }
+    for (key, value, needle) in [
+        (
+            "DESKPORT_RDP_SERVER__MAX_HANDSHAKES_PER_SOURCE",
+            "64",
+            "max_handshakes_per_source is 64",
+        ),
+        (
+            "DESKPORT_RDP_SERVER__MAX_NEW_CONNECTIONS_PER_SOURCE_PER_SEC",
+            "0",
+            "max_new_connections_per_source_per_sec is 0",
+        ),
+    ] {
+        let r = run(deskport(home.path())
+            .env(key, value)
+            .args(["rdp-server", "--display", ":99", "--data-dir"])
+            .arg(home.path().join("r")));
+        assert_eq!(r.code, 2, "{key}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{key}: {}", r.stderr);
+    }
+}
