@@ -31,6 +31,9 @@ use crate::log::DecisionLog;
 pub struct GatewayConfig {
     /// Live TCP connections plus UDP flows; beyond it new ones are refused.
     pub max_connections: usize,
+    /// Live connections and flows of one source address (a source the rules allow can still
+    /// be hostile); kept below `max_connections` so one address cannot take them all.
+    pub max_connections_per_source: usize,
     /// A TCP connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
     /// A UDP flow with no datagram either way for this long is forgotten.
@@ -49,6 +52,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             max_connections: 4096,
+            max_connections_per_source: 256,
             idle_timeout: Duration::from_secs(3600),
             udp_idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
@@ -80,7 +84,7 @@ pub struct Gateway {
 struct Inner {
     config: GatewayConfig,
     snapshot: RwLock<Arc<Snapshot>>,
-    conns: Mutex<HashMap<u64, Conn>>,
+    conns: Mutex<Conns>,
     next_conn: AtomicU64,
     listeners: tokio::sync::Mutex<HashMap<ListenKey, Listener>>,
     stats: Stats,
@@ -123,11 +127,19 @@ struct Conn {
     cancel: watch::Sender<bool>,
 }
 
+/// The live connections and flows, and how many each source address has.
+#[derive(Debug, Default)]
+struct Conns {
+    by_id: HashMap<u64, Conn>,
+    by_source: HashMap<IpAddr, usize>,
+}
+
 #[derive(Debug, Default)]
 struct Stats {
     allowed: AtomicU64,
     denied: AtomicU64,
     refused_limit: AtomicU64,
+    refused_source: AtomicU64,
     revoked: AtomicU64,
     upstream_failed: AtomicU64,
     idle_closed: AtomicU64,
@@ -143,7 +155,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 config,
                 snapshot: RwLock::new(Arc::new(Snapshot::default())),
-                conns: Mutex::new(HashMap::new()),
+                conns: Mutex::new(Conns::default()),
                 next_conn: AtomicU64::new(1),
                 listeners: tokio::sync::Mutex::new(HashMap::new()),
                 stats: Stats::default(),
@@ -240,7 +252,7 @@ impl Gateway {
 
     /// Live connections and flows.
     pub fn active(&self) -> usize {
-        self.inner.lock_conns().len()
+        self.inner.lock_conns().by_id.len()
     }
 
     /// Counters in the Prometheus text format.
@@ -262,6 +274,7 @@ impl Gateway {
                 ("{verdict=\"allow\"}".into(), get(&s.allowed)),
                 ("{verdict=\"deny\"}".into(), get(&s.denied)),
                 ("{verdict=\"limit\"}".into(), get(&s.refused_limit)),
+                ("{verdict=\"source_limit\"}".into(), get(&s.refused_source)),
             ],
         );
         let mut hits: Vec<(String, u64)> = s
@@ -319,7 +332,7 @@ impl Gateway {
     fn revoke(&self, snapshot: &Snapshot) -> usize {
         let conns = self.inner.lock_conns();
         let mut revoked = 0;
-        for conn in conns.values() {
+        for conn in conns.by_id.values() {
             let allowed = snapshot
                 .instances
                 .get(&conn.instance)
@@ -370,7 +383,7 @@ impl Gateway {
         for (_, l) in listeners.drain() {
             l.task.abort();
         }
-        for conn in self.inner.lock_conns().values() {
+        for conn in self.inner.lock_conns().by_id.values() {
             let _ = conn.cancel.send(true);
         }
     }
@@ -415,7 +428,7 @@ impl Inner {
             .clone()
     }
 
-    fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Conn>> {
+    fn lock_conns(&self) -> std::sync::MutexGuard<'_, Conns> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -440,9 +453,18 @@ impl Inner {
             return None;
         };
         let mut conns = self.lock_conns();
-        if conns.len() >= self.config.max_connections {
+        if conns.by_id.len() >= self.config.max_connections {
             self.stats.refused_limit.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, instance, limit = self.config.max_connections, "Connection limit reached; refused");
+            return None;
+        }
+        let held = conns.by_source.get(&remote).copied().unwrap_or(0);
+        if held >= self.config.max_connections_per_source {
+            let refused = self.stats.refused_source.fetch_add(1, Ordering::Relaxed);
+            // The first refusal of a burst, then one in 100: a flood does not flood the log.
+            if refused.is_multiple_of(100) {
+                tracing::warn!(%peer, instance, limit = self.config.max_connections_per_source, refused = refused + 1, "Connection limit of one source address reached; refused");
+            }
             return None;
         }
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
@@ -455,7 +477,8 @@ impl Inner {
             .or_insert(0) += 1;
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (cancel, cancelled) = watch::channel(false);
-        conns.insert(
+        *conns.by_source.entry(remote).or_insert(0) += 1;
+        conns.by_id.insert(
             id,
             Conn {
                 instance: instance.to_owned(),
@@ -467,7 +490,16 @@ impl Inner {
     }
 
     fn forget(&self, id: u64) {
-        self.lock_conns().remove(&id);
+        let mut conns = self.lock_conns();
+        if let Some(conn) = conns.by_id.remove(&id) {
+            let source = conn.packet.remote;
+            if let Some(held) = conns.by_source.get_mut(&source) {
+                *held -= 1;
+                if *held == 0 {
+                    conns.by_source.remove(&source);
+                }
+            }
+        }
     }
 }
 

@@ -49,6 +49,9 @@ pub struct FirewallSettings {
     pub poll_interval_ms: u64,
     /// gateway: live connections and flows at most.
     pub max_connections: usize,
+    /// gateway: live connections and flows of one source address at most (below
+    /// `max_connections`: one address never takes them all).
+    pub max_connections_per_source: usize,
     /// gateway: close a TCP connection idle for this many seconds.
     pub idle_timeout_secs: u64,
     /// gateway: forget a UDP flow idle for this many seconds.
@@ -76,6 +79,7 @@ impl Default for FirewallSettings {
             cut_revoked: true,
             poll_interval_ms: 100,
             max_connections: gateway.max_connections,
+            max_connections_per_source: gateway.max_connections_per_source,
             idle_timeout_secs: gateway.idle_timeout.as_secs(),
             udp_idle_timeout_secs: gateway.udp_idle_timeout.as_secs(),
             metrics_listen: None,
@@ -171,6 +175,16 @@ impl FirewallSettings {
                     .to_owned(),
             ));
         }
+        if self.max_connections_per_source == 0
+            || self.max_connections_per_source >= self.max_connections.max(1)
+        {
+            return Err(UsageError(format!(
+                "[firewall] max_connections_per_source is {}: it must be 1 to {} (less than \
+                 max_connections, so that one address cannot take every connection)",
+                self.max_connections_per_source,
+                self.max_connections.saturating_sub(1)
+            )));
+        }
         if self.host_ports.contains(&0) {
             return Err(UsageError(
                 "[firewall] host_ports: 0 is not a port".to_owned(),
@@ -243,6 +257,7 @@ impl FirewallSettings {
             BackendKind::Nft => Backend::Nft(self.nft_backend()),
             BackendKind::Gateway => Backend::Gateway(Gateway::new(GatewayConfig {
                 max_connections: self.max_connections,
+                max_connections_per_source: self.max_connections_per_source,
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
                 udp_idle_timeout: Duration::from_secs(self.udp_idle_timeout_secs.max(1)),
                 cut_revoked: self.cut_revoked,

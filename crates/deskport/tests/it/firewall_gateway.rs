@@ -156,3 +156,62 @@ fn an_invalid_policy_at_start_is_refused_with_its_location() {
     );
     assert!(stderr.contains("prefix length 33"), "{stderr}");
 }
+
+/// Issue 20: a source the rules allow can still be hostile — its connections through the
+/// gateway are capped (`--max-connections-per-source`) while another address still gets
+/// through; the refusals are counted in `/metrics`.
+#[test]
+fn one_allowed_source_cannot_take_every_connection() {
+    let internal = echo_server();
+    let public = free_port(LO);
+    let metrics = free_port(LO);
+    let dir = deskport_testsupport::data_dir();
+    let file = dir.path().join("policy.toml");
+    let rule = format!(
+        "{{ protocol = \"tcp\", port_range_min = {public}, remote_ip_prefix = \"127.0.0.0/8\" }}"
+    );
+    write_policy(&file, &policy(1, public, internal, &rule));
+    let _agent = ProcessGuard::spawn(
+        "deskport firewall",
+        std::process::Command::new(env!("CARGO_BIN_EXE_deskport"))
+            .args(["firewall", "--max-connections-per-source", "3"])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .arg("--policy")
+            .arg(&file)
+            .env("DESKPORT_CONFIG", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(10), "the policy in force", || {
+        reaches_from(Ipv4Addr::LOCALHOST, public).then_some(())
+    });
+    // Three live connections of 127.0.0.1, each proven through (echoed).
+    let holders: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect((LO, public)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 4];
+            s.write_all(b"hold").unwrap();
+            s.read_exact(&mut buf).unwrap();
+            s
+        })
+        .collect();
+    assert!(
+        !reaches_from(Ipv4Addr::LOCALHOST, public),
+        "127.0.0.1's fourth is refused"
+    );
+    assert!(
+        reaches_from(Ipv4Addr::new(127, 0, 0, 2), public),
+        "127.0.0.2 gets through meanwhile"
+    );
+    let text = http_get(metrics, "/metrics").unwrap();
+    assert!(
+        text.contains("deskport_gateway_decisions_total{verdict=\"source_limit\"} 1"),
+        "{text}"
+    );
+    drop(holders);
+    wait_until(Duration::from_secs(10), "127.0.0.1's share back", || {
+        reaches_from(Ipv4Addr::LOCALHOST, public).then_some(())
+    });
+}
