@@ -449,15 +449,8 @@ pub fn decode(packet: &[u8]) -> Result<Packet, Error> {
             let status = body.get_u32_le();
             let fields = body.get_u16_le();
             body.advance(2);
-            let mut optional = |set: bool| -> Result<Option<u32>, Error> {
-                if !set {
-                    return Ok(None);
-                }
-                need(body, 4)?;
-                Ok(Some(body.get_u32_le()))
-            };
-            let tunnel_id = optional(fields & FIELD_TUNNEL_ID != 0)?;
-            let caps = optional(fields & FIELD_CAPS != 0)?;
+            let tunnel_id = optional_u32(&mut body, fields & FIELD_TUNNEL_ID != 0, &truncated)?;
+            let caps = optional_u32(&mut body, fields & FIELD_CAPS != 0, &truncated)?;
             Packet::TunnelResponse {
                 status,
                 tunnel_id,
@@ -476,15 +469,9 @@ pub fn decode(packet: &[u8]) -> Result<Packet, Error> {
             let error = body.get_u32_le();
             let fields = body.get_u16_le();
             body.advance(2);
-            let mut optional = |set: bool| -> Result<Option<u32>, Error> {
-                if !set {
-                    return Ok(None);
-                }
-                need(body, 4)?;
-                Ok(Some(body.get_u32_le()))
-            };
-            let redir_flags = optional(fields & FIELD_REDIR_FLAGS != 0)?;
-            let idle_timeout_minutes = optional(fields & FIELD_IDLE_TIMEOUT != 0)?;
+            let redir_flags = optional_u32(&mut body, fields & FIELD_REDIR_FLAGS != 0, &truncated)?;
+            let idle_timeout_minutes =
+                optional_u32(&mut body, fields & FIELD_IDLE_TIMEOUT != 0, &truncated)?;
             Packet::TunnelAuthResponse {
                 error,
                 redir_flags,
@@ -517,13 +504,7 @@ pub fn decode(packet: &[u8]) -> Result<Packet, Error> {
             let error = body.get_u32_le();
             let fields = body.get_u16_le();
             body.advance(2);
-            let channel_id = match fields & FIELD_CHANNEL_ID {
-                0 => None,
-                _ => {
-                    need(body, 4)?;
-                    Some(body.get_u32_le())
-                }
-            };
+            let channel_id = optional_u32(&mut body, fields & FIELD_CHANNEL_ID != 0, &truncated)?;
             Packet::ChannelResponse { error, channel_id }
         }
         DATA => {
@@ -555,6 +536,17 @@ pub fn decode(packet: &[u8]) -> Result<Packet, Error> {
         _ => Packet::Unsupported { kind },
     };
     Ok(packet)
+}
+
+/// An optional field's `u32`, when its flag is `set`.
+fn optional_u32(body: &mut &[u8], set: bool, truncated: &Error) -> Result<Option<u32>, Error> {
+    if !set {
+        return Ok(None);
+    }
+    if body.len() < 4 {
+        return Err(truncated.clone());
+    }
+    Ok(Some(body.get_u32_le()))
 }
 
 /// A counted UTF-16LE string; a terminating NUL is dropped.

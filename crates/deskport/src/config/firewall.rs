@@ -164,6 +164,19 @@ pub fn manager_trust(
     Ok(trust)
 }
 
+/// One address's share of `all` connections (`key = share`): 1 to `all - 1`, so that one
+/// address cannot take every connection.
+pub fn check_share(key: &str, share: usize, all: usize) -> Result<(), UsageError> {
+    if share == 0 || share >= all.max(1) {
+        return Err(UsageError(format!(
+            "{key} is {share}: it must be 1 to {} (less than the limit of all connections, {all}, \
+             so that one address cannot take every connection)",
+            all.saturating_sub(1)
+        )));
+    }
+    Ok(())
+}
+
 impl FirewallSettings {
     /// Checks the combination of settings (usage errors, exit status 2).
     pub fn check(&self) -> Result<(), UsageError> {
@@ -175,16 +188,11 @@ impl FirewallSettings {
                     .to_owned(),
             ));
         }
-        if self.max_connections_per_source == 0
-            || self.max_connections_per_source >= self.max_connections.max(1)
-        {
-            return Err(UsageError(format!(
-                "[firewall] max_connections_per_source is {}: it must be 1 to {} (less than \
-                 max_connections, so that one address cannot take every connection)",
-                self.max_connections_per_source,
-                self.max_connections.saturating_sub(1)
-            )));
-        }
+        check_share(
+            "[firewall] max_connections_per_source",
+            self.max_connections_per_source,
+            self.max_connections,
+        )?;
         if self.host_ports.contains(&0) {
             return Err(UsageError(
                 "[firewall] host_ports: 0 is not a port".to_owned(),

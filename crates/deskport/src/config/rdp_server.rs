@@ -164,17 +164,11 @@ impl RdpServerSettings {
                 })
             }
         };
-        if self.max_handshakes_per_source == 0
-            || self.max_handshakes_per_source >= self.max_connections.max(1)
-        {
-            return Err(UsageError(format!(
-                "[rdp_server] max_handshakes_per_source is {}: it must be 1 to {} (less than \
-                 max_connections, so that one address cannot take every connection)",
-                self.max_handshakes_per_source,
-                self.max_connections.saturating_sub(1)
-            ))
-            .into());
-        }
+        super::firewall::check_share(
+            "[rdp_server] max_handshakes_per_source",
+            self.max_handshakes_per_source,
+            self.max_connections,
+        )?;
         if !(1..=10_000).contains(&self.max_new_connections_per_source_per_sec) {
             return Err(UsageError(format!(
                 "[rdp_server] max_new_connections_per_source_per_sec is {}: it must be 1 to 10000",
