@@ -1,7 +1,8 @@
 //! Every manager listener's connections (and `deskport rd-gateway`'s): accepted under a cap
 //! per source address and a global cap, TLS handshakes bounded, HTTP/1.1 served by hyper with a
-//! header-read timeout (which also ends idle keep-alive connections), upgrades allowed (the RD
-//! Gateway's WebSocket form), and a graceful stop.
+//! header-read timeout (which also ends idle keep-alive connections) and a body timeout between
+//! a request body's pieces, upgrades allowed (the RD Gateway's WebSocket form), and a graceful
+//! stop.
 //!
 //! Why not `axum::serve`: it has no header-read timeout and no caps, so a few thousand
 //! half-sent requests from one address hold the manager's descriptors for as long as their
@@ -33,6 +34,9 @@ pub struct HttpLimits {
     pub per_source: usize,
     /// Connections at once in all.
     pub max_connections: usize,
+    /// The longest wait for the next piece of a request's body (the RD Gateway's never-ending
+    /// legacy body excepted: its tunnel has its own keepalives and limits).
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -43,6 +47,7 @@ impl Default for HttpLimits {
             // one host running several agents).
             per_source: 1000,
             max_connections: 10_000,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -167,7 +172,7 @@ pub async fn serve_connections(
             slot,
             app.clone(),
             tls.clone(),
-            limits.header_timeout,
+            limits,
             stopping.clone(),
         ));
     }
@@ -185,16 +190,16 @@ async fn connection(
     slot: Slot,
     app: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
-    header_timeout: Duration,
+    limits: HttpLimits,
     stopping: watch::Receiver<bool>,
 ) {
     let _slot = slot;
     match tls {
-        None => http(tcp, peer, app, header_timeout, stopping).await,
+        None => http(tcp, peer, app, limits, stopping).await,
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => http(stream, peer, app, header_timeout, stopping).await,
+                Ok(Ok(stream)) => http(stream, peer, app, limits, stopping).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -208,13 +213,18 @@ async fn http<IO>(
     io: IO,
     peer: SocketAddr,
     app: axum::Router,
-    header_timeout: Duration,
+    limits: HttpLimits,
     mut stopping: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let body_timeout = limits.body_timeout;
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let mut request: Request = request.map(Body::new);
+        let gateway = request.uri().path() == deskport_gateway::PATH;
+        let mut request: Request = request.map(|body| match gateway {
+            true => Body::new(body),
+            false => Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, body)),
+        });
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut app = app.clone();
         async move { app.call(request).await.map_err(|e: Infallible| e) }
@@ -222,7 +232,7 @@ async fn http<IO>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(limits.header_timeout);
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

@@ -1,7 +1,8 @@
 //! The listener's caps against one hostile address, with real sockets from two loopback
 //! source addresses: 127.0.0.1 holds half-sent requests up to its cap (and is refused beyond
 //! it) while 127.0.0.2 still gets its answer; the half-sent requests are closed when the
-//! header-read timeout runs out; `/metrics` counts the refusals.
+//! header-read timeout runs out; `/metrics` counts the refusals; a body that stops half-way
+//! is given up after the body timeout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -64,6 +65,7 @@ fn one_address_cannot_shut_another_out() {
             header_timeout: Duration::from_secs(5),
             per_source: CAP,
             max_connections: 1000,
+            body_timeout: Duration::from_secs(1),
         };
         tokio::spawn(deskport_manager::serve::serve_connections(
             listener,
@@ -136,4 +138,16 @@ fn one_address_cannot_shut_another_out() {
     // The attacker may come back once its connections are gone.
     let answer = get(attacker, addr, "/healthz");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A body that stops half-way is given up after the body timeout (1 s here): the request
+    // is answered with an error instead of waiting for the rest.
+    let mut slow = connect_from(attacker, addr);
+    slow.write_all(
+        b"POST /api/v1/auth/tokens HTTP/1.1\r\nHost: manager\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"user\": \"adm",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
 }

@@ -44,6 +44,9 @@ pub struct ManagerSettings {
     pub max_connections_per_source: usize,
     /// Connections at once in all, 1 to 1000000 (mind the open-files limit).
     pub max_connections: usize,
+    /// Seconds a request body may pause between its pieces, 1 to 300 (the RD Gateway's
+    /// tunnels excepted).
+    pub body_timeout_secs: u64,
 }
 
 impl Default for ManagerSettings {
@@ -65,6 +68,7 @@ impl Default for ManagerSettings {
             header_timeout_secs: http.header_timeout.as_secs(),
             max_connections_per_source: http.per_source,
             max_connections: http.max_connections,
+            body_timeout_secs: http.body_timeout.as_secs(),
         }
     }
 }
@@ -116,6 +120,7 @@ impl ManagerSettings {
             header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
             per_source: self.max_connections_per_source,
             max_connections: self.max_connections,
+            body_timeout: std::time::Duration::from_secs(self.body_timeout_secs),
         };
         Ok(ManagerConfig {
             http,
