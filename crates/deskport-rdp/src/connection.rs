@@ -175,6 +175,59 @@ where
     result.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// The fuzzing oracle of the pre-authentication path a stranger reaches first (see `fuzz/`):
+/// the bytes as a client's first PDUs, cut by the acceptor's own hints and stepped as
+/// `handshake` steps them, under both switches. Nothing panics, and a negotiation that reaches
+/// the security upgrade picked a protocol the server offered (or none, which is refused).
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_oracle(data: &[u8]) {
+    for nla_only in [true, false] {
+        let mut offered = SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX;
+        if !nla_only {
+            offered |= SecurityProtocol::SSL;
+        }
+        if let Some(protocol) = negotiate(data, offered) {
+            assert!(
+                protocol.is_empty() || offered.contains(protocol),
+                "{protocol:?} was not offered ({offered:?})"
+            );
+        }
+    }
+}
+
+/// Steps a fresh acceptor offering `offered` through `data` as the client's first PDUs, up
+/// to the security upgrade: the protocol it picked (not `reached_security_upgrade`, which
+/// gives what was offered), if it got there.
+#[cfg(any(test, feature = "fuzzing"))]
+fn negotiate(data: &[u8], offered: SecurityProtocol) -> Option<SecurityProtocol> {
+    let size = DesktopSize {
+        width: 1024,
+        height: 768,
+    };
+    let mut acceptor = Acceptor::new(offered, size, capabilities(size), None);
+    let mut buf = WriteBuf::new();
+    let mut rest = data;
+    for _ in 0..16 {
+        if let Some(AcceptorState::SecurityUpgrade { protocol, .. }) = state(&acceptor) {
+            return Some(*protocol);
+        }
+        buf.clear();
+        let stepped = match acceptor.next_pdu_hint() {
+            Some(hint) => match hint.find_size(rest) {
+                Ok(Some((_, size))) if size > 0 && size <= rest.len() => {
+                    let (pdu, after) = rest.split_at(size);
+                    rest = after;
+                    acceptor.step(pdu, None, &mut buf)
+                }
+                _ => return None,
+            },
+            None => acceptor.step_no_input(&mut buf),
+        };
+        stepped.ok()?;
+    }
+    None
+}
+
 fn state(acceptor: &Acceptor) -> Option<&AcceptorState> {
     state_downcast::<AcceptorState>(acceptor.state())
 }
@@ -520,5 +573,41 @@ fn tls_logon(
             logon_failed(shared, peer, Some(&user), reason);
             Err(reason.to_owned())
         }
+    }
+}
+
+#[cfg(test)]
+mod negotiation_tests {
+    use super::*;
+
+    /// An X.224 Connection Request asking for `protocols`.
+    fn request(protocols: u32) -> Vec<u8> {
+        let mut pdu = vec![
+            0x03, 0x00, 0x00, 0x13, 0x0e, 0xe0, 0, 0, 0, 0, 0, 0x01, 0x00, 0x08, 0x00,
+        ];
+        pdu.extend_from_slice(&protocols.to_le_bytes());
+        pdu
+    }
+
+    /// What the fuzz oracle steps through is the real negotiation: a client asking for NLA
+    /// gets it, one asking for TLS only gets it only when offered.
+    #[test]
+    fn negotiation_picks_an_offered_protocol() {
+        let nla = SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX;
+        assert_eq!(
+            negotiate(&request(0x3), nla).map(|p| p.contains(SecurityProtocol::HYBRID)),
+            Some(true)
+        );
+        let tls_only = request(0x1);
+        assert_eq!(
+            negotiate(&tls_only, nla | SecurityProtocol::SSL),
+            Some(SecurityProtocol::SSL)
+        );
+        assert_eq!(
+            negotiate(&tls_only, nla),
+            None,
+            "TLS only, NLA required: refused"
+        );
+        assert_eq!(negotiate(&[0x03, 0x00, 0x00], nla), None, "half a header");
     }
 }

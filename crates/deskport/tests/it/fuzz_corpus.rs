@@ -11,6 +11,7 @@ const TARGETS: &[(&str, Oracle)] = &[
     ("conntrack_list", deskport_firewall::conntrack::fuzz_oracle),
     ("policy_document", deskport_api::policy_doc::fuzz_oracle),
     ("tsgu_stream", deskport_gateway::fuzz_oracle),
+    ("rdp_negotiation", deskport_rdp::connection::fuzz_oracle),
 ];
 
 fn fuzz_dir() -> PathBuf {
