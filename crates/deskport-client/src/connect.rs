@@ -89,11 +89,17 @@ pub struct GatewayOptions {
 
 impl GatewayOptions {
     pub fn endpoint(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        endpoint(&self.host, self.port)
+    }
+}
+
+/// `HOST:PORT`, an IPv6 address in brackets: how endpoints are named in messages and in the
+/// known-hosts file.
+fn endpoint(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -103,11 +109,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin> Tran
 
 impl Options {
     pub fn endpoint(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        endpoint(&self.host, self.port)
     }
 }
 
