@@ -14,10 +14,7 @@ use deskport_manager::{HttpLimits, ManagerConfig};
 
 /// A TCP connection to `target` from `source`.
 fn connect_from(source: Ipv4Addr, target: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
-    socket.connect(&target.into()).unwrap();
-    let stream: TcpStream = socket.into();
+    let stream = deskport_testsupport::connect_from(source.into(), target).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

@@ -37,7 +37,7 @@ pub mod workload;
 mod xvfb;
 
 pub use dirs::{artifact_dir, data_dir};
-pub use net::{free_port, listener};
+pub use net::{connect_from, free_port, listener};
 pub use netns::{veth, Netns};
 pub use postgres::Postgres;
 pub use process::ProcessGuard;

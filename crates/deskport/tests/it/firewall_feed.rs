@@ -33,12 +33,7 @@ pub(crate) fn echo_server() -> u16 {
 }
 
 pub(crate) fn connect_from(source: Ipv4Addr, port: u16) -> Option<TcpStream> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&SocketAddr::new(IpAddr::V4(source), 0).into())
-        .unwrap();
-    socket.connect(&SocketAddr::new(LO, port).into()).ok()?;
-    let s: TcpStream = socket.into();
+    let s = deskport_testsupport::connect_from(source.into(), SocketAddr::new(LO, port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     Some(s)
 }

@@ -2,13 +2,14 @@
 //! `/metrics` reports it, and SIGTERM stops it cleanly.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::process::Stdio;
 use std::time::Duration;
 
 use deskport_testsupport::{free_port, wait_until, ProcessGuard};
 use nix::sys::signal::Signal;
 
+use crate::firewall_feed::reaches;
 use crate::firewall_nft::write_policy;
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -30,20 +31,6 @@ fn echo_server() -> u16 {
         }
     });
     port
-}
-
-fn reaches_from(source: Ipv4Addr, port: u16) -> bool {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&SocketAddr::new(IpAddr::V4(source), 0).into())
-        .unwrap();
-    if socket.connect(&SocketAddr::new(LO, port).into()).is_err() {
-        return false;
-    }
-    let mut s: TcpStream = socket.into();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut buf = [0u8; 4];
-    s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
 }
 
 pub fn http_get(port: u16, path: &str) -> Option<String> {
@@ -103,15 +90,15 @@ fn gateway_agent_follows_its_policy_file_and_reports_metrics() {
     assert!(http_get(metrics, "/nope")
         .unwrap()
         .starts_with("HTTP/1.1 404"));
-    assert!(!reaches_from(Ipv4Addr::new(127, 0, 0, 2), public));
+    assert!(!reaches(Ipv4Addr::new(127, 0, 0, 2), public));
 
     let rule = format!(
         "{{ protocol = \"tcp\", port_range_min = {public}, remote_ip_prefix = \"127.0.0.2/32\" }}"
     );
     write_policy(&file, &policy(2, public, internal, &rule));
     revision(2);
-    assert!(reaches_from(Ipv4Addr::new(127, 0, 0, 2), public));
-    assert!(!reaches_from(Ipv4Addr::new(127, 0, 0, 3), public));
+    assert!(reaches(Ipv4Addr::new(127, 0, 0, 2), public));
+    assert!(!reaches(Ipv4Addr::new(127, 0, 0, 3), public));
     let text = http_get(metrics, "/metrics").unwrap();
     assert!(
         text.contains("deskport_gateway_decisions_total{verdict=\"allow\"} 1"),
@@ -184,7 +171,7 @@ fn one_allowed_source_cannot_take_every_connection() {
     )
     .unwrap();
     wait_until(Duration::from_secs(10), "the policy in force", || {
-        reaches_from(Ipv4Addr::LOCALHOST, public).then_some(())
+        reaches(Ipv4Addr::LOCALHOST, public).then_some(())
     });
     // Three live connections of 127.0.0.1, each proven through (echoed).
     let holders: Vec<TcpStream> = (0..3)
@@ -198,11 +185,11 @@ fn one_allowed_source_cannot_take_every_connection() {
         })
         .collect();
     assert!(
-        !reaches_from(Ipv4Addr::LOCALHOST, public),
+        !reaches(Ipv4Addr::LOCALHOST, public),
         "127.0.0.1's fourth is refused"
     );
     assert!(
-        reaches_from(Ipv4Addr::new(127, 0, 0, 2), public),
+        reaches(Ipv4Addr::new(127, 0, 0, 2), public),
         "127.0.0.2 gets through meanwhile"
     );
     let text = http_get(metrics, "/metrics").unwrap();
@@ -212,6 +199,6 @@ fn one_allowed_source_cannot_take_every_connection() {
     );
     drop(holders);
     wait_until(Duration::from_secs(10), "127.0.0.1's share back", || {
-        reaches_from(Ipv4Addr::LOCALHOST, public).then_some(())
+        reaches(Ipv4Addr::LOCALHOST, public).then_some(())
     });
 }

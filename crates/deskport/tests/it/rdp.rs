@@ -674,13 +674,7 @@ fn one_address_in_the_handshake_cannot_shut_another_out() {
     let server = RdpServer::launch(dir.path(), &[], None);
     let target = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port));
     let connect_from = |source: Ipv4Addr| -> TcpStream {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
-        socket
-            .connect_timeout(&target.into(), Duration::from_secs(5))
-            .unwrap();
-        let stream: TcpStream = socket.into();
+        let stream = deskport_testsupport::connect_from(source.into(), target).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();

@@ -167,15 +167,9 @@ fn wait_for_screen(
 
 /// Sends an RDP negotiation request from `source`; whether an RDP server answered it.
 fn rdp_answers(source: Ipv4Addr, target: SocketAddr) -> bool {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
-    if socket
-        .connect_timeout(&target.into(), Duration::from_secs(5))
-        .is_err()
-    {
+    let Ok(mut stream) = deskport_testsupport::connect_from(source.into(), target) else {
         return false;
-    }
-    let mut stream: TcpStream = socket.into();
+    };
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
