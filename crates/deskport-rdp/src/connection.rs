@@ -196,8 +196,7 @@ pub fn fuzz_oracle(data: &[u8]) {
 }
 
 /// Steps a fresh acceptor offering `offered` through `data` as the client's first PDUs, up
-/// to the security upgrade: the protocol it picked (not `reached_security_upgrade`, which
-/// gives what was offered), if it got there.
+/// to the security upgrade: the protocol it picked, if it got there.
 #[cfg(any(test, feature = "fuzzing"))]
 fn negotiate(data: &[u8], offered: SecurityProtocol) -> Option<SecurityProtocol> {
     let size = DesktopSize {
@@ -208,8 +207,8 @@ fn negotiate(data: &[u8], offered: SecurityProtocol) -> Option<SecurityProtocol>
     let mut buf = WriteBuf::new();
     let mut rest = data;
     for _ in 0..16 {
-        if let Some(AcceptorState::SecurityUpgrade { protocol, .. }) = state(&acceptor) {
-            return Some(*protocol);
+        if let Some(protocol) = negotiated(&acceptor) {
+            return Some(protocol);
         }
         buf.clear();
         let stepped = match acceptor.next_pdu_hint() {
@@ -226,6 +225,15 @@ fn negotiate(data: &[u8], offered: SecurityProtocol) -> Option<SecurityProtocol>
         stepped.ok()?;
     }
     None
+}
+
+/// The security protocol negotiated, once the acceptor waits for the security upgrade.
+/// (`Acceptor::reached_security_upgrade` gives the protocols offered, not the one chosen.)
+fn negotiated(acceptor: &Acceptor) -> Option<SecurityProtocol> {
+    match state(acceptor) {
+        Some(AcceptorState::SecurityUpgrade { protocol, .. }) => Some(*protocol),
+        _ => None,
+    }
 }
 
 fn state(acceptor: &Acceptor) -> Option<&AcceptorState> {
@@ -381,7 +389,7 @@ async fn handshake(
     // Negotiation, in the clear.
     let mut framed = TokioFramed::new(tcp);
     let protocol = loop {
-        if let Some(protocol) = acceptor.reached_security_upgrade() {
+        if let Some(protocol) = negotiated(acceptor) {
             break protocol;
         }
         let input = match acceptor.next_pdu_hint() {
