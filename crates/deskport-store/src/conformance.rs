@@ -2094,6 +2094,11 @@ pub async fn gateway_tokens(store: Store) {
         &format!("desk: gateway token {} for carol, valid 300 s", token.id),
     )
     .await;
+    // Two tokens minted in the same millisecond are listed by id; let the
+    // clock move so "oldest first" is what this test sees.
+    while now() <= token.created_at {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let (second, other_secret) = store
         .mint_gateway_token(
             &alice(),
