@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use deskport_desktop::x11::{Capture, X11Desktop};
 use deskport_desktop::{Desktop as _, Frame};
 use deskport_rdp::encode::diff::Diff;
+use deskport_rdp::encode::orders::OrderKinds;
 use deskport_rdp::encode::{BitmapEncoder, Codec, Op, OpKinds, ScreenEncoder};
 use deskport_testsupport::workload::{Stepper, SCREEN};
 use deskport_testsupport::Xvfb;
@@ -28,6 +29,9 @@ use ironrdp_pdu::rdp::client_info::CompressionType;
 struct Variant {
     name: &'static str,
     kinds: OpKinds,
+    /// Copies and fills go as drawing orders (as xfreerdp takes them), measured; else their
+    /// bytes are estimated.
+    orders: bool,
     encoder: BitmapEncoder,
     diff: Diff,
     bytes: usize,
@@ -42,6 +46,7 @@ impl Variant {
         Self {
             name,
             kinds,
+            orders: false,
             encoder: BitmapEncoder::new(32, Codec::Auto, true)
                 .with_planar_alpha(false)
                 .with_bulk_compression(bulk),
@@ -54,6 +59,22 @@ impl Variant {
         }
     }
 
+    /// Copies and fills as the drawing orders xfreerdp takes, in the real encoder; text also
+    /// as 24-bit interleaved RLE where that is smaller than planar, as xfreerdp gets it
+    /// (`mixed`).
+    fn with_orders(mut self, mixed: bool) -> Self {
+        self.orders = true;
+        self.encoder = self.encoder.with_orders(OrderKinds {
+            scr_blt: true,
+            opaque_rect: true,
+            multi_opaque_rect: true,
+        });
+        self.encoder =
+            std::mem::replace(&mut self.encoder, BitmapEncoder::new(32, Codec::Auto, true))
+                .with_mixed_depth(mixed);
+        self
+    }
+
     /// Sends `frame` (its damage since the last one); counted unless `warm_up`.
     fn send(&mut self, frame: &Frame, damage: Option<&[(u16, u16, u16, u16)]>, warm_up: bool) {
         let started = Instant::now();
@@ -61,12 +82,16 @@ impl Variant {
         let mut out = Vec::new();
         // (The bitmap encoder sends fills and copies as pixels; their bytes are estimated
         // below as orders would carry them.)
-        let as_pixels: Vec<Op> = ops
-            .iter()
-            .filter(|op| matches!(op, Op::Pixels(_)))
-            .cloned()
-            .collect();
-        self.encoder.encode(frame, &as_pixels, &mut out).unwrap();
+        if self.orders {
+            self.encoder.encode(frame, &ops, &mut out).unwrap();
+        } else {
+            let as_pixels: Vec<Op> = ops
+                .iter()
+                .filter(|op| matches!(op, Op::Pixels(_)))
+                .cloned()
+                .collect();
+            self.encoder.encode(frame, &as_pixels, &mut out).unwrap();
+        }
         let took = started.elapsed();
         if warm_up {
             return;
@@ -84,11 +109,11 @@ impl Variant {
                 // A ScrBlt order: about 20 bytes; an OpaqueRect one: about 15.
                 Op::Copy { .. } => {
                     self.copies += 1;
-                    self.bytes += 20;
+                    self.bytes += if self.orders { 0 } else { 20 };
                 }
                 Op::Fill { rects, .. } => {
                     self.fills += rects.len();
-                    self.bytes += 15 * rects.len();
+                    self.bytes += if self.orders { 0 } else { 15 * rects.len() };
                 }
                 Op::Pixels(r) => self.pixels += usize::from(r.width) * usize::from(r.height),
             }
@@ -134,6 +159,19 @@ fn main() {
             Some(CompressionType::Rdp6),
         ),
         Variant::new("copies + fills + pixels, planar", all, None),
+        Variant::new(
+            "as xfreerdp gets it: orders, planar + NCRUSH",
+            all,
+            Some(CompressionType::Rdp6),
+        )
+        .with_orders(false),
+        Variant::new(
+            "as xfreerdp gets it: orders, planar + RLE + NCRUSH",
+            all,
+            Some(CompressionType::Rdp6),
+        )
+        .with_orders(true),
+        Variant::new("as xfreerdp gets it: orders, planar + RLE", all, None).with_orders(true),
     ];
     // REPLAY_ONLY=TEXT keeps the variants whose name contains TEXT (e.g. for a profile).
     let only = std::env::var("REPLAY_ONLY").unwrap_or_default();

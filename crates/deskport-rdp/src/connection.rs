@@ -316,12 +316,21 @@ pub async fn serve(
             if g.extra_flags.contains(caps::GeneralExtraFlags::NO_BITMAP_COMPRESSION_HDR))
     });
     let compression = compression.filter(|_| shared.bulk_compression);
-    // Clients that announce bitmap codecs (mstsc, FreeRDP, IronRDP) decode planar tiles
-    // without an alpha plane; rdesktop announces none and decodes only tiles with one.
-    let planar_alpha = !result
+    // Clients of RDP 7 and later (mstsc, FreeRDP, IronRDP) decode planar tiles without an
+    // alpha plane and bitmaps of any depth in a 32-bit session; rdesktop decodes only planar
+    // tiles with one and paints every bitmap at the session's depth. The tell: an early
+    // capability of RDP 7 or later that rdesktop 1.9 does not announce (it has
+    // SUPPORT_ERR_INFO_PDU and, with `-a 32`, WANT_32_BPP_SESSION), or bitmap codecs.
+    let modern = result.client_early_capability_flags.intersects(
+        ClientEarlyCapabilityFlags::VALID_CONNECTION_TYPE
+            | ClientEarlyCapabilityFlags::SUPPORT_NET_CHAR_AUTODETECT
+            | ClientEarlyCapabilityFlags::SUPPORT_MONITOR_LAYOUT_PDU
+            | ClientEarlyCapabilityFlags::SUPPORT_DYN_VC_GFX_PROTOCOL,
+    ) || result
         .capabilities
         .iter()
         .any(|c| matches!(c, CapabilitySet::BitmapCodecs(_)));
+    let planar_alpha = !modern;
     let new_pointer = result
         .capabilities
         .iter()
@@ -331,13 +340,14 @@ pub async fn serve(
     let gfx = result
         .client_early_capability_flags
         .contains(ClientEarlyCapabilityFlags::SUPPORT_DYN_VC_GFX_PROTOCOL);
-    tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, ?orders, ?frame_acknowledge, gfx, "Session started");
+    tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, mixed_depth = modern, ?orders, ?frame_acknowledge, gfx, early = ?result.client_early_capability_flags, "Session started");
     let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
     let encoder = crate::encode::for_client(
         ClientCaps {
             bpp,
             no_compression_header,
             planar_alpha,
+            mixed_depth: modern,
             compression,
             orders,
             frame_acknowledge,

@@ -107,6 +107,48 @@ impl Xvfb {
         self.screenshot()
     }
 
+    /// Writes `lines` of text (X's `fixed` font, dark on white) from (`x`, `y`), one under the
+    /// other, and returns the display's screenshot: text on a flat colour, as desktops show it.
+    pub fn draw_text(&self, x: i16, y: i16, lines: &[&str]) -> RgbImage {
+        use x11rb::protocol::xproto::{ChangeGCAux, CreateGCAux, Rectangle};
+        let (conn, screen_num) = x_connect(&self.display).expect("connect to Xvfb");
+        let root = conn.setup().roots[screen_num].root;
+        let font = conn.generate_id().expect("an X id");
+        conn.open_font(font, b"fixed").expect("the fixed font");
+        let gc = conn.generate_id().expect("an X id");
+        conn.create_gc(
+            gc,
+            root,
+            &CreateGCAux::new()
+                .font(font)
+                .foreground(0x202020)
+                .background(0xffffff),
+        )
+        .expect("create a GC");
+        let width = lines.iter().map(|l| l.len()).max().unwrap_or(0) as u16 * 6 + 8;
+        conn.change_gc(gc, &ChangeGCAux::new().foreground(0xffffff))
+            .expect("set colour");
+        conn.poly_fill_rectangle(
+            root,
+            gc,
+            &[Rectangle {
+                x,
+                y,
+                width,
+                height: lines.len() as u16 * 14 + 6,
+            }],
+        )
+        .expect("fill");
+        conn.change_gc(gc, &ChangeGCAux::new().foreground(0x202020))
+            .expect("set colour");
+        for (i, line) in lines.iter().enumerate() {
+            conn.image_text8(root, gc, x + 4, y + 14 * (i as i16 + 1), line.as_bytes())
+                .expect("text");
+        }
+        conn.get_input_focus().expect("sync").reply().expect("sync");
+        self.screenshot()
+    }
+
     /// Keeps an 8x8 square in the bottom-right corner changing colour every 100 ms until the
     /// returned guard drops: FreeRDP's shadow server sends nothing until the screen changes.
     pub fn animate_corner(&self) -> Animation {

@@ -29,6 +29,7 @@ use ironrdp_pdu::surface_commands::{FrameAction, FrameMarkerPdu, SurfaceCommand}
 
 use super::orders::{color_bytes, OrderKinds, Orders, MAX_MULTI_RECTS};
 use super::planar::PlanarEncoder;
+use super::rle;
 use super::{write_update, Codec, Op, OpKinds, Rect, ScreenEncoder};
 use deskport_desktop::Frame;
 
@@ -89,6 +90,9 @@ pub struct BitmapEncoder {
     /// compressed in the order they are sent.
     bulk: Option<(BulkCompressor, CompressionType)>,
     planar_encoder: PlanarEncoder,
+    /// Tiles may go as interleaved RLE at this depth (the session's below 32 bits; 24 in a
+    /// 32-bit session whose client decodes bitmaps of other depths), where that is smaller.
+    rle_depth: Option<u16>,
     /// Planar tiles carry an alpha plane (rdesktop decodes only those); clients that know the
     /// "no alpha" flag get smaller tiles without it.
     planar_alpha: bool,
@@ -98,6 +102,16 @@ pub struct BitmapEncoder {
     orders: OrderKinds,
     /// Frames are marked and acknowledged (else `None`).
     frames: Option<Frames>,
+    /// The bitmaps of the frame being encoded, by coding.
+    tiles: TileCount,
+}
+
+/// The bitmaps of a frame by coding, for the log.
+#[derive(Debug, Default, Clone, Copy)]
+struct TileCount {
+    planar: u32,
+    rle: u32,
+    raw: u32,
 }
 
 /// The frames of a session whose client acknowledges them: ids of the last one sent and of
@@ -143,10 +157,12 @@ impl BitmapEncoder {
             no_compression_header,
             bulk: None,
             planar_encoder: PlanarEncoder::default(),
+            rle_depth: (bpp != 32 && codec == Codec::Auto).then_some(bpp),
             planar_alpha: true,
             pieces: true,
             orders: OrderKinds::default(),
             frames: None,
+            tiles: TileCount::default(),
         }
     }
 
@@ -154,6 +170,17 @@ impl BitmapEncoder {
     /// set supports); the rest as bitmaps.
     pub fn with_orders(mut self, orders: OrderKinds) -> Self {
         self.orders = orders;
+        self
+    }
+
+    /// In a 32-bit session, tiles also as 24-bit interleaved RLE where that is smaller than
+    /// planar (text on a flat background: about a bit a pixel), for a client that decodes
+    /// bitmaps of another depth than the session's (`mixed`: FreeRDP, IronRDP, mstsc; not
+    /// rdesktop, which paints every bitmap at the session's depth).
+    pub fn with_mixed_depth(mut self, mixed: bool) -> Self {
+        if self.planar {
+            self.rle_depth = mixed.then_some(24);
+        }
         self
     }
 
@@ -285,6 +312,49 @@ impl BitmapEncoder {
         (out.len() < raw_len).then_some(out)
     }
 
+    /// `rect` of `frame` as an interleaved RLE stream at `depth` bits, if that is smaller
+    /// than `limit` bytes.
+    fn rle_tile(&self, frame: &Frame, rect: Rect, depth: u16, limit: usize) -> Option<Vec<u8>> {
+        let (w, h) = (usize::from(rect.width), usize::from(rect.height));
+        let stride = frame.stride();
+        let mut values = Vec::with_capacity(w * h);
+        for row in (rect.y..rect.y + rect.height).rev() {
+            let start = usize::from(row) * stride + usize::from(rect.x) * 4;
+            let src = &frame.data[start..start + w * 4];
+            values.extend(src.chunks_exact(4).map(|p| {
+                let (b, g, r) = (u32::from(p[0]), u32::from(p[1]), u32::from(p[2]));
+                match depth {
+                    24 => r << 16 | g << 8 | b,
+                    16 => (r >> 3) << 11 | (g >> 2) << 5 | b >> 3,
+                    _ => (r >> 3) << 10 | (g >> 3) << 5 | b >> 3,
+                }
+            }));
+        }
+        let mut out = Vec::with_capacity(limit.min(w * h));
+        rle::encode(&values, w, usize::from(depth.div_ceil(8)), &mut out);
+        (out.len() < limit).then_some(out)
+    }
+
+    /// `rect` of `frame` coded: the smaller of planar and interleaved RLE where the session
+    /// has them, if smaller than raw.
+    fn coded_tile(&mut self, frame: &Frame, rect: Rect) -> Option<Tile> {
+        if !rect.width.is_multiple_of(4) {
+            return None;
+        }
+        let planar = self.planar_tile(frame, rect);
+        let limit = planar.as_ref().map_or(
+            usize::from(rect.width) * usize::from(rect.height) * self.bytes_per_pixel(),
+            Vec::len,
+        );
+        match self
+            .rle_depth
+            .and_then(|depth| Some((depth, self.rle_tile(frame, rect, depth, limit)?)))
+        {
+            Some((depth, data)) => Some(Tile::Rle { data, depth }),
+            None => planar.map(Tile::Planar),
+        }
+    }
+
     /// Fast-path Bitmap Update PDUs for `rects` of `frame`, appended to `out`.
     pub fn encode_rects(
         &mut self,
@@ -298,8 +368,8 @@ impl BitmapEncoder {
         let mut pending: Vec<Rect> = rects.iter().rev().copied().collect();
         while let Some(rect) = pending.pop() {
             let tile_sized = rect.width <= TILE_WIDTH && rect.height <= self.tile_height();
-            let tile = match self.planar_tile(frame, rect) {
-                Some(data) if data.len() + 32 <= MAX_PDU_DATA => Tile::Planar(data),
+            let tile = match self.coded_tile(frame, rect) {
+                Some(tile) if tile.data().len() + 32 <= MAX_PDU_DATA => tile,
                 // Too big for one PDU, or not planar-coded: smaller pieces, down to tiles.
                 _ if !tile_sized => {
                     let (first, second) = self.halve(rect);
@@ -309,6 +379,11 @@ impl BitmapEncoder {
                 }
                 _ => Tile::Raw(self.pixels(frame, rect)),
             };
+            match tile {
+                Tile::Planar(_) => self.tiles.planar += 1,
+                Tile::Rle { .. } => self.tiles.rle += 1,
+                Tile::Raw(_) => self.tiles.raw += 1,
+            }
             let len = tile.data().len() + 32;
             if batch_len + len > MAX_PDU_DATA && !batch.is_empty() {
                 self.flush(&batch, out)?;
@@ -367,16 +442,18 @@ impl BitmapEncoder {
             .map(|(r, tile)| {
                 let (compression_flags, compressed_data_header) = match tile {
                     Tile::Raw(_) => (Compression::empty(), None),
-                    Tile::Planar(_) if self.no_compression_header => (
+                    Tile::Planar(_) | Tile::Rle { .. } if self.no_compression_header => (
                         Compression::BITMAP_COMPRESSION | Compression::NO_BITMAP_COMPRESSION_HDR,
                         None,
                     ),
-                    Tile::Planar(data) => (
+                    Tile::Planar(_) | Tile::Rle { .. } => (
                         Compression::BITMAP_COMPRESSION,
                         Some(CompressedDataHeader {
-                            main_body_size: data.len() as u16,
+                            main_body_size: tile.data().len() as u16,
                             scan_width: r.width,
-                            uncompressed_size: r.width * r.height * 4,
+                            uncompressed_size: r.width
+                                * r.height
+                                * tile.depth(self.bpp).div_ceil(8),
                         }),
                     ),
                 };
@@ -389,7 +466,7 @@ impl BitmapEncoder {
                     },
                     width: r.width,
                     height: r.height,
-                    bits_per_pixel: self.bpp,
+                    bits_per_pixel: tile.depth(self.bpp),
                     compression_flags,
                     compressed_data_header,
                     bitmap_data: tile.data(),
@@ -598,6 +675,10 @@ impl ScreenEncoder for BitmapEncoder {
                 "Drawing orders sent"
             );
         }
+        let TileCount { planar, rle, raw } = std::mem::take(&mut self.tiles);
+        if planar + rle + raw > 0 {
+            tracing::debug!(frame = id, planar, rle, raw, "Bitmaps sent");
+        }
         Ok(())
     }
 
@@ -631,12 +712,25 @@ impl ScreenEncoder for BitmapEncoder {
 enum Tile {
     Raw(Vec<u8>),
     Planar(Vec<u8>),
+    /// Interleaved RLE at `depth` bits per pixel.
+    Rle {
+        data: Vec<u8>,
+        depth: u16,
+    },
 }
 
 impl Tile {
     fn data(&self) -> &[u8] {
         match self {
-            Tile::Raw(d) | Tile::Planar(d) => d,
+            Tile::Raw(d) | Tile::Planar(d) | Tile::Rle { data: d, .. } => d,
+        }
+    }
+
+    /// Its bits per pixel in a session of `session` bits.
+    fn depth(&self, session: u16) -> u16 {
+        match self {
+            Tile::Rle { depth, .. } => *depth,
+            Tile::Raw(_) | Tile::Planar(_) => session,
         }
     }
 }
@@ -897,6 +991,105 @@ mod tests {
         assert_eq!(raw, 0);
     }
 
+    /// Text on a flat colour goes as 24-bit interleaved RLE to a client that takes bitmaps
+    /// of another depth, smaller than planar, to the same pixels; a gradient stays planar;
+    /// rdesktop (no mixed depths) gets planar only. Sessions below 32 bits get RLE at their
+    /// own depth instead of raw tiles.
+    #[test]
+    fn text_goes_as_interleaved_rle_where_that_is_smaller() {
+        use ironrdp_pdu::bitmap::BitmapUpdateData;
+        let (w, h) = (256u16, 64u16);
+        let f = pattern(w, h, |x, y| {
+            if x < 128 {
+                // Strokes of glyphs, dark on a red box.
+                if rng_at(x, y).is_multiple_of(5) {
+                    [0x10, 0x10, 0x10]
+                } else {
+                    [0x3d, 0x4f, 0xd9]
+                }
+            } else {
+                // A smooth gradient: planar's row differences are flat, the XOR with the row
+                // above that RLE codes is not.
+                [(x + y) as u8, (x * 2) as u8, (y * 5) as u8]
+            }
+        });
+        let areas = [Rect::new(0, 0, 128, h), Rect::new(128, 0, 128, h)];
+        let sent = |mut e: BitmapEncoder| {
+            let mut out = Vec::new();
+            e.encode_rects(&f, &areas, &mut out).unwrap();
+            let mut depths = Vec::new();
+            for (_, pdu) in updates(&out) {
+                let update: BitmapUpdateData<'_> = ironrdp_core::decode(&pdu).unwrap();
+                for r in update.rectangles {
+                    let (rw, rh) = (usize::from(r.width), usize::from(r.height));
+                    for (i, px) in bitmap_pixels(&r).iter().enumerate() {
+                        let x = usize::from(r.rectangle.left) + i % rw;
+                        let y = usize::from(r.rectangle.top) + rh - 1 - i / rw;
+                        let at = y * usize::from(w) + x;
+                        assert_eq!(px[..], f.data[at * 4..at * 4 + 3], "pixel ({x}, {y})");
+                    }
+                    depths.push((r.rectangle.left, r.bits_per_pixel, r.bitmap_data.len()));
+                }
+            }
+            (depths, out.len())
+        };
+        let modern = BitmapEncoder::new(32, Codec::Auto, true).with_planar_alpha(false);
+        let (planar_only, planar_bytes) = sent(modern);
+        let mixed = BitmapEncoder::new(32, Codec::Auto, true)
+            .with_planar_alpha(false)
+            .with_mixed_depth(true);
+        let (depths, bytes) = sent(mixed);
+        assert_eq!(
+            depths.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
+            [(0, 24), (128, 32)],
+            "text as RLE, the gradient planar"
+        );
+        assert!(
+            depths[0].2 * 2 < planar_only[0].2,
+            "RLE {} against planar {} bytes",
+            depths[0].2,
+            planar_only[0].2
+        );
+        assert!(bytes < planar_bytes);
+        // rdesktop's sessions: planar with the alpha plane, never another depth.
+        let rdesktop = BitmapEncoder::new(32, Codec::Auto, true).with_mixed_depth(false);
+        assert!(sent(rdesktop).0.iter().all(|d| d.1 == 32));
+        // A 24-bit session: RLE instead of raw tiles.
+        let mut e = BitmapEncoder::new(24, Codec::Auto, true);
+        let mut out = Vec::new();
+        e.encode_rects(&f, &e.pieces(areas[0], w), &mut out)
+            .unwrap();
+        let mut raw_len = 0;
+        for (_, pdu) in updates(&out) {
+            let update: BitmapUpdateData<'_> = ironrdp_core::decode(&pdu).unwrap();
+            for r in update.rectangles {
+                assert!(r
+                    .compression_flags
+                    .contains(Compression::BITMAP_COMPRESSION));
+                assert_eq!(r.bits_per_pixel, 24);
+                raw_len += r.bitmap_data.len();
+            }
+        }
+        assert!(raw_len * 4 < 128 * 64 * 3, "{raw_len} bytes of RLE");
+        // Codec::Raw means raw.
+        let mut out = Vec::new();
+        BitmapEncoder::new(24, Codec::Raw, true)
+            .encode_rects(&f, &[areas[0]], &mut out)
+            .unwrap();
+        for (_, pdu) in updates(&out) {
+            let update: BitmapUpdateData<'_> = ironrdp_core::decode(&pdu).unwrap();
+            assert!(update
+                .rectangles
+                .iter()
+                .all(|r| r.compression_flags.is_empty()));
+        }
+    }
+
+    /// A fixed pseudo-random value per pixel.
+    fn rng_at(x: u16, y: u16) -> u64 {
+        deskport_testsupport::workload::Rng(u64::from(x) << 16 | u64::from(y) | 1 << 40).next()
+    }
+
     #[test]
     fn pixels_convert_and_pad() {
         let mut f = frame(3, 1, 0);
@@ -923,8 +1116,8 @@ mod tests {
         assert_eq!(out[0] & 0x03, 0);
     }
 
-    /// The pixels (`B, G, R`) of a 32-bit rectangle of a bitmap update, planar or raw, rows
-    /// bottom-up as both carry them.
+    /// The pixels (`B, G, R`) of a 32-bit session's rectangle of a bitmap update, planar,
+    /// 24-bit interleaved RLE or raw, rows bottom-up as all carry them.
     fn bitmap_pixels(r: &BitmapData<'_>) -> Vec<[u8; 3]> {
         use ironrdp_graphics::rdp6::BitmapStreamDecoder;
         if !r
@@ -938,6 +1131,18 @@ mod tests {
                 .collect();
         }
         let mut rgb = Vec::new();
+        if r.bits_per_pixel == 24 {
+            // Interleaved RLE: pixels as the wire carries them, `B, G, R`.
+            ironrdp_graphics::rle::decompress(
+                r.bitmap_data,
+                &mut rgb,
+                usize::from(r.width),
+                usize::from(r.height),
+                24,
+            )
+            .unwrap();
+            return rgb.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect();
+        }
         BitmapStreamDecoder::default()
             .decode_bitmap_stream_to_rgb24(
                 r.bitmap_data,

@@ -13,6 +13,7 @@ pub mod gfx;
 pub mod orders;
 pub mod planar;
 pub mod pointer;
+pub mod rle;
 pub mod zgfx;
 
 use deskport_desktop::Frame;
@@ -126,6 +127,9 @@ pub struct ClientCaps {
     pub no_compression_header: bool,
     /// Planar bitmaps carry an alpha plane (for clients that decode only those: rdesktop).
     pub planar_alpha: bool,
+    /// The client decodes bitmaps of another depth than the session's (24-bit interleaved
+    /// RLE in a 32-bit session): those announcing bitmap codecs, not rdesktop.
+    pub mixed_depth: bool,
     /// Bulk compression of the updates (the best the client offered), if any.
     pub compression: Option<CompressionType>,
     /// The drawing orders the client's Order capability set supports.
@@ -141,6 +145,7 @@ pub fn for_client(caps: ClientCaps, codec: Codec) -> Box<dyn ScreenEncoder> {
         BitmapEncoder::new(caps.bpp, codec, caps.no_compression_header)
             .with_bulk_compression(caps.compression)
             .with_planar_alpha(caps.planar_alpha)
+            .with_mixed_depth(caps.mixed_depth)
             .with_orders(caps.orders)
             .with_frame_markers(caps.frame_acknowledge.is_some()),
     )

@@ -136,6 +136,17 @@ fn orders_sent(log: &str) -> (u64, u64, u64) {
     sum
 }
 
+/// The bitmaps the server's log says it sent: (planar, interleaved RLE, raw).
+fn bitmaps_sent(log: &str) -> (u64, u64, u64) {
+    let mut sum = (0, 0, 0);
+    for line in log.lines().filter(|l| l.contains("Bitmaps sent")) {
+        sum.0 += field(line, "planar").unwrap_or(0);
+        sum.1 += field(line, "rle").unwrap_or(0);
+        sum.2 += field(line, "raw").unwrap_or(0);
+    }
+    sum
+}
+
 /// The number after ` key=` in a log line.
 fn field(line: &str, key: &str) -> Option<u64> {
     let value = line.split(&format!(" {key}=")).nth(1)?;
@@ -222,6 +233,11 @@ fn xfreerdp_draws_orders_and_acknowledges_frames() {
     let output = c.output();
     assert!(!output.contains("[ERROR]"), "{output}");
     assert!(multi > 0, "MultiOpaqueRect for xfreerdp");
+    // The text goes as 24-bit interleaved RLE in the 32-bit session, the rest planar.
+    let bitmaps = bitmaps_sent(&server.log());
+    eprintln!("bitmaps sent (planar, RLE, raw): {bitmaps:?}");
+    assert!(session.contains("mixed_depth=true"), "{session}");
+    assert!(bitmaps.0 > 0 && bitmaps.1 > 0, "{bitmaps:?}");
     // Every frame is acknowledged in the end: the last acknowledgement leaves none in flight.
     wait_until(
         Duration::from_secs(20),
@@ -240,6 +256,9 @@ fn xfreerdp_draws_orders_and_acknowledges_frames() {
     assert!(!server.log().contains("Frame acknowledgement ignored"));
 }
 
+/// rdesktop (which takes the server's 32 bits): ScrBlt and OpaqueRect, planar bitmaps with
+/// the alpha plane it needs and never a 24-bit interleaved RLE one (it paints every bitmap at
+/// the session's depth), the display shown exactly.
 #[test]
 fn rdesktop_draws_orders() {
     let dir = deskport_testsupport::data_dir();
@@ -252,6 +271,10 @@ fn rdesktop_draws_orders() {
             && session.contains("frame_acknowledge=None"),
         "rdesktop takes ScrBlt and OpaqueRect, no MultiOpaqueRect, no frame markers: {session}"
     );
+    assert!(
+        session.contains(" bpp=32 ") && session.contains("mixed_depth=false"),
+        "{session}"
+    );
     let ((_, _, multi), _terminal) =
         draw_and_compare(&server, &client, dir.path(), ("rdesktop", &mut c));
     let output = c.output();
@@ -262,6 +285,9 @@ fn rdesktop_draws_orders() {
     assert_eq!(multi, 0);
     let log = server.log();
     assert!(!log.contains("Frame acknowledged"), "{log}");
+    let (planar, rle, raw) = bitmaps_sent(&log);
+    eprintln!("bitmaps sent: {planar} planar, {rle} RLE, {raw} raw");
+    assert!(planar > 0 && rle == 0, "{planar} planar, {rle} RLE");
 }
 
 /// xfreerdp on the graphics pipeline: the same drawing as Surface To Surface copies (moving

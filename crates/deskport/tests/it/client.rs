@@ -133,11 +133,24 @@ fn screenshots_of_deskports_server_with_nla_tls_and_auto() {
 
 /// `deskport connect` offers the graphics pipeline: against deskport it gets 10.7 with AVC
 /// disabled, and its screenshot is the server's screen pixel for pixel; `--no-gfx` gets
-/// classic bitmap updates, just as exact.
+/// classic bitmap updates, just as exact: the text as 24-bit interleaved RLE.
 #[test]
 fn screenshots_over_the_graphics_pipeline_and_without_it() {
     let dir = deskport_testsupport::data_dir();
-    let server = RdpServer::start(dir.path(), &["--no-nla-only"], None);
+    let server = RdpServer::start_with(
+        dir.path(),
+        &["--no-nla-only"],
+        (640, 480),
+        &[("RUST_LOG", "info,deskport_rdp::encode=debug")],
+    );
+    let pattern = server.desktop().draw_text(
+        16,
+        16,
+        &[
+            "The quick brown fox jumps over the lazy dog 0123456789",
+            "deskport connect: text on a flat colour, as desktops show it",
+        ],
+    );
     let target = server.target();
     for (name, extra) in [("gfx", None), ("no-gfx", Some("--no-gfx"))] {
         let png = dir.path().join(format!("{name}.png"));
@@ -164,14 +177,27 @@ fn screenshots_over_the_graphics_pipeline_and_without_it() {
             &deskport_testsupport::artifact_dir("client")
                 .join(format!("deskport-server-{name}.png")),
         );
-        assert_eq!(shot.dimensions(), server.pattern.dimensions());
+        assert_eq!(shot.dimensions(), pattern.dimensions());
         assert_eq!(
-            image_util::diff_fraction(&shot, (0, 0), &server.pattern, (0, 0), shot.dimensions(), 0),
+            image_util::diff_fraction(&shot, (0, 0), &pattern, (0, 0), shot.dimensions(), 0),
             0.0,
             "{name}: every pixel"
         );
     }
     let log = server.log();
+    let rle: u64 = log
+        .lines()
+        .filter(|l| l.contains("Bitmaps sent"))
+        .filter_map(|l| {
+            l.split(" rle=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(rle > 0, "the text as RLE bitmaps: {log}");
     assert_eq!(log.matches("gfx=true").count(), 1, "{log}");
     assert_eq!(log.matches("gfx=false").count(), 1, "{log}");
     assert_eq!(

@@ -440,6 +440,8 @@ fn rdesktop_at_32_bits_decodes_planar_bitmaps_and_mppc() {
         log.contains("bpp=32") && log.contains("compression=Some(K64)"),
         "{log}"
     );
+    // rdesktop paints every bitmap at the session's depth: never a 24-bit one here.
+    assert!(log.contains("mixed_depth=false"), "{log}");
 }
 
 #[test]
