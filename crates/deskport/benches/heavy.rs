@@ -25,7 +25,11 @@
 //! Environment: `HEAVY_BENCH_FRAMES` (default 300) for a quicker check, `HEAVY_BENCH_ROWS`
 //! (comma-separated names: deskport, deskport-gateway, deskport-gfx, freerdp-planar,
 //! freerdp-avc420, xrdp) and
-//! `HEAVY_BENCH_LINKS` (loopback, 10mbit) to run a subset. Rows whose programs are missing are
+//! `HEAVY_BENCH_LINKS` (loopback, 10mbit) to run a subset. For comparing two builds of deskport
+//! in one run (this machine's speed drifts between runs): `HEAVY_BENCH_DESKPORT_B` names
+//! another `deskport` binary, served in the row `deskport-b` (only then), and
+//! `HEAVY_BENCH_ROUNDS` (default 1) runs the rows that many times, alternating. Rows whose
+//! programs are missing are
 //! skipped with a line saying so. Prints `HEAVY|…` lines (the table) and `BENCH|…` lines for
 //! `scripts/bench-report.py`.
 
@@ -60,11 +64,14 @@ enum Server {
     FreerdpPlanar,
     FreerdpAvc420,
     Xrdp,
+    /// deskport's row served by the binary `HEAVY_BENCH_DESKPORT_B` names.
+    DeskportB,
 }
 
 impl Server {
-    const ALL: [Server; 6] = [
+    const ALL: [Server; 7] = [
         Server::Deskport,
+        Server::DeskportB,
         Server::DeskportGateway,
         Server::DeskportGfx,
         Server::FreerdpPlanar,
@@ -80,6 +87,7 @@ impl Server {
             Server::FreerdpPlanar => "freerdp-planar",
             Server::FreerdpAvc420 => "freerdp-avc420",
             Server::Xrdp => "xrdp",
+            Server::DeskportB => "deskport-b",
         }
     }
 
@@ -91,6 +99,7 @@ impl Server {
             Server::FreerdpPlanar => "FreeRDP 2.11 shadow, planar",
             Server::FreerdpAvc420 => "FreeRDP 2.11 shadow, /gfx:AVC420",
             Server::Xrdp => "xrdp 0.9 with Xvnc",
+            Server::DeskportB => "deskport (planar), build B",
         }
     }
 
@@ -107,9 +116,10 @@ impl Server {
 
     fn programs(self) -> &'static [&'static str] {
         match self {
-            Server::Deskport | Server::DeskportGateway | Server::DeskportGfx => {
-                &["Xvfb", "xfreerdp", "ss"]
-            }
+            Server::Deskport
+            | Server::DeskportGateway
+            | Server::DeskportGfx
+            | Server::DeskportB => &["Xvfb", "xfreerdp", "ss"],
             Server::FreerdpPlanar | Server::FreerdpAvc420 => {
                 &["Xvfb", "xfreerdp", "ss", "freerdp-shadow-cli"]
             }
@@ -193,15 +203,21 @@ fn shaped_namespace() -> Netns {
     ns
 }
 
-/// deskport's RDP server sharing `display`, on 127.0.0.1:`port`.
-fn deskport_server(dir: &Path, display: &str, port: u16, netns: Option<&Netns>) -> ProcessGuard {
+/// deskport's RDP server (the program `binary`) sharing `display`, on 127.0.0.1:`port`.
+fn deskport_server(
+    binary: &str,
+    dir: &Path,
+    display: &str,
+    port: u16,
+    netns: Option<&Netns>,
+) -> ProcessGuard {
     let data = dir.join("deskport");
     support::add_user(&data, USER, PASSWORD);
     let config = dir.join("deskport.toml");
     std::fs::write(&config, "[rdp_server]\nnla_only = false\n").unwrap();
     let process = ProcessGuard::spawn(
         "deskport rdp-server",
-        command_in(netns, env!("CARGO_BIN_EXE_deskport"))
+        command_in(netns, binary)
             .args(["rdp-server", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--display", display, "--data-dir"])
             .arg(&data)
@@ -315,9 +331,13 @@ fn run_row(server: Server, link: Link, frames: u16) -> anyhow::Result<Row> {
     // Through the gateway: its port carries the client's bytes.
     let mut gateway: Option<(u16, String)> = None;
     let (user, password) = match server {
-        Server::Deskport | Server::DeskportGfx | Server::DeskportGateway => {
+        Server::Deskport | Server::DeskportGfx | Server::DeskportGateway | Server::DeskportB => {
             let display = desktop.as_ref().unwrap().display();
-            guards.push(deskport_server(dir, display, port, ns));
+            let binary = match server {
+                Server::DeskportB => std::env::var("HEAVY_BENCH_DESKPORT_B")?,
+                _ => env!("CARGO_BIN_EXE_deskport").to_owned(),
+            };
+            guards.push(deskport_server(&binary, dir, display, port, ns));
             if server == Server::DeskportGateway {
                 let (manager, manager_port, token) = gateway_for(dir, port, ns)?;
                 guards.push(manager);
@@ -559,6 +579,11 @@ fn main() {
             .unwrap_or(true)
     };
     let root = nix::unistd::geteuid().is_root();
+    let rounds: usize = std::env::var("HEAVY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let build_b = std::env::var_os("HEAVY_BENCH_DESKPORT_B").is_some();
     let mut results: Vec<(Link, Server, Row)> = Vec::new();
     for link in [Link::Loopback, Link::Shaped] {
         if !wanted("HEAVY_BENCH_LINKS", link.key()) {
@@ -568,8 +593,10 @@ fn main() {
             println!("heavy: skipping the 10 Mbit/s rows: they need root, ip and tc");
             continue;
         }
-        for server in Server::ALL {
-            if !wanted("HEAVY_BENCH_ROWS", server.key()) {
+        for server in (0..rounds).flat_map(|_| Server::ALL) {
+            if !wanted("HEAVY_BENCH_ROWS", server.key())
+                || (server == Server::DeskportB && !build_b)
+            {
                 continue;
             }
             if let Some(missing) = server.programs().iter().find(|p| !on_path(p)) {
