@@ -29,6 +29,7 @@ use ironrdp_pdu::gcc::{Monitor, MonitorFlags};
 use ironrdp_pdu::geometry::ExclusiveRectangle;
 use ironrdp_svc::{server_encode_svc_messages, ChannelFlags};
 
+use super::clear::ClearEncoder;
 use super::planar::PlanarEncoder;
 use super::{Op, OpKinds, Rect, ScreenEncoder};
 use crate::channels::gfx::{GfxLink, Wrapped};
@@ -57,6 +58,7 @@ pub struct GfxStats {
     pub frames: u64,
     pub surfaces: u64,
     pub planar: u64,
+    pub clear: u64,
     pub uncompressed: u64,
     pub fills: u64,
     pub copies: u64,
@@ -74,6 +76,9 @@ pub struct GfxEncoder {
     surface: Option<(u16, u16, u16)>,
     next_surface: u16,
     planar: PlanarEncoder,
+    clear: ClearEncoder,
+    /// A ClearCodec stream being tried against planar.
+    scratch: Vec<u8>,
     /// The frame's GFX PDUs.
     buf: Vec<u8>,
     stats: GfxStats,
@@ -101,6 +106,8 @@ impl GfxEncoder {
             surface: None,
             next_surface: 0,
             planar: PlanarEncoder::default(),
+            clear: ClearEncoder::default(),
+            scratch: Vec::new(),
             buf: Vec::new(),
             stats: GfxStats::default(),
         }
@@ -239,6 +246,8 @@ impl GfxEncoder {
             &mut self.buf,
         )?;
         self.surface = Some((id, width, height));
+        // The client's ClearCodec sequence starts again (a new surface, graphics reset).
+        self.clear.reset();
         self.stats.surfaces += 1;
         tracing::debug!(
             surface = id,
@@ -249,9 +258,10 @@ impl GfxEncoder {
         Ok(id)
     }
 
-    /// A Wire To Surface 1 PDU with `rect` of `frame`: planar, or uncompressed (top-down
-    /// `B, G, R, X` rows) when planar would not be smaller. Written in place: the header,
-    /// then the bitmap, then the lengths filled in.
+    /// A Wire To Surface 1 PDU with `rect` of `frame`: ClearCodec (RLEX) where that is
+    /// smaller than planar (text), else planar, or uncompressed (top-down `B, G, R, X` rows)
+    /// when neither would be smaller. Written in place: the header, then the bitmap, then the
+    /// lengths filled in.
     fn bitmap(&mut self, frame: &Frame, surface: u16, rect: Rect) {
         const HEADER: usize = 8 + 2 + 2 + 1 + 8 + 4;
         let (w, h) = (usize::from(rect.width), usize::from(rect.height));
@@ -264,7 +274,17 @@ impl GfxEncoder {
         self.buf.resize(start + HEADER, 0);
         self.planar.encode_top_down(w, h, row, &mut self.buf);
         let raw_len = w * h * 4;
-        let codec = if self.buf.len() - start - HEADER < raw_len {
+        let planar_len = self.buf.len() - start - HEADER;
+        self.scratch.clear();
+        let codec = if self
+            .clear
+            .encode(w, h, row, planar_len.min(raw_len), &mut self.scratch)
+        {
+            self.buf.truncate(start + HEADER);
+            self.buf.extend_from_slice(&self.scratch);
+            self.stats.clear += 1;
+            Codec1Type::ClearCodec
+        } else if planar_len < raw_len {
             self.stats.planar += 1;
             Codec1Type::Planar
         } else {
@@ -300,6 +320,7 @@ impl Drop for GfxEncoder {
             frames = s.frames,
             surfaces = s.surfaces,
             planar = s.planar,
+            clear = s.clear,
             uncompressed = s.uncompressed,
             solid_fills = s.fills,
             surface_to_surface = s.copies,

@@ -8,6 +8,7 @@
 //! same on every path).
 
 pub mod bitmap;
+pub mod clear;
 pub mod diff;
 pub mod gfx;
 pub mod orders;

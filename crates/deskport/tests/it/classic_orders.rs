@@ -291,7 +291,8 @@ fn rdesktop_draws_orders() {
 }
 
 /// xfreerdp on the graphics pipeline: the same drawing as Surface To Surface copies (moving
-/// up, down and sideways, overlapping), Solid Fills and planar pixels, shown pixel for pixel;
+/// up, down and sideways, overlapping), Solid Fills, ClearCodec and planar pixels, shown pixel
+/// for pixel;
 /// every frame acknowledged, nothing refused, no fallback to the classic path.
 #[test]
 fn xfreerdp_on_the_graphics_pipeline_copies_fills_and_paints() {
@@ -326,7 +327,8 @@ fn xfreerdp_on_the_graphics_pipeline_copies_fills_and_paints() {
         let log = server.log();
         log.contains("Graphics pipeline totals").then_some(log)
     });
-    for total in ["surface_to_surface", "solid_fills", "planar"] {
+    // The text as ClearCodec (RLEX), the rest planar.
+    for total in ["surface_to_surface", "solid_fills", "planar", "clear"] {
         assert!(gfx_total(&log, total) > 0, "{total}: {log}");
     }
     assert!(!log.contains("Back to the classic"), "{log}");

@@ -132,8 +132,9 @@ fn screenshots_of_deskports_server_with_nla_tls_and_auto() {
 }
 
 /// `deskport connect` offers the graphics pipeline: against deskport it gets 10.7 with AVC
-/// disabled, and its screenshot is the server's screen pixel for pixel; `--no-gfx` gets
-/// classic bitmap updates, just as exact: the text as 24-bit interleaved RLE.
+/// disabled, and its screenshot is the server's screen pixel for pixel (the text as
+/// ClearCodec); `--no-gfx` gets classic bitmap updates, just as exact (the text as 24-bit
+/// interleaved RLE).
 #[test]
 fn screenshots_over_the_graphics_pipeline_and_without_it() {
     let dir = deskport_testsupport::data_dir();
@@ -198,6 +199,12 @@ fn screenshots_over_the_graphics_pipeline_and_without_it() {
         })
         .sum();
     assert!(rle > 0, "the text as RLE bitmaps: {log}");
+    // And on the graphics pipeline as ClearCodec.
+    let log = wait_until(Duration::from_secs(10), "the session's totals", || {
+        let log = server.log();
+        log.contains("Graphics pipeline totals").then_some(log)
+    });
+    assert!(crate::rdp::gfx_total(&log, "clear") > 0, "{log}");
     assert_eq!(log.matches("gfx=true").count(), 1, "{log}");
     assert_eq!(log.matches("gfx=false").count(), 1, "{log}");
     assert_eq!(
