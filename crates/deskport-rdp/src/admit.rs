@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::metrics::Refusal;
+
 /// The per-address limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SourceLimits {
@@ -70,7 +72,7 @@ impl Sources {
     }
 
     /// A handshake slot for a new connection from `source`, or why not.
-    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<HandshakeSlot, &'static str> {
+    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<HandshakeSlot, Refusal> {
         let now = Instant::now();
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if table.len() >= TABLE {
@@ -88,9 +90,9 @@ impl Sources {
         entry.tokens = (entry.tokens + elapsed * f64::from(self.limits.per_second)).min(burst);
         entry.refilled = now;
         let refusal = if entry.handshakes >= self.limits.handshakes {
-            Some("too many connections of this address in the connection sequence")
+            Some(Refusal::SourceHandshakes)
         } else if entry.tokens < 1.0 {
-            Some("too many new connections from this address")
+            Some(Refusal::SourceRate)
         } else {
             None
         };

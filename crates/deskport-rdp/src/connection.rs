@@ -53,6 +53,8 @@ pub struct Shared {
     pub bulk_compression: bool,
     /// The connection sequence must complete within this time.
     pub handshake_timeout: Duration,
+    /// The server's counters (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The per-connection view of the two switches at the time the client connected.
@@ -341,6 +343,7 @@ pub async fn serve(
         .client_early_capability_flags
         .contains(ClientEarlyCapabilityFlags::SUPPORT_DYN_VC_GFX_PROTOCOL);
     tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, mixed_depth = modern, ?orders, ?frame_acknowledge, gfx, early = ?result.client_early_capability_flags, "Session started");
+    shared.metrics.session_started();
     let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
     let encoder = crate::encode::for_client(
         ClientCaps {

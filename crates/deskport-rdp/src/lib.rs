@@ -23,6 +23,7 @@ pub mod connection;
 pub mod credssp;
 pub mod encode;
 pub mod fixup;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::connection::{self, Admission, Shared};
+use crate::metrics::Refusal;
 
 /// The article's two switches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,22 +136,31 @@ pub async fn run(
                     }
                 };
                 // The address's share first: one address never takes the global slots.
-                let Ok(handshake) = sources.admit(peer.ip()) else {
-                    continue;
+                let metrics = shared.metrics.clone();
+                let handshake = match sources.admit(peer.ip()) {
+                    Ok(h) => h,
+                    Err(why) => {
+                        metrics.refused(why);
+                        continue;
+                    }
                 };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    metrics.refused(Refusal::Limit);
                     tracing::warn!(%peer, limit = config.max_connections, "Connection limit reached; closed");
                     continue;
                 };
+                metrics.accepted();
+                metrics.opened();
                 let admission = Admission { nla_only: now.nla_only };
                 let shared = shared.clone();
                 let close = close.subscribe();
                 tokio::spawn(async move {
-                    if let Err(e) =
-                        connection::serve(shared, tcp, peer, admission, close, handshake).await
-                    {
+                    let served =
+                        connection::serve(shared, tcp, peer, admission, close, handshake).await;
+                    if let Err(e) = &served {
                         tracing::info!(%peer, error = format!("{e:#}"), "Connection ended with an error");
                     }
+                    metrics.closed(served.is_err());
                     drop(slot);
                 });
             }

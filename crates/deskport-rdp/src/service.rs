@@ -137,6 +137,7 @@ impl RdpServer {
             codec: config.codec,
             bulk_compression: config.bulk_compression,
             handshake_timeout: config.handshake_timeout.max(Duration::from_secs(1)),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         });
         Ok(Self {
             listen: config.listen,
@@ -147,6 +148,11 @@ impl RdpServer {
             fingerprint,
             bound: watch::channel(None).0,
         })
+    }
+
+    /// The server's counters, for `/metrics`.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.shared.metrics.clone()
     }
 
     /// The SHA-256 fingerprint of the server's certificate (`AB:CD:…`).

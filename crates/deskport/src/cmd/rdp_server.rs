@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deskport_rdp::accounts::Accounts;
@@ -70,6 +71,11 @@ pub struct Args {
     #[arg(long, value_name = "TOKEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<String>,
+    /// Serve /metrics (connections accepted, refused by reason, open, failed; sessions
+    /// started) and /healthz on ADDR:PORT.
+    #[arg(long, value_name = "ADDR:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<SocketAddr>,
     #[command(subcommand)]
     #[serde(skip)]
     command: Option<UserCommand>,
@@ -124,6 +130,17 @@ pub fn exec(args: Args, settings: &RdpServerSettings, file: &ConfigFile) -> anyh
     crate::runtime::block_on(async {
         if let Some(switches) = switches {
             tokio::spawn(follow_config(file.clone(), flags, switches));
+        }
+        if let Some(addr) = settings.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot serve /metrics on {addr}: {e}"))?;
+            let metrics = server.metrics();
+            tracing::info!(%addr, "Serving /metrics and /healthz");
+            tokio::spawn(deskport_firewall::http::serve_metrics(
+                listener,
+                Arc::new(move || metrics.render()),
+            ));
         }
         server.run(crate::runtime::shutdown_signal()).await
     })

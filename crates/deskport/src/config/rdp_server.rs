@@ -58,10 +58,13 @@ pub struct RdpServerSettings {
     pub max_new_connections_per_source_per_sec: u32,
     /// Seconds a client has to complete the connection sequence.
     pub handshake_timeout_secs: u64,
+    /// Serve `/metrics` (connections accepted, refused by reason, open, failed; sessions
+    /// started) and `/healthz` on this address (`deskport rdp-server` only).
+    pub metrics_listen: Option<SocketAddr>,
     /// Milliseconds between screen checks.
     pub frame_interval_ms: u64,
-    /// Screen update coding: `auto` (planar bitmaps at 32 bits per pixel, raw otherwise) or
-    /// `raw` (always uncompressed).
+    /// Screen update coding: `auto` (planar or interleaved RLE bitmaps, whichever is smaller;
+    /// ClearCodec or planar on the graphics pipeline) or `raw` (always uncompressed).
     pub codec: deskport_rdp::Codec,
     /// Bulk-compress screen updates for clients that offer it (xfreerdp does by default,
     /// rdesktop with -z).
@@ -101,6 +104,7 @@ impl Default for RdpServerSettings {
             max_new_connections_per_source_per_sec: deskport_rdp::admit::SourceLimits::default()
                 .per_second,
             handshake_timeout_secs: 20,
+            metrics_listen: None,
             frame_interval_ms: 33,
             codec: deskport_rdp::Codec::Auto,
             bulk_compression: true,

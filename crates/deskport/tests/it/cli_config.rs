@@ -225,6 +225,11 @@ fn rd_gateway_and_limit_settings_are_checked() {
             "0",
             "max_new_connections_per_source_per_sec is 0",
         ),
+        (
+            "DESKPORT_RDP_SERVER__METRICS_LISTEN",
+            "port-9100",
+            "invalid socket address syntax for key \"RDP_SERVER.METRICS_LISTEN\"",
+        ),
     ] {
         let r = run(deskport(home.path())
             .env(key, value)

@@ -673,7 +673,9 @@ fn one_address_in_the_handshake_cannot_shut_another_out() {
     use std::io::Read as _;
     use std::net::SocketAddr;
     let dir = deskport_testsupport::data_dir();
-    let server = RdpServer::launch(dir.path(), &[], None);
+    let metrics_port = free_port(LO);
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let server = RdpServer::launch(dir.path(), &["--metrics-listen", &metrics_listen], None);
     let target = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port));
     let connect_from = |source: Ipv4Addr| -> TcpStream {
         let stream = deskport_testsupport::connect_from(source.into(), target).unwrap();
@@ -708,10 +710,33 @@ fn one_address_in_the_handshake_cannot_shut_another_out() {
     let mut answer = [0u8; 19];
     other.read_exact(&mut answer).unwrap();
     assert_eq!((answer[0], answer[5]), (0x03, 0xd0), "a Connection Confirm");
-    drop(holders);
     let log = server.log();
     assert!(
         log.contains("too many connections of this address in the connection sequence"),
         "{log}"
     );
+    // The refusal is counted at /metrics, with the holders and the other address open.
+    let metrics = || {
+        let mut s = TcpStream::connect((LO, metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    let text = metrics();
+    for line in [
+        "deskport_rdp_connections_refused_total{reason=\"source_handshakes\"} 1",
+        "deskport_rdp_connections_refused_total{reason=\"limit\"} 0",
+        "deskport_rdp_connections_accepted_total 9",
+        "deskport_rdp_connections_open 9",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}: {text}");
+    }
+    drop((holders, other));
+    wait_until(Duration::from_secs(10), "the connections to close", || {
+        metrics()
+            .lines()
+            .any(|l| l == "deskport_rdp_connections_open 0")
+            .then_some(())
+    });
 }
