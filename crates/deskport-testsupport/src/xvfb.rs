@@ -69,7 +69,7 @@ impl Xvfb {
     /// checkerboard in the middle, so that a copy of the screen is easy to recognise and to
     /// locate — and returns a screenshot of it.
     pub fn draw_test_pattern(&self) -> RgbImage {
-        use x11rb::protocol::xproto::{ChangeGCAux, CreateGCAux, Rectangle};
+        use x11rb::protocol::xproto::CreateGCAux;
         let (conn, screen_num) = x_connect(&self.display).expect("connect to Xvfb");
         let root = conn.setup().roots[screen_num].root;
         let gc = conn.generate_id().expect("an X id");
@@ -77,19 +77,7 @@ impl Xvfb {
             .expect("create a GC");
         let (w, h) = (self.width as i16, self.height as i16);
         let fill = |color: u32, x: i16, y: i16, width: u16, height: u16| {
-            conn.change_gc(gc, &ChangeGCAux::new().foreground(color))
-                .expect("set colour");
-            conn.poly_fill_rectangle(
-                root,
-                gc,
-                &[Rectangle {
-                    x,
-                    y,
-                    width,
-                    height,
-                }],
-            )
-            .expect("fill");
+            fill_rect(&conn, root, gc, color, (x, y, width, height));
         };
         let (hw, hh) = (self.width / 2, self.height / 2);
         fill(0xd03030, 0, 0, hw, hh);
@@ -110,7 +98,7 @@ impl Xvfb {
     /// Writes `lines` of text (X's `fixed` font, dark on white) from (`x`, `y`), one under the
     /// other, and returns the display's screenshot: text on a flat colour, as desktops show it.
     pub fn draw_text(&self, x: i16, y: i16, lines: &[&str]) -> RgbImage {
-        use x11rb::protocol::xproto::{ChangeGCAux, CreateGCAux, Rectangle};
+        use x11rb::protocol::xproto::{ChangeGCAux, CreateGCAux};
         let (conn, screen_num) = x_connect(&self.display).expect("connect to Xvfb");
         let root = conn.setup().roots[screen_num].root;
         let font = conn.generate_id().expect("an X id");
@@ -126,19 +114,8 @@ impl Xvfb {
         )
         .expect("create a GC");
         let width = lines.iter().map(|l| l.len()).max().unwrap_or(0) as u16 * 6 + 8;
-        conn.change_gc(gc, &ChangeGCAux::new().foreground(0xffffff))
-            .expect("set colour");
-        conn.poly_fill_rectangle(
-            root,
-            gc,
-            &[Rectangle {
-                x,
-                y,
-                width,
-                height: lines.len() as u16 * 14 + 6,
-            }],
-        )
-        .expect("fill");
+        let height = lines.len() as u16 * 14 + 6;
+        fill_rect(&conn, root, gc, 0xffffff, (x, y, width, height));
         conn.change_gc(gc, &ChangeGCAux::new().foreground(0x202020))
             .expect("set colour");
         for (i, line) in lines.iter().enumerate() {
@@ -254,6 +231,26 @@ impl Xvfb {
         command.env("DISPLAY", &self.display);
         command
     }
+}
+
+/// Fills `(x, y, width, height)` of `root` with `color` through `gc` (its foreground changes).
+fn fill_rect(
+    conn: &impl Connection,
+    root: x11rb::protocol::xproto::Window,
+    gc: x11rb::protocol::xproto::Gcontext,
+    color: u32,
+    (x, y, width, height): (i16, i16, u16, u16),
+) {
+    use x11rb::protocol::xproto::{ChangeGCAux, ConnectionExt as _, Rectangle};
+    conn.change_gc(gc, &ChangeGCAux::new().foreground(color))
+        .expect("set colour");
+    let rect = Rectangle {
+        x,
+        y,
+        width,
+        height,
+    };
+    conn.poly_fill_rectangle(root, gc, &[rect]).expect("fill");
 }
 
 /// A screenshot of the root window of X display `display` (e.g. `:0`), read over the X

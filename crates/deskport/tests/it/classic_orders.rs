@@ -125,26 +125,25 @@ fn shows_exactly(server: &RdpServer, client: &Xvfb, name: &str, mut running: imp
     }
 }
 
-/// The orders the server's log says it sent: (ScrBlt, OpaqueRect, MultiOpaqueRect).
-fn orders_sent(log: &str) -> (u64, u64, u64) {
+/// The sums of three `keys` over the server's log lines that contain `what`.
+fn totals(log: &str, what: &str, keys: [&str; 3]) -> (u64, u64, u64) {
     let mut sum = (0, 0, 0);
-    for line in log.lines().filter(|l| l.contains("Drawing orders sent")) {
-        sum.0 += field(line, "scr_blt").unwrap_or(0);
-        sum.1 += field(line, "opaque_rect").unwrap_or(0);
-        sum.2 += field(line, "multi_opaque_rect").unwrap_or(0);
+    for line in log.lines().filter(|l| l.contains(what)) {
+        let [a, b, c] = keys.map(|k| field(line, k).unwrap_or(0));
+        sum = (sum.0 + a, sum.1 + b, sum.2 + c);
     }
     sum
 }
 
+/// The orders the server's log says it sent: (ScrBlt, OpaqueRect, MultiOpaqueRect).
+fn orders_sent(log: &str) -> (u64, u64, u64) {
+    let keys = ["scr_blt", "opaque_rect", "multi_opaque_rect"];
+    totals(log, "Drawing orders sent", keys)
+}
+
 /// The bitmaps the server's log says it sent: (planar, interleaved RLE, raw).
 fn bitmaps_sent(log: &str) -> (u64, u64, u64) {
-    let mut sum = (0, 0, 0);
-    for line in log.lines().filter(|l| l.contains("Bitmaps sent")) {
-        sum.0 += field(line, "planar").unwrap_or(0);
-        sum.1 += field(line, "rle").unwrap_or(0);
-        sum.2 += field(line, "raw").unwrap_or(0);
-    }
-    sum
+    totals(log, "Bitmaps sent", ["planar", "rle", "raw"])
 }
 
 /// The number after ` key=` in a log line.
