@@ -111,7 +111,9 @@ impl ClearEncoder {
             out.push(stop | depth << bits);
             push_run_length(out, len - 1);
         }
-        if out.len() - start >= limit {
+        // Decoders refuse subcodec data larger than the area's pixels at 3 bytes (ironrdp's;
+        // raw pixels would be smaller then anyway).
+        if out.len() - start >= limit || out.len() - data_start > width * height * 3 {
             out.truncate(start);
             return false;
         }
@@ -232,6 +234,17 @@ mod tests {
         assert_eq!(round_trip(&mut encoder, &mut decoder, &many, 128), None);
         assert_eq!(encoder.seq, 122);
         encoder.reset();
+        assert_eq!(encoder.seq, 0);
+    }
+
+    #[test]
+    fn tiny_areas_are_left_to_other_codecs() {
+        // One pixel: a palette and a segment (6 bytes) are more than its 3 bytes of colour,
+        // which decoders refuse.
+        let (mut encoder, mut out) = (ClearEncoder::default(), Vec::new());
+        let px = [1u8, 2, 3, 0];
+        assert!(!encoder.encode(1, 1, |_| &px[..], usize::MAX, &mut out));
+        assert!(out.is_empty());
         assert_eq!(encoder.seq, 0);
     }
 

@@ -187,3 +187,91 @@ pub(crate) fn test_frame(w: u16, h: u16, paint: impl Fn(u16, u16) -> [u8; 3]) ->
         generation: 0,
     }
 }
+
+/// The fuzz target `screen_codecs`: our bitmap encoders against the decoders clients use
+/// (ironrdp-graphics', ports of FreeRDP's). `data` is read as a small picture — a width, a
+/// palette size, then one palette index a pixel, so that runs and repeats occur — and coded
+/// as 24- and 16-bit interleaved RLE and ClearCodec; each must decode to the same pixels.
+/// Panics on any difference.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_oracle(data: &[u8]) {
+    if let Some((&w, rest)) = data.split_first() {
+        if let Some((&k, rest)) = rest.split_first() {
+            codec_round_trips(usize::from(w % 64) + 1, usize::from(k % 160) + 1, rest);
+        }
+    }
+}
+
+/// The fuzz target `zgfx_stream`: `data` through our ZGFX compressor twice (the second time
+/// mostly as matches into the first), decoded by ironrdp-graphics' decompressor: it must
+/// come back unchanged. (Its own target: a compressor's tables cost milliseconds to set up,
+/// which would slow the bitmap codecs' target a hundredfold.)
+#[cfg(feature = "fuzzing")]
+#[allow(clippy::expect_used)] // An oracle panics on what it finds.
+pub fn zgfx_fuzz_oracle(data: &[u8]) {
+    let mut zgfx = zgfx::Zgfx::new();
+    let mut decompressor = ironrdp_graphics::zgfx::Decompressor::new();
+    for _ in 0..2 {
+        let wire = zgfx.compress_and_wrap(data);
+        let mut plain = Vec::new();
+        decompressor
+            .decompress(&wire, &mut plain)
+            .expect("ZGFX decodes");
+        assert!(plain == data, "ZGFX round trip");
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+#[allow(clippy::expect_used)] // An oracle panics on what it finds.
+fn codec_round_trips(width: usize, colours: usize, indexes: &[u8]) {
+    let height = indexes.len() / width;
+    if height == 0 {
+        return;
+    }
+    let palette: Vec<u32> = (0..colours as u32)
+        .map(|i| i.wrapping_mul(0x9e37_79b9) >> 8)
+        .collect();
+    let pixels: Vec<u32> = indexes[..width * height]
+        .iter()
+        .map(|&i| palette[usize::from(i) % colours])
+        .collect();
+    for (bytes, bpp, mask) in [(3usize, 24usize, 0xff_ffffu32), (2, 16, 0xffff)] {
+        let values: Vec<u32> = pixels.iter().map(|p| p & mask).collect();
+        let mut stream = Vec::new();
+        rle::encode(&values, width, bytes, &mut stream);
+        let mut decoded = Vec::new();
+        ironrdp_graphics::rle::decompress(&stream, &mut decoded, width, height, bpp)
+            .expect("RLE decodes");
+        let expected: Vec<u8> = values
+            .iter()
+            .flat_map(|v| v.to_le_bytes()[..bytes].to_vec())
+            .collect();
+        assert!(decoded == expected, "RLE at {bpp} bits round trip");
+    }
+    // ClearCodec takes top-down `B, G, R, X` rows.
+    let bgrx: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
+    let row = |y: usize| &bgrx[y * width * 4..(y + 1) * width * 4];
+    let mut stream = Vec::new();
+    let coded = clear::ClearEncoder::default().encode(width, height, row, usize::MAX, &mut stream);
+    // It declines more than 127 colours, and streams decoders would refuse as too long.
+    assert!(
+        !coded || distinct(&pixels) <= 127,
+        "ClearCodec takes up to 127 colours"
+    );
+    if coded {
+        let decoded = ironrdp_graphics::clearcodec::ClearCodecDecoder::new()
+            .decode(&stream, width as u16, height as u16)
+            .expect("ClearCodec decodes");
+        for (a, b) in decoded.chunks_exact(4).zip(bgrx.chunks_exact(4)) {
+            assert!(a[..3] == b[..3], "ClearCodec round trip");
+        }
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+fn distinct(pixels: &[u32]) -> usize {
+    let mut seen: Vec<u32> = pixels.to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.len()
+}
