@@ -232,11 +232,12 @@ fn xfreerdp_draws_orders_and_acknowledges_frames() {
     let output = c.output();
     assert!(!output.contains("[ERROR]"), "{output}");
     assert!(multi > 0, "MultiOpaqueRect for xfreerdp");
-    // The text goes as 24-bit interleaved RLE in the 32-bit session, the rest planar.
+    // The text goes as 24-bit interleaved RLE in the 32-bit session (most of what is not a
+    // copy or a fill is text here: planar is left with next to nothing).
     let bitmaps = bitmaps_sent(&server.log());
     eprintln!("bitmaps sent (planar, RLE, raw): {bitmaps:?}");
     assert!(session.contains("mixed_depth=true"), "{session}");
-    assert!(bitmaps.0 > 0 && bitmaps.1 > 0, "{bitmaps:?}");
+    assert!(bitmaps.1 > bitmaps.0 + bitmaps.2, "{bitmaps:?}");
     // Every frame is acknowledged in the end: the last acknowledgement leaves none in flight.
     wait_until(
         Duration::from_secs(20),
