@@ -30,7 +30,7 @@ use ironrdp_pdu::surface_commands::{FrameAction, FrameMarkerPdu, SurfaceCommand}
 use super::orders::{color_bytes, OrderKinds, Orders, MAX_MULTI_RECTS};
 use super::planar::PlanarEncoder;
 use super::rle;
-use super::{write_update, Codec, Op, OpKinds, Rect, ScreenEncoder};
+use super::{pixel_value, write_update, Codec, Op, OpKinds, Rect, ScreenEncoder};
 use deskport_desktop::Frame;
 
 /// Tile width of the change detection and of the update rectangles.
@@ -271,17 +271,9 @@ impl BitmapEncoder {
                 24 => src
                     .chunks_exact(4)
                     .for_each(|p| out.extend_from_slice(&p[..3])),
-                16 => src.chunks_exact(4).for_each(|p| {
-                    let v = (u16::from(p[2] >> 3) << 11)
-                        | (u16::from(p[1] >> 2) << 5)
-                        | u16::from(p[0] >> 3);
-                    out.extend_from_slice(&v.to_le_bytes());
-                }),
-                _ => src.chunks_exact(4).for_each(|p| {
-                    let v = (u16::from(p[2] >> 3) << 10)
-                        | (u16::from(p[1] >> 3) << 5)
-                        | u16::from(p[0] >> 3);
-                    out.extend_from_slice(&v.to_le_bytes());
+                bpp => src.chunks_exact(4).for_each(|p| {
+                    let v = pixel_value(p[0], p[1], p[2], bpp);
+                    out.extend_from_slice(&v.to_le_bytes()[..2]);
                 }),
             }
             out.resize(before + row_len, 0);
@@ -321,14 +313,10 @@ impl BitmapEncoder {
         for row in (rect.y..rect.y + rect.height).rev() {
             let start = usize::from(row) * stride + usize::from(rect.x) * 4;
             let src = &frame.data[start..start + w * 4];
-            values.extend(src.chunks_exact(4).map(|p| {
-                let (b, g, r) = (u32::from(p[0]), u32::from(p[1]), u32::from(p[2]));
-                match depth {
-                    24 => r << 16 | g << 8 | b,
-                    16 => (r >> 3) << 11 | (g >> 2) << 5 | b >> 3,
-                    _ => (r >> 3) << 10 | (g >> 3) << 5 | b >> 3,
-                }
-            }));
+            values.extend(
+                src.chunks_exact(4)
+                    .map(|p| pixel_value(p[0], p[1], p[2], depth)),
+            );
         }
         let mut out = Vec::with_capacity(limit.min(w * h));
         rle::encode(&values, w, usize::from(depth.div_ceil(8)), &mut out);

@@ -35,6 +35,17 @@ pub enum Codec {
     Raw,
 }
 
+/// The pixel `b, g, r` as a session of `bpp` bits carries it: `0xRRGGBB` at 24 and 32 bits,
+/// the 15-bit (5-5-5) value at 15, the 16-bit (5-6-5) value otherwise.
+pub(crate) fn pixel_value(b: u8, g: u8, r: u8, bpp: u16) -> u32 {
+    let (b, g, r) = (u32::from(b), u32::from(g), u32::from(r));
+    match bpp {
+        24 | 32 => r << 16 | g << 8 | b,
+        15 => (r >> 3) << 10 | (g >> 3) << 5 | b >> 3,
+        _ => (r >> 3) << 11 | (g >> 2) << 5 | b >> 3,
+    }
+}
+
 /// A rectangle of the screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Rect {

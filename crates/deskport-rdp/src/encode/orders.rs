@@ -68,12 +68,10 @@ impl OrderKinds {
 /// (little-endian, as the bitmaps carry it) otherwise.
 pub fn color_bytes(color: u32, bpp: u16) -> [u8; 3] {
     let (r, g, b) = ((color >> 16) as u8, (color >> 8) as u8, color as u8);
-    let packed = match bpp {
-        24 | 32 => return [r, g, b],
-        15 => (u16::from(r >> 3) << 10) | (u16::from(g >> 3) << 5) | u16::from(b >> 3),
-        _ => (u16::from(r >> 3) << 11) | (u16::from(g >> 2) << 5) | u16::from(b >> 3),
-    };
-    let [lo, hi] = packed.to_le_bytes();
+    if matches!(bpp, 24 | 32) {
+        return [r, g, b];
+    }
+    let [lo, hi, ..] = super::pixel_value(b, g, r, bpp).to_le_bytes();
     [lo, hi, 0]
 }
 
