@@ -18,7 +18,9 @@ use deskport_testsupport::workload::{self, Options};
 use deskport_testsupport::{image_util, require_program, wait_until, ProcessGuard, Xvfb};
 use image::RgbImage;
 
-use crate::rdp::{gfx_total, rdesktop_args, xfreerdp, Client, RdpServer, PASSWORD};
+use crate::rdp::{
+    gfx_total, log_field as field, log_total, rdesktop_args, xfreerdp, Client, RdpServer, PASSWORD,
+};
 
 /// The server's display: the workload's size.
 const SIZE: (u16, u16) = workload::SCREEN;
@@ -127,12 +129,8 @@ fn shows_exactly(server: &RdpServer, client: &Xvfb, name: &str, mut running: imp
 
 /// The sums of three `keys` over the server's log lines that contain `what`.
 fn totals(log: &str, what: &str, keys: [&str; 3]) -> (u64, u64, u64) {
-    let mut sum = (0, 0, 0);
-    for line in log.lines().filter(|l| l.contains(what)) {
-        let [a, b, c] = keys.map(|k| field(line, k).unwrap_or(0));
-        sum = (sum.0 + a, sum.1 + b, sum.2 + c);
-    }
-    sum
+    let [a, b, c] = keys.map(|k| log_total(log, what, k));
+    (a, b, c)
 }
 
 /// The orders the server's log says it sent: (ScrBlt, OpaqueRect, MultiOpaqueRect).
@@ -144,12 +142,6 @@ fn orders_sent(log: &str) -> (u64, u64, u64) {
 /// The bitmaps the server's log says it sent: (planar, interleaved RLE, raw).
 fn bitmaps_sent(log: &str) -> (u64, u64, u64) {
     totals(log, "Bitmaps sent", ["planar", "rle", "raw"])
-}
-
-/// The number after ` key=` in a log line.
-fn field(line: &str, key: &str) -> Option<u64> {
-    let value = line.split(&format!(" {key}=")).nth(1)?;
-    value.split(' ').next()?.parse().ok()
 }
 
 /// The copies in the server's log (trace lines named `what`: ScrBlt, SurfaceToSurface) whose

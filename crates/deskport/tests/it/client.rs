@@ -186,18 +186,7 @@ fn screenshots_over_the_graphics_pipeline_and_without_it() {
         );
     }
     let log = server.log();
-    let rle: u64 = log
-        .lines()
-        .filter(|l| l.contains("Bitmaps sent"))
-        .filter_map(|l| {
-            l.split(" rle=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let rle = crate::rdp::log_total(&log, "Bitmaps sent", "rle");
     assert!(rle > 0, "the text as RLE bitmaps: {log}");
     // And on the graphics pipeline as ClearCodec.
     let log = wait_until(Duration::from_secs(10), "the session's totals", || {

@@ -345,20 +345,24 @@ fn xfreerdp_shows_the_desktop_with_tls_nla_and_gfx() {
     );
 }
 
+/// The number after ` key=` in a server log line.
+pub fn log_field(line: &str, key: &str) -> Option<u64> {
+    let value = line.split(&format!(" {key}=")).nth(1)?;
+    value.split(' ').next()?.parse().ok()
+}
+
+/// `key` summed over the server log's lines that contain `what`.
+pub fn log_total(log: &str, what: &str, key: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| log_field(l, key))
+        .sum()
+}
+
 /// A count from the server's graphics pipeline totals (logged when a session's encoder
 /// goes), summed over the log's sessions.
 pub fn gfx_total(log: &str, name: &str) -> u64 {
-    log.lines()
-        .filter(|l| l.contains("Graphics pipeline totals"))
-        .filter_map(|l| {
-            l.split(&format!(" {name}="))
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    log_total(log, "Graphics pipeline totals", name)
 }
 
 /// The client's screenshot shows `screen` exactly (every pixel) at `at`.
