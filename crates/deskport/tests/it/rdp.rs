@@ -720,13 +720,7 @@ fn one_address_in_the_handshake_cannot_shut_another_out() {
         "{log}"
     );
     // The refusal is counted at /metrics, with the holders and the other address open.
-    let metrics = || {
-        let mut s = TcpStream::connect((LO, metrics_port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
-    };
+    let metrics = || crate::firewall_gateway::http_get(metrics_port, "/metrics").unwrap();
     let text = metrics();
     for line in [
         "deskport_rdp_connections_refused_total{reason=\"source_handshakes\"} 1",
