@@ -8,6 +8,8 @@
 //!   RandR resize); [`keymap`]: RDP scancodes ↔ evdev keycodes, keysyms ↔ characters;
 //! - [`clipboard`]: the desktop's text clipboard (the X worker), for the server's sessions and
 //!   the client's window alike;
+//! - [`diff`]: how a new frame differs from what a viewer shows, as copies, fills and pixels
+//!   (the RDP server's encoders and the browser console's relay both start from it);
 //! - [`launch`]: X servers and the programs of a session — the one launcher, used by virtual
 //!   sessions, `deskport up` and the test fixtures.
 //!
@@ -15,6 +17,7 @@
 //! `deskport-client`'s and `deskport-proto`'s).
 
 pub mod clipboard;
+pub mod diff;
 pub mod keymap;
 pub mod launch;
 pub mod sessions;
@@ -42,6 +45,23 @@ impl std::fmt::Debug for Frame {
 impl Frame {
     pub fn stride(&self) -> usize {
         usize::from(self.width) * 4
+    }
+
+    /// A frame painted pixel by pixel (`paint(x, y)` gives blue, green, red): for tests.
+    pub fn painted(w: u16, h: u16, paint: impl Fn(u16, u16) -> [u8; 3]) -> Self {
+        let mut data = Vec::with_capacity(usize::from(w) * usize::from(h) * 4);
+        for y in 0..h {
+            for x in 0..w {
+                let [b, g, r] = paint(x, y);
+                data.extend_from_slice(&[b, g, r, 0]);
+            }
+        }
+        Self {
+            width: w,
+            height: h,
+            data: Arc::new(data),
+            generation: 0,
+        }
     }
 }
 

@@ -577,7 +577,9 @@ mod tests {
     use crate::channels::gfx::GfxEvent;
     use crate::encode::diff::Diff;
 
-    use crate::encode::test_frame as frame;
+    fn frame(w: u16, h: u16, paint: impl Fn(u16, u16) -> [u8; 3]) -> Frame {
+        Frame::painted(w, h, paint)
+    }
 
     /// A pixel of noise (splitmix64 of its position).
     fn noise(x: u16, y: u16, seed: u64) -> [u8; 3] {

@@ -9,7 +9,6 @@
 
 pub mod bitmap;
 pub mod clear;
-pub mod diff;
 pub mod gfx;
 pub mod orders;
 pub mod planar;
@@ -23,6 +22,8 @@ use ironrdp_pdu::fast_path::{EncryptionFlags, FastPathHeader, FastPathUpdatePdu}
 use ironrdp_pdu::rdp::client_info::CompressionType;
 
 pub use bitmap::BitmapEncoder;
+pub use deskport_desktop::diff;
+pub use deskport_desktop::diff::{Op, OpKinds, Rect};
 
 /// How screen updates are coded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -44,68 +45,6 @@ pub(crate) fn pixel_value(b: u8, g: u8, r: u8, bpp: u16) -> u32 {
         15 => (r >> 3) << 10 | (g >> 3) << 5 | b >> 3,
         _ => (r >> 3) << 11 | (g >> 2) << 5 | b >> 3,
     }
-}
-
-/// A rectangle of the screen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Rect {
-    pub x: u16,
-    pub y: u16,
-    pub width: u16,
-    pub height: u16,
-}
-
-impl Rect {
-    pub fn new(x: u16, y: u16, width: u16, height: u16) -> Self {
-        Self {
-            x,
-            y,
-            width,
-            height,
-        }
-    }
-
-    pub fn right(&self) -> u16 {
-        self.x + self.width
-    }
-
-    pub fn bottom(&self) -> u16 {
-        self.y + self.height
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.width == 0 || self.height == 0
-    }
-
-    /// The pixels both rectangles cover, if any.
-    pub fn intersect(&self, other: &Rect) -> Option<Rect> {
-        let (x, y) = (self.x.max(other.x), self.y.max(other.y));
-        let (r, b) = (
-            self.right().min(other.right()),
-            self.bottom().min(other.bottom()),
-        );
-        (x < r && y < b).then(|| Rect::new(x, y, r - x, b - y))
-    }
-}
-
-/// One step that brings the client's screen closer to a new frame. A frame's ops are applied
-/// in order, each on the screen as the ones before it left it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// Copy what the client shows at `src` (the top-left corner of a rectangle the size of
-    /// `dst`) to `dst`; source and destination may overlap.
-    Copy { src: (u16, u16), dst: Rect },
-    /// Fill `rects` with `color` (`0x00RRGGBB`).
-    Fill { color: u32, rects: Vec<Rect> },
-    /// The new frame's pixels of `rect`.
-    Pixels(Rect),
-}
-
-/// Which ops an encoder sends as such; the others it is given as [`Op::Pixels`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct OpKinds {
-    pub copy: bool,
-    pub fill: bool,
 }
 
 /// Turns screen updates into PDUs for one session.
@@ -179,24 +118,6 @@ pub(crate) fn write_update(
         .encode(&mut cursor)
         .map_err(|e| anyhow::anyhow!("encode a fast-path update: {e}"))?;
     Ok(())
-}
-
-/// A frame painted pixel by pixel (`paint(x, y)` gives blue, green, red), for tests.
-#[cfg(test)]
-pub(crate) fn test_frame(w: u16, h: u16, paint: impl Fn(u16, u16) -> [u8; 3]) -> Frame {
-    let mut data = Vec::with_capacity(usize::from(w) * usize::from(h) * 4);
-    for y in 0..h {
-        for x in 0..w {
-            let [b, g, r] = paint(x, y);
-            data.extend_from_slice(&[b, g, r, 0]);
-        }
-    }
-    Frame {
-        width: w,
-        height: h,
-        data: std::sync::Arc::new(data),
-        generation: 0,
-    }
 }
 
 /// The fuzz target `screen_codecs`: our bitmap encoders against the decoders clients use

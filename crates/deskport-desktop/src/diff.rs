@@ -16,9 +16,69 @@
 //! The ops are applied to the shadow as the client will apply them, so the shadow stays what
 //! the client shows.
 
-use deskport_desktop::{Area, Frame};
+use crate::{Area, Frame};
 
-use super::{Op, OpKinds, Rect};
+/// A rectangle of the screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rect {
+    pub x: u16,
+    pub y: u16,
+    pub width: u16,
+    pub height: u16,
+}
+
+impl Rect {
+    pub fn new(x: u16, y: u16, width: u16, height: u16) -> Self {
+        Self {
+            x,
+            y,
+            width,
+            height,
+        }
+    }
+
+    pub fn right(&self) -> u16 {
+        self.x + self.width
+    }
+
+    pub fn bottom(&self) -> u16 {
+        self.y + self.height
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.width == 0 || self.height == 0
+    }
+
+    /// The pixels both rectangles cover, if any.
+    pub fn intersect(&self, other: &Rect) -> Option<Rect> {
+        let (x, y) = (self.x.max(other.x), self.y.max(other.y));
+        let (r, b) = (
+            self.right().min(other.right()),
+            self.bottom().min(other.bottom()),
+        );
+        (x < r && y < b).then(|| Rect::new(x, y, r - x, b - y))
+    }
+}
+
+/// One step that brings the client's screen closer to a new frame. A frame's ops are applied
+/// in order, each on the screen as the ones before it left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Copy what the client shows at `src` (the top-left corner of a rectangle the size of
+    /// `dst`) to `dst`; source and destination may overlap.
+    Copy { src: (u16, u16), dst: Rect },
+    /// Fill `rects` with `color` (`0x00RRGGBB`).
+    Fill { color: u32, rects: Vec<Rect> },
+    /// The new frame's pixels of `rect`.
+    Pixels(Rect),
+}
+
+/// Which ops an encoder sends as such; the others it is given as [`Op::Pixels`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpKinds {
+    pub copy: bool,
+    pub fill: bool,
+}
 
 /// Changes are found per tile of this size (then shrunk to the changed pixels).
 const TILE: u16 = 32;
@@ -727,7 +787,9 @@ mod tests {
 
     use super::*;
 
-    use crate::encode::test_frame as frame;
+    fn frame(w: u16, h: u16, paint: impl Fn(u16, u16) -> [u8; 3]) -> Frame {
+        Frame::painted(w, h, paint)
+    }
 
     /// What a client shows after carrying out `ops` on `screen` (pixels from `frame`).
     fn apply(screen: &mut [u8], frame: &Frame, ops: &[Op]) {
