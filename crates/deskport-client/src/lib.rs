@@ -5,9 +5,11 @@
 //!
 //! Layout: [`connect`] runs the connection sequence and turns every failure into a
 //! [`ClientError`] a user can act on; [`session`] drives the active session and hands decoded
-//! pixels to a [`session::Frontend`]: [`session::Screenshot`] or [`window::Window`].
+//! pixels to a [`session::Frontend`]: [`session::Screenshot`], [`window::Window`] or [`browser::Browser`] (the web console's
+//! relay: the canvas in a browser tab, fed by the manager over a WebSocket).
 //! [`rdpfile`] reads the `.rdp` files mstsc writes; [`known_hosts`] remembers certificates.
 
+pub mod browser;
 pub mod connect;
 pub use deskport_tls::known_hosts;
 pub mod rdpfile;

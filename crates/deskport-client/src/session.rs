@@ -35,6 +35,9 @@ pub enum UiEvent {
     Resized(u16, u16),
     /// The user closed the window.
     Close,
+    /// Ask the frontend again when it wants [`Frontend::wake`] called (it became ready for
+    /// more, e.g. a browser acknowledged a frame).
+    Wake,
 }
 
 /// Where decoded pixels go.
@@ -272,29 +275,59 @@ fn session_error(what: &str, e: impl std::fmt::Display) -> ClientError {
     ClientError::Protocol(format!("{what}: {e}"))
 }
 
-/// The clipboard of a windowed session: what the server reports on the channel, and the
-/// local display's clipboard.
+/// The clipboard of a session: what the server reports on the channel, and the local side's
+/// clipboard (the display's for a window, the browser's for the console relay).
 #[derive(Debug)]
 pub struct Clipboard {
     pub from_server: mpsc::UnboundedReceiver<FromPeer>,
-    pub x: LocalClipboard,
+    /// Texts copied on the local side, to be offered to the server.
+    pub copied: mpsc::UnboundedReceiver<String>,
+    /// Where the server's copies go.
+    pub local: LocalSide,
+}
+
+/// Where the server's clipboard text is put.
+#[derive(Debug)]
+pub enum LocalSide {
+    /// The local X display's clipboard.
+    X(deskport_desktop::clipboard::ClipboardOwner),
+    /// A channel (the browser console relay forwards it to the page).
+    Channel(mpsc::UnboundedSender<String>),
+}
+
+impl Clipboard {
+    /// The clipboard of a window on the local X display.
+    pub fn of_x(from_server: mpsc::UnboundedReceiver<FromPeer>, x: LocalClipboard) -> Self {
+        let LocalClipboard { owner, copied } = x;
+        Self {
+            from_server,
+            copied,
+            local: LocalSide::X(owner),
+        }
+    }
 }
 
 /// Carries out a clipboard action: on the channel (the bytes to send, if any) or on the
 /// local display.
 fn clipboard_action(
     stage: &mut ActiveStage,
-    owner: Option<&deskport_desktop::clipboard::ClipboardOwner>,
+    owner: Option<&LocalSide>,
     action: Option<ClipboardAction>,
 ) -> Vec<ActiveStageOutput> {
     let Some(action) = action else {
         return Vec::new();
     };
     if let ClipboardAction::SetLocal(text) = action {
-        if let Some(owner) = owner {
-            if let Err(e) = owner.own(text) {
-                tracing::debug!(error = %e, "Clipboard");
+        match owner {
+            Some(LocalSide::X(owner)) => {
+                if let Err(e) = owner.own(text) {
+                    tracing::debug!(error = %e, "Clipboard");
+                }
             }
+            Some(LocalSide::Channel(tx)) => {
+                let _ = tx.send(text);
+            }
+            None => {}
         }
         return Vec::new();
     }
@@ -329,8 +362,9 @@ pub async fn run<F: Frontend>(
     let (mut from_server, owner, mut copied) = match clipboard {
         Some(Clipboard {
             from_server,
-            x: LocalClipboard { owner, copied },
-        }) => (Some(from_server), Some(owner), Some(copied)),
+            copied,
+            local,
+        }) => (Some(from_server), Some(local), Some(copied)),
         None => (None, None, None),
     };
     let mut sync = ClipboardSync::new();
@@ -487,6 +521,7 @@ pub async fn run<F: Frontend>(
                     let _ = tokio::time::timeout(Duration::from_secs(1), framed.get_inner_mut().0.shutdown()).await;
                     return Ok(Ending::Closed);
                 }
+                Some(UiEvent::Wake) => Vec::new(),
                 Some(UiEvent::Repaint(region)) => {
                     vec![ActiveStageOutput::GraphicsUpdate(region)]
                 }

@@ -35,7 +35,7 @@ const LOGIN_CSRF_COOKIE: &str = "deskport_login_csrf";
 /// How long a console session lasts.
 const SESSION_MS: i64 = 12 * 3600 * 1000;
 
-type Fields = HashMap<String, String>;
+pub(crate) type Fields = HashMap<String, String>;
 
 /// The console's routes (merged at the root of the manager's application).
 pub fn router() -> Router<AppState> {
@@ -70,6 +70,11 @@ pub fn router() -> Router<AppState> {
             "/static/console.js",
             get(|| async { static_file("text/javascript", include_str!("../static/console.js")) }),
         )
+        .route(
+            "/static/desktop.js",
+            get(|| async { static_file("text/javascript", include_str!("../static/desktop.js")) }),
+        )
+        .merge(crate::desktop::router())
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -195,17 +200,33 @@ impl Console {
             .unwrap_or("?")
     }
 
+    pub(crate) fn csrf(&self) -> &str {
+        &self.csrf
+    }
+
+    pub(crate) fn project(&self) -> Uuid {
+        self.project
+    }
+
+    pub(crate) fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub(crate) fn user_id(&self) -> Uuid {
+        self.user.id
+    }
+
     /// Whether the page offers changes (the operations check again).
     fn can_change(&self) -> bool {
         ops::allowed(&self.user, self.project, Role::Member)
     }
 
-    fn csrf_ok(&self, form: &Fields) -> bool {
+    pub(crate) fn csrf_ok(&self, form: &Fields) -> bool {
         form.get("csrf").is_some_and(|t| constant_eq(t, &self.csrf))
     }
 
     /// The user's changes, within the project shown.
-    fn ops<'a>(&'a self, s: &'a AppState) -> Ops<'a> {
+    pub(crate) fn ops<'a>(&'a self, s: &'a AppState) -> Ops<'a> {
         s.ops(&self.user, self.addr, vec![self.project])
     }
 }
@@ -270,7 +291,7 @@ impl FromRequestParts<AppState> for Console {
 // ---- layout ----
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Nav {
+pub(crate) enum Nav {
     Instances,
     Access,
     Audit,
@@ -285,7 +306,13 @@ fn csrf_field(c: &Console) -> Markup {
 }
 
 /// A whole page: header with navigation, project switcher and log-out, then `body`.
-fn page(c: &Console, status: StatusCode, title: &str, nav: Nav, body: Markup) -> Response {
+pub(crate) fn page(
+    c: &Console,
+    status: StatusCode,
+    title: &str,
+    nav: Nav,
+    body: Markup,
+) -> Response {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
@@ -343,7 +370,7 @@ fn page(c: &Console, status: StatusCode, title: &str, nav: Nav, body: Markup) ->
 }
 
 /// An error as a page (with the layout when the user is known).
-fn error_page(c: Option<&Console>, e: ApiError) -> Response {
+pub(crate) fn error_page(c: Option<&Console>, e: ApiError) -> Response {
     let title = match e.status {
         StatusCode::NOT_FOUND => "Not found",
         StatusCode::FORBIDDEN => "Not allowed",
@@ -1171,6 +1198,7 @@ async fn instance_page(State(s): State<AppState>, c: Console, Path(id): Path<Uui
     };
     let body = html! {
         h1 { "Instance " (i.name) }
+        (crate::desktop::instance_tabs(i.id, false))
         div.panel {
             h2 { "Overview" }
             table {

@@ -26,6 +26,7 @@ pub mod api;
 pub mod auth;
 pub mod console;
 mod convert;
+mod desktop;
 pub mod error;
 mod extract;
 pub mod gateway;
@@ -323,6 +324,7 @@ pub fn state(store: Arc<Store>, config: &ManagerConfig) -> AppState {
         tls_fingerprint: None,
         rd_gateway: None,
         http_refusals: Arc::default(),
+        console_sessions: Arc::new(tokio::sync::Semaphore::new(desktop::MAX_SESSIONS)),
     }
 }
 

@@ -28,6 +28,9 @@ pub struct AppState {
     pub rd_gateway: Option<deskport_gateway::RdGateway>,
     /// Connections the listener's caps turned away.
     pub http_refusals: Arc<crate::serve::Refusals>,
+    /// Browser console sessions this manager relays now (at most
+    /// [`crate::desktop::MAX_SESSIONS`]).
+    pub console_sessions: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

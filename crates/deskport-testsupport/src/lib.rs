@@ -23,6 +23,7 @@
 // Fixtures fail the test that uses them; panicking with context is the reporting channel here.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod browser;
 mod dirs;
 pub mod framecode;
 pub mod image_util;

@@ -323,7 +323,7 @@ async fn run(mut options: Options, args: Args) -> anyhow::Result<()> {
         let clipboard = clipboard.and_then(|from_server| {
             let display = std::env::var("DISPLAY").unwrap_or_default();
             match deskport_desktop::clipboard::Clipboard::start_x(&display) {
-                Ok(x) => Some(session::Clipboard { from_server, x }),
+                Ok(x) => Some(session::Clipboard::of_x(from_server, x)),
                 Err(e) => {
                     tracing::warn!(error = %e, "No clipboard");
                     None

@@ -5,75 +5,55 @@
 //! address"; the NLA switch changes the instance and its downloadable .rdp file; CSRF; labels.
 //! Each step's screenshot is kept in test-artifacts/console/.
 
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use deskport_testsupport::{free_port, require_program, wait_until, ProcessGuard};
-use fantoccini::{Client, ClientBuilder, Locator};
+use deskport_testsupport::{require_program, ProcessGuard};
+use fantoccini::{Client, Locator};
 use serde_json::{json, Value};
 
 use crate::cli_manager::{Manager, PASSWORD};
 
 /// chromedriver with a headless chromium session.
-struct Browser {
-    client: Client,
+pub struct Browser {
+    pub client: Client,
     step: u32,
+    artifacts: &'static str,
     _driver: ProcessGuard,
 }
 
 impl Browser {
     async fn start() -> Self {
+        Self::start_for("console", 1280, 1000).await
+    }
+
+    /// A browser whose window is `width`x`height`, its screenshots kept in
+    /// test-artifacts/`artifacts`/.
+    pub async fn start_for(artifacts: &'static str, width: u32, height: u32) -> Self {
         require_program("chromium");
         require_program("chromedriver");
-        let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let driver = ProcessGuard::spawn(
-            "chromedriver",
-            Command::new("chromedriver")
-                .arg(format!("--port={port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .unwrap();
-        wait_until(Duration::from_secs(20), "chromedriver to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-        });
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,1000", "--lang=en-US"]
-            }),
-        );
-        let client = ClientBuilder::rustls()
-            .unwrap()
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{port}"))
+        let (client, driver) = deskport_testsupport::browser::chromium(width, height, &[])
             .await
             .expect("a chromium session");
         Self {
             client,
             step: 0,
+            artifacts,
             _driver: driver,
         }
     }
 
     /// Saves a screenshot of the page as the next step's artifact.
-    async fn shot(&mut self, name: &str) {
+    pub async fn shot(&mut self, name: &str) {
         self.step += 1;
         let png = self.client.screenshot().await.unwrap();
-        let path = deskport_testsupport::artifact_dir("console")
+        let path = deskport_testsupport::artifact_dir(self.artifacts)
             .join(format!("{:02}-{name}.png", self.step));
         std::fs::write(path, png).unwrap();
     }
 
     /// Clicks what `locator` finds and waits for the next page to load (the old one's
     /// elements go stale).
-    async fn click_nav(&self, locator: Locator<'_>) {
+    pub async fn click_nav(&self, locator: Locator<'_>) {
         let old = self.client.find(Locator::Css("html")).await.unwrap();
         self.client
             .find(locator)
@@ -86,7 +66,7 @@ impl Browser {
     }
 
     /// Waits until `old` (an element of the previous page) is gone and the new page loaded.
-    async fn wait_new_page(&self, old: fantoccini::elements::Element) {
+    pub async fn wait_new_page(&self, old: fantoccini::elements::Element) {
         for _ in 0..100 {
             if old.tag_name().await.is_err() {
                 let ready = self
@@ -107,7 +87,7 @@ impl Browser {
     }
 
     /// Waits until an element matching `css` is on the page (after a navigation).
-    async fn wait_for(&self, css: &str) {
+    pub async fn wait_for(&self, css: &str) {
         for _ in 0..100 {
             if self.client.find(Locator::Css(css)).await.is_ok() {
                 return;
@@ -117,7 +97,7 @@ impl Browser {
         panic!("no {css} on {}", self.client.current_url().await.unwrap());
     }
 
-    async fn text(&self, css: &str) -> String {
+    pub async fn text(&self, css: &str) -> String {
         self.client
             .find(Locator::Css(css))
             .await
@@ -127,7 +107,7 @@ impl Browser {
             .unwrap()
     }
 
-    async fn body(&self) -> String {
+    pub async fn body(&self) -> String {
         self.text("body").await
     }
 
@@ -147,7 +127,7 @@ impl Browser {
     }
 
     /// Runs `fetch` in the page (with its cookies); the answer's status and text.
-    async fn fetch(&self, path: &str, method: &str, form: Value) -> (u64, String) {
+    pub async fn fetch(&self, path: &str, method: &str, form: Value) -> (u64, String) {
         let answer = self
             .client
             .execute_async(

@@ -7,6 +7,7 @@ mod cli_config;
 mod cli_manager;
 mod client;
 mod console;
+mod console_desktop;
 mod firewall_feed;
 mod firewall_gateway;
 mod firewall_nft;

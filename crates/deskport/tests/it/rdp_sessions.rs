@@ -20,8 +20,8 @@ const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A server of virtual desktops; the sessions run `cat` in an xterm, writing what is typed to
 /// `typed-ACCOUNT.txt` in `shared`.
-struct Server {
-    port: u16,
+pub struct Server {
+    pub port: u16,
     log: PathBuf,
     shared: PathBuf,
     _process: ProcessGuard,
@@ -29,6 +29,18 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, timeout_secs: u64) -> Self {
+        Self::start_with(dir, timeout_secs, free_port(LO), &[], &[])
+    }
+
+    /// A server on `port` with `extra` flags (e.g. `--manager`), whose sessions also run
+    /// `more` commands after the terminal (`SHARED` in them names the shared directory).
+    pub fn start_with(
+        dir: &Path,
+        timeout_secs: u64,
+        port: u16,
+        extra: &[&str],
+        more: &[&str],
+    ) -> Self {
         require_program("Xvfb");
         require_program("xterm");
         let data = dir.join("rdp");
@@ -46,12 +58,14 @@ impl Server {
             &config,
             format!(
                 "[rdp_server]\nsession_unix_user = \"nobody\"\nsession_timeout_secs = {timeout_secs}\n\
-                 session_commands = [\"LC_ALL=C.UTF-8 exec xterm -u8 -geometry 80x20+0+0 -e /bin/sh -c 'exec cat > {}/typed-$USER.txt'\"]\n",
-                shared.display()
+                 session_commands = [\"LC_ALL=C.UTF-8 exec xterm -u8 -geometry 80x20+0+0 -e /bin/sh -c 'exec cat > {}/typed-$USER.txt'\"{}]\n",
+                shared.display(),
+                more.iter()
+                    .map(|c| format!(", {:?}", c.replace("SHARED", &shared.display().to_string())))
+                    .collect::<String>()
             ),
         )
         .unwrap();
-        let port = free_port(LO);
         let log = dir.join("rdp-server.log");
         let process = ProcessGuard::spawn(
             "deskport rdp-server",
@@ -63,6 +77,7 @@ impl Server {
                     "--data-dir",
                 ])
                 .arg(&data)
+                .args(extra)
                 .env("DESKPORT_CONFIG", &config)
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
@@ -80,7 +95,7 @@ impl Server {
         }
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -89,7 +104,7 @@ impl Server {
     }
 
     /// The X display of `account`'s newest session, from the log.
-    fn display_of(&self, account: &str) -> String {
+    pub fn display_of(&self, account: &str) -> String {
         wait_until(Duration::from_secs(20), "the session to start", || {
             self.log()
                 .lines()
@@ -104,7 +119,7 @@ impl Server {
         })
     }
 
-    fn typed(&self, account: &str) -> String {
+    pub fn typed(&self, account: &str) -> String {
         std::fs::read_to_string(self.shared.join(format!("typed-{account}.txt")))
             .unwrap_or_default()
     }
@@ -426,7 +441,7 @@ fn sessions_end_when_left_alone_or_logged_off() {
 
 /// `xclip` putting `text` on the CLIPBOARD selection of `display` (it serves it until the
 /// guard drops or another program takes the selection).
-fn copy_on(display: &str, text: &str) -> ProcessGuard {
+pub fn copy_on(display: &str, text: &str) -> ProcessGuard {
     use std::io::Write as _;
     let mut process = ProcessGuard::spawn(
         "xclip",
@@ -445,7 +460,7 @@ fn copy_on(display: &str, text: &str) -> ProcessGuard {
 }
 
 /// What pasting from CLIPBOARD on `display` gives, if anything.
-fn paste_on(display: &str) -> Option<String> {
+pub fn paste_on(display: &str) -> Option<String> {
     let out = Command::new("xclip")
         .args(["-selection", "clipboard", "-o"])
         .env("DISPLAY", display)
@@ -531,7 +546,7 @@ fn deskport_window(client: &Xvfb, target: &str, dir: &Path) -> ProcessGuard {
 }
 
 /// The size of `display`'s screen.
-fn screen_size(display: &str) -> Option<(u32, u32)> {
+pub fn screen_size(display: &str) -> Option<(u32, u32)> {
     deskport_testsupport::screenshot(display)
         .ok()
         .map(|s| s.dimensions())
