@@ -5,7 +5,8 @@
 //!
 //! **To the browser** ([`Outgoing`]): what changed on the desktop, as frames of ops — the ops
 //! of [`deskport_desktop::diff`] (copies of what moved, fills of flat areas, the rest as
-//! lossless PNG images) against what the canvas shows, which the relay knows exactly — plus
+//! pieces of lossless PNG atlases, indexed where a piece has few colours) against what the
+//! canvas shows, which the relay knows exactly — plus
 //! the desktop's size, the pointer's shape and the desktop's clipboard. The browser
 //! acknowledges each frame once painted; while [`WINDOW`] frames are unacknowledged, damage
 //! accumulates and is sent as one frame later (so a slow browser or link sees fewer, larger
@@ -19,7 +20,10 @@
 //!
 //! Binary messages, little-endian:
 //! - `1` frame: `u32 id`, then ops: `1` copy `sx sy dx dy w h` (u16); `2` fill `r g b` (u8),
-//!   `u16 n`, n × `x y w h`; `3` image `x y w h` (u16), `u8 format` (1 PNG), `u32 len`, bytes.
+//!   `u16 n`, n × `x y w h`; `3` atlas `u8 format` (1 PNG), `u32 len`, bytes: an image file,
+//!   the frame's atlas number k for the k-th of them (they come first); `4` piece
+//!   `atlas x y w h top` (u16): draw the atlas's rows `top..top + h`, columns `0..w`, at
+//!   `x, y`.
 //! - `2` size: `w h` (u16): the canvas is cleared to this size; a whole frame follows.
 //! - `3` pointer: `hotx hoty w h` (u16), then a PNG (RGBA).
 
@@ -413,6 +417,50 @@ impl Input {
     }
 }
 
+/// How the pixels of a frame are coded for the browser: lossless PNG files (its decoder is in
+/// every browser). A piece of at most 256 colours (text, flat UI: most of a desktop) goes as
+/// an indexed PNG, 1, 2, 4 or 8 bits a pixel before deflate, else as RGB. `benches/replay.rs`
+/// (deskport-rdp) measures the variants on the heavy workload; the default is the one that
+/// wins there on bytes for the CPU it costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Picture {
+    /// RGB only, the fast deflate level (for comparison).
+    PngRgbFast,
+    /// Indexed where it can be, the fast deflate level.
+    PngFast,
+    /// Indexed where it can be, the balanced level.
+    #[default]
+    PngBalanced,
+    /// Indexed where it can be, the highest level.
+    PngHigh,
+}
+
+impl Picture {
+    pub const ALL: [Picture; 4] = [
+        Picture::PngRgbFast,
+        Picture::PngFast,
+        Picture::PngBalanced,
+        Picture::PngHigh,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Picture::PngRgbFast => "PNG, RGB, fast",
+            Picture::PngFast => "PNG, indexed or RGB, fast",
+            Picture::PngBalanced => "PNG, indexed or RGB, balanced",
+            Picture::PngHigh => "PNG, indexed or RGB, high",
+        }
+    }
+
+    fn compression(self) -> png::Compression {
+        match self {
+            Picture::PngRgbFast | Picture::PngFast => png::Compression::Fast,
+            Picture::PngBalanced => png::Compression::Balanced,
+            Picture::PngHigh => png::Compression::High,
+        }
+    }
+}
+
 /// What the relay has sent, for the manager's log and metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -549,12 +597,14 @@ impl Frontend for Browser {
                 for v in [p.hotspot_x, p.hotspot_y, p.width, p.height] {
                     message.extend_from_slice(&v.to_le_bytes());
                 }
-                png(
-                    &p.bitmap_data,
-                    u32::from(p.width),
-                    u32::from(p.height),
-                    image::ExtendedColorType::Rgba8,
+                write_png(
                     &mut message,
+                    (p.width, p.height),
+                    png::ColorType::Rgba,
+                    png::BitDepth::Eight,
+                    None,
+                    Picture::default(),
+                    &p.bitmap_data,
                 )?;
                 self.send(Outgoing::Binary(message));
             }
@@ -596,7 +646,7 @@ impl Frontend for Browser {
             return Ok(self.closed);
         }
         let id = self.sent.load(Ordering::Relaxed) + 1;
-        let message = encode_frame(id, &frame, &ops, &self.stats)?;
+        let message = encode_frame(id, &frame, &ops, Picture::default(), &self.stats)?;
         self.sent.store(id, Ordering::Relaxed);
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
         self.send(Outgoing::Binary(message));
@@ -604,8 +654,43 @@ impl Frontend for Browser {
     }
 }
 
-/// The frame message of `ops`, the pixels taken from `frame`.
-pub fn encode_frame(id: u32, frame: &Frame, ops: &[Op], stats: &Stats) -> anyhow::Result<Vec<u8>> {
+/// The frame message of `ops`, the pixels taken from `frame` and coded as `picture` says: the
+/// frame's pixel pieces gathered into few atlases first (see [`Atlas`]), then the ops in order.
+pub fn encode_frame(
+    id: u32,
+    frame: &Frame,
+    ops: &[Op],
+    picture: Picture,
+    stats: &Stats,
+) -> anyhow::Result<Vec<u8>> {
+    let mut atlases: Vec<Atlas> = Vec::new();
+    let (mut indexed_at, mut rgb_at): (Option<usize>, Option<usize>) = (None, None);
+    // Where each Pixels op's piece went: (atlas, its top row there).
+    let mut placed = Vec::new();
+    for op in ops {
+        let Op::Pixels(rect) = op else { continue };
+        let piece = Piece::of(frame, *rect, picture != Picture::PngRgbFast);
+        let slot = if piece.palette.is_some() {
+            &mut indexed_at
+        } else {
+            &mut rgb_at
+        };
+        let fits = slot.is_some_and(|i| atlases[i].takes(&piece));
+        if !fits {
+            // (A piece names its atlas in 16 bits; a frame's pieces are the diff's tiles at
+            // most, fewer than that for any screen up to 8192x8192.)
+            anyhow::ensure!(
+                atlases.len() < usize::from(u16::MAX),
+                "a frame of more than {} image atlases",
+                u16::MAX
+            );
+            *slot = Some(atlases.len());
+            atlases.push(Atlas::new(piece.palette.is_some()));
+        }
+        let i = slot.unwrap_or_default();
+        let top = atlases[i].add(piece);
+        placed.push((i, top));
+    }
     let mut out = vec![1];
     out.extend_from_slice(&id.to_le_bytes());
     let put = |out: &mut Vec<u8>, values: &[u16]| {
@@ -613,6 +698,17 @@ pub fn encode_frame(id: u32, frame: &Frame, ops: &[Op], stats: &Stats) -> anyhow
             out.extend_from_slice(&v.to_le_bytes());
         }
     };
+    for atlas in &atlases {
+        out.push(3);
+        out.push(1);
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        atlas.write(picture, &mut out)?;
+        let len = (out.len() - len_at - 4) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+        stats.images.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut placed = placed.into_iter();
     for op in ops {
         match op {
             Op::Copy { src, dst } => {
@@ -635,54 +731,260 @@ pub fn encode_frame(id: u32, frame: &Frame, ops: &[Op], stats: &Stats) -> anyhow
                 }
             }
             Op::Pixels(rect) => {
-                out.push(3);
-                put(&mut out, &[rect.x, rect.y, rect.width, rect.height]);
-                out.push(1);
-                let len_at = out.len();
-                out.extend_from_slice(&[0; 4]);
-                let rgb = rgb_of(frame, *rect);
-                png(
-                    &rgb,
-                    u32::from(rect.width),
-                    u32::from(rect.height),
-                    image::ExtendedColorType::Rgb8,
+                let (atlas, top) = placed.next().unwrap_or_default();
+                out.push(4);
+                put(
                     &mut out,
-                )?;
-                let len = (out.len() - len_at - 4) as u32;
-                out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
-                stats.images.fetch_add(1, Ordering::Relaxed);
+                    &[atlas as u16, rect.x, rect.y, rect.width, rect.height, top],
+                );
             }
         }
     }
     Ok(out)
 }
 
-/// The `R, G, B` rows of `rect` in `frame`.
-fn rgb_of(frame: &Frame, rect: Rect) -> Vec<u8> {
-    let stride = frame.stride();
-    let mut rgb = Vec::with_capacity(usize::from(rect.width) * usize::from(rect.height) * 3);
-    for y in rect.y..rect.bottom() {
-        let start = usize::from(y) * stride + usize::from(rect.x) * 4;
-        let row = &frame.data[start..start + usize::from(rect.width) * 4];
-        for px in row.chunks_exact(4) {
-            rgb.extend_from_slice(&[px[2], px[1], px[0]]);
-        }
-    }
-    rgb
+/// An atlas is at most this high (browsers decode images up to 16384 pixels a side at least).
+const ATLAS_HEIGHT: usize = 8192;
+
+/// One piece of a frame's pixels: indexes into its own palette when it has at most 256
+/// colours (and palettes are wanted), else `R, G, B` triples.
+struct Piece {
+    width: u16,
+    height: u16,
+    palette: Option<Vec<u32>>,
+    data: Vec<u8>,
 }
 
-/// Appends `pixels` as a PNG file.
-fn png(
-    pixels: &[u8],
-    width: u32,
-    height: u32,
-    color: image::ExtendedColorType,
+impl Piece {
+    fn of(frame: &Frame, rect: Rect, palettes: bool) -> Self {
+        let (w, h) = (usize::from(rect.width), usize::from(rect.height));
+        let stride = frame.stride();
+        let row = |y: usize| {
+            let start = (usize::from(rect.y) + y) * stride + usize::from(rect.x) * 4;
+            &frame.data[start..start + w * 4]
+        };
+        if palettes {
+            if let Some((palette, data)) = palette_of(w, h, row) {
+                return Self {
+                    width: rect.width,
+                    height: rect.height,
+                    palette: Some(palette),
+                    data,
+                };
+            }
+        }
+        let mut data = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            for px in row(y).chunks_exact(4) {
+                data.extend_from_slice(&[px[2], px[1], px[0]]);
+            }
+        }
+        Self {
+            width: rect.width,
+            height: rect.height,
+            palette: None,
+            data,
+        }
+    }
+}
+
+/// A frame's pixel pieces stacked top to bottom in one image: the browser decodes one file
+/// instead of one a piece, and the PNG overhead (about 60 bytes a file) is paid once. Pieces
+/// of at most 256 colours share one palette (a new atlas starts when it would overflow);
+/// the others go to an RGB atlas.
+struct Atlas {
+    indexed: bool,
+    palette: Vec<u32>,
+    lookup: std::collections::HashMap<u32, u8>,
+    pieces: Vec<Piece>,
+    width: u16,
+    height: usize,
+}
+
+impl Atlas {
+    fn new(indexed: bool) -> Self {
+        Self {
+            indexed,
+            palette: Vec::new(),
+            lookup: std::collections::HashMap::new(),
+            pieces: Vec::new(),
+            width: 0,
+            height: 0,
+        }
+    }
+
+    /// Whether `piece` fits: its height, and for an indexed atlas its new colours.
+    fn takes(&self, piece: &Piece) -> bool {
+        if self.height + usize::from(piece.height) > ATLAS_HEIGHT {
+            return false;
+        }
+        match &piece.palette {
+            Some(colours) => {
+                let new = colours
+                    .iter()
+                    .filter(|c| !self.lookup.contains_key(c))
+                    .count();
+                self.palette.len() + new <= 256
+            }
+            None => true,
+        }
+    }
+
+    /// Adds `piece` (which [`Atlas::takes`]); its top row in the atlas.
+    fn add(&mut self, mut piece: Piece) -> u16 {
+        if let Some(colours) = &piece.palette {
+            let map: Vec<u8> = colours
+                .iter()
+                .map(|c| {
+                    *self.lookup.entry(*c).or_insert_with(|| {
+                        self.palette.push(*c);
+                        (self.palette.len() - 1) as u8
+                    })
+                })
+                .collect();
+            for i in &mut piece.data {
+                *i = map[usize::from(*i)];
+            }
+        }
+        let top = self.height as u16;
+        self.width = self.width.max(piece.width);
+        self.height += usize::from(piece.height);
+        self.pieces.push(piece);
+        top
+    }
+
+    /// Appends the atlas as a PNG file.
+    fn write(&self, picture: Picture, out: &mut Vec<u8>) -> anyhow::Result<()> {
+        let w = usize::from(self.width);
+        if !self.indexed {
+            let mut rgb = vec![0u8; w * 3 * self.height];
+            let mut y0 = 0;
+            for p in &self.pieces {
+                let pw = usize::from(p.width) * 3;
+                for (y, row) in p.data.chunks_exact(pw).enumerate() {
+                    let at = (y0 + y) * w * 3;
+                    rgb[at..at + pw].copy_from_slice(row);
+                }
+                y0 += usize::from(p.height);
+            }
+            return write_png(
+                out,
+                (self.width, self.height as u16),
+                png::ColorType::Rgb,
+                png::BitDepth::Eight,
+                None,
+                picture,
+                &rgb,
+            );
+        }
+        let depth: usize = match self.palette.len() {
+            0..=2 => 1,
+            3..=4 => 2,
+            5..=16 => 4,
+            _ => 8,
+        };
+        let per_byte = 8 / depth;
+        let row_bytes = w.div_ceil(per_byte);
+        let mut packed = vec![0u8; row_bytes * self.height];
+        let mut y0 = 0;
+        for p in &self.pieces {
+            let pw = usize::from(p.width);
+            for (y, row) in p.data.chunks_exact(pw).enumerate() {
+                let line = &mut packed[(y0 + y) * row_bytes..(y0 + y + 1) * row_bytes];
+                for (x, &i) in row.iter().enumerate() {
+                    line[x / per_byte] |= i << (8 - depth * (x % per_byte + 1));
+                }
+            }
+            y0 += usize::from(p.height);
+        }
+        let plte: Vec<u8> = self
+            .palette
+            .iter()
+            .flat_map(|c| [(c >> 16) as u8, (c >> 8) as u8, *c as u8])
+            .collect();
+        write_png(
+            out,
+            (self.width, self.height as u16),
+            png::ColorType::Indexed,
+            match depth {
+                1 => png::BitDepth::One,
+                2 => png::BitDepth::Two,
+                4 => png::BitDepth::Four,
+                _ => png::BitDepth::Eight,
+            },
+            Some(plte),
+            picture,
+            &packed,
+        )
+    }
+}
+
+/// The colours (`0xRRGGBB`, in order of appearance) of `w`x`h` pixels given as `B, G, R, X`
+/// rows, and each pixel's index; `None` past 256 colours.
+fn palette_of<'a>(
+    w: usize,
+    h: usize,
+    row: impl Fn(usize) -> &'a [u8],
+) -> Option<(Vec<u32>, Vec<u8>)> {
+    let mut palette: Vec<u32> = Vec::new();
+    let mut lookup: std::collections::HashMap<u32, u8> = std::collections::HashMap::new();
+    let mut indexes = Vec::with_capacity(w * h);
+    let (mut last, mut last_index) = (u32::MAX, 0u8);
+    for y in 0..h {
+        for px in row(y).chunks_exact(4) {
+            let colour = u32::from(px[2]) << 16 | u32::from(px[1]) << 8 | u32::from(px[0]);
+            if colour != last {
+                last_index = match lookup.get(&colour) {
+                    Some(&i) => i,
+                    None => {
+                        if palette.len() == 256 {
+                            return None;
+                        }
+                        let i = palette.len() as u8;
+                        palette.push(colour);
+                        lookup.insert(colour, i);
+                        i
+                    }
+                };
+                last = colour;
+            }
+            indexes.push(last_index);
+        }
+    }
+    Some((palette, indexes))
+}
+
+/// Appends a PNG file of `data` (rows as `color` and `depth` lay them out).
+fn write_png(
     out: &mut Vec<u8>,
+    (width, height): (u16, u16),
+    color: png::ColorType,
+    depth: png::BitDepth,
+    palette: Option<Vec<u8>>,
+    picture: Picture,
+    data: &[u8],
 ) -> anyhow::Result<()> {
-    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-    use image::ImageEncoder as _;
-    PngEncoder::new_with_quality(&mut *out, CompressionType::Fast, FilterType::Adaptive)
-        .write_image(pixels, width, height, color)
+    let mut encoder = png::Encoder::new(&mut *out, u32::from(width), u32::from(height));
+    encoder.set_color(color);
+    encoder.set_depth(depth);
+    encoder.set_compression(picture.compression());
+    // Palette images compress best unfiltered (the PNG specification's advice).
+    encoder.set_filter(if palette.is_some() {
+        png::Filter::NoFilter
+    } else {
+        png::Filter::Adaptive
+    });
+    if let Some(p) = palette {
+        encoder.set_palette(p);
+    }
+    let mut writer = encoder
+        .write_header()
+        .map_err(|e| anyhow::anyhow!("encode a PNG: {e}"))?;
+    writer
+        .write_image_data(data)
+        .map_err(|e| anyhow::anyhow!("encode a PNG: {e}"))?;
+    writer
+        .finish()
         .map_err(|e| anyhow::anyhow!("encode a PNG: {e}"))
 }
 
@@ -850,6 +1152,7 @@ mod tests {
         let stride = usize::from(width) * 4;
         let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         assert_eq!(message[0], 1);
+        let mut atlases: Vec<image::RgbImage> = Vec::new();
         let mut at = 5;
         while at < message.len() {
             let op = message[at];
@@ -882,22 +1185,26 @@ mod tests {
                     }
                 }
                 3 => {
-                    let v: Vec<u16> = (0..4).map(|i| u16_at(message, at + i * 2)).collect();
-                    assert_eq!(message[at + 8], 1, "PNG");
-                    let len = u32::from_le_bytes(message[at + 9..at + 13].try_into().unwrap());
-                    at += 13;
-                    let png = image::load_from_memory(&message[at..at + len as usize])
-                        .unwrap()
-                        .to_rgb8();
-                    at += len as usize;
-                    assert_eq!(
-                        (png.width(), png.height()),
-                        (u32::from(v[2]), u32::from(v[3]))
+                    assert_eq!(message[at], 1, "PNG");
+                    let len = u32::from_le_bytes(message[at + 1..at + 5].try_into().unwrap());
+                    at += 5;
+                    atlases.push(
+                        image::load_from_memory(&message[at..at + len as usize])
+                            .unwrap()
+                            .to_rgb8(),
                     );
-                    for (x, y, px) in png.enumerate_pixels() {
-                        let p = (usize::from(v[1]) + y as usize) * stride
-                            + (usize::from(v[0]) + x as usize) * 4;
-                        canvas[p..p + 3].copy_from_slice(&[px[2], px[1], px[0]]);
+                    at += len as usize;
+                }
+                4 => {
+                    let v: Vec<u16> = (0..6).map(|i| u16_at(message, at + i * 2)).collect();
+                    at += 12;
+                    let atlas = &atlases[usize::from(v[0])];
+                    for y in 0..v[4] {
+                        for x in 0..v[3] {
+                            let px = atlas.get_pixel(u32::from(x), u32::from(v[5] + y));
+                            let p = usize::from(v[2] + y) * stride + usize::from(v[1] + x) * 4;
+                            canvas[p..p + 3].copy_from_slice(&[px[2], px[1], px[0]]);
+                        }
                     }
                 }
                 other => panic!("op {other}"),
@@ -934,7 +1241,7 @@ mod tests {
         for (id, shift) in [(1, 0), (2, 8), (3, 16)] {
             let frame = Frame::painted(w, h, paint(shift));
             let ops = diff.ops(&frame, None, kinds);
-            let message = encode_frame(id, &frame, &ops, &stats).unwrap();
+            let message = encode_frame(id, &frame, &ops, Picture::default(), &stats).unwrap();
             apply(&mut canvas, w, &message);
             for (a, b) in canvas.chunks_exact(4).zip(frame.data.chunks_exact(4)) {
                 assert_eq!(a[..3], b[..3], "frame {id}");
@@ -944,6 +1251,40 @@ mod tests {
             stats.copies.load(Ordering::Relaxed) > 0,
             "the moved block went as a copy"
         );
+    }
+
+    #[test]
+    fn pieces_share_atlases_until_a_palette_overflows() {
+        // Three bands: 200 colours, 100 others (together past 256: a second indexed atlas),
+        // then noise (an RGB atlas); each band drawn as two pieces.
+        let (w, h) = (64u16, 96u16);
+        let frame = Frame::painted(w, h, |x, y| {
+            let i = u32::from(y % 32) * 64 + u32::from(x);
+            let v = match y / 32 {
+                0 => (i % 200) * 0x010203,
+                1 => 0x800000 + (i % 100) * 0x000301,
+                _ => i.wrapping_mul(2_654_435_761) >> 8,
+            };
+            [v as u8, (v >> 8) as u8, (v >> 16) as u8]
+        });
+        let ops: Vec<Op> = (0..6)
+            .map(|i| Op::Pixels(Rect::new((i % 2) * 32, (i / 2) * 32, 32, 32)))
+            .collect();
+        let stats = Stats::default();
+        let message = encode_frame(7, &frame, &ops, Picture::default(), &stats).unwrap();
+        assert_eq!(stats.images.load(Ordering::Relaxed), 3, "three atlases");
+        let mut canvas = vec![0u8; usize::from(w) * usize::from(h) * 4];
+        apply(&mut canvas, w, &message);
+        for (a, b) in canvas.chunks_exact(4).zip(frame.data.chunks_exact(4)) {
+            assert_eq!(a[..3], b[..3]);
+        }
+        // The RGB-only variant codes the same pixels, without palettes.
+        let rgb = encode_frame(7, &frame, &ops, Picture::PngRgbFast, &stats).unwrap();
+        let mut canvas = vec![0u8; usize::from(w) * usize::from(h) * 4];
+        apply(&mut canvas, w, &rgb);
+        for (a, b) in canvas.chunks_exact(4).zip(frame.data.chunks_exact(4)) {
+            assert_eq!(a[..3], b[..3]);
+        }
     }
 
     #[test]

@@ -306,6 +306,9 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         s.metrics.render(revision)
             + &metrics::render_store(&s.store.stats())
             + &metrics::render_http(&s.http_refusals)
+            + &metrics::render_console(
+                desktop::MAX_SESSIONS.saturating_sub(s.console_sessions.available_permits()),
+            )
             + &s.rd_gateway
                 .as_ref()
                 .map(|g| metrics::render_gateway(&g.stats()))

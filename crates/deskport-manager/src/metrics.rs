@@ -178,6 +178,21 @@ pub fn render_gateway(stats: &deskport_gateway::Stats) -> String {
 }
 
 /// Connections the listener's caps turned away.
+/// The browser console's relay: sessions open now, of how many at most.
+pub fn render_console(open: usize) -> String {
+    let mut out = String::new();
+    out += "# HELP deskport_manager_console_sessions Browser console sessions this manager relays now.\n";
+    out += "# TYPE deskport_manager_console_sessions gauge\n";
+    out += &format!("deskport_manager_console_sessions {open}\n");
+    out += "# HELP deskport_manager_console_sessions_max Browser console sessions this manager relays at most.\n";
+    out += "# TYPE deskport_manager_console_sessions_max gauge\n";
+    out += &format!(
+        "deskport_manager_console_sessions_max {}\n",
+        crate::desktop::MAX_SESSIONS
+    );
+    out
+}
+
 pub fn render_http(refusals: &crate::serve::Refusals) -> String {
     use std::sync::atomic::Ordering;
     let mut out = String::new();

@@ -10,12 +10,16 @@
 //!                                                    REPLAY_ONLY=TEXT runs the variants
 //!                                                    whose name contains TEXT)
 //!
+//! The browser console's relay (`deskport_client::browser`) is replayed too: its own diff and
+//! its image files (PNG at three levels), the bytes on its WebSocket before TLS.
+//!
 //! Lines starting with `BENCH|` are read by `scripts/bench`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
 
+use deskport_client::browser::{encode_frame, Picture};
 use deskport_desktop::x11::{Capture, X11Desktop};
 use deskport_desktop::{Desktop as _, Frame};
 use deskport_rdp::encode::diff::Diff;
@@ -121,6 +125,50 @@ impl Variant {
     }
 }
 
+/// The same frames as the browser console's relay sends them: its own diff (copies, fills)
+/// and the pixels as `picture` image files (what travels on the WebSocket, before TLS).
+struct BrowserVariant {
+    picture: Picture,
+    diff: Diff,
+    bytes: usize,
+    images: usize,
+    cpu: Duration,
+    stats: deskport_client::browser::Stats,
+}
+
+impl BrowserVariant {
+    fn new(picture: Picture) -> Self {
+        Self {
+            picture,
+            diff: Diff::new(),
+            bytes: 0,
+            images: 0,
+            cpu: Duration::ZERO,
+            stats: Default::default(),
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("as the browser gets it: {}", self.picture.name())
+    }
+
+    fn send(&mut self, frame: &Frame, damage: Option<&[(u16, u16, u16, u16)]>, warm_up: bool) {
+        let started = Instant::now();
+        let kinds = OpKinds {
+            copy: true,
+            fill: true,
+        };
+        let ops = self.diff.ops(frame, damage, kinds);
+        let message = encode_frame(1, frame, &ops, self.picture, &self.stats).unwrap();
+        if warm_up {
+            return;
+        }
+        self.cpu += started.elapsed();
+        self.bytes += message.len();
+        self.images += ops.iter().filter(|op| matches!(op, Op::Pixels(_))).count();
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -179,8 +227,16 @@ fn main() {
         .into_iter()
         .filter(|v| v.name.contains(only.as_str()))
         .collect();
+    let mut browsers: Vec<BrowserVariant> = Picture::ALL
+        .into_iter()
+        .map(BrowserVariant::new)
+        .filter(|v| v.name().contains(only.as_str()))
+        .collect();
     let first = desktop.capture().unwrap();
     for v in &mut variants {
+        v.send(&first, None, true);
+    }
+    for v in &mut browsers {
         v.send(&first, None, true);
     }
     let mut generation = first.generation;
@@ -190,6 +246,9 @@ fn main() {
         let damage = desktop.changes_since(generation);
         generation = frame.generation;
         for v in &mut variants {
+            v.send(&frame, damage.as_deref(), false);
+        }
+        for v in &mut browsers {
             v.send(&frame, damage.as_deref(), false);
         }
     }
@@ -216,6 +275,29 @@ fn main() {
             v.name,
             per_frame / 1e3,
             baseline / 1e3
+        );
+    }
+    for v in &browsers {
+        let per_frame = v.bytes as f64 / n;
+        println!(
+            "  {:<42} {:>9.1} kB/frame ({:>6.2} MB in all)  images {:>5.1}/frame  cpu {:>6.2} ms/frame",
+            v.name(),
+            per_frame / 1e3,
+            v.bytes as f64 / 1e6,
+            v.images as f64 / n,
+            v.cpu.as_secs_f64() * 1e3 / n,
+        );
+        println!(
+            "BENCH|replay {}|{:.3}|kB/frame|{:.3}|kB/frame (pixels only)|lower",
+            v.name(),
+            per_frame / 1e3,
+            baseline / 1e3
+        );
+        println!(
+            "BENCH|replay {}: relay CPU|{:.2}|ms/frame|{:.2}|ms/frame (PNG fast)|lower",
+            v.name(),
+            v.cpu.as_secs_f64() * 1e3 / n,
+            browsers[0].cpu.as_secs_f64() * 1e3 / n
         );
     }
 }

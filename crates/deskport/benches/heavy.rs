@@ -4,6 +4,12 @@
 //! server (planar, and `/gfx:AVC420`) and by xrdp 0.9 with an Xvnc session, each watched by
 //! the same xfreerdp 2.11 on its own Xvfb; on loopback and through a 10 Mbit/s link.
 //!
+//! deskport is also measured in a browser tab (issue 17, `deskport-browser`, loopback only): the
+//! same server reporting to a manager whose console relays the desktop over a WebSocket to a
+//! headless chromium; frames are those the page painted (the code read back from the canvas
+//! after each frame, timed with the page's clock converted to CLOCK_MONOTONIC), bytes those
+//! the manager sent the browser (TLS included), CPU the manager's, server's and X server's.
+//!
 //! deskport is also measured through its RD Gateway (issue 16): the same server, xfreerdp
 //! reaching it through `deskport manager`'s HTTPS listener (MS-TSGU, WebSocket form, a token
 //! from `deskport instance rdp-token`); bytes are then those the gateway sent the client (TLS,
@@ -23,7 +29,7 @@
 //!
 //! Run: `cargo bench -p deskport --bench heavy` (as root for the xrdp and 10 Mbit/s rows).
 //! Environment: `HEAVY_BENCH_FRAMES` (default 300) for a quicker check, `HEAVY_BENCH_ROWS`
-//! (comma-separated names: deskport, deskport-gateway, deskport-gfx, freerdp-planar,
+//! (comma-separated names: deskport, deskport-gateway, deskport-browser, deskport-gfx, freerdp-planar,
 //! freerdp-avc420, xrdp) and
 //! `HEAVY_BENCH_LINKS` (loopback, 10mbit) to run a subset. For comparing two builds of deskport
 //! in one run (this machine's speed drifts between runs): `HEAVY_BENCH_DESKPORT_B` names
@@ -66,13 +72,16 @@ enum Server {
     Xrdp,
     /// deskport's row served by the binary `HEAVY_BENCH_DESKPORT_B` names.
     DeskportB,
+    /// deskport's server watched in a chromium tab: the console's relay in the manager.
+    DeskportBrowser,
 }
 
 impl Server {
-    const ALL: [Server; 7] = [
+    const ALL: [Server; 8] = [
         Server::Deskport,
         Server::DeskportB,
         Server::DeskportGateway,
+        Server::DeskportBrowser,
         Server::DeskportGfx,
         Server::FreerdpPlanar,
         Server::FreerdpAvc420,
@@ -88,6 +97,7 @@ impl Server {
             Server::FreerdpAvc420 => "freerdp-avc420",
             Server::Xrdp => "xrdp",
             Server::DeskportB => "deskport-b",
+            Server::DeskportBrowser => "deskport-browser",
         }
     }
 
@@ -100,6 +110,7 @@ impl Server {
             Server::FreerdpAvc420 => "FreeRDP 2.11 shadow, /gfx:AVC420",
             Server::Xrdp => "xrdp 0.9 with Xvnc",
             Server::DeskportB => "deskport (planar), build B",
+            Server::DeskportBrowser => "deskport in a chromium tab (console relay)",
         }
     }
 
@@ -120,6 +131,7 @@ impl Server {
             | Server::DeskportGateway
             | Server::DeskportGfx
             | Server::DeskportB => &["Xvfb", "xfreerdp", "ss"],
+            Server::DeskportBrowser => &["Xvfb", "ss", "chromium", "chromedriver"],
             Server::FreerdpPlanar | Server::FreerdpAvc420 => {
                 &["Xvfb", "xfreerdp", "ss", "freerdp-shadow-cli"]
             }
@@ -210,6 +222,7 @@ fn deskport_server(
     display: &str,
     port: u16,
     netns: Option<&Netns>,
+    extra: &[&str],
 ) -> ProcessGuard {
     let data = dir.join("deskport");
     support::add_user(&data, USER, PASSWORD);
@@ -221,6 +234,7 @@ fn deskport_server(
             .args(["rdp-server", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--display", display, "--data-dir"])
             .arg(&data)
+            .args(extra)
             .env("DESKPORT_CONFIG", &config)
             .env(
                 "RUST_LOG",
@@ -234,19 +248,29 @@ fn deskport_server(
     process
 }
 
-/// `deskport manager` in front of the server on `port` with an instance for it: the
-/// manager's process and port, and a gateway token for the instance.
-fn gateway_for(
-    dir: &Path,
+/// `deskport manager` (HTTPS, its own certificate) in front of the server on `port`, with an
+/// instance `bench` for it: remote connections on, NLA not required, gateway access on.
+struct ManagerSide {
+    process: ProcessGuard,
     port: u16,
-    netns: Option<&Netns>,
-) -> anyhow::Result<(ProcessGuard, u16, String)> {
+    /// A gateway token for the instance (an hour).
+    gateway_token: String,
+    /// The instance's agent token (`rdp-server --token`).
+    agent_token: String,
+    instance_id: String,
+    /// `SHA256:…` of the manager's certificate.
+    fingerprint: String,
+    cli_config: std::path::PathBuf,
+}
+
+fn manager_for(dir: &Path, port: u16, netns: Option<&Netns>) -> anyhow::Result<ManagerSide> {
     let manager_port = match netns {
         Some(_) => 8443,
         None => deskport_testsupport::free_port(LO),
     };
     let cli_config = dir.join("cli.toml");
     std::fs::write(&cli_config, "")?;
+    let out = dir.join("manager.out");
     let manager = ProcessGuard::spawn(
         "deskport manager",
         command_in(netns, env!("CARGO_BIN_EXE_deskport"))
@@ -255,35 +279,20 @@ fn gateway_for(
             .arg(dir.join("manager"))
             .env("DESKPORT_CONFIG", "/dev/null")
             .env("DESKPORT_ADMIN_PASSWORD", PASSWORD)
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
             .stderr(std::fs::File::create(dir.join("manager.log"))?),
     )?;
     wait_listening(manager_port, netns, "the manager to listen");
-    let cli = |args: &[&str], input: Option<&str>| -> anyhow::Result<String> {
-        // The CLI's known-hosts file is the bench's own, never the user's.
-        let mut child = command_in(netns, env!("CARGO_BIN_EXE_deskport"))
-            .args(args)
-            .env("DESKPORT_CONFIG", &cli_config)
-            .env("HOME", dir)
-            .env("XDG_CONFIG_HOME", dir.join("config"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(input) = input {
-            writeln!(child.stdin.take().unwrap(), "{input}")?;
-        }
-        let out = child.wait_with_output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "deskport {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let fingerprint = std::fs::read_to_string(&out)?
+        .split("certificate: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or_else(|| anyhow::anyhow!("the manager printed no certificate fingerprint"))?
+        .to_owned();
+    let cli = |args: &[&str], input: Option<&str>| cli_in(dir, &cli_config, netns, args, input);
     let url = format!("https://127.0.0.1:{manager_port}");
     cli(&["login", &url, "--password-stdin"], Some(PASSWORD))?;
-    cli(
+    let created: serde_json::Value = serde_json::from_str(&cli(
         &[
             "instance",
             "create",
@@ -292,16 +301,67 @@ fn gateway_for(
             "127.0.0.1",
             "--internal-address",
             &format!("127.0.0.1:{port}"),
+            "--json",
+        ],
+        None,
+    )?)?;
+    cli(
+        &[
+            "instance",
+            "rdp",
+            "bench",
+            "--enable",
+            "--no-nla-only",
+            "--gateway",
         ],
         None,
     )?;
-    cli(
-        &["instance", "rdp", "bench", "--enable", "--no-nla-only"],
-        None,
-    )?;
     let minted = cli(&["instance", "rdp-token", "bench", "--ttl", "3600"], None)?;
-    let token = minted.lines().last().unwrap_or_default().trim().to_owned();
-    Ok((manager, manager_port, token))
+    Ok(ManagerSide {
+        process: manager,
+        port: manager_port,
+        gateway_token: minted.lines().last().unwrap_or_default().trim().to_owned(),
+        agent_token: created["agent_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        instance_id: created["instance"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        fingerprint,
+        cli_config,
+    })
+}
+
+/// The deskport CLI with the bench's own config and known-hosts file (never the user's);
+/// its stdout.
+fn cli_in(
+    dir: &Path,
+    cli_config: &Path,
+    netns: Option<&Netns>,
+    args: &[&str],
+    input: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut child = command_in(netns, env!("CARGO_BIN_EXE_deskport"))
+        .args(args)
+        .env("DESKPORT_CONFIG", cli_config)
+        .env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(input) = input {
+        writeln!(child.stdin.take().unwrap(), "{input}")?;
+    }
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "deskport {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// What xfreerdp printed.
@@ -311,6 +371,285 @@ fn client_said(dir: &Path) -> String {
         .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
         .collect::<Vec<_>>()
         .join("")
+}
+
+/// The workload (this program again, in workload mode) on `display`, waiting for a line on
+/// its stdin to start.
+fn start_workload(
+    ns: Option<&Netns>,
+    display: &str,
+    frames: u16,
+    log: &Path,
+) -> anyhow::Result<ProcessGuard> {
+    Ok(ProcessGuard::spawn(
+        "workload",
+        command_in(ns, std::env::current_exe()?.to_str().unwrap())
+            .arg("--workload")
+            .args(["--display", display, "--frames", &frames.to_string()])
+            .args(["--fps", &FPS.to_string(), "--log"])
+            .arg(log)
+            .arg("--wait")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    )?)
+}
+
+/// Each frame's latency (ms, sorted) from drawn (the workload's log) to first seen (frame →
+/// CLOCK_MONOTONIC ns), for the frames seen.
+fn latencies(
+    work_log: &Path,
+    first_seen: &std::collections::HashMap<u16, u64>,
+) -> anyhow::Result<Vec<f64>> {
+    let drawn = workload::read_log(work_log)?;
+    let mut latencies: Vec<f64> = drawn
+        .iter()
+        .filter(|(n, _)| *n >= 1)
+        .filter_map(|(n, t)| first_seen.get(n).map(|s| s.saturating_sub(*t) as f64 / 1e6))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
+/// What the page runs to time frames: after each frame it paints, the frame code's cells are
+/// read back from the canvas (the middle of each cell, one row) and every new code is kept
+/// with the time (`performance.timeOrigin + now()`, Unix ms).
+const PAGE_WATCHER: &str = "
+    const [x0, y, cell, cells] = arguments;
+    const canvas = document.getElementById('desktop-canvas');
+    const ctx = canvas.getContext('2d');
+    window.__codes = [];
+    window.__paints = [];
+    let last = '';
+    window.addEventListener('deskport-frame', (e) => {
+      window.__paints.push([e.detail.bytes, e.detail.ms]);
+      const at = performance.timeOrigin + performance.now();
+      const row = ctx.getImageData(x0, y, cell * cells, 1).data;
+      let bits = '';
+      for (let i = 0; i < cells; i++) {
+        const o = (i * cell + cell / 2) * 4;
+        bits += (2 * row[o] + 5 * row[o + 1] + row[o + 2]) / 8 >= 128 ? '1' : '0';
+      }
+      if (bits !== last) { last = bits; window.__codes.push([bits, at]); }
+    });";
+
+/// The heavy workload watched in a chromium tab: deskport's server reports to a manager
+/// (HTTPS), whose console relays the desktop to the page over a WebSocket. Frames are those
+/// the page painted (their codes read back from the canvas), bytes those the manager sent the
+/// browser, CPU the manager's, the server's and the X server's. Loopback only: the browser is
+/// driven from this process, outside any namespace.
+fn run_browser_row(frames: u16) -> anyhow::Result<(Row, f64)> {
+    let dir = deskport_testsupport::data_dir();
+    let dir = dir.path();
+    let port = deskport_testsupport::free_port(LO);
+    let desktop = Xvfb::start(SCREEN.0, SCREEN.1);
+    let m = manager_for(dir, port, None)?;
+    let url = format!("https://127.0.0.1:{}", m.port);
+    let server = deskport_server(
+        env!("CARGO_BIN_EXE_deskport"),
+        dir,
+        desktop.display(),
+        port,
+        None,
+        &[
+            "--manager",
+            &url,
+            "--token",
+            &m.agent_token,
+            "--manager-fingerprint",
+            &m.fingerprint,
+        ],
+    );
+    // The console pins the certificate the server reports.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown = cli_in(
+            dir,
+            &m.cli_config,
+            None,
+            &["instance", "show", "bench", "--json"],
+            None,
+        )?;
+        let shown: serde_json::Value = serde_json::from_str(&shown)?;
+        if shown["instance"]["cert_fingerprint"].is_string() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the server never reported its certificate"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let work_log = dir.join("workload.log");
+    let mut work = start_workload(None, desktop.display(), frames, &work_log)?;
+    let pids = [m.process.pid(), server.pid(), desktop.pid()];
+    let cpu = |pids: &[u32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (codes, canvas) = runtime.block_on(async {
+        let (c, _driver) = deskport_testsupport::browser::chromium(
+            SCREEN.0 as u32 + 40,
+            SCREEN.1 as u32 + 200,
+            &["--ignore-certificate-errors"],
+        )
+        .await?;
+        let result = async {
+            use fantoccini::Locator;
+            c.goto(&format!("{url}/login")).await?;
+            c.find(Locator::Id("username")).await?.send_keys("admin").await?;
+            c.find(Locator::Id("password")).await?.send_keys(PASSWORD).await?;
+            c.find(Locator::Css("form button[type=submit]")).await?.click().await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            c.goto(&format!("{url}/instances/{}/console?view=only", m.instance_id))
+                .await?;
+            let user = c.find(Locator::Id("desktop-user")).await?;
+            user.clear().await?;
+            user.send_keys(USER).await?;
+            c.find(Locator::Id("desktop-password")).await?.send_keys(PASSWORD).await?;
+            c.find(Locator::Id("desktop-connect")).await?.click().await?;
+            let args = vec![
+                serde_json::json!(framecode::ORIGIN.0),
+                serde_json::json!(framecode::ORIGIN.1 + framecode::CELL / 2),
+                serde_json::json!(framecode::CELL),
+                serde_json::json!(framecode::CELLS),
+            ];
+            // Connected once the canvas shows frame 0's code.
+            let deadline = Instant::now() + Duration::from_secs(45);
+            loop {
+                let state = c
+                    .execute("return document.getElementById('desktop').dataset.state", vec![])
+                    .await?;
+                if state == "connected" {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "the console never connected ({state})");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            c.execute(PAGE_WATCHER, args).await?;
+            // Any repaint now records the code shown (frame 0's).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while c.execute("return window.__codes.length", vec![]).await? == 0 {
+                anyhow::ensure!(Instant::now() < deadline, "the page painted nothing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        result?;
+        let (bytes0, cpu0, manager0) = (
+            bytes_sent(m.port, None),
+            cpu(&pids),
+            cpu_seconds(m.process.pid()),
+        );
+        let realtime_minus_monotonic = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as i128
+            - i128::from(workload::monotonic_ns());
+        writeln!(work.child_mut().stdin.take().unwrap())?;
+        let run_time = Duration::from_secs_f64(f64::from(frames) / f64::from(FPS));
+        let status = work
+            .wait_timeout(run_time + Duration::from_secs(20))
+            .ok_or_else(|| anyhow::anyhow!("the workload did not finish in time"))?;
+        anyhow::ensure!(status.success(), "the workload failed: {status}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (bytes1, cpu1, manager1) = (
+            bytes_sent(m.port, None),
+            cpu(&pids),
+            cpu_seconds(m.process.pid()),
+        );
+        let codes = c.execute("return window.__codes", vec![]).await?;
+        let paints = c.execute("return window.__paints", vec![]).await?;
+        let paints: Vec<(f64, f64)> = paints
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| (p[0].as_f64().unwrap_or_default(), p[1].as_f64().unwrap_or_default()))
+            .collect();
+        let mut ms: Vec<f64> = paints.iter().map(|p| p.1).collect();
+        ms.sort_by(f64::total_cmp);
+        eprintln!(
+            "  the page: {} frames painted, {:.0} bytes a frame, arrival to painted median {:.1} ms, p95 {:.1} ms",
+            paints.len(),
+            paints.iter().map(|p| p.0).sum::<f64>() / paints.len().max(1) as f64,
+            percentile(&ms, 50.0),
+            percentile(&ms, 95.0)
+        );
+        let png = c
+            .execute(
+                "return document.getElementById('desktop-canvas').toDataURL('image/png')",
+                vec![],
+            )
+            .await?;
+        let png = png.as_str().unwrap_or_default().split(',').nth(1).unwrap_or_default();
+        let canvas = image::load_from_memory(&base64_decode(png))?.to_rgb8();
+        let _ = c.close().await;
+        let mut first_seen = std::collections::HashMap::new();
+        for entry in codes.as_array().into_iter().flatten() {
+            let bits: Vec<bool> = entry[0].as_str().unwrap_or_default().chars().map(|b| b == '1').collect();
+            let at_ms = entry[1].as_f64().unwrap_or_default();
+            if let Some(n) = framecode::decode(&bits) {
+                let monotonic = (at_ms * 1e6) as i128 - realtime_minus_monotonic;
+                first_seen.entry(n).or_insert(monotonic.max(0) as u64);
+            }
+        }
+        Ok::<_, anyhow::Error>((
+            (first_seen, bytes1.saturating_sub(bytes0), cpu1 - cpu0, manager1 - manager0),
+            canvas,
+        ))
+    })?;
+    let (first_seen, bytes, cpu_s, manager_cpu) = codes;
+    let theirs = screenshot(desktop.display())?;
+    let artifacts = deskport_testsupport::artifact_dir("bench-heavy");
+    image_util::save_png(
+        &canvas,
+        &artifacts.join("deskport-browser-loopback-client.png"),
+    );
+    image_util::save_png(
+        &theirs,
+        &artifacts.join("deskport-browser-loopback-server.png"),
+    );
+    let latencies = latencies(&work_log, &first_seen)?;
+    drop(server);
+    drop(m.process);
+    let _ = std::fs::copy(
+        dir.join("manager.log"),
+        artifacts.join("deskport-browser-manager.log"),
+    );
+    Ok((
+        Row {
+            frames: latencies.len(),
+            median_ms: percentile(&latencies, 50.0),
+            p95_ms: percentile(&latencies, 95.0),
+            bytes,
+            cpu_s,
+            psnr: if canvas.dimensions() == theirs.dimensions() {
+                image_util::psnr(&canvas, &theirs)
+            } else {
+                0.0
+            },
+            polls_per_s: 0.0,
+        },
+        manager_cpu,
+    ))
+}
+
+/// Standard base64 (a data: URL's payload).
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let Some(v) = ALPHABET.iter().position(|a| *a == c) else {
+            continue;
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
 }
 
 /// Runs one server through the workload; `Err` says why the row has no figures.
@@ -331,17 +670,18 @@ fn run_row(server: Server, link: Link, frames: u16) -> anyhow::Result<Row> {
     // Through the gateway: its port carries the client's bytes.
     let mut gateway: Option<(u16, String)> = None;
     let (user, password) = match server {
+        Server::DeskportBrowser => unreachable!("run_browser_row"),
         Server::Deskport | Server::DeskportGfx | Server::DeskportGateway | Server::DeskportB => {
             let display = desktop.as_ref().unwrap().display();
             let binary = match server {
                 Server::DeskportB => std::env::var("HEAVY_BENCH_DESKPORT_B")?,
                 _ => env!("CARGO_BIN_EXE_deskport").to_owned(),
             };
-            guards.push(deskport_server(&binary, dir, display, port, ns));
+            guards.push(deskport_server(&binary, dir, display, port, ns, &[]));
             if server == Server::DeskportGateway {
-                let (manager, manager_port, token) = gateway_for(dir, port, ns)?;
-                guards.push(manager);
-                gateway = Some((manager_port, token));
+                let m = manager_for(dir, port, ns)?;
+                guards.push(m.process);
+                gateway = Some((m.port, m.gateway_token));
             }
             (USER.to_owned(), PASSWORD)
         }
@@ -424,19 +764,8 @@ fn run_row(server: Server, link: Link, frames: u16) -> anyhow::Result<Row> {
         (None, None) => unreachable!(),
     };
 
-    // The workload: this program again, in workload mode.
     let work_log = dir.join("workload.log");
-    let mut work = ProcessGuard::spawn(
-        "workload",
-        command_in(ns, std::env::current_exe()?.to_str().unwrap())
-            .arg("--workload")
-            .args(["--display", &x_display, "--frames", &frames.to_string()])
-            .args(["--fps", &FPS.to_string(), "--log"])
-            .arg(&work_log)
-            .arg("--wait")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null()),
-    )?;
+    let mut work = start_workload(ns, &x_display, frames, &work_log)?;
 
     // Connected: the client shows frame 0 with its code, where the remote screen's corner is.
     let deadline = Instant::now() + Duration::from_secs(45);
@@ -530,17 +859,7 @@ fn run_row(server: Server, link: Link, frames: u16) -> anyhow::Result<Row> {
     image_util::save_png(&theirs, &artifacts.join(format!("{tag}-server.png")));
     drop(xfreerdp);
 
-    let drawn = workload::read_log(&work_log)?;
-    let mut latencies: Vec<f64> = drawn
-        .iter()
-        .filter(|(n, _)| *n >= 1)
-        .filter_map(|(n, t)| {
-            seen.first_seen
-                .get(n)
-                .map(|s| s.saturating_sub(*t) as f64 / 1e6)
-        })
-        .collect();
-    latencies.sort_by(f64::total_cmp);
+    let latencies = latencies(&work_log, &seen.first_seen)?;
     drop(work);
     drop(guards);
     drop(xrdp);
@@ -619,8 +938,28 @@ fn main() {
                 server.label(),
                 link.key()
             );
+            if server == Server::DeskportBrowser && link != Link::Loopback {
+                println!(
+                    "heavy: skipping {} ({}): the browser is driven from outside the link's namespace",
+                    server.label(),
+                    link.key()
+                );
+                continue;
+            }
             let started = Instant::now();
-            let result = run_row(server, link, frames);
+            let result = if server == Server::DeskportBrowser {
+                run_browser_row(frames).map(|(row, manager_cpu)| {
+                    eprintln!("  the manager's share of the CPU: {manager_cpu:.2} CPU-s");
+                    println!(
+                        "BENCH|rdp heavy {}: manager CPU relaying to the browser|{manager_cpu:.2}|CPU-s|{:.2}|CPU-s manager + server + X|lower",
+                        link.key(),
+                        row.cpu_s
+                    );
+                    row
+                })
+            } else {
+                run_row(server, link, frames)
+            };
             match result {
                 Ok(row) => {
                     eprintln!("  {row:?} in {:.0} s", started.elapsed().as_secs_f64());
@@ -663,6 +1002,21 @@ fn main() {
             continue;
         };
         let l = link.key();
+        if let Some(web) = get(Server::DeskportBrowser) {
+            println!(
+                "BENCH|rdp heavy {l}: frames painted in the browser|{}|frames|{}|frames xfreerdp direct|higher",
+                web.frames, ours.frames
+            );
+            println!(
+                "BENCH|rdp heavy {l}: median latency in the browser|{:.1}|ms|{:.1}|ms xfreerdp direct|lower",
+                web.median_ms, ours.median_ms
+            );
+            println!(
+                "BENCH|rdp heavy {l}: bytes to the browser|{:.2}|MB|{:.2}|MB xfreerdp direct|lower",
+                web.bytes as f64 / 1e6,
+                ours.bytes as f64 / 1e6
+            );
+        }
         if let Some(gw) = get(Server::DeskportGateway) {
             println!(
                 "BENCH|rdp heavy {l}: bytes through the RD Gateway|{:.2}|MB|{:.2}|MB direct|lower",

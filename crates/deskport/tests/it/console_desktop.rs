@@ -131,6 +131,34 @@ async fn socket_opens(b: &Browser, path: &str, protocols: Value) -> bool {
         .unwrap()
 }
 
+/// A WebSocket upgrade request by hand (a browser cannot lie about its Origin); the answer's
+/// head.
+fn raw_upgrade(port: u16, path: &str, cookie: &str, token: &str, origin: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect((LO, port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: deskport.console.v1, token.{token}\r\n\
+         Origin: {origin}\r\nCookie: deskport_session={cookie}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    let mut text = String::from_utf8_lossy(&head).into_owned();
+    if text.starts_with("HTTP/1.1 4") {
+        let mut body = [0u8; 512];
+        let n = s.read(&mut body).unwrap_or(0);
+        text.push_str(&String::from_utf8_lossy(&body[..n]));
+    }
+    text
+}
+
 async fn log_in(b: &Browser, url: &str) {
     let c = &b.client;
     c.goto(&format!("{url}/login")).await.unwrap();
@@ -194,7 +222,7 @@ fn the_desktop_in_a_browser_tab() {
     require_program("xclip");
     require_program("stdbuf");
     let dir = deskport_testsupport::data_dir();
-    let m = Manager::start(dir.path());
+    let mut m = Manager::start(dir.path());
     m.login();
     let port = free_port(LO);
     let address = format!("127.0.0.1:{port}");
@@ -263,6 +291,52 @@ fn the_desktop_in_a_browser_tab() {
                 .fetch(&format!("/instances/{id}/console/token"), "POST", json!({}))
                 .await;
             assert_eq!(status, 403, "a token needs the page's CSRF token");
+            // A page of another site cannot open it even with the user's cookie and a valid
+            // token (a browser sends the cookie along; the Origin header gives it away).
+            let csrf = b
+                .client
+                .execute(
+                    "return document.getElementById('desktop').dataset.csrf",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            let (status, minted) = b
+                .fetch(
+                    &format!("/instances/{id}/console/token"),
+                    "POST",
+                    json!({ "csrf": csrf }),
+                )
+                .await;
+            assert_eq!(status, 200, "{minted}");
+            let token = serde_json::from_str::<Value>(&minted).unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let cookie = b
+                .client
+                .get_named_cookie("deskport_session")
+                .await
+                .unwrap()
+                .value()
+                .to_owned();
+            let upgrade = |origin: &str| {
+                raw_upgrade(
+                    m.port,
+                    &format!("/instances/{id}/console/ws"),
+                    &cookie,
+                    &token,
+                    origin,
+                )
+            };
+            let foreign = upgrade("http://evil.example");
+            assert!(foreign.starts_with("HTTP/1.1 403"), "{foreign}");
+            assert!(foreign.contains("Origin"), "{foreign}");
+            let own = upgrade(&format!("http://127.0.0.1:{}", m.port));
+            assert!(
+                own.starts_with("HTTP/1.1 101"),
+                "the same request from the console's origin: {own}"
+            );
 
             // Log on as alice: the canvas shows her session, every pixel.
             let c = b.client.clone();
@@ -288,6 +362,11 @@ fn the_desktop_in_a_browser_tab() {
             .await;
             let alice = server.display_of("alice");
             let first = canvas_shows(&mut b, &alice, "connected").await;
+            let metrics = crate::firewall_gateway::http_get(m.port, "/metrics").unwrap();
+            assert!(
+                metrics.contains("deskport_manager_console_sessions 1\n"),
+                "{metrics}"
+            );
             let screen_area = b
                 .client
                 .execute(
@@ -382,6 +461,17 @@ fn the_desktop_in_a_browser_tab() {
             );
             canvas_shows(&mut b, &alice, "resized").await;
 
+            // The manager restarts (an upgrade, a crash): the page reconnects by itself, to the
+            // same session.
+            let frames_before: u32 = state(&b, "frames").await.parse().unwrap();
+            m.restart();
+            eventually("the page to reconnect", 30, || async {
+                state(&b, "state").await == "connected"
+                    && state(&b, "frames").await.parse::<u32>().unwrap_or(0) > frames_before
+            })
+            .await;
+            canvas_shows(&mut b, &alice, "reconnected").await;
+
             // Gateway access off: the page is told, the session ends.
             m.ok(&["instance", "rdp", "desktop", "--no-gateway"]);
             eventually("the session to end", 15, || async {
@@ -390,6 +480,10 @@ fn the_desktop_in_a_browser_tab() {
             .await;
             let message = b.text("#desktop-message").await;
             assert!(message.contains("gateway access"), "{message}");
+            wait_until(Duration::from_secs(10), "the relay to close", || {
+                crate::firewall_gateway::http_get(m.port, "/metrics")
+                    .filter(|t| t.contains("deskport_manager_console_sessions 0\n"))
+            });
             b.shot("cut").await;
         });
 
