@@ -140,7 +140,14 @@ def heavy_section(rows, notes):
         "the shaped `lo` (VNC on TCP 127.0.0.1). The row *through its RD Gateway* is deskport's "
         "server reached through `deskport manager`'s RD Gateway (MS-TSGU, WebSocket form, target: "
         "at most 5% more bytes, the same frames, at most 2 ms more median latency than direct): "
-        "its bytes are what the gateway sent the client, its CPU includes the manager's.",
+        "its bytes are what the gateway sent the client, its CPU includes the manager's. The row "
+        "*in a chromium tab* (loopback only) is the console's Console tab: the same server, "
+        "reporting to a manager whose relay sends the page frames of copies, fills and PNG atlases "
+        "over a WebSocket (HTTPS); frames shown are codes read back from the canvas after each "
+        "frame the page painted (0 watcher polls: the page reports), bytes what the manager sent "
+        "the browser, CPU the manager's, server's and X server's (the browser's not counted, as "
+        "xfreerdp's is not). Targets: at least 250 frames, median at most 40 ms, bytes at most "
+        "2x the direct row's.",
         "",
         f"Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} at commit {commit_id()}"
         " (`scripts/bench heavy` replaces this section and the `rdp heavy` rows only).",

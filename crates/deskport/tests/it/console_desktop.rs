@@ -338,8 +338,39 @@ fn the_desktop_in_a_browser_tab() {
                 "the same request from the console's origin: {own}"
             );
 
-            // Log on as alice: the canvas shows her session, every pixel.
+            // A wrong password: the page says so and offers the form again.
             let c = b.client.clone();
+            c.find(Locator::Id("desktop-user"))
+                .await
+                .unwrap()
+                .send_keys("alice")
+                .await
+                .unwrap();
+            c.find(Locator::Id("desktop-password"))
+                .await
+                .unwrap()
+                .send_keys("not her password")
+                .await
+                .unwrap();
+            c.find(Locator::Id("desktop-connect"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            eventually("the logon to be refused", 30, || async {
+                state(&b, "state").await == "ended"
+            })
+            .await;
+            let refused = b.text("#desktop-message").await;
+            eprintln!("a wrong password: {refused}");
+            assert!(
+                refused.contains("refused the user name or password"),
+                "{refused}"
+            );
+            b.shot("wrong-password").await;
+
+            // Log on as alice: the canvas shows her session, every pixel.
             let user = c.find(Locator::Id("desktop-user")).await.unwrap();
             user.clear().await.unwrap();
             user.send_keys("alice").await.unwrap();
@@ -493,6 +524,7 @@ fn the_desktop_in_a_browser_tab() {
         "browser console of admin from 127.0.0.1 opened (logged on as alice",
         "browser console of admin from 127.0.0.1 cut",
         "Browser console from 127.0.0.1 refused: the gateway token is not known",
+        "browser console of admin from 127.0.0.1: the instance refused the logon of alice",
     ] {
         assert!(
             audit.contains(line),
