@@ -305,6 +305,19 @@ fn csrf_field(c: &Console) -> Markup {
     html! { input type="hidden" name="csrf" value=(c.csrf); }
 }
 
+/// A page's `<head>`: its title, the console's style sheet and `script`.
+pub(crate) fn head(title: &str, script: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " — deskport" }
+            link rel="stylesheet" href="/static/console.css";
+            script src=(script) defer {}
+        }
+    }
+}
+
 /// A whole page: header with navigation, project switcher and log-out, then `body`.
 pub(crate) fn page(
     c: &Console,
@@ -316,13 +329,7 @@ pub(crate) fn page(
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " — deskport" }
-                link rel="stylesheet" href="/static/console.css";
-                script src="/static/console.js" defer {}
-            }
+            (head(title, "/static/console.js"))
             body {
                 header.top {
                     a.brand href="/" { "deskport" }

@@ -148,13 +148,7 @@ async fn console_page(
         let markup = html! {
             (maud::DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { (title) " — deskport" }
-                    link rel="stylesheet" href="/static/console.css";
-                    script src="/static/desktop.js" defer {}
-                }
+                (crate::console::head(&title, "/static/desktop.js"))
                 body.console-only {
                     p.console-back { a href=(format!("/instances/{id}/console")) { "Back to the console" } " · " (i.name) }
                     (desktop)
@@ -316,6 +310,26 @@ async fn audit(
     }
 }
 
+/// [`audit`] of what happened to `grant`'s session.
+async fn audit_grant(
+    s: &AppState,
+    grant: &GatewayGrant,
+    event: GatewayEvent,
+    summary: String,
+    peer: IpAddr,
+) {
+    audit(
+        s,
+        Some(grant.user_id),
+        Some(grant.project_id),
+        Some(grant.instance.id),
+        event,
+        summary,
+        peer,
+    )
+    .await;
+}
+
 async fn send(socket: &mut WebSocket, message: Outgoing) -> bool {
     let message = match message {
         Outgoing::Binary(b) => Message::Binary(b.into()),
@@ -451,11 +465,9 @@ async fn relay(s: AppState, grant: GatewayGrant, mut socket: WebSocket, peer: Ip
     match connected_rx.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            audit(
+            audit_grant(
                 &s,
-                Some(grant.user_id),
-                Some(grant.project_id),
-                Some(i.id),
+                &grant,
                 GatewayEvent::Refused,
                 format!("{who}: the instance refused the logon of {user}: {e}"),
                 peer,
@@ -465,11 +477,9 @@ async fn relay(s: AppState, grant: GatewayGrant, mut socket: WebSocket, peer: Ip
         }
         Err(_) => return end(&mut socket, "the connection failed").await,
     }
-    audit(
+    audit_grant(
         &s,
-        Some(grant.user_id),
-        Some(grant.project_id),
-        Some(i.id),
+        &grant,
         GatewayEvent::Opened,
         format!("{who} opened (logged on as {user} at {target})"),
         peer,
@@ -548,7 +558,7 @@ async fn relay(s: AppState, grant: GatewayGrant, mut socket: WebSocket, peer: Ip
                 match s.store.recheck_grant(grant.token_id).await {
                     Ok(Err(refused)) => {
                         let reason = format!("access withdrawn: {}", refused.reason);
-                        audit(&s, Some(grant.user_id), Some(grant.project_id), Some(i.id), GatewayEvent::Refused, format!("{who} cut: {}", refused.reason), peer).await;
+                        audit_grant(&s, &grant, GatewayEvent::Refused, format!("{who} cut: {}", refused.reason), peer).await;
                         end(&mut socket, &reason).await;
                         break reason;
                     }
@@ -594,11 +604,9 @@ async fn relay(s: AppState, grant: GatewayGrant, mut socket: WebSocket, peer: Ip
         %why,
         "Browser console session closed"
     );
-    audit(
+    audit_grant(
         &s,
-        Some(grant.user_id),
-        Some(grant.project_id),
-        Some(i.id),
+        &grant,
         GatewayEvent::Closed,
         format!("{who} closed: {why} ({frames} frames, {to_page} bytes to the page)"),
         peer,

@@ -394,6 +394,17 @@ fn start_workload(
     )?)
 }
 
+/// Starts the workload (a line on its stdin) and waits until it drew its `frames` frames.
+fn run_workload(work: &mut ProcessGuard, frames: u16) -> anyhow::Result<()> {
+    writeln!(work.child_mut().stdin.take().unwrap())?;
+    let run_time = Duration::from_secs_f64(f64::from(frames) / f64::from(FPS));
+    let status = work
+        .wait_timeout(run_time + Duration::from_secs(20))
+        .ok_or_else(|| anyhow::anyhow!("the workload did not finish in time"))?;
+    anyhow::ensure!(status.success(), "the workload failed: {status}");
+    Ok(())
+}
+
 /// Each frame's latency (ms, sorted) from drawn (the workload's log) to first seen (frame →
 /// CLOCK_MONOTONIC ns), for the frames seen.
 fn latencies(
@@ -545,12 +556,7 @@ fn run_browser_row(frames: u16) -> anyhow::Result<(Row, f64)> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_nanos() as i128
             - i128::from(workload::monotonic_ns());
-        writeln!(work.child_mut().stdin.take().unwrap())?;
-        let run_time = Duration::from_secs_f64(f64::from(frames) / f64::from(FPS));
-        let status = work
-            .wait_timeout(run_time + Duration::from_secs(20))
-            .ok_or_else(|| anyhow::anyhow!("the workload did not finish in time"))?;
-        anyhow::ensure!(status.success(), "the workload failed: {status}");
+        run_workload(&mut work, frames)?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (bytes1, cpu1, manager1) = (
             bytes_sent(m.port, None),
@@ -825,12 +831,7 @@ fn run_row(server: Server, link: Link, frames: u16) -> anyhow::Result<Row> {
     let cpu = |pids: &[u32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
     let measured = pids(x_pid);
     let (bytes0, cpu0) = (bytes_sent(wire_port, ns), cpu(&measured));
-    writeln!(work.child_mut().stdin.take().unwrap())?;
-    let run_time = Duration::from_secs_f64(f64::from(frames) / f64::from(FPS));
-    let status = work
-        .wait_timeout(run_time + Duration::from_secs(20))
-        .ok_or_else(|| anyhow::anyhow!("the workload did not finish in time"))?;
-    anyhow::ensure!(status.success(), "the workload failed: {status}");
+    run_workload(&mut work, frames)?;
     // What is still on its way: until the last frame shows, at most 5 s.
     let drain = Instant::now() + Duration::from_secs(5);
     while Instant::now() < drain && !watcher.seen().first_seen.contains_key(&frames) {

@@ -97,6 +97,13 @@ impl Browser {
         panic!("no {css} on {}", self.client.current_url().await.unwrap());
     }
 
+    /// Replaces the value of the input `id` with `text`.
+    pub async fn fill(&self, id: &str, text: &str) {
+        let input = self.client.find(Locator::Id(id)).await.unwrap();
+        input.clear().await.unwrap();
+        input.send_keys(text).await.unwrap();
+    }
+
     pub async fn text(&self, css: &str) -> String {
         self.client
             .find(Locator::Css(css))

@@ -160,21 +160,23 @@ fn raw_upgrade(port: u16, path: &str, cookie: &str, token: &str, origin: &str) -
 }
 
 async fn log_in(b: &Browser, url: &str) {
-    let c = &b.client;
-    c.goto(&format!("{url}/login")).await.unwrap();
-    c.find(Locator::Id("username"))
-        .await
-        .unwrap()
-        .send_keys("admin")
-        .await
-        .unwrap();
-    c.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_PASSWORD)
-        .await
-        .unwrap();
+    b.client.goto(&format!("{url}/login")).await.unwrap();
+    b.fill("username", "admin").await;
+    b.fill("password", ADMIN_PASSWORD).await;
     b.click_nav(Locator::Css("form button[type=submit]")).await;
+}
+
+/// The Console tab's logon form, filled and submitted.
+async fn desktop_logon(b: &Browser, user: &str, password: &str) {
+    b.fill("desktop-user", user).await;
+    b.fill("desktop-password", password).await;
+    b.client
+        .find(Locator::Id("desktop-connect"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 /// Clicks the canvas at desktop pixel `(x, y)` with `button` (W3C numbering).
@@ -340,24 +342,7 @@ fn the_desktop_in_a_browser_tab() {
 
             // A wrong password: the page says so and offers the form again.
             let c = b.client.clone();
-            c.find(Locator::Id("desktop-user"))
-                .await
-                .unwrap()
-                .send_keys("alice")
-                .await
-                .unwrap();
-            c.find(Locator::Id("desktop-password"))
-                .await
-                .unwrap()
-                .send_keys("not her password")
-                .await
-                .unwrap();
-            c.find(Locator::Id("desktop-connect"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            desktop_logon(&b, "alice", "not her password").await;
             eventually("the logon to be refused", 30, || async {
                 state(&b, "state").await == "ended"
             })
@@ -371,21 +356,7 @@ fn the_desktop_in_a_browser_tab() {
             b.shot("wrong-password").await;
 
             // Log on as alice: the canvas shows her session, every pixel.
-            let user = c.find(Locator::Id("desktop-user")).await.unwrap();
-            user.clear().await.unwrap();
-            user.send_keys("alice").await.unwrap();
-            c.find(Locator::Id("desktop-password"))
-                .await
-                .unwrap()
-                .send_keys(PASSWORD)
-                .await
-                .unwrap();
-            c.find(Locator::Id("desktop-connect"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            desktop_logon(&b, "alice", PASSWORD).await;
             eventually("the session to connect", 30, || async {
                 state(&b, "state").await == "connected"
                     && state(&b, "frames").await.parse::<u32>().unwrap_or(0) > 0
