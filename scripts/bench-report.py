@@ -3,6 +3,7 @@
 Usage: bench-report.py BENCH_OUTPUT CRITERION_DIR OUT_DIR
        bench-report.py --heavy-only BENCH_OUTPUT OUT_DIR
        bench-report.py --control-only BENCH_OUTPUT OUT_DIR
+       bench-report.py --soak-only SOAK_OUTPUT OUT_DIR
 
 The heavy RDP benchmark's `HEAVY|link|server|frames|of|median ms|p95 ms|bytes|CPU-s|PSNR|polls/s`
 lines become their own table, between the markers below. With --heavy-only, only that table
@@ -11,6 +12,9 @@ and the heavy `BENCH|` rows are replaced in an existing RESULTS.md; every other 
 The control-plane benchmark's `CONTROL|figure|value|target|SQLite|met` lines (and its
 `CONTROLNOTE|` lines) become the control-plane section; --control-only replaces only that
 section and the `control plane` rows of the main table.
+
+The soak's `SOAK|curve|…` and `SOAK|summary|…` lines (scripts/soak) become the soak section;
+--soak-only replaces only that section.
 """
 
 import json
@@ -347,7 +351,72 @@ def ratio_of(r):
     return base / value if value else None
 
 
+SOAK_BEGIN = "<!-- soak:begin -->"
+SOAK_END = "<!-- soak:end -->"
+
+
+def soak_section(path):
+    curve, summary, verdict = [], None, "?"
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("SOAK|curve|"):
+                curve.append(line.split("|")[2:])
+            elif line.startswith("SOAK|summary|"):
+                summary = line.split("|")[2:]
+            elif line.startswith("soak: passed") or line.startswith("soak: FAILED"):
+                verdict = line[len("soak: "):]
+    lines = [SOAK_BEGIN, "## Soak (issue 20)", ""]
+    if summary is None:
+        lines += ["No soak figures in this run.", SOAK_END]
+        return lines
+    (sessions, minutes, fps, alive, cycles, failures, rss0, rss_max, growth, rss_after,
+     fds0, fds_max, fds_after, x_after, left) = summary
+    lines += [
+        f"`scripts/soak`: deskport's RDP server with {sessions} virtual desktops (Xvnc), each "
+        f"drawing the heavy workload of SPEC §7 at {fps} frames/s and watched by its own xfreerdp "
+        f"for {minutes} minutes, while `deskport connect --screenshot` connects and disconnects "
+        f"another account {cycles} times (two at a time); then the clients leave and the sessions "
+        "time out. Measured "
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} at commit {commit_id()}: "
+        f"**{verdict}**.",
+        "",
+        "| figure | value |",
+        "|---|---:|",
+        f"| sessions alive at the end | {alive} / {sessions} |",
+        f"| connect/disconnect cycles (failed) | {cycles} ({failures}) |",
+        f"| server resident memory: start, peak, after logoff | {rss0} / {rss_max} / {rss_after} MB |",
+        f"| resident memory growth over the second half | {growth} MB |",
+        f"| server descriptors: start, peak, after logoff | {fds0} / {fds_max} / {fds_after} |",
+        f"| X servers / session processes left after logoff | {x_after} / {left} |",
+        "",
+        "| t (s) | RSS (MB) | descriptors | threads | X servers | clients alive | cycles done |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in curve:
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append(SOAK_END)
+    return lines
+
+
+def soak_only(out_path, out_dir):
+    results = os.path.join(out_dir, "RESULTS.md")
+    with open(results, encoding="utf-8") as f:
+        text = f.read()
+    section = "\n".join(soak_section(out_path))
+    if SOAK_BEGIN in text and SOAK_END in text:
+        before, rest = text.split(SOAK_BEGIN, 1)
+        text = before + section + rest.split(SOAK_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    with open(results, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def main():
+    if sys.argv[1] == "--soak-only":
+        soak_only(sys.argv[2], sys.argv[3])
+        return
     if sys.argv[1] == "--heavy-only":
         heavy_only(sys.argv[2], sys.argv[3])
         return

@@ -988,6 +988,38 @@ fn write_png(
         .map_err(|e| anyhow::anyhow!("encode a PNG: {e}"))
 }
 
+/// The fuzz target `console_messages` (see `fuzz/`): each line of `data` as a message from a
+/// page, through the parser and into RDP input events: never a panic; every event fits its
+/// PDU (wheel turns in the 9-bit field); after a release nothing is held; a logon's size is
+/// one a server takes.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_oracle(data: &[u8]) {
+    let mut input = Input::default();
+    for line in data.split(|b| *b == b'\n') {
+        let Ok(message) = FromBrowser::parse(&String::from_utf8_lossy(line)) else {
+            continue;
+        };
+        if let FromBrowser::Logon { width, height, .. } = &message {
+            let (w, h) = session_size(*width, *height);
+            assert!((200..=8192).contains(&w) && (200..=8192).contains(&h) && w % 2 == 0);
+        }
+        for event in input.events(&message).unwrap_or_default() {
+            if let FastPathInputEvent::MouseEvent(m) = event {
+                assert!(
+                    MousePdu::WHEEL_ROTATION_RANGE.contains(&m.number_of_wheel_rotation_units),
+                    "wheel {}",
+                    m.number_of_wheel_rotation_units
+                );
+            }
+        }
+    }
+    let _ = input.release();
+    assert!(
+        input.release().is_empty(),
+        "something still held after a release"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

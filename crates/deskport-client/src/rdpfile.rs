@@ -41,6 +41,9 @@ pub fn split_host_port(text: &str) -> Result<(String, Option<u16>), String> {
         let (host, after) = rest
             .split_once(']')
             .ok_or_else(|| format!("{text:?}: missing ]"))?;
+        if host.trim().is_empty() {
+            return Err(format!("{text:?}: no host given"));
+        }
         return match after.strip_prefix(':') {
             Some(port) => Ok((host.to_owned(), Some(parse_port(port)?))),
             None if after.is_empty() => Ok((host.to_owned(), None)),
@@ -52,8 +55,42 @@ pub fn split_host_port(text: &str) -> Result<(String, Option<u16>), String> {
         return Ok((text.to_owned(), None));
     }
     match text.split_once(':') {
+        Some((host, _)) if host.trim().is_empty() => Err(format!("{text:?}: no host given")),
         Some((host, port)) => Ok((host.to_owned(), Some(parse_port(port)?))),
         None => Ok((text.to_owned(), None)),
+    }
+}
+
+/// The fuzz target `rdp_file` (see `fuzz/`): `data` as a `.rdp` file's text and as a
+/// `HOST[:PORT]`: never a panic, and what is accepted is usable — a host that is not empty, a
+/// port that is not 0; a refusal names a line of the file.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_oracle(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match RdpFile::parse(&text) {
+        Ok(file) => {
+            assert!(
+                file.host.as_deref().is_none_or(|h| !h.trim().is_empty()),
+                "empty host"
+            );
+            assert!(file.port != Some(0), "port 0");
+            if let Some(gateway) = &file.gateway {
+                assert!(
+                    split_host_port(gateway).is_ok(),
+                    "a gateway that does not parse"
+                );
+            }
+        }
+        Err(e) => assert!(
+            e.line <= text.lines().count() + 1,
+            "line {} of {}",
+            e.line,
+            text.lines().count()
+        ),
+    }
+    if let Ok((host, port)) = split_host_port(&text) {
+        assert!(!host.trim().is_empty(), "empty host from {text:?}");
+        assert!(port != Some(0), "port 0 from {text:?}");
     }
 }
 
@@ -224,5 +261,9 @@ mod tests {
         );
         assert!(split_host_port("h:0").is_err());
         assert!(split_host_port("").is_err());
+        // No host at all (found by the rdp_file fuzz target).
+        for empty in ["[]", "[]:3389", ":3389", "[ ]:1"] {
+            assert!(split_host_port(empty).is_err(), "{empty}");
+        }
     }
 }

@@ -159,6 +159,10 @@ pub struct XSessionSpec<'a> {
     pub run_as: Option<&'a UnixAccount>,
     /// Where the X server's and the programs' output goes (appended).
     pub log: &'a Path,
+    /// The RDP account the session is for, given to its programs as `DESKPORT_ACCOUNT` (a
+    /// session script can tell whose desktop it starts even when every account runs as the
+    /// same Unix user).
+    pub account: Option<&'a str>,
 }
 
 /// An X server and the programs of a session on it. Stopped on drop: every program's process
@@ -194,6 +198,7 @@ impl XSession {
         c.arg("-c")
             .arg(command)
             .env("DISPLAY", &self.display)
+            .envs(spec.account.map(|a| ("DESKPORT_ACCOUNT", a)))
             .stdin(Stdio::null())
             .stdout(append(spec.log)?)
             .stderr(append(spec.log)?)

@@ -174,6 +174,7 @@ impl VirtualSessions {
             commands: &self.config.commands,
             run_as: run_as.as_ref(),
             log: &log_path,
+            account: Some(account),
         })?;
         let display = x.display().to_owned();
         let x_server = x.x_server();

@@ -256,6 +256,7 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
         commands: &commands,
         run_as: None,
         log: &dir.join("desktop.log"),
+        account: None,
     })?;
     let mut rdp_settings = settings.rdp_server.clone();
     rdp_settings.listen = if nft { public } else { internal };

@@ -242,14 +242,14 @@ fn the_desktop_in_a_browser_tab() {
     let id = created["instance"]["id"].as_str().unwrap().to_owned();
     let agent_token = created["agent_token"].as_str().unwrap().to_owned();
     m.ok(&["instance", "rdp", "desktop", "--enable", "--gateway"]);
-    // alice's session (its programs run as `nobody`): the terminal writing what is typed to
-    // a file, and xev reporting the buttons pressed in its window (at 0,300).
+    // alice's session: the terminal writing what is typed to a file, and xev reporting the
+    // buttons pressed in its window (at 0,300).
     let server = Server::start_with(
         dir.path(),
         3600,
         port,
         &["--manager", &m.url, "--token", &agent_token],
-        &["exec stdbuf -oL xev -geometry 300x200+0+300 -event button > SHARED/xev-$USER.txt"],
+        &["exec stdbuf -oL xev -geometry 300x200+0+300 -event button > SHARED/xev-$DESKPORT_ACCOUNT.txt"],
     );
     wait_until(
         Duration::from_secs(20),
@@ -386,12 +386,12 @@ fn the_desktop_in_a_browser_tab() {
             type_keys(&b, "hello browser 42").await;
             type_keys(&b, "\u{E007}").await; // Enter
             let typed = wait_until(Duration::from_secs(15), "the typed line", || {
-                let t = server.typed("nobody");
+                let t = server.typed("alice");
                 t.contains("hello browser 42\n").then_some(t)
             });
             assert_eq!(typed, "hello browser 42\n");
             click_at(&b, 100, 350, 0).await;
-            let xev = dir.path().join("shared/xev-nobody.txt");
+            let xev = dir.path().join("shared/xev-alice.txt");
             let pressed = wait_until(Duration::from_secs(15), "xev to see the click", || {
                 std::fs::read_to_string(&xev)
                     .ok()

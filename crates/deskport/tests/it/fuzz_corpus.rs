@@ -14,6 +14,8 @@ const TARGETS: &[(&str, Oracle)] = &[
     ("rdp_negotiation", deskport_rdp::connection::fuzz_oracle),
     ("screen_codecs", deskport_rdp::encode::fuzz_oracle),
     ("zgfx_stream", deskport_rdp::encode::zgfx_fuzz_oracle),
+    ("console_messages", deskport_client::browser::fuzz_oracle),
+    ("rdp_file", deskport_client::rdpfile::fuzz_oracle),
 ];
 
 fn fuzz_dir() -> PathBuf {

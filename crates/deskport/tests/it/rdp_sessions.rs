@@ -19,7 +19,8 @@ use crate::rdp::{add_account, xfreerdp_to, PASSWORD};
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A server of virtual desktops; the sessions run `cat` in an xterm, writing what is typed to
-/// `typed-ACCOUNT.txt` in `shared`.
+/// `typed-ACCOUNT.txt` in `shared` (ACCOUNT: the RDP account, `DESKPORT_ACCOUNT` in the
+/// session; every session runs as the Unix user `nobody`).
 pub struct Server {
     pub port: u16,
     log: PathBuf,
@@ -58,7 +59,7 @@ impl Server {
             &config,
             format!(
                 "[rdp_server]\nsession_unix_user = \"nobody\"\nsession_timeout_secs = {timeout_secs}\n\
-                 session_commands = [\"LC_ALL=C.UTF-8 exec xterm -u8 -geometry 80x20+0+0 -e /bin/sh -c 'exec cat > {}/typed-$USER.txt'\"{}]\n",
+                 session_commands = [\"LC_ALL=C.UTF-8 exec xterm -u8 -geometry 80x20+0+0 -e /bin/sh -c 'exec cat > {}/typed-$DESKPORT_ACCOUNT.txt'\"{}]\n",
                 shared.display(),
                 more.iter()
                     .map(|c| format!(", {:?}", c.replace("SHARED", &shared.display().to_string())))
@@ -256,7 +257,7 @@ fn each_account_gets_a_desktop_that_survives_reconnection_and_takes_keys() {
         Duration::from_secs(10),
         "the typed line in the session",
         || {
-            let t = server.typed("nobody");
+            let t = server.typed("alice");
             t.contains('\n').then_some(t)
         },
     );
@@ -338,7 +339,7 @@ fn each_account_gets_a_desktop_that_survives_reconnection_and_takes_keys() {
         Duration::from_secs(10),
         "the Unicode line in the session",
         || {
-            let t = server.typed("nobody");
+            let t = server.typed("alice");
             (t.lines().count() >= 2).then_some(t)
         },
     );
