@@ -261,7 +261,7 @@ mod tests {
         );
         assert!(split_host_port("h:0").is_err());
         assert!(split_host_port("").is_err());
-        // No host at all (found by the rdp_file fuzz target).
+        // No host at all (the rdp_file fuzz oracle requires one; these were accepted).
         for empty in ["[]", "[]:3389", ":3389", "[ ]:1"] {
             assert!(split_host_port(empty).is_err(), "{empty}");
         }
