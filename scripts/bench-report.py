@@ -376,8 +376,10 @@ def soak_section(path):
         f"`scripts/soak`: deskport's RDP server with {sessions} virtual desktops (Xvnc), each "
         f"drawing the heavy workload of SPEC §7 at {fps} frames/s and watched by its own xfreerdp "
         f"for {minutes} minutes, while `deskport connect --screenshot` connects and disconnects "
-        f"another account {cycles} times (two at a time); then the clients leave and the sessions "
-        "time out. Measured "
+        f"two more accounts (still desktops), {cycles} times in all, two at once; then the clients "
+        "leave and the sessions time out. RSS after logoff is what the allocator kept; a leak "
+        "shows as growth while the load is steady (the cycles reattach sessions: each one would "
+        "leave its share). Measured "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} at commit {commit_id()}: "
         f"**{verdict}**.",
         "",
