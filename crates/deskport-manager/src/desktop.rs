@@ -172,15 +172,6 @@ async fn console_page(
     page(&c, StatusCode::OK, &title, Nav::Instances, body)
 }
 
-/// `{"message": ...}` with `status`.
-fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "message": message.into() })),
-    )
-        .into_response()
-}
-
 /// Mints the gateway token a console WebSocket is opened with (POST, CSRF-checked: a page of
 /// another site cannot get one).
 async fn mint_token(
@@ -190,10 +181,8 @@ async fn mint_token(
     Form(form): Form<Fields>,
 ) -> Response {
     if !c.csrf_ok(&form) {
-        return json_error(
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token is missing or stale: reload the page",
-        );
+        return ApiError::forbidden("the form's CSRF token is missing or stale: reload the page")
+            .into_response();
     }
     match c.ops(&s).mint_rdp_token(id, None).await {
         Ok((_, token, secret)) => Json(serde_json::json!({
@@ -201,7 +190,7 @@ async fn mint_token(
             "expires_at": deskport_api::rfc3339(token.expires_at),
         }))
         .into_response(),
-        Err(e) => json_error(e.status, e.message),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -236,25 +225,20 @@ async fn open_socket(
     ws: WebSocketUpgrade,
 ) -> Response {
     if !same_origin(&headers) {
-        return json_error(
-            StatusCode::FORBIDDEN,
+        return ApiError::forbidden(
             "the console's WebSocket is opened only by the console's own pages (Origin)",
-        );
+        )
+        .into_response();
     }
     let Some(secret) = token_of(&headers) else {
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "no console token (subprotocol token.SECRET)",
-        );
+        return ApiError::unauthorized("no console token (subprotocol token.SECRET)")
+            .into_response();
     };
     let peer = c.addr();
     let grant = match s.store.gateway_grant(&secret).await {
         Ok(Ok(g)) if g.user_id == c.user_id() && g.instance.id == id => g,
         Ok(Ok(_)) => {
-            return json_error(
-                StatusCode::FORBIDDEN,
-                "that token is not yours for this instance",
-            )
+            return ApiError::forbidden("that token is not yours for this instance").into_response()
         }
         Ok(Err(refused)) => {
             audit(
@@ -267,15 +251,17 @@ async fn open_socket(
                 peer,
             )
             .await;
-            return json_error(StatusCode::FORBIDDEN, refused.reason.to_string());
+            return ApiError::forbidden(refused.reason.to_string()).into_response();
         }
         Err(e) => return ApiError::from(e).into_response(),
     };
     let Ok(permit) = s.console_sessions.clone().try_acquire_owned() else {
-        return json_error(
+        return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_console_sessions",
             format!("this manager relays {MAX_SESSIONS} console sessions already; try again later"),
-        );
+        )
+        .into_response();
     };
     ws.protocols([browser::PROTOCOL])
         .max_message_size(browser::MAX_MESSAGE + 1024)

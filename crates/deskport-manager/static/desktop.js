@@ -103,7 +103,9 @@
         credentials: "same-origin",
       }).catch(() => { throw new Error("The manager could not be reached."); });
       const body = await response.json().catch(() => ({}));
-      if (!response.ok) throw new Error(sentence(body.message || response.statusText || "HTTP " + response.status));
+      // (Errors are the API's: {"error": {"code", "message"}}.)
+      const message = body.error && body.error.message;
+      if (!response.ok) throw new Error(sentence(message || response.statusText || "HTTP " + response.status));
       if (!body.token) throw new Error("The manager gave no console token.");
       return body.token;
     }
