@@ -470,23 +470,39 @@ pub struct Stats {
     pub copies: AtomicU64,
 }
 
-/// The browser's acknowledgements, shared between the socket (which records them) and the
-/// frontend (which waits for them).
+/// The frames sent and the browser's acknowledgements, shared between the frontend (which
+/// numbers the frames and waits for acknowledgements) and the socket (which records them).
 #[derive(Debug, Default)]
 pub struct Acks {
+    /// The last frame id sent.
+    sent: AtomicU32,
+    /// The last frame id acknowledged.
     last: AtomicU32,
 }
 
 impl Acks {
     /// The browser painted frame `id`. Ids the relay never sent are ignored.
-    pub fn acknowledge(&self, id: u32, sent: u32) {
-        if id <= sent {
+    pub fn acknowledge(&self, id: u32) {
+        if id <= self.sent.load(Ordering::Relaxed) {
             self.last.fetch_max(id, Ordering::Relaxed);
         }
     }
 
-    fn last(&self) -> u32 {
-        self.last.load(Ordering::Relaxed)
+    /// Frames sent and not acknowledged yet.
+    fn unacknowledged(&self) -> u32 {
+        self.sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.last.load(Ordering::Relaxed))
+    }
+
+    /// The id of the next frame to send.
+    fn next(&self) -> u32 {
+        self.sent.load(Ordering::Relaxed) + 1
+    }
+
+    /// Frame `id` was sent.
+    fn sent(&self, id: u32) {
+        self.sent.store(id, Ordering::Relaxed);
     }
 }
 
@@ -495,7 +511,6 @@ impl Acks {
 pub struct Browser {
     out: mpsc::UnboundedSender<Outgoing>,
     acks: Arc<Acks>,
-    sent: Arc<AtomicU32>,
     stats: Arc<Stats>,
     diff: Diff,
     damage: Vec<Area>,
@@ -506,18 +521,12 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// A frontend sending to `out`. `sent` is the last frame id sent (for the socket side to
-    /// check acknowledgements against).
-    pub fn new(
-        out: mpsc::UnboundedSender<Outgoing>,
-        acks: Arc<Acks>,
-        sent: Arc<AtomicU32>,
-        stats: Arc<Stats>,
-    ) -> Self {
+    /// A frontend sending to `out`; the socket side records the browser's acknowledgements
+    /// in `acks`.
+    pub fn new(out: mpsc::UnboundedSender<Outgoing>, acks: Arc<Acks>, stats: Arc<Stats>) -> Self {
         Self {
             out,
             acks,
-            sent,
             stats,
             diff: Diff::new(),
             damage: Vec::new(),
@@ -535,12 +544,6 @@ impl Browser {
         if self.out.send(message).is_err() {
             self.closed = true;
         }
-    }
-
-    fn unacknowledged(&self) -> u32 {
-        self.sent
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.acks.last())
     }
 
     fn damaged(&mut self, area: Area) {
@@ -622,7 +625,7 @@ impl Frontend for Browser {
 
     fn wake_at(&self) -> Option<Instant> {
         let first = self.first?;
-        (self.unacknowledged() < WINDOW).then(|| (self.last + GATHER).min(first + GATHER_MAX))
+        (self.acks.unacknowledged() < WINDOW).then(|| (self.last + GATHER).min(first + GATHER_MAX))
     }
 
     fn wake(&mut self, image: &DecodedImage) -> anyhow::Result<bool> {
@@ -645,9 +648,9 @@ impl Frontend for Browser {
         if ops.is_empty() {
             return Ok(self.closed);
         }
-        let id = self.sent.load(Ordering::Relaxed) + 1;
+        let id = self.acks.next();
         let message = encode_frame(id, &frame, &ops, Picture::default(), &self.stats)?;
-        self.sent.store(id, Ordering::Relaxed);
+        self.acks.sent(id);
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
         self.send(Outgoing::Binary(message));
         Ok(self.closed)
@@ -1322,10 +1325,14 @@ mod tests {
     #[test]
     fn acknowledgements_of_frames_never_sent_are_ignored() {
         let acks = Acks::default();
-        acks.acknowledge(5, 3);
-        assert_eq!(acks.last(), 0);
-        acks.acknowledge(3, 3);
-        acks.acknowledge(2, 3);
-        assert_eq!(acks.last(), 3, "never backwards");
+        for id in 1..=3 {
+            assert_eq!(acks.next(), id);
+            acks.sent(id);
+        }
+        acks.acknowledge(5);
+        assert_eq!(acks.unacknowledged(), 3, "5 was never sent");
+        acks.acknowledge(3);
+        acks.acknowledge(2);
+        assert_eq!(acks.unacknowledged(), 0, "never backwards");
     }
 }

@@ -18,7 +18,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -421,9 +421,8 @@ async fn relay(s: AppState, grant: GatewayGrant, mut socket: WebSocket, peer: Ip
     let (copied_tx, copied_rx) = mpsc::unbounded_channel();
     let (server_copy_tx, mut server_copy_rx) = mpsc::unbounded_channel();
     let acks = Arc::new(Acks::default());
-    let sent = Arc::new(AtomicU32::new(0));
     let stats = Arc::new(Stats::default());
-    let mut frontend = browser::Browser::new(out_tx, acks.clone(), sent.clone(), stats.clone());
+    let mut frontend = browser::Browser::new(out_tx, acks.clone(), stats.clone());
     let clipboard = Clipboard {
         from_server: clip_rx,
         copied: copied_rx,
@@ -509,7 +508,7 @@ async fn relay(s: AppState, grant: GatewayGrant, mut socket: WebSocket, peer: Ip
                 let reply = match FromBrowser::parse(&text) {
                     Err(e) => Some(e),
                     Ok(FromBrowser::Ack { frame }) => {
-                        acks.acknowledge(frame, sent.load(Ordering::Relaxed));
+                        acks.acknowledge(frame);
                         let _ = ui_tx.send(UiEvent::Wake);
                         None
                     }
