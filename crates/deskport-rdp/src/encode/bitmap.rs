@@ -987,7 +987,7 @@ mod tests {
     fn text_goes_as_interleaved_rle_where_that_is_smaller() {
         use ironrdp_pdu::bitmap::BitmapUpdateData;
         let (w, h) = (256u16, 64u16);
-        let f = pattern(w, h, |x, y| {
+        let f = Frame::painted(w, h, |x, y| {
             if x < 128 {
                 // Strokes of glyphs, dark on a red box.
                 if rng_at(x, y).is_multiple_of(5) {
@@ -1247,22 +1247,6 @@ mod tests {
         (markers, orders)
     }
 
-    fn pattern(w: u16, h: u16, paint: impl Fn(u16, u16) -> [u8; 3]) -> Frame {
-        let mut data = Vec::new();
-        for y in 0..h {
-            for x in 0..w {
-                let [b, g, r] = paint(x, y);
-                data.extend_from_slice(&[b, g, r, 0]);
-            }
-        }
-        Frame {
-            width: w,
-            height: h,
-            data: Arc::new(data),
-            generation: 0,
-        }
-    }
-
     fn rgb(screen: &[u8]) -> Vec<[u8; 3]> {
         screen.chunks_exact(4).map(|p| [p[0], p[1], p[2]]).collect()
     }
@@ -1276,10 +1260,10 @@ mod tests {
         let old = |x: u16, y: u16| [(x * 3) as u8, (y * 5) as u8, (x ^ y) as u8];
         let new_pattern = |x: u16, y: u16| [(y * 9) as u8, 0x40, (x * 7) as u8];
         const RED: [u8; 3] = [0x20, 0x30, 0xe0];
-        let first = pattern(w, h, old);
+        let first = Frame::painted(w, h, old);
         // Rows 0-95 scrolled up by 5; a red band below, a red square; a new pattern at A
         // (150,100 50x28), and the same pattern at B (0,100): copied from A once A is painted.
-        let second = pattern(w, h, |x, y| match (x, y) {
+        let second = Frame::painted(w, h, |x, y| match (x, y) {
             (_, 0..95) => old(x, y + 5),
             (_, 95..100) => RED,
             (60..80, 105..115) => RED,
