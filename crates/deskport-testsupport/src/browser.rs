@@ -7,13 +7,25 @@ use std::time::Duration;
 
 use crate::{free_port, wait_until, ProcessGuard};
 
+/// What keeps a chromium session alive: chromedriver, and the browser's profile in a
+/// directory of its own (removed on drop; chromedriver's own profiles in /tmp are not, when
+/// chromedriver is stopped rather than asked to quit).
+#[derive(Debug)]
+pub struct Chromium {
+    _driver: ProcessGuard,
+    _profile: tempfile::TempDir,
+}
+
 /// A chromium session with a `width`x`height` window and `extra` command-line flags; the
-/// chromedriver guard ends the browser with it.
+/// [`Chromium`] guard ends the browser with it.
 pub async fn chromium(
     width: u32,
     height: u32,
     extra: &[&str],
-) -> anyhow::Result<(fantoccini::Client, ProcessGuard)> {
+) -> anyhow::Result<(fantoccini::Client, Chromium)> {
+    let profile = tempfile::Builder::new()
+        .prefix("deskport-chromium-")
+        .tempdir()?;
     let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let driver = ProcessGuard::spawn(
         "chromedriver",
@@ -34,6 +46,7 @@ pub async fn chromium(
         "--disable-dev-shm-usage".to_owned(),
         format!("--window-size={width},{height}"),
         "--lang=en-US".to_owned(),
+        format!("--user-data-dir={}", profile.path().display()),
     ];
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     let mut caps = serde_json::Map::new();
@@ -45,5 +58,30 @@ pub async fn chromium(
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{port}"))
         .await?;
-    Ok((client, driver))
+    Ok((
+        client,
+        Chromium {
+            _driver: driver,
+            _profile: profile,
+        },
+    ))
+}
+
+/// The pixels of the page's canvas `id` (read as a PNG data URL).
+pub async fn canvas_image(
+    client: &fantoccini::Client,
+    id: &str,
+) -> anyhow::Result<image::RgbImage> {
+    let url = client
+        .execute(
+            "return document.getElementById(arguments[0]).toDataURL('image/png')",
+            vec![serde_json::json!(id)],
+        )
+        .await?;
+    let data = url
+        .as_str()
+        .and_then(|u| u.split_once(','))
+        .map(|(_, data)| data)
+        .ok_or_else(|| anyhow::anyhow!("canvas {id} gave no data URL: {url}"))?;
+    Ok(image::load_from_memory(&crate::base64_decode(data)?)?.to_rgb8())
 }

@@ -48,6 +48,27 @@ pub use xvfb::{
     SOCKET_FILE_ONLY,
 };
 
+/// Standard base64 (PEM bodies, data: URLs), padding optional; a character outside the
+/// alphabet is an error.
+pub fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET
+            .iter()
+            .position(|a| *a == c)
+            .ok_or_else(|| anyhow::anyhow!("{:?} is not base64", char::from(c)))?;
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Ok(out)
+}
+
 /// Panics with a clear message unless `program` is on `PATH`. The README's test command
 /// installs every program the tests use, so a miss here means that list is incomplete.
 pub fn require_program(program: &str) {

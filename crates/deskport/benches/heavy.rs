@@ -580,14 +580,7 @@ fn run_browser_row(frames: u16) -> anyhow::Result<(Row, f64)> {
             percentile(&ms, 50.0),
             percentile(&ms, 95.0)
         );
-        let png = c
-            .execute(
-                "return document.getElementById('desktop-canvas').toDataURL('image/png')",
-                vec![],
-            )
-            .await?;
-        let png = png.as_str().unwrap_or_default().split(',').nth(1).unwrap_or_default();
-        let canvas = image::load_from_memory(&base64_decode(png))?.to_rgb8();
+        let canvas = deskport_testsupport::browser::canvas_image(&c, "desktop-canvas").await?;
         let _ = c.close().await;
         let mut first_seen = std::collections::HashMap::new();
         for entry in codes.as_array().into_iter().flatten() {
@@ -637,25 +630,6 @@ fn run_browser_row(frames: u16) -> anyhow::Result<(Row, f64)> {
         },
         manager_cpu,
     ))
-}
-
-/// Standard base64 (a data: URL's payload).
-fn base64_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|c| *c != b'=') {
-        let Some(v) = ALPHABET.iter().position(|a| *a == c) else {
-            continue;
-        };
-        acc = (acc << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 /// Runs one server through the workload; `Err` says why the row has no figures.

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use deskport_testsupport::{require_program, ProcessGuard};
+use deskport_testsupport::require_program;
 use fantoccini::{Client, Locator};
 use serde_json::{json, Value};
 
@@ -18,7 +18,7 @@ pub struct Browser {
     pub client: Client,
     step: u32,
     artifacts: &'static str,
-    _driver: ProcessGuard,
+    _driver: deskport_testsupport::browser::Chromium,
 }
 
 impl Browser {

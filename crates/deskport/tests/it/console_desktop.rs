@@ -24,18 +24,9 @@ const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// The canvas's pixels.
 async fn canvas(b: &Browser) -> RgbImage {
-    let url = b
-        .client
-        .execute(
-            "return document.getElementById('desktop-canvas').toDataURL('image/png')",
-            vec![],
-        )
+    deskport_testsupport::browser::canvas_image(&b.client, "desktop-canvas")
         .await
-        .unwrap();
-    let data = url.as_str().unwrap().split(',').nth(1).unwrap();
-    image::load_from_memory(&crate::rdp_manager::base64_decode(data))
         .unwrap()
-        .to_rgb8()
 }
 
 /// `#desktop`'s `data-NAME`.

@@ -14,28 +14,12 @@ const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn fingerprint_of(pem: &str) -> String {
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64_decode(&b64);
+    let der = deskport_testsupport::base64_decode(&b64).unwrap();
     sha2::Sha256::digest(&der)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-pub fn base64_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|c| *c != b'=') {
-        let v = ALPHABET.iter().position(|a| *a == c).unwrap() as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 #[test]
