@@ -1,8 +1,7 @@
-//! Starting X desktops: an X server on a display number it picks itself, and a session's
+//! Starting X desktops: an X server on a free display number (its lock file taken), and a session's
 //! programs on it, as one [`XSession`] that stops as a whole. Virtual sessions, `deskport up`
 //! and the test fixtures all start their desktops here.
 
-use std::io::BufRead as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,62 +53,118 @@ pub fn on_path(program: &str) -> bool {
     })
 }
 
-/// Starts an X server with one `size` screen at 24-bit depth, its errors appended to `log`;
-/// it picks a free display number itself (`-displayfd`: no polling of sockets, no collisions)
-/// and listens on no TCP port (Xvnc: no VNC port either). `own_group`: in a process group of
-/// its own (so that a session can be stopped as a whole). Returns the process and the display
-/// name.
+/// Starts an X server with one `size` screen at 24-bit depth, its errors appended to `log`,
+/// listening on no TCP port (Xvnc: no VNC port either). `own_group`: in a process group of its
+/// own (so that a session can be stopped as a whole). Returns the process and the display name.
+///
+/// The display number is explicit: the lowest from [`FIRST_DISPLAY`] whose lock file
+/// (`/tmp/.XN-lock`) and socket file (`/tmp/.X11-unix/XN`) are both absent. The X server
+/// takes the lock atomically and refuses a number whose lock another live server holds; the
+/// next number is then tried. (`-displayfd`, which lets the server pick, takes no lock and
+/// judges a number free by its abstract socket alone, which is private to a network
+/// namespace: a server started in another namespace then took a number in use and replaced
+/// its socket file.) Ready when its socket file accepts a connection.
 pub fn start_x_server(
     kind: XServer,
     size: (u16, u16),
     log: &Path,
     own_group: bool,
 ) -> anyhow::Result<(Child, String)> {
-    start_x_server_with(Command::new(kind.program().0), kind, size, log, own_group)
+    start_x_server_with(
+        || Command::new(kind.program().0),
+        kind,
+        size,
+        log,
+        own_group,
+    )
 }
 
-/// [`start_x_server`] through `command`: the X server's program, or a command that runs it
-/// (e.g. `ip netns exec NAME Xvfb`); the server's arguments are appended.
+/// The first display number deskport's X servers use (below it: the console's and the
+/// displays ssh forwards).
+pub const FIRST_DISPLAY: u32 = 10;
+
+/// [`start_x_server`] through the commands `make` returns: the X server's program, or a
+/// command that runs it (e.g. `ip netns exec NAME Xvfb`); the server's arguments are appended.
 pub fn start_x_server_with(
-    mut command: Command,
+    make: impl Fn() -> Command,
     kind: XServer,
     size: (u16, u16),
     log: &Path,
     own_group: bool,
 ) -> anyhow::Result<(Child, String)> {
-    let stderr = append(log)?;
+    const ATTEMPTS: u32 = 20;
     let (program, package) = kind.program();
-    command.args(["-displayfd", "1", "-nolisten", "tcp", "-noreset"]);
-    if kind.resolve() == XServer::Xvnc {
+    let mut from = FIRST_DISPLAY;
+    for _ in 0..ATTEMPTS {
+        let number = free_display(from)
+            .with_context(|| format!("no free X display number from {from} on"))?;
+        let mut command = make();
         command
-            .arg("-geometry")
-            .arg(format!("{}x{}", size.0, size.1))
-            .args(["-depth", "24", "-rfbport", "-1", "-SecurityTypes", "None"]);
-    } else {
+            .arg(format!(":{number}"))
+            .args(["-nolisten", "tcp", "-noreset"]);
+        if kind.resolve() == XServer::Xvnc {
+            command
+                .arg("-geometry")
+                .arg(format!("{}x{}", size.0, size.1))
+                .args(["-depth", "24", "-rfbport", "-1", "-SecurityTypes", "None"]);
+        } else {
+            command
+                .args(["-screen", "0"])
+                .arg(format!("{}x{}x24", size.0, size.1));
+        }
         command
-            .args(["-screen", "0"])
-            .arg(format!("{}x{}x24", size.0, size.1));
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(append(log)?);
+        if own_group {
+            command.process_group(0);
+        }
+        let mut server = command.spawn().map_err(|e| {
+            anyhow::anyhow!("cannot start {program} ({e}); the {package} package provides it (scripts/install-deps installs it)")
+        })?;
+        match wait_ready(&mut server, number)? {
+            true => return Ok((server, format!(":{number}"))),
+            // Exited: another server took the number first (or it cannot start at all, which
+            // the next attempts show).
+            false => from = number + 1,
+        }
     }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr);
-    if own_group {
-        command.process_group(0);
+    anyhow::bail!(
+        "{program} did not start in {ATTEMPTS} attempts (see {})",
+        log.display()
+    )
+}
+
+/// The lowest display number from `from` with neither a lock file nor a socket file.
+fn free_display(from: u32) -> Option<u32> {
+    (from..from.saturating_add(1000))
+        .find(|n| !Path::new(&format!("/tmp/.X{n}-lock")).exists() && !x_socket(*n).exists())
+}
+
+/// The socket file of display `number`.
+pub fn x_socket(number: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/.X11-unix/X{number}"))
+}
+
+/// Waits until `server` accepts connections on its socket file (true) or exits (false);
+/// an X server that neither does in 20 s is killed and an error.
+fn wait_ready(server: &mut Child, number: u32) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let socket = x_socket(number);
+    loop {
+        if server.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            let _ = server.wait();
+            anyhow::bail!("the X server on :{number} did not accept connections in 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let mut server = command.spawn().map_err(|e| {
-        anyhow::anyhow!("cannot start {program} ({e}); the {package} package provides it (scripts/install-deps installs it)")
-    })?;
-    let mut line = String::new();
-    if let Some(out) = server.stdout.take() {
-        std::io::BufReader::new(out).read_line(&mut line)?;
-    }
-    let Ok(number) = line.trim().parse::<u32>() else {
-        let _ = server.kill();
-        let _ = server.wait();
-        anyhow::bail!("{program} did not start (see {})", log.display());
-    };
-    Ok((server, format!(":{number}")))
 }
 
 fn append(log: &Path) -> anyhow::Result<std::fs::File> {
@@ -184,8 +239,8 @@ impl XSession {
             x_server,
             children: vec![server],
         };
-        // The programs must be able to use the display: with -displayfd and no -auth, the X
-        // server accepts local clients.
+        // The programs must be able to use the display: with no -auth, the X server accepts
+        // every local client.
         for command in spec.commands {
             let child = session.spawn(command, spec)?;
             session.children.push(child);

@@ -45,7 +45,6 @@ pub use process::ProcessGuard;
 pub use wait::wait_until;
 pub use xvfb::{
     cursor_image, screenshot, x_connect, Animation, CursorImage, InputProbe, ProbeEvent, Xvfb,
-    SOCKET_FILE_ONLY,
 };
 
 /// Standard base64 (PEM bodies, data: URLs), padding optional; a character outside the

@@ -6,10 +6,10 @@ use x11rb::protocol::xproto::{ConnectionExt, ImageFormat, ImageOrder};
 
 use crate::ProcessGuard;
 
-/// A private X server (Xvfb) on a display number it picked itself; stopped on drop.
+/// A private X server (Xvfb) on a free display number; stopped on drop.
 ///
-/// Xvfb is started with `-displayfd`, so it chooses a free display number and reports it once
-/// it accepts connections: no polling of sockets, no collisions between parallel tests.
+/// Started by `deskport_desktop::launch`, which takes the display's lock file, so parallel
+/// tests and servers in network namespaces never share a number.
 #[derive(Debug)]
 pub struct Xvfb {
     display: String,
@@ -30,7 +30,7 @@ impl Xvfb {
     pub fn start_in(width: u16, height: u16, netns: Option<&crate::Netns>) -> Self {
         crate::require_program("Xvfb");
         let (child, display) = deskport_desktop::launch::start_x_server_with(
-            crate::servers::command_in(netns, "Xvfb"),
+            || crate::servers::command_in(netns, "Xvfb"),
             deskport_desktop::launch::XServer::Xvfb,
             (width, height),
             std::path::Path::new("/dev/null"),
@@ -383,31 +383,27 @@ pub fn cursor_image(display: &str) -> anyhow::Result<CursorImage> {
     ))
 }
 
-/// Set (to anything) to make [`x_connect`] use socket files only.
-pub const SOCKET_FILE_ONLY: &str = "DESKPORT_X_SOCKET_FILE";
-
-/// Connects to the X `display` as x11rb does (the abstract socket first), or — when
-/// `DESKPORT_X_SOCKET_FILE` is set, as the heavy benchmark sets it — to a local display
-/// (`:N` or `:N.S`) through its socket file `/tmp/.X11-unix/XN` only. Abstract sockets belong
-/// to a network namespace: a process outside the namespace an X server runs in (the
-/// benchmark's shaped link) would reach whatever server of that number its own namespace
-/// has. The socket files are shared by all namespaces, and that cuts the other way: an X
-/// server started in a namespace does not see the abstract sockets of the host's, may take
-/// a display number in use there and replace its socket file — so tests that run X servers
-/// in namespaces beside others (`up --firewall nft`) keep the abstract socket. The cookie
-/// comes from the X authority file as x11rb reads it.
+/// Connects to the X `display`: a local display (`:N` or `:N.S`) through its socket file
+/// `/tmp/.X11-unix/XN` where there is one, else as x11rb does (the abstract socket first).
+/// Abstract sockets belong to a network namespace: a process outside the namespace an X server
+/// runs in (the heavy benchmark's shaped link, the hosts of the multi-host test) would reach
+/// whatever server of that number its own namespace has. Socket files are shared by all
+/// namespaces, and `deskport_desktop::launch` takes each display's lock file, so a socket
+/// file names one server. The cookie comes from the X authority file as x11rb reads it.
 pub fn x_connect(display: &str) -> anyhow::Result<(x11rb::rust_connection::RustConnection, usize)> {
     use x11rb::rust_connection::{DefaultStream, RustConnection};
     let local = display.strip_prefix(':').and_then(|rest| {
         let (number, screen) = rest.split_once('.').unwrap_or((rest, "0"));
         Some((number.parse::<u32>().ok()?, screen.parse::<usize>().ok()?))
     });
-    let Some((number, screen)) = local.filter(|_| std::env::var_os(SOCKET_FILE_ONLY).is_some())
+    let Some((number, screen)) =
+        local.filter(|(number, _)| deskport_desktop::launch::x_socket(*number).exists())
     else {
         return Ok(x11rb::connect(Some(display))?);
     };
-    let stream = std::os::unix::net::UnixStream::connect(format!("/tmp/.X11-unix/X{number}"))
-        .map_err(|e| anyhow::anyhow!("connect to X display {display}: {e}"))?;
+    let stream =
+        std::os::unix::net::UnixStream::connect(deskport_desktop::launch::x_socket(number))
+            .map_err(|e| anyhow::anyhow!("connect to X display {display}: {e}"))?;
     // With the display's cookie where it has one (Xvnc, xrdp's sessions), as x11rb does: no
     // authority file, or none for this display, means no cookie.
     let (stream, (family, address)) = DefaultStream::from_unix_stream(stream)?;

@@ -855,9 +855,6 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
-    // X servers inside the shaped link's namespace are reached through their socket files
-    // (deskport_testsupport::x_connect), here and in the workload program started from here.
-    std::env::set_var(deskport_testsupport::SOCKET_FILE_ONLY, "1");
     if args.get(1).map(String::as_str) == Some("--workload") {
         let options = workload::Options::parse(args.into_iter().skip(2)).unwrap();
         workload::run(&options).unwrap();
