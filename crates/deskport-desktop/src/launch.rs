@@ -330,9 +330,13 @@ impl Drop for XSession {
 
 /// A window manager (which paints the background) and a terminal: the session of a virtual
 /// desktop unless `session_commands` says otherwise; it ends when the window manager exits.
+///
+/// The window manager starts the terminal itself once it manages the screen (`--startup`): a
+/// terminal started beside it maps its window while openbox takes over the root window, and
+/// in about half the sessions that window stayed unmapped — a desktop without its terminal.
 pub fn default_commands() -> Vec<String> {
     vec![
-        "exec openbox --startup \"xsetroot -solid '#1f4e79'\"".to_owned(),
-        "exec xterm -geometry 100x30+40+40".to_owned(),
+        "exec openbox --startup \"sh -c 'xsetroot -solid rgb:1f/4e/79; exec xterm -geometry 100x30+40+40'\""
+            .to_owned(),
     ]
 }
