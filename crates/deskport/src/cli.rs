@@ -101,6 +101,14 @@ pub enum Command {
     Template(cmd::remote::TemplateArgs),
     /// The audit log.
     Audit(cmd::remote::AuditArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or PowerShell.
+    ///
+    /// bash: `deskport completions bash > ~/.local/share/bash-completion/completions/deskport`
+    /// (the Debian package installs the scripts for bash, zsh and fish).
+    Completions(cmd::docs::CompletionsArgs),
+    /// Write the man pages (one per command and subcommand) into a directory.
+    #[command(hide = true)]
+    Man(cmd::docs::ManArgs),
 }
 
 /// The `[log]` section's flags.
@@ -116,6 +124,12 @@ struct LogFlags {
 pub struct UsageError(pub String);
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // Made from the command line's definitions alone: no configuration read.
+    match &cli.command {
+        Command::Completions(args) => return cmd::docs::completions(args),
+        Command::Man(args) => return cmd::docs::man(args),
+        _ => {}
+    }
     let file = ConfigFile::locate(cli.config.as_deref()).map_err(usage)?;
     let mut flags = vec![config::flag_layer(
         "log",
@@ -154,6 +168,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Project(args) => cmd::remote::project(args, &settings.cli),
         Command::Template(args) => cmd::remote::template(args, &settings.cli),
         Command::Audit(args) => cmd::remote::audit(args, &settings.cli),
+        Command::Completions(args) => cmd::docs::completions(&args),
+        Command::Man(args) => cmd::docs::man(&args),
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod connect;
+pub mod docs;
 pub mod firewall;
 pub mod manager;
 pub mod rd_gateway;
