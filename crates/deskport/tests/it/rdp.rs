@@ -213,6 +213,26 @@ pub fn xfreerdp_to(
     password: &str,
     extra: &[&str],
 ) -> Client {
+    xfreerdp_with(
+        client.command("xfreerdp"),
+        target,
+        dir,
+        user,
+        password,
+        extra,
+    )
+}
+
+/// xfreerdp run by `command` (`xfreerdp`, or a command that runs it inside a namespace, with
+/// `DISPLAY` set).
+pub fn xfreerdp_with(
+    mut command: Command,
+    target: &str,
+    dir: &Path,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> Client {
     require_program("xfreerdp");
     let log = dir.join(format!(
         "xfreerdp-{}-{}.log",
@@ -221,8 +241,7 @@ pub fn xfreerdp_to(
     ));
     let process = ProcessGuard::spawn(
         "xfreerdp",
-        client
-            .command("xfreerdp")
+        command
             .arg(format!("/v:{target}"))
             .arg(format!("/u:{user}"))
             .arg(format!("/p:{password}"))
@@ -265,12 +284,31 @@ fn rdesktop_with(
     password: &str,
     extra: &[&str],
 ) -> Client {
+    rdesktop_command(
+        client.command("rdesktop"),
+        target,
+        dir,
+        user,
+        password,
+        extra,
+    )
+}
+
+/// rdesktop run by `command` (`rdesktop`, or a command that runs it inside a namespace, with
+/// `DISPLAY` set); it answers rdesktop's question whether to trust the certificate with yes.
+pub fn rdesktop_command(
+    mut command: Command,
+    target: &str,
+    dir: &Path,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> Client {
     require_program("rdesktop");
     let log = dir.join(format!("rdesktop-{user}-{}.log", rand_suffix()));
     let mut process = ProcessGuard::spawn(
         "rdesktop",
-        client
-            .command("rdesktop")
+        command
             .args(["-u", user, "-p", password])
             .args(extra)
             .arg(target)

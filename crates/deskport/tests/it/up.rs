@@ -138,38 +138,53 @@ fn find_screen(shot: &RgbImage, desktop: &RgbImage) -> Option<(u32, u32)> {
     (diff < 0.01).then_some((ox, oy))
 }
 
-fn wait_for_screen(
+pub(crate) fn wait_for_screen(
     client: &Xvfb,
     display: &str,
     artifact: &str,
     mut running: impl FnMut() -> bool,
 ) {
     let started = Instant::now();
-    let shot = wait_until(
-        Duration::from_secs(30),
-        &format!("the instance's desktop ({artifact})"),
-        || {
-            assert!(
-                running(),
-                "the client exited before showing the desktop ({artifact})"
-            );
-            let desktop = deskport_testsupport::screenshot(display).ok()?;
-            let shot = client.screenshot();
-            find_screen(&shot, &desktop).map(|_| shot)
-        },
-    );
-    eprintln!("{artifact}: desktop shown after {:?}", started.elapsed());
-    image_util::save_png(
-        &shot,
-        &deskport_testsupport::artifact_dir("up").join(format!("{artifact}.png")),
+    let artifacts = deskport_testsupport::artifact_dir("up");
+    let last = loop {
+        assert!(
+            running(),
+            "the client exited before showing the desktop ({artifact})"
+        );
+        let desktop = deskport_testsupport::screenshot(display).ok();
+        let shot = client.screenshot();
+        if desktop
+            .as_ref()
+            .is_some_and(|d| find_screen(&shot, d).is_some())
+        {
+            eprintln!("{artifact}: desktop shown after {:?}", started.elapsed());
+            image_util::save_png(&shot, &artifacts.join(format!("{artifact}.png")));
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            break (shot, desktop);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // For the post-mortem: what the client showed, and the desktop it should have shown.
+    let (shot, desktop) = last;
+    image_util::save_png(&shot, &artifacts.join(format!("{artifact}-client.png")));
+    if let Some(desktop) = desktop {
+        image_util::save_png(&desktop, &artifacts.join(format!("{artifact}-desktop.png")));
+    }
+    panic!(
+        "the client did not show the instance's desktop ({artifact}) in 30 s; screenshots in {}",
+        artifacts.display()
     );
 }
 
 /// Sends an RDP negotiation request from `source`; whether an RDP server answered it.
 fn rdp_answers(source: Ipv4Addr, target: SocketAddr) -> bool {
-    let Ok(mut stream) = deskport_testsupport::connect_from(source.into(), target) else {
-        return false;
-    };
+    deskport_testsupport::connect_from(source.into(), target).is_ok_and(rdp_confirms)
+}
+
+/// Sends an RDP negotiation request on `stream`; whether an X.224 Connection Confirm came back.
+pub(crate) fn rdp_confirms(mut stream: TcpStream) -> bool {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -186,8 +201,15 @@ fn rdp_answers(source: Ipv4Addr, target: SocketAddr) -> bool {
 }
 
 fn rule_id(up: &Up, cidr: &str) -> String {
-    let list: serde_json::Value =
-        serde_json::from_str(&up.cli(&["rule", "list", "--group", "default", "--json"])).unwrap();
+    rule_for(
+        &up.cli(&["rule", "list", "--group", "default", "--json"]),
+        cidr,
+    )
+}
+
+/// The ID of the rule for `cidr` in `deskport rule list --json`'s output.
+pub(crate) fn rule_for(listing: &str, cidr: &str) -> String {
+    let list: serde_json::Value = serde_json::from_str(listing).unwrap();
     list["security_group_rules"]
         .as_array()
         .unwrap()
