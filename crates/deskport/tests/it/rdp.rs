@@ -636,10 +636,11 @@ fn many_sessions_at_once_and_stalled_handshakes_time_out() {
     let dir = deskport_testsupport::data_dir();
     let config = dir.path().join("config.toml");
     // Twenty users logging on at once from one address (as from behind one NAT): that
-    // address's share of handshakes and new connections is raised to fit them.
+    // address's share of handshakes and new connections is raised to fit them. (A handshake
+    // budget of 2 s cut some of the twenty when other tests loaded the machine.)
     std::fs::write(
         &config,
-        "[rdp_server]\nhandshake_timeout_secs = 2\nframe_interval_ms = 100\n\
+        "[rdp_server]\nhandshake_timeout_secs = 5\nframe_interval_ms = 100\n\
          max_handshakes_per_source = 40\nmax_new_connections_per_source_per_sec = 100\n",
     )
     .unwrap();
