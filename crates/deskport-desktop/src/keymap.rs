@@ -93,9 +93,114 @@ pub fn char_of(keysym: u32) -> Option<char> {
     }
 }
 
+/// The XKB layout and variant (`""`: the layout's default) of a Windows keyboard layout
+/// identifier (KLID: the language in the low 16 bits, the variant above), as clients send it
+/// in their Core Data and Input capability; `None` for one deskport does not know (the
+/// session then keeps its layout). The set xrdp and FreeRDP map for their users, by the
+/// layouts' names in Windows.
+pub fn xkb_layout(klid: u32) -> Option<(&'static str, &'static str)> {
+    Some(match klid {
+        0x0000_0409 => ("us", ""),
+        0x0001_0409 => ("us", "dvorak"),
+        0x0002_0409 => ("us", "intl"),
+        0x0000_0809 => ("gb", ""),
+        0x0000_1809 => ("ie", ""),
+        0x0000_1009 => ("ca", ""),
+        0x0001_1009 => ("ca", "multix"),
+        0x0000_0c0c => ("ca", "fr-legacy"),
+        0x0000_0407 => ("de", ""),
+        0x0001_0407 => ("de", ""),
+        0x0000_0c07 => ("at", ""),
+        0x0000_0807 => ("ch", ""),
+        0x0000_100c => ("ch", "fr"),
+        0x0000_040c => ("fr", ""),
+        0x0000_080c => ("be", ""),
+        0x0000_0813 => ("be", ""),
+        0x0000_0413 => ("nl", ""),
+        0x0000_0410 => ("it", ""),
+        0x0000_040a => ("es", ""),
+        0x0000_0c0a => ("es", ""),
+        0x0000_080a => ("latam", ""),
+        0x0000_0816 => ("pt", ""),
+        0x0000_0416 => ("br", ""),
+        0x0001_0416 => ("br", ""),
+        0x0000_040b => ("fi", ""),
+        0x0000_041d => ("se", ""),
+        0x0000_0414 => ("no", ""),
+        0x0000_0406 => ("dk", ""),
+        0x0000_040f => ("is", ""),
+        0x0000_0415 => ("pl", ""),
+        0x0000_0405 => ("cz", ""),
+        0x0000_041b => ("sk", ""),
+        0x0000_040e => ("hu", ""),
+        0x0000_0418 => ("ro", ""),
+        0x0000_0402 => ("bg", ""),
+        0x0000_041a => ("hr", ""),
+        0x0000_0424 => ("si", ""),
+        0x0000_081a => ("rs", "latin"),
+        0x0000_0c1a => ("rs", ""),
+        0x0000_0425 => ("ee", ""),
+        0x0000_0426 => ("lv", ""),
+        0x0000_0427 => ("lt", ""),
+        0x0000_0419 => ("ru", ""),
+        0x0000_0422 => ("ua", ""),
+        0x0000_0423 => ("by", ""),
+        0x0000_042f => ("mk", ""),
+        0x0000_0408 => ("gr", ""),
+        0x0000_041f => ("tr", ""),
+        0x0001_041f => ("tr", "f"),
+        0x0000_040d => ("il", ""),
+        0x0000_0401 => ("ara", ""),
+        0x0000_041e => ("th", ""),
+        0x0000_042a => ("vn", ""),
+        0x0000_0411 | 0xe001_0411 | 0xe002_0411 => ("jp", ""),
+        0x0000_0412 | 0xe001_0412 => ("kr", ""),
+        0x0000_0404 => ("tw", ""),
+        0x0000_0804 => ("cn", ""),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{char_of, keysym_of, scancode, x_keycode};
+    use super::{char_of, keysym_of, scancode, x_keycode, xkb_layout};
+
+    /// Every layout and variant the table names exists in the XKB data the X servers load
+    /// (xkb-data, installed with them): a misspelt one would make setxkbmap fail.
+    #[test]
+    fn every_keyboard_layout_exists_in_the_xkb_data() {
+        let symbols = std::path::Path::new("/usr/share/X11/xkb/symbols");
+        assert!(
+            symbols.is_dir(),
+            "xkb-data is not installed (scripts/install-deps)"
+        );
+        assert_eq!(xkb_layout(0x407), Some(("de", "")));
+        assert_eq!(xkb_layout(0x1234_5678), None);
+        let mut checked = 0;
+        for klid in (0..=0xffffu32).flat_map(|lang| {
+            [
+                lang,
+                0x1_0000 | lang,
+                0x2_0000 | lang,
+                0xe001_0000 | lang,
+                0xe002_0000 | lang,
+            ]
+        }) {
+            let Some((layout, variant)) = xkb_layout(klid) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(symbols.join(layout))
+                .unwrap_or_else(|e| panic!("{klid:#x}: no XKB layout {layout}: {e}"));
+            if !variant.is_empty() {
+                assert!(
+                    text.contains(&format!("xkb_symbols \"{variant}\"")),
+                    "{klid:#x}: XKB layout {layout} has no variant {variant}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 50, "{checked}");
+    }
 
     #[test]
     fn every_mapped_key_round_trips() {

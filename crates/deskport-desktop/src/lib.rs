@@ -172,6 +172,13 @@ pub trait Desktop: Send + Sync + std::fmt::Debug {
     fn resize(&self, width: u16, height: u16) -> anyhow::Result<(u16, u16)> {
         anyhow::bail!("this desktop cannot change its size to {width}x{height}")
     }
+    /// Gives the desktop the client's keyboard layout (a Windows layout identifier, e.g.
+    /// `0x407` German), so that keys typed by position give the client's characters. A
+    /// desktop of its own does; a shared one keeps its owner's layout (the default).
+    fn set_keyboard_layout(&self, klid: u32) -> anyhow::Result<()> {
+        let _ = klid;
+        Ok(())
+    }
 }
 
 /// Gives each logon its desktop.

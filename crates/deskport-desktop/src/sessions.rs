@@ -58,6 +58,8 @@ struct Session {
     generation: AtomicU64,
     /// Attached clients, and when the last one left.
     attached: Mutex<(usize, Instant)>,
+    /// The keyboard layout last given to the X server (a Windows layout identifier).
+    keyboard_layout: Mutex<Option<u32>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -77,6 +79,55 @@ impl Session {
 
     fn stop(&self) {
         self.x.lock().unwrap_or_else(|e| e.into_inner()).stop();
+    }
+
+    /// Switches the X server's keyboard to the XKB layout of `klid` (`setxkbmap`), unless it
+    /// has that one already; an unknown layout leaves it as it is.
+    fn set_keyboard_layout(&self, klid: u32) -> anyhow::Result<()> {
+        let mut current = self
+            .keyboard_layout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *current == Some(klid) {
+            return Ok(());
+        }
+        let Some((layout, variant)) = super::keymap::xkb_layout(klid) else {
+            tracing::info!(
+                account = self.account,
+                keyboard_layout = format!("{klid:#010x}"),
+                "Unknown keyboard layout: the session keeps its own"
+            );
+            return Ok(());
+        };
+        let output = std::process::Command::new("setxkbmap")
+            .args([
+                "-display",
+                &self.display,
+                "-layout",
+                layout,
+                "-variant",
+                variant,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot run setxkbmap ({e}); the x11-xkb-utils package provides it")
+            })?;
+        anyhow::ensure!(
+            output.status.success(),
+            "setxkbmap -layout {layout} -variant {variant:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        tracing::info!(
+            account = self.account,
+            x_display = self.display,
+            keyboard_layout = format!("{klid:#010x}"),
+            layout,
+            variant,
+            "Keyboard layout set"
+        );
+        *current = Some(klid);
+        Ok(())
     }
 }
 
@@ -201,6 +252,7 @@ impl VirtualSessions {
             x: Mutex::new(x),
             generation: AtomicU64::new(0),
             attached: Mutex::new((0, Instant::now())),
+            keyboard_layout: Mutex::new(None),
         }))
     }
 
@@ -361,6 +413,11 @@ impl Desktop for Attached {
         let size = self.session.desktop.resize(width, height)?;
         *self.size.lock().unwrap_or_else(|e| e.into_inner()) = size;
         Ok(size)
+    }
+
+    fn set_keyboard_layout(&self, klid: u32) -> anyhow::Result<()> {
+        self.current()?;
+        self.session.set_keyboard_layout(klid)
     }
 
     fn input(&self, event: Input) -> anyhow::Result<()> {

@@ -309,9 +309,24 @@ pub async fn serve(
             _ => None,
         })
         .unwrap_or((width, height));
+    // The client's keyboard layout, from its Input capability (0: it did not say).
+    let keyboard_layout = result.capabilities.iter().find_map(|c| match c {
+        CapabilitySet::Input(input) if input.keyboard_layout != 0 => Some(input.keyboard_layout),
+        _ => None,
+    });
     let desktop = {
         let (desktops, account) = (shared.desktops.clone(), account.clone());
-        tokio::task::spawn_blocking(move || desktops.desktop_for(&account, negotiated)).await??
+        tokio::task::spawn_blocking(move || {
+            let desktop = desktops.desktop_for(&account, negotiated)?;
+            if let Some(klid) = keyboard_layout {
+                // Keys still arrive without it, in the session's own layout.
+                if let Err(e) = desktop.set_keyboard_layout(klid) {
+                    tracing::warn!(account, error = %e, "The session keeps its keyboard layout");
+                }
+            }
+            anyhow::Ok(desktop)
+        })
+        .await??
     };
     let no_compression_header = result.capabilities.iter().any(|c| {
         matches!(c, CapabilitySet::General(g)
@@ -342,7 +357,8 @@ pub async fn serve(
     let gfx = result
         .client_early_capability_flags
         .contains(ClientEarlyCapabilityFlags::SUPPORT_DYN_VC_GFX_PROTOCOL);
-    tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, mixed_depth = modern, ?orders, ?frame_acknowledge, gfx, early = ?result.client_early_capability_flags, "Session started");
+    let keyboard_layout = keyboard_layout.map(|k| format!("{k:#010x}"));
+    tracing::info!(%peer, account, security, bpp, ?compression, planar_alpha, mixed_depth = modern, ?orders, ?frame_acknowledge, gfx, early = ?result.client_early_capability_flags, keyboard_layout, "Session started");
     shared.metrics.session_started();
     let (reader, writer) = ironrdp_tokio::split_tokio_framed(framed);
     let encoder = crate::encode::for_client(

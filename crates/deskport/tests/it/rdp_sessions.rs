@@ -363,6 +363,48 @@ fn each_account_gets_a_desktop_that_survives_reconnection_and_takes_keys() {
     drop(bob_client);
 }
 
+/// The session takes the client's keyboard layout: xfreerdp announcing a German layout
+/// (`/kbd:0x407`) sends the keys at the positions of Y, Z and [ of the client's US keyboard,
+/// and the session's program gets the German characters of those positions: z, y and ü. The
+/// same session reattached by a client with a US layout types y again.
+#[test]
+fn the_session_takes_the_clients_keyboard_layout() {
+    require_program("xdotool");
+    require_program("setxkbmap");
+    let dir = deskport_testsupport::data_dir();
+    let server = Server::start(dir.path(), 3600);
+    let client = Xvfb::start(1024, 768);
+    let type_line = |extra: &str, keys: &[&str], artifact: &str| {
+        let args = ["/sec:nla", "/size:800x600", extra];
+        let x = xfreerdp_to(
+            &client,
+            &server.target(),
+            dir.path(),
+            "alice",
+            PASSWORD,
+            &args,
+        );
+        let alice = server.display_of("alice");
+        wait_shown(&client, &alice, artifact);
+        let before = server.typed("alice").lines().count();
+        for args in [&["mousemove", "100", "100", "click", "1"][..], keys] {
+            let ok = client.command("xdotool").args(args).status().unwrap();
+            assert!(ok.success(), "xdotool {args:?}");
+        }
+        let line = wait_until(Duration::from_secs(10), "the typed line", || {
+            server.typed("alice").lines().nth(before).map(str::to_owned)
+        });
+        drop(x);
+        line
+    };
+    let keys = ["key", "--delay", "40", "y", "z", "bracketleft", "Return"];
+    let german = type_line("/kbd:0x407", &keys, "keyboard-de");
+    assert_eq!(german, "zyü", "{}", server.log());
+    assert!(server.log().contains("Keyboard layout set"));
+    let us = type_line("/kbd:0x409", &keys, "keyboard-us");
+    assert_eq!(us, "yz[", "{}", server.log());
+}
+
 #[test]
 fn sessions_end_when_left_alone_or_logged_off() {
     require_program("xdotool");
