@@ -64,18 +64,21 @@ pub fn on_path(program: &str) -> bool {
 /// judges a number free by its abstract socket alone, which is private to a network
 /// namespace: a server started in another namespace then took a number in use and replaced
 /// its socket file.) Ready when its socket file accepts a connection.
+///
+/// Only this process's Unix user may connect (see [`start_x_server_for`]).
 pub fn start_x_server(
     kind: XServer,
     size: (u16, u16),
     log: &Path,
     own_group: bool,
 ) -> anyhow::Result<(Child, String)> {
-    start_x_server_with(
+    start_x_server_for(
         || Command::new(kind.program().0),
         kind,
         size,
         log,
         own_group,
+        &[],
     )
 }
 
@@ -92,6 +95,122 @@ pub fn start_x_server_with(
     log: &Path,
     own_group: bool,
 ) -> anyhow::Result<(Child, String)> {
+    start_x_server_for(make, kind, size, log, own_group, &[])
+}
+
+/// [`start_x_server_with`], admitting the local Unix users `users` besides this process's
+/// own, and no one else.
+///
+/// Without access control an X server admits every local process, so any account on the
+/// instance could read another's session and type into it. The server starts with an
+/// authority file holding a random cookie only this process knows (removed once the server
+/// has read it); this process then connects with it and admits the users by their socket's
+/// peer credentials (`si:localuser:NAME` in the server's host list, as `xhost` would add
+/// them). Their programs need no cookie and no `XAUTHORITY`.
+pub fn start_x_server_for(
+    make: impl Fn() -> Command,
+    kind: XServer,
+    size: (u16, u16),
+    log: &Path,
+    own_group: bool,
+    users: &[&str],
+) -> anyhow::Result<(Child, String)> {
+    let cookie = Cookie::new()?;
+    let (mut server, display) = launch_x_server(make, kind, size, log, own_group, &cookie)?;
+    let own = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .context("this process's Unix user has no name")?;
+    let mut admitted: Vec<&str> = vec![own.as_str()];
+    admitted.extend(users.iter().copied().filter(|u| *u != own));
+    if let Err(e) = admit(&display, &cookie, &admitted) {
+        let _ = server.kill();
+        let _ = server.wait();
+        return Err(e.context(format!("restrict access to the X server on {display}")));
+    }
+    Ok((server, display))
+}
+
+/// An X authority cookie and the file the X server reads it from (removed on drop).
+struct Cookie {
+    data: [u8; 16],
+    file: PathBuf,
+}
+
+impl Cookie {
+    fn new() -> anyhow::Result<Self> {
+        use std::io::{Read as _, Write as _};
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut data = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut data))
+            .context("read /dev/urandom")?;
+        let tag: String = data[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let file =
+            std::env::temp_dir().join(format!("deskport-xauth-{}-{tag}", std::process::id()));
+        // One record: family Local, no address, no display number (the server takes every
+        // record of its file), the cookie.
+        let mut record = 256u16.to_be_bytes().to_vec();
+        for field in [&b""[..], b"", b"MIT-MAGIC-COOKIE-1", &data] {
+            record.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            record.extend_from_slice(field);
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .and_then(|mut f| f.write_all(&record))
+            .with_context(|| format!("write {}", file.display()))?;
+        Ok(Self { data, file })
+    }
+}
+
+impl Drop for Cookie {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Connects to `display` with `cookie` and puts `users` on its host list.
+fn admit(display: &str, cookie: &Cookie, users: &[&str]) -> anyhow::Result<()> {
+    use x11rb::protocol::xproto::{ConnectionExt as _, Family, HostMode};
+    let number: u32 = display
+        .trim_start_matches(':')
+        .parse()
+        .with_context(|| format!("display {display:?}"))?;
+    let stream = std::os::unix::net::UnixStream::connect(x_socket(number))
+        .with_context(|| format!("connect to {display}"))?;
+    let (stream, _) = x11rb::rust_connection::DefaultStream::from_unix_stream(stream)?;
+    let conn = x11rb::rust_connection::RustConnection::connect_to_stream_with_auth_info(
+        stream,
+        0,
+        b"MIT-MAGIC-COOKIE-1".to_vec(),
+        cookie.data.to_vec(),
+    )
+    .context("the X server refused its own cookie")?;
+    for user in users {
+        let address = format!("localuser\0{user}");
+        conn.change_hosts(
+            HostMode::INSERT,
+            Family::SERVER_INTERPRETED,
+            address.as_bytes(),
+        )?
+        .check()
+        .with_context(|| format!("admit the local user {user}"))?;
+    }
+    Ok(())
+}
+
+fn launch_x_server(
+    make: impl Fn() -> Command,
+    kind: XServer,
+    size: (u16, u16),
+    log: &Path,
+    own_group: bool,
+    cookie: &Cookie,
+) -> anyhow::Result<(Child, String)> {
     const ATTEMPTS: u32 = 20;
     let (program, package) = kind.program();
     let mut from = FIRST_DISPLAY;
@@ -101,6 +220,8 @@ pub fn start_x_server_with(
         let mut command = make();
         command
             .arg(format!(":{number}"))
+            .arg("-auth")
+            .arg(&cookie.file)
             .args(["-nolisten", "tcp", "-noreset"]);
         if kind.resolve() == XServer::Xvnc {
             command
@@ -233,14 +354,21 @@ pub struct XSession {
 impl XSession {
     pub fn start(spec: &XSessionSpec<'_>) -> anyhow::Result<Self> {
         let x_server = spec.x_server.resolve();
-        let (server, display) = start_x_server(x_server, spec.size, spec.log, true)?;
+        let users: Vec<&str> = spec.run_as.iter().map(|a| a.name.as_str()).collect();
+        let (server, display) = start_x_server_for(
+            || Command::new(x_server.program().0),
+            x_server,
+            spec.size,
+            spec.log,
+            true,
+            &users,
+        )?;
         let mut session = Self {
             display,
             x_server,
             children: vec![server],
         };
-        // The programs must be able to use the display: with no -auth, the X server accepts
-        // every local client.
+        // The programs' user is on the X server's host list: they need no cookie.
         for command in spec.commands {
             let child = session.spawn(command, spec)?;
             session.children.push(child);

@@ -363,6 +363,57 @@ fn each_account_gets_a_desktop_that_survives_reconnection_and_takes_keys() {
     drop(bob_client);
 }
 
+/// A session's X server admits the session's Unix user (`nobody` here) and the server's own
+/// (root), and no other local account: another user's programs can neither read the screen
+/// nor type into it.
+#[test]
+fn a_sessions_display_admits_its_user_and_no_other_account() {
+    require_program("setpriv");
+    require_program("xdpyinfo");
+    let dir = deskport_testsupport::data_dir();
+    let server = Server::start(dir.path(), 3600);
+    let client = Xvfb::start(1024, 768);
+    let args = ["/sec:nla", "/size:800x600"];
+    let _x = xfreerdp_to(
+        &client,
+        &server.target(),
+        dir.path(),
+        "alice",
+        PASSWORD,
+        &args,
+    );
+    let alice = server.display_of("alice");
+    wait_shown(&client, &alice, "alice-access");
+    let xdpyinfo_as = |user: &str| {
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={user}"),
+                "--regid=nogroup",
+                "--clear-groups",
+            ])
+            .args(["xdpyinfo", "-display", &alice])
+            .env_remove("XAUTHORITY")
+            .output()
+            .unwrap()
+    };
+    let own = xdpyinfo_as("nobody");
+    assert!(
+        own.status.success(),
+        "the session's user is refused: {}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    let other = xdpyinfo_as("daemon");
+    assert!(
+        !other.status.success(),
+        "another account reached the session's display"
+    );
+    let said = String::from_utf8_lossy(&other.stderr);
+    assert!(said.contains("unable to open display"), "{said}");
+    // The server (root) still captures it: the client shows the session (above), and this
+    // test's own screenshots, as root, work.
+    assert!(deskport_testsupport::screenshot(&alice).is_ok());
+}
+
 /// The session takes the client's keyboard layout: xfreerdp announcing a German layout
 /// (`/kbd:0x407`) sends the keys at the positions of Y, Z and [ of the client's US keyboard,
 /// and the session's program gets the German characters of those positions: z, y and ü. The
