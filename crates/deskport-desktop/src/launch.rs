@@ -267,16 +267,22 @@ pub fn x_socket(number: u32) -> PathBuf {
     PathBuf::from(format!("/tmp/.X11-unix/X{number}"))
 }
 
-/// Waits until `server` accepts connections on its socket file (true) or exits (false);
-/// an X server that neither does in 20 s is killed and an error.
+/// Waits until `server` holds the display's lock and accepts connections on its socket file
+/// (true) or exits (false); an X server that does neither in 20 s is killed and an error.
+/// (The lock names its holder's process: a server that lost the number to another one
+/// started at the same moment is never taken for the winner.)
 fn wait_ready(server: &mut Child, number: u32) -> anyhow::Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let socket = x_socket(number);
+    let lock = format!("/tmp/.X{number}-lock");
     loop {
         if server.try_wait()?.is_some() {
             return Ok(false);
         }
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        let holder = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        if holder == Some(server.id()) && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             return Ok(true);
         }
         if Instant::now() > deadline {
@@ -349,6 +355,8 @@ pub struct XSession {
     x_server: XServer,
     /// The X server first, then the session's programs in order.
     children: Vec<Child>,
+    /// The account whose runtime directory this session holds (released on stop).
+    runtime_uid: Option<u32>,
 }
 
 impl XSession {
@@ -367,45 +375,58 @@ impl XSession {
             display,
             x_server,
             children: vec![server],
+            runtime_uid: None,
         };
         // The programs' user is on the X server's host list: they need no cookie.
+        let login = spec.run_as.map(|account| {
+            session.runtime_uid = Some(account.uid);
+            login_environment(account)
+        });
         for command in spec.commands {
-            let child = session.spawn(command, spec)?;
+            let child = session.spawn(command, spec, login.as_deref())?;
             session.children.push(child);
         }
         Ok(session)
     }
 
-    fn spawn(&self, command: &str, spec: &XSessionSpec<'_>) -> anyhow::Result<Child> {
-        let mut c = Command::new("/bin/sh");
-        c.arg("-c")
-            .arg(command)
-            .env("DISPLAY", &self.display)
-            .envs(spec.account.map(|a| ("DESKPORT_ACCOUNT", a)))
-            .stdin(Stdio::null())
-            .stdout(append(spec.log)?)
-            .stderr(append(spec.log)?)
-            .process_group(0);
-        match spec.run_as {
-            Some(account) => {
-                c.uid(account.uid)
-                    .gid(account.gid)
-                    .env("HOME", &account.home)
-                    .env("USER", &account.name)
-                    .env("LOGNAME", &account.name)
-                    .env("SHELL", &account.shell)
+    fn spawn(
+        &self,
+        command: &str,
+        spec: &XSessionSpec<'_>,
+        login: Option<&[(String, String)]>,
+    ) -> anyhow::Result<Child> {
+        let mut c = match (spec.run_as, login) {
+            (Some(account), Some(environment)) => {
+                // As the account, with its supplementary groups (std's uid/gid would drop
+                // them) and a login environment of its own, none of the server's.
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={}", account.uid))
+                    .arg(format!("--regid={}", account.gid))
+                    .args(["--init-groups", "--", "/bin/sh", "-c", command])
+                    .env_clear()
+                    .envs(environment.iter().map(|(k, v)| (k, v)))
                     .current_dir(if account.home.is_dir() {
                         account.home.as_path()
                     } else {
                         Path::new("/")
                     });
+                c
             }
-            None => {
+            _ => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg(command);
                 if let Some(home) = std::env::var_os("HOME").filter(|h| Path::new(h).is_dir()) {
                     c.current_dir(home);
                 }
+                c
             }
-        }
+        };
+        c.env("DISPLAY", &self.display)
+            .envs(spec.account.map(|a| ("DESKPORT_ACCOUNT", a)))
+            .stdin(Stdio::null())
+            .stdout(append(spec.log)?)
+            .stderr(append(spec.log)?)
+            .process_group(0);
         c.spawn()
             .with_context(|| format!("start the session command {command:?}"))
     }
@@ -447,6 +468,9 @@ impl XSession {
             let _ = child.wait();
         }
         self.children.clear();
+        if let Some(uid) = self.runtime_uid.take() {
+            release_runtime_dir(uid);
+        }
     }
 }
 
@@ -456,15 +480,116 @@ impl Drop for XSession {
     }
 }
 
-/// A window manager (which paints the background) and a terminal: the session of a virtual
-/// desktop unless `session_commands` says otherwise; it ends when the window manager exits.
+/// The session of a virtual desktop unless `session_commands` says otherwise: what the
+/// system offers, as a display manager starts it — Debian's `/etc/X11/Xsession` (the user's
+/// `~/.xsession`, else the system's session manager: XFCE, MATE, LXQt… as installed; it also
+/// starts the session's D-Bus) — else [`openbox_and_terminal`]. It ends when that exits.
+pub fn default_commands() -> Vec<String> {
+    vec![format!(
+        "if [ -x /etc/X11/Xsession ]; then exec /etc/X11/Xsession; fi; {}",
+        openbox_and_terminal()
+    )]
+}
+
+/// A window manager (which paints the background) and a terminal: `deskport up`'s desktop,
+/// and a session where the system offers none.
 ///
 /// The window manager starts the terminal itself once it manages the screen (`--startup`): a
 /// terminal started beside it maps its window while openbox takes over the root window, and
 /// in about half the sessions that window stayed unmapped — a desktop without its terminal.
-pub fn default_commands() -> Vec<String> {
-    vec![
-        "exec openbox --startup \"sh -c 'xsetroot -solid rgb:1f/4e/79; exec xterm -geometry 100x30+40+40'\""
-            .to_owned(),
-    ]
+pub fn openbox_and_terminal() -> String {
+    "exec openbox --startup \"sh -c 'xsetroot -solid rgb:1f/4e/79; exec xterm -geometry 100x30+40+40'\""
+        .to_owned()
+}
+
+/// The environment a session of `account` starts with, as a login would give it: who it is
+/// (`HOME`, `USER`, `LOGNAME`, `SHELL`), a standard `PATH`, the system's locale
+/// (`/etc/default/locale`, else `C.UTF-8`), `XDG_RUNTIME_DIR` (`/run/user/UID`, made 0700 for
+/// the account when missing and this process may), and the session's type. Nothing of the
+/// server's own environment.
+pub fn login_environment(account: &UnixAccount) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("HOME".into(), account.home.display().to_string()),
+        ("USER".into(), account.name.clone()),
+        ("LOGNAME".into(), account.name.clone()),
+        ("SHELL".into(), account.shell.display().to_string()),
+        (
+            "PATH".into(),
+            "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games".into(),
+        ),
+        ("XDG_SESSION_TYPE".into(), "x11".into()),
+        ("XDG_SESSION_CLASS".into(), "user".into()),
+    ];
+    let locale = std::fs::read_to_string("/etc/default/locale").unwrap_or_default();
+    let mut has_lang = false;
+    for line in locale.lines().map(str::trim) {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = value.trim_matches('"');
+        if (key == "LANG" || key == "LANGUAGE" || key.starts_with("LC_")) && !value.is_empty() {
+            has_lang |= key == "LANG";
+            env.push((key.into(), value.into()));
+        }
+    }
+    if !has_lang {
+        env.push(("LANG".into(), "C.UTF-8".into()));
+    }
+    match runtime_dir(account) {
+        Ok(dir) => env.push(("XDG_RUNTIME_DIR".into(), dir.display().to_string())),
+        Err(e) => tracing::warn!(account = account.name, error = %e, "No XDG_RUNTIME_DIR"),
+    }
+    env
+}
+
+/// The runtime directories deskport made, by account: how many sessions use each. The last
+/// session to end removes the directory, as logind removes the ones it makes; one deskport
+/// did not make is left alone.
+static RUNTIME_DIRS: std::sync::Mutex<Vec<(u32, usize)>> = std::sync::Mutex::new(Vec::new());
+
+fn release_runtime_dir(uid: u32) {
+    let mut made = RUNTIME_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(i) = made.iter().position(|(u, _)| *u == uid) else {
+        return;
+    };
+    made[i].1 -= 1;
+    if made[i].1 == 0 {
+        made.remove(i);
+        let _ = std::fs::remove_dir_all(format!("/run/user/{uid}"));
+    }
+}
+
+/// `/run/user/UID` of `account`, made 0700 and the account's when missing (as logind would).
+fn runtime_dir(account: &UnixAccount) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    let dir = PathBuf::from(format!("/run/user/{}", account.uid));
+    let mut made = RUNTIME_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(entry) = made.iter_mut().find(|(u, _)| *u == account.uid) {
+        entry.1 += 1;
+    } else if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .recursive(true)
+            .create("/run/user")
+            .context("create /run/user")?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("create {}", dir.display()))?;
+        nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(account.uid)),
+            Some(nix::unistd::Gid::from_raw(account.gid)),
+        )
+        .with_context(|| format!("give {} to {}", dir.display(), account.name))?;
+        made.push((account.uid, 1));
+    }
+    drop(made);
+    let meta = std::fs::metadata(&dir)?;
+    anyhow::ensure!(
+        meta.uid() == account.uid,
+        "{} belongs to another user",
+        dir.display()
+    );
+    Ok(dir)
 }

@@ -249,7 +249,7 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
     let nft = args.firewall == BackendKind::Nft;
     let rdp_dir = dir.join("rdp");
     rdp_account(&rdp_dir, &credentials)?;
-    let commands = launch::default_commands();
+    let commands = vec![launch::openbox_and_terminal()];
     let desktop = XSession::start(&XSessionSpec {
         x_server: XServer::Xvfb,
         size: args.desktop,

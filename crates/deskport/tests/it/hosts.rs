@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use deskport_testsupport::{require_program, veth, wait_until, Netns, ProcessGuard, Xvfb};
 
 use crate::rdp::{rdesktop_command, xfreerdp_with, Client, PASSWORD};
+use crate::support::UnixUser;
 use crate::up::{rdp_confirms, rule_for, wait_for_screen};
 
 const A: &str = "198.18.0.2";
@@ -281,39 +282,6 @@ fn rdesktop_from(host: &Netns, screen: &Xvfb, dir: &Path, user: &str) -> Client 
     )
 }
 
-/// A Unix account of the instance (shell /bin/sh, home in `dir`), deleted on drop: the RDP
-/// server's packaged configuration runs each session as the account named like the RDP one.
-struct UnixUser(String);
-
-impl UnixUser {
-    fn create(dir: &Path) -> Self {
-        require_program("useradd");
-        let name = format!("dpt{}", std::process::id());
-        let home = dir.join(&name);
-        let status = Command::new("useradd")
-            .args(["--no-create-home", "--shell", "/bin/sh", "--home-dir"])
-            .arg(&home)
-            .arg(&name)
-            .status()
-            .unwrap();
-        assert!(status.success(), "useradd {name}");
-        let user = Self(name);
-        std::fs::create_dir_all(&home).unwrap();
-        Command::new("chown")
-            .arg(format!("{}:", user.0))
-            .arg(&home)
-            .status()
-            .unwrap();
-        user
-    }
-}
-
-impl Drop for UnixUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.0).output();
-    }
-}
-
 /// The X display of the newest session, from the RDP server's log.
 fn session_display(rdp: &Service) -> String {
     wait_until(Duration::from_secs(30), "the session to start", || {
@@ -461,8 +429,14 @@ fn the_article_across_hosts_with_every_service_run_as_its_unit_runs_it() {
             ("token", agent_token.as_str().into()),
         ],
     );
+    // The account's ~/.xsession (which Debian's Xsession, the default session, runs): a window
+    // manager and a terminal.
     let account = UnixUser::create(dir.path());
-    let user = account.0.as_str();
+    account.write_home(
+        ".xsession",
+        &deskport_desktop::launch::openbox_and_terminal(),
+    );
+    let user = account.name.as_str();
     let rdp_config = root.etc().join("rdp-server.toml");
     let added = crate::support::run_input(
         Command::new(env!("CARGO_BIN_EXE_deskport"))

@@ -8,6 +8,7 @@ mod cli_manager;
 mod client;
 mod console;
 mod console_desktop;
+mod desktop_session;
 mod firewall_feed;
 mod firewall_gateway;
 mod firewall_nft;

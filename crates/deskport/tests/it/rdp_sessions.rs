@@ -138,7 +138,7 @@ fn shows(shot: &RgbImage, desktop: &RgbImage) -> bool {
         && image_util::diff_fraction(shot, (x, y), desktop, (0, 0), desktop.dimensions(), 8) < 0.01
 }
 
-fn wait_shown(client: &Xvfb, display: &str, artifact: &str) {
+pub(crate) fn wait_shown(client: &Xvfb, display: &str, artifact: &str) {
     wait_until(
         Duration::from_secs(30),
         &format!("the session on the client ({artifact})"),

@@ -89,3 +89,72 @@ pub fn https_get(port: u16, path: &str, fingerprint: &str) -> Result<String, Str
         Err(e) => Err(verifier.take_refusal().unwrap_or_else(|| e.to_string())),
     }
 }
+
+/// A Unix account made for a test (shell /bin/sh, home `dir/NAME`, in the groups `groups`),
+/// deleted with its processes on drop: RDP servers running as root start each session as the
+/// account named like the RDP one.
+pub struct UnixUser {
+    pub name: String,
+    pub home: std::path::PathBuf,
+}
+
+impl UnixUser {
+    pub fn create(dir: &Path) -> Self {
+        Self::create_in_groups(dir, &[])
+    }
+
+    pub fn create_in_groups(dir: &Path, groups: &[&str]) -> Self {
+        deskport_testsupport::require_program("useradd");
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("dpt{}x{n}", std::process::id());
+        let home = dir.join(&name);
+        let mut useradd = Command::new("useradd");
+        useradd
+            .args(["--no-create-home", "--shell", "/bin/sh", "--home-dir"])
+            .arg(&home);
+        if !groups.is_empty() {
+            useradd.args(["--groups", &groups.join(",")]);
+        }
+        let status = useradd.arg(&name).status().expect("run useradd");
+        assert!(status.success(), "useradd {name}");
+        let user = Self { name, home };
+        std::fs::create_dir_all(&user.home).unwrap();
+        user.chown(&user.home);
+        user
+    }
+
+    /// Writes `text` to `relative` in the home directory, owned by the account.
+    pub fn write_home(&self, relative: &str, text: &str) {
+        let path = self.home.join(relative);
+        std::fs::write(&path, text).unwrap();
+        self.chown(&path);
+    }
+
+    fn chown(&self, path: &Path) {
+        let status = Command::new("chown")
+            .arg(format!("{}:", self.name))
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown {}", path.display());
+    }
+}
+
+impl Drop for UnixUser {
+    fn drop(&mut self) {
+        // Every process of the account is the test's (its sessions); then the account and the
+        // runtime directory its sessions got.
+        let uid = nix::unistd::User::from_name(&self.name)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw());
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", &self.name])
+            .output();
+        let _ = Command::new("userdel").arg(&self.name).output();
+        if let Some(uid) = uid {
+            let _ = std::fs::remove_dir_all(format!("/run/user/{uid}"));
+        }
+    }
+}
