@@ -26,8 +26,10 @@ pub struct RdpServerSettings {
     /// virtual desktop.
     pub display: Option<String>,
     /// Virtual desktops: the session's programs, each run with `sh -c` as the account's Unix
-    /// user, with `DISPLAY` and `DESKPORT_ACCOUNT` (the RDP account) set (the first is the
-    /// session: when it exits, the user has logged off).
+    /// user in a login environment, with `DISPLAY` and `DESKPORT_ACCOUNT` (the RDP account)
+    /// set (the first is the session: when it exits, the user has logged off). Default: the
+    /// system's desktop through `/etc/X11/Xsession` (the account's `~/.xsession`, else the
+    /// session manager installed), else openbox and a terminal.
     pub session_commands: Vec<String>,
     /// Virtual desktops: end a session nobody has been connected to for this many seconds.
     pub session_timeout_secs: u64,
