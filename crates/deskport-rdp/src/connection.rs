@@ -197,6 +197,71 @@ pub fn fuzz_oracle(data: &[u8]) {
     }
 }
 
+/// The fuzzing oracle of what a stranger reaches after TLS in TLS mode, before any logon:
+/// MCS Connect Initial (the GCC blocks), Erect Domain, Attach User, the channel joins, and
+/// the Client Info that carries the credentials (decoded as `handshake` decodes it), then
+/// licensing, capabilities and finalization — `data` as those PDUs, cut by the acceptor's
+/// hints and stepped as `handshake` steps them, with the channels the server offers. Nothing
+/// panics.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_oracle_after_tls(data: &[u8]) {
+    let _ = after_tls(data);
+}
+
+/// Steps an acceptor that negotiated TLS through `data` as the client's PDUs after the TLS
+/// handshake; how many PDUs it took, and whether it reached the end of the sequence.
+#[cfg(any(test, feature = "fuzzing"))]
+fn after_tls(data: &[u8]) -> (usize, bool) {
+    const TLS_REQUEST: [u8; 19] = [
+        0x03, 0x00, 0x00, 0x13, 0x0e, 0xe0, 0, 0, 0, 0, 0, 0x01, 0x00, 0x08, 0x00, 0x01, 0, 0, 0,
+    ];
+    let size = DesktopSize {
+        width: 1024,
+        height: 768,
+    };
+    let mut acceptor = Acceptor::new(SecurityProtocol::SSL, size, capabilities(size), None);
+    let _attached = crate::channels::attach(&mut acceptor, true);
+    let mut buf = WriteBuf::new();
+    let mut rest: &[u8] = &TLS_REQUEST;
+    let mut taken = 0;
+    for _ in 0..64 {
+        match state(&acceptor) {
+            Some(AcceptorState::Accepted { .. }) => return (taken, true),
+            Some(AcceptorState::SecurityUpgrade { .. }) => {
+                acceptor.mark_security_upgrade_as_done();
+                rest = data;
+                continue;
+            }
+            _ => {}
+        }
+        let client_info = matches!(
+            state(&acceptor),
+            Some(AcceptorState::SecureSettingsExchange { .. })
+        );
+        buf.clear();
+        let stepped = match acceptor.next_pdu_hint() {
+            Some(hint) => match hint.find_size(rest) {
+                Ok(Some((_, size))) if size > 0 && size <= rest.len() => {
+                    let (pdu, after) = rest.split_at(size);
+                    rest = after;
+                    taken += 1;
+                    if client_info {
+                        let _ = client_compression(pdu);
+                        let _ = client_credentials(pdu);
+                    }
+                    acceptor.step(pdu, None, &mut buf)
+                }
+                _ => return (taken, false),
+            },
+            None => acceptor.step_no_input(&mut buf),
+        };
+        if stepped.is_err() {
+            return (taken, false);
+        }
+    }
+    (taken, false)
+}
+
 /// Steps a fresh acceptor offering `offered` through `data` as the client's first PDUs, up
 /// to the security upgrade: the protocol it picked, if it got there.
 #[cfg(any(test, feature = "fuzzing"))]
@@ -567,6 +632,15 @@ fn logon_failed(shared: &Shared, peer: SocketAddr, user: Option<&str>, reason: &
     }
 }
 
+/// The credentials of a Client Info PDU.
+fn client_credentials(pdu: &[u8]) -> Result<ironrdp_pdu::rdp::client_info::Credentials, String> {
+    let request: X224<SendDataRequest<'_>> =
+        ironrdp_core::decode(pdu).map_err(|e| format!("undecodable Client Info: {e}"))?;
+    let info: ClientInfoPdu = ironrdp_core::decode(request.0.user_data.as_ref())
+        .map_err(|e| format!("undecodable Client Info: {e}"))?;
+    Ok(info.client_info.credentials)
+}
+
 /// Checks the credentials of a TLS-mode Client Info PDU; `Ok(account)` or why not.
 fn tls_logon(
     shared: &Shared,
@@ -575,11 +649,7 @@ fn tls_logon(
     ip_key: &str,
     pdu: &[u8],
 ) -> Result<String, String> {
-    let request: X224<SendDataRequest<'_>> =
-        ironrdp_core::decode(pdu).map_err(|e| format!("undecodable Client Info: {e}"))?;
-    let info: ClientInfoPdu = ironrdp_core::decode(request.0.user_data.as_ref())
-        .map_err(|e| format!("undecodable Client Info: {e}"))?;
-    let credentials = info.client_info.credentials;
+    let credentials = client_credentials(pdu)?;
     let user = credentials.username.trim().to_owned();
     if user.is_empty() {
         logon_failed(shared, peer, None, "no user name given");
@@ -609,6 +679,140 @@ fn tls_logon(
             };
             logon_failed(shared, peer, Some(&user), reason);
             Err(reason.to_owned())
+        }
+    }
+}
+
+#[cfg(test)]
+mod after_tls_tests {
+    use super::*;
+    use ironrdp_connector::{ClientConnector, Config, Credentials, Sequence};
+    use ironrdp_pdu::rdp::client_info::{PerformanceFlags, TimezoneInfo};
+
+    /// What IronRDP's client (the connector `deskport connect` uses) sends after TLS, up to
+    /// the end of the sequence, talking to the same acceptor in memory.
+    fn client_sequence_after_tls() -> Vec<u8> {
+        let config = Config {
+            desktop_size: DesktopSize {
+                width: 1024,
+                height: 768,
+            },
+            monitor_layout: None,
+            desktop_scale_factor: 0,
+            desktop_physical_size: None,
+            desktop_orientation: None,
+            device_scale_factor: None,
+            monitor_extended_layout: None,
+            relative_mouse_input: false,
+            enable_tls: true,
+            enable_credssp: false,
+            enable_standard_rdp_security: false,
+            credentials: Credentials::UsernamePassword {
+                username: "alice".to_owned(),
+                password: "a password".to_owned(),
+            },
+            domain: None,
+            client_build: 0,
+            client_name: "fuzzseed".to_owned(),
+            keyboard_type: ironrdp_pdu::gcc::KeyboardType::IBM_ENHANCED,
+            keyboard_subtype: 0,
+            keyboard_functional_keys_count: 12,
+            keyboard_layout: 0x407,
+            connection_type: ironrdp_pdu::gcc::ConnectionType::Lan,
+            ime_file_name: String::new(),
+            bitmap: None,
+            dig_product_id: String::new(),
+            client_dir: String::new(),
+            alternate_shell: String::new(),
+            work_dir: String::new(),
+            remote_application_mode: false,
+            rail_support_level: ironrdp_pdu::rdp::capability_sets::RailSupportLevel::empty(),
+            platform: ironrdp_pdu::rdp::capability_sets::MajorPlatformType::UNIX,
+            hardware_id: None,
+            request_data: None,
+            autologon: true,
+            enable_audio_playback: false,
+            enable_audio_capture: false,
+            performance_flags: PerformanceFlags::default(),
+            license_cache: None,
+            timezone_info: TimezoneInfo::default(),
+            compression_type: Some(CompressionType::Rdp61),
+            enable_server_pointer: true,
+            pointer_software_rendering: false,
+            multitransport_flags: None,
+            support_dyn_vc_gfx_protocol: false,
+        };
+        let mut client = ClientConnector::new(config, "127.0.0.1:50000".parse().unwrap());
+        let size = DesktopSize {
+            width: 1024,
+            height: 768,
+        };
+        let mut server = Acceptor::new(SecurityProtocol::SSL, size, capabilities(size), None);
+        let _attached = crate::channels::attach(&mut server, true);
+        let (mut to_server, mut to_client, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
+        let mut upgraded = false;
+        let mut out = WriteBuf::new();
+        for _ in 0..500 {
+            if matches!(state(&server), Some(AcceptorState::Accepted { .. })) {
+                return recorded;
+            }
+            if client.should_perform_security_upgrade() {
+                client.mark_security_upgrade_as_done();
+            }
+            if matches!(state(&server), Some(AcceptorState::SecurityUpgrade { .. })) {
+                server.mark_security_upgrade_as_done();
+                upgraded = true;
+            }
+            out.clear();
+            match client.next_pdu_hint() {
+                None => {
+                    client.step_no_input(&mut out).unwrap();
+                }
+                Some(hint) => {
+                    if let Ok(Some((_, n))) = hint.find_size(&to_client) {
+                        let pdu: Vec<u8> = to_client.drain(..n).collect();
+                        client.step(&pdu, None, &mut out).unwrap();
+                    }
+                }
+            }
+            if upgraded {
+                recorded.extend_from_slice(out.filled());
+            }
+            to_server.extend_from_slice(out.filled());
+            out.clear();
+            match server.next_pdu_hint() {
+                None => {
+                    server.step_no_input(&mut out).unwrap();
+                }
+                Some(hint) => {
+                    if let Ok(Some((_, n))) = hint.find_size(&to_server) {
+                        let pdu: Vec<u8> = to_server.drain(..n).collect();
+                        server.step(&pdu, None, &mut out).unwrap();
+                    }
+                }
+            }
+            to_client.extend_from_slice(out.filled());
+        }
+        panic!("the in-memory connection did not complete");
+    }
+
+    /// The fuzz oracle steps a real client's sequence after TLS to its end, so the fuzzer
+    /// starts from inputs that reach every stage. `DESKPORT_WRITE_FUZZ_SEEDS=DIR` writes the
+    /// sequence as the target's seed (`fuzz/corpus/rdp_after_tls/`).
+    #[test]
+    fn a_real_clients_sequence_after_tls_reaches_the_end() {
+        let seed = client_sequence_after_tls();
+        let (taken, done) = after_tls(&seed);
+        assert!(done, "the oracle stopped after {taken} PDUs");
+        assert!(taken >= 8, "{taken}");
+        // Cut short anywhere, it stops without reaching the end (and without panicking).
+        for cut in [0, 1, seed.len() / 3, seed.len() - 1] {
+            assert!(!after_tls(&seed[..cut]).1, "cut at {cut}");
+        }
+        if let Some(dir) = std::env::var_os("DESKPORT_WRITE_FUZZ_SEEDS") {
+            let dir = std::path::Path::new(&dir).join("rdp_after_tls");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("ironrdp-connector-tls"), &seed).unwrap();
         }
     }
 }

@@ -12,6 +12,10 @@ const TARGETS: &[(&str, Oracle)] = &[
     ("policy_document", deskport_api::policy_doc::fuzz_oracle),
     ("tsgu_stream", deskport_gateway::fuzz_oracle),
     ("rdp_negotiation", deskport_rdp::connection::fuzz_oracle),
+    (
+        "rdp_after_tls",
+        deskport_rdp::connection::fuzz_oracle_after_tls,
+    ),
     ("screen_codecs", deskport_rdp::encode::fuzz_oracle),
     ("zgfx_stream", deskport_rdp::encode::zgfx_fuzz_oracle),
     ("console_messages", deskport_client::browser::fuzz_oracle),
