@@ -20,6 +20,7 @@ const TARGETS: &[(&str, Oracle)] = &[
     ("zgfx_stream", deskport_rdp::encode::zgfx_fuzz_oracle),
     ("console_messages", deskport_client::browser::fuzz_oracle),
     ("rdp_file", deskport_client::rdpfile::fuzz_oracle),
+    ("known_hosts", deskport_tls::known_hosts::fuzz_oracle),
 ];
 
 fn fuzz_dir() -> PathBuf {
