@@ -182,3 +182,123 @@ where
     }
     Ok(outcome)
 }
+
+/// The server key the oracle's CredSSP binds to (any bytes: TLS is not part of it).
+#[cfg(any(test, feature = "fuzzing"))]
+const ORACLE_KEY: [u8; 12] = [0x30, 0x0a, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+
+/// A CredSSP server as `authenticate` makes it, with one account (alice, "a password").
+#[cfg(any(test, feature = "fuzzing"))]
+fn oracle_server() -> sspi::Result<CredSspServer<AccountProxy>> {
+    let mut accounts = Accounts::default();
+    let _ = accounts.add("alice", "a password", 0);
+    let proxy = AccountProxy {
+        accounts: Arc::new(accounts),
+        throttle: Arc::new(Throttle::default()),
+        source: "ip:198.18.0.2".to_owned(),
+        asked: Arc::new(Mutex::new(None)),
+        locked: Arc::new(AtomicBool::new(false)),
+    };
+    let mode = ServerMode::Ntlm(sspi::ntlm::NtlmConfig::new("deskport".to_owned()));
+    CredSspServer::new(ORACLE_KEY.to_vec(), proxy, mode)
+}
+
+/// The fuzzing oracle of NLA as a stranger meets it (see `fuzz/`): `data` as the client's
+/// TSRequests (cut as the server cuts them), each decoded and given to the CredSSP server with
+/// deskport's account lookup behind it. Nothing panics, every reply encodes, and no sequence
+/// of bytes authenticates: without the password the client cannot answer the server's fresh
+/// NTLM challenge.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_oracle(data: &[u8]) {
+    let Ok(mut server) = oracle_server() else {
+        return;
+    };
+    let mut rest = data;
+    for _ in 0..8 {
+        let size = match TsRequestHint.find_size(rest) {
+            Ok(Some((_, size))) if size > 0 && size <= rest.len() => size,
+            _ => return,
+        };
+        let (message, after) = rest.split_at(size);
+        rest = after;
+        let Ok(request) = TsRequest::from_buffer(message) else {
+            return;
+        };
+        match server.process(request).resolve_to_result() {
+            Ok(ServerState::ReplyNeeded(reply)) => {
+                let mut out = Vec::new();
+                assert!(
+                    reply.encode_ts_request(&mut out).is_ok(),
+                    "a reply that does not encode"
+                );
+            }
+            Ok(ServerState::Finished(identity)) => {
+                panic!("authenticated {:?} without the password", identity.username)
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironrdp_connector::sspi::credssp::{ClientMode, ClientState, CredSspClient, CredSspMode};
+
+    /// A real NTLM client (sspi's, which `deskport connect` uses) logging on to the oracle's
+    /// server with `password`: whether it authenticated, and every TSRequest it sent.
+    fn exchange(password: &str) -> (bool, Vec<u8>) {
+        let identity = AuthIdentity {
+            username: Username::parse("alice").unwrap(),
+            password: password.to_owned().into(),
+        };
+        let mut client = CredSspClient::new(
+            ORACLE_KEY.to_vec(),
+            sspi::Credentials::AuthIdentity(identity),
+            CredSspMode::WithCredentials,
+            ClientMode::Ntlm(sspi::ntlm::NtlmConfig::new("client".to_owned())),
+            "TERMSRV/deskport".to_owned(),
+        )
+        .unwrap();
+        let mut server = oracle_server().unwrap();
+        let (mut sent, mut to_client) = (Vec::new(), TsRequest::default());
+        for _ in 0..6 {
+            let request = match client.process(to_client).resolve_to_result().unwrap() {
+                ClientState::ReplyNeeded(r) | ClientState::FinalMessage(r) => r,
+            };
+            let mut bytes = Vec::new();
+            request.encode_ts_request(&mut bytes).unwrap();
+            sent.extend_from_slice(&bytes);
+            match server
+                .process(TsRequest::from_buffer(&bytes).unwrap())
+                .resolve_to_result()
+            {
+                Ok(ServerState::ReplyNeeded(reply)) => to_client = reply,
+                Ok(ServerState::Finished(_)) => return (true, sent),
+                Err(_) => return (false, sent),
+            }
+        }
+        (false, sent)
+    }
+
+    /// The oracle's server is a working one (the right password logs on, a wrong one does
+    /// not), so "no input authenticates" means something; a real client's messages replayed
+    /// against a fresh challenge do not authenticate. `DESKPORT_WRITE_FUZZ_SEEDS=DIR` writes
+    /// them as the seed of the `credssp` target.
+    #[test]
+    fn the_oracles_server_logs_on_the_right_password_only_and_replays_fail() {
+        let (ok, sent) = exchange("a password");
+        assert!(ok, "the right password was refused");
+        assert!(
+            !exchange("another password").0,
+            "a wrong password logged on"
+        );
+        #[cfg(feature = "fuzzing")]
+        fuzz_oracle(&sent);
+        if let Some(dir) = std::env::var_os("DESKPORT_WRITE_FUZZ_SEEDS") {
+            let dir = std::path::Path::new(&dir).join("credssp");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("sspi-ntlm-client"), &sent).unwrap();
+        }
+    }
+}
