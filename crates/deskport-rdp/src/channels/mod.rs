@@ -216,3 +216,92 @@ fn append(msgs: Vec<SvcMessage>, channel_id: u16, user_channel_id: u16, out: &mu
         Err(e) => tracing::debug!(error = %e, channel_id, "Channel message not encodable"),
     }
 }
+
+/// The fuzzing oracle of the channels a logged-on client talks to (see `fuzz/`): `data` as a
+/// series of `[channel, length (u16 LE), payload]` records, each payload given to the
+/// clipboard's static channel (even channel bytes) or to `drdynvc` with Display Control and
+/// the graphics pipeline (odd ones), as the session loop gives them. Nothing panics (a PDU the
+/// channel cannot take is an error for that PDU), and every size Display Control reports is
+/// one MS-RDPEDISP allows (200 to 8192, an even width).
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_oracle(data: &[u8]) {
+    for (w, h) in channel_events(data) {
+        assert!(
+            (200..=8192).contains(&w) && (200..=8192).contains(&h) && w % 2 == 0,
+            "Display Control reported {w}x{h}"
+        );
+    }
+}
+
+/// Feeds `data`'s records to fresh channels; the sizes Display Control reported.
+#[cfg(any(test, feature = "fuzzing"))]
+fn channel_events(data: &[u8]) -> Vec<(u16, u16)> {
+    use ironrdp_svc::SvcProcessor as _;
+    let (mut cliprdr, mut clipboard) = cliprdr::processor();
+    let (display_control, mut resize) = display_control::processor();
+    let (graphics, mut gfx) = gfx::processor(gfx::ZGFX_MODE);
+    let mut drdynvc = DrdynvcServer::new()
+        .with_dynamic_channel(display_control)
+        .with_dynamic_channel(graphics);
+    let _ = cliprdr.start();
+    let _ = drdynvc.start();
+    let mut sizes = Vec::new();
+    let mut rest = data;
+    while rest.len() >= 3 {
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let (channel, payload) = (rest[0], &rest[3..3 + len]);
+        rest = &rest[3 + len..];
+        let _ = if channel % 2 == 0 {
+            cliprdr.process(payload)
+        } else {
+            drdynvc.process(payload)
+        };
+        while let Ok(size) = resize.try_recv() {
+            sizes.push(size);
+        }
+        while clipboard.try_recv().is_ok() {}
+        while gfx.try_recv().is_ok() {}
+    }
+    sizes
+}
+
+#[cfg(test)]
+mod oracle_tests {
+    /// A record of the oracle's input.
+    fn record(channel: u8, payload: &[u8]) -> Vec<u8> {
+        let mut r = vec![channel];
+        r.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+        r.extend_from_slice(payload);
+        r
+    }
+
+    /// What a client sends on `drdynvc` to open the dynamic channels (ids from 0 in the order
+    /// they were attached: Display Control, then the graphics pipeline) and ask for 1280x800
+    /// through Display Control, as records of the oracle's input.
+    fn display_control_session() -> Vec<u8> {
+        let mut layout = Vec::new();
+        for v in [2u32, 56, 40, 1, 1, 0, 0, 1280, 800, 0, 0, 0, 100, 100] {
+            layout.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut data = record(1, &[0x50, 0x00, 0x03, 0x00]); // capabilities, version 3
+        data.extend(record(1, &[0x10, 0x00, 0, 0, 0, 0])); // channel 0 created
+        data.extend(record(1, &[0x10, 0x01, 0, 0, 0, 0])); // channel 1 created
+        let mut pdu = vec![0x30, 0x00]; // data on channel 0 (Display Control)
+        pdu.extend_from_slice(&layout);
+        data.extend(record(1, &pdu));
+        data
+    }
+
+    /// The oracle reaches Display Control through drdynvc as a real client's PDUs do.
+    /// `DESKPORT_WRITE_FUZZ_SEEDS=DIR` writes the input as the `channels` target's seed.
+    #[test]
+    fn the_oracle_reaches_display_control() {
+        let data = display_control_session();
+        assert_eq!(super::channel_events(&data), vec![(1280, 800)]);
+        if let Some(dir) = std::env::var_os("DESKPORT_WRITE_FUZZ_SEEDS") {
+            let dir = std::path::Path::new(&dir).join("channels");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("display-control-1280x800"), &data).unwrap();
+        }
+    }
+}
