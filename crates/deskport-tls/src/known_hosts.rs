@@ -117,6 +117,14 @@ pub fn fuzz_oracle(data: &[u8]) {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
+    // Removed however the oracle ends (an assertion's panic included).
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let _remove = Remove(&path);
     if std::fs::write(&path, text.as_bytes()).is_err() {
         return;
     }
@@ -145,7 +153,6 @@ pub fn fuzz_oracle(data: &[u8]) {
         ),
         Err(_) => {}
     }
-    let _ = std::fs::remove_file(&path);
 }
 
 #[cfg(test)]
