@@ -13,7 +13,7 @@ use deskport_testsupport::{
 };
 
 use crate::rdp::{add_account, xfreerdp_to, PASSWORD};
-use crate::rdp_sessions::wait_shown;
+use crate::rdp_sessions::{session_display_in, wait_shown};
 use crate::support::UnixUser;
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -85,12 +85,7 @@ fn the_default_session_is_the_systems_desktop_in_a_login_environment() {
         &["/sec:nla", "/size:1024x768"],
     );
     let display = wait_until(Duration::from_secs(30), "the session to start", || {
-        server_log()
-            .lines()
-            .find(|l| l.contains("Session started on a new desktop"))
-            .and_then(|l| l.split("x_display=\"").nth(1))
-            .and_then(|r| r.split('"').next())
-            .map(str::to_owned)
+        session_display_in(&server_log(), &user.name)
     });
 
     // XFCE's panel is on the session's screen — a window of class xfce4-panel, mapped, and

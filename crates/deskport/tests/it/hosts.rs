@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use deskport_testsupport::{require_program, veth, wait_until, Netns, ProcessGuard, Xvfb};
 
 use crate::rdp::{rdesktop_command, xfreerdp_with, Client, PASSWORD};
+use crate::rdp_sessions::session_display_in;
 use crate::support::UnixUser;
 use crate::up::{rdp_confirms, rule_for, wait_for_screen};
 
@@ -232,11 +233,8 @@ impl Service {
 /// The deskport CLI on `host`, its config under `home`.
 fn cli(host: &Netns, home: &Path, args: &[&str], stdin: Option<&str>) -> String {
     let mut command = host.command(env!("CARGO_BIN_EXE_deskport"));
-    command
-        .args(args)
-        .env_remove("DESKPORT_CONFIG")
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join(".config"));
+    command.args(args);
+    crate::support::isolate(&mut command, home);
     let run = match stdin {
         Some(input) => crate::support::run_input(&mut command, input),
         None => crate::support::run(&mut command),
@@ -282,16 +280,10 @@ fn rdesktop_from(host: &Netns, screen: &Xvfb, dir: &Path, user: &str) -> Client 
     )
 }
 
-/// The X display of the newest session, from the RDP server's log.
-fn session_display(rdp: &Service) -> String {
+/// The X display of `account`'s newest session, from the RDP server's log.
+fn session_display(rdp: &Service, account: &str) -> String {
     wait_until(Duration::from_secs(30), "the session to start", || {
-        rdp.log()
-            .lines()
-            .rev()
-            .find(|l| l.contains("Session started on a new desktop"))
-            .and_then(|l| l.split("x_display=\"").nth(1))
-            .and_then(|r| r.split('"').next())
-            .map(str::to_owned)
+        session_display_in(&rdp.log(), account)
     })
 }
 
@@ -503,7 +495,7 @@ fn the_article_across_hosts_with_every_service_run_as_its_unit_runs_it() {
         changed.elapsed()
     );
     let mut rdesktop = rdesktop_from(&h.a, &screen_a, &logs, user);
-    let display = session_display(&rdp);
+    let display = session_display(&rdp, user);
     wait_for_screen(&screen_a, &display, "hosts-rdesktop", || {
         rdesktop.process.try_wait().is_none()
     });

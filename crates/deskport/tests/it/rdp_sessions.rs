@@ -107,16 +107,7 @@ impl Server {
     /// The X display of `account`'s newest session, from the log.
     pub fn display_of(&self, account: &str) -> String {
         wait_until(Duration::from_secs(20), "the session to start", || {
-            self.log()
-                .lines()
-                .rev()
-                .find(|l| {
-                    l.contains("Session started on a new desktop")
-                        && l.contains(&format!("account=\"{account}\""))
-                })
-                .and_then(|l| l.split("x_display=\"").nth(1))
-                .and_then(|r| r.split('"').next())
-                .map(str::to_owned)
+            session_display_in(&self.log(), account)
         })
     }
 
@@ -124,6 +115,19 @@ impl Server {
         std::fs::read_to_string(self.shared.join(format!("typed-{account}.txt")))
             .unwrap_or_default()
     }
+}
+
+/// The X display of `account`'s newest session in an RDP server's `log`, if it has one.
+pub(crate) fn session_display_in(log: &str, account: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .find(|l| {
+            l.contains("Session started on a new desktop")
+                && l.contains(&format!("account=\"{account}\""))
+        })
+        .and_then(|l| l.split("x_display=\"").nth(1))
+        .and_then(|r| r.split('"').next())
+        .map(str::to_owned)
 }
 
 /// Where the session's screen shows on the client's screen, if it all does.

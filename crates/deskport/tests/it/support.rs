@@ -8,6 +8,13 @@ use std::process::{Command, Output};
 /// ~/.config/deskport never leaks into a test).
 pub fn deskport(home: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_deskport"));
+    isolate(&mut command, home);
+    command
+}
+
+/// Gives `command` (deskport, or a command that runs it, e.g. in a namespace) an environment
+/// without the caller's DESKPORT_ and RUST_LOG variables, its home and config in `home`.
+pub fn isolate(command: &mut Command, home: &Path) {
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         if key.starts_with("DESKPORT_") || key == "RUST_LOG" {
@@ -17,7 +24,6 @@ pub fn deskport(home: &Path) -> Command {
     command
         .env("HOME", home)
         .env("XDG_CONFIG_HOME", home.join(".config"));
-    command
 }
 
 pub struct Run {
