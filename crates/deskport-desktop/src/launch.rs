@@ -116,7 +116,8 @@ pub fn start_x_server_for(
     users: &[&str],
 ) -> anyhow::Result<(Child, String)> {
     let cookie = Cookie::new()?;
-    let (mut server, display) = launch_x_server(make, kind, size, log, own_group, &cookie)?;
+    let (mut server, number) = launch_x_server(make, kind, size, log, own_group, &cookie)?;
+    let display = format!(":{number}");
     let own = nix::unistd::User::from_uid(nix::unistd::geteuid())
         .ok()
         .flatten()
@@ -124,7 +125,7 @@ pub fn start_x_server_for(
         .context("this process's Unix user has no name")?;
     let mut admitted: Vec<&str> = vec![own.as_str()];
     admitted.extend(users.iter().copied().filter(|u| *u != own));
-    if let Err(e) = admit(&display, &cookie, &admitted) {
+    if let Err(e) = admit(number, &cookie, &admitted) {
         let _ = server.kill();
         let _ = server.wait();
         return Err(e.context(format!("restrict access to the X server on {display}")));
@@ -173,15 +174,11 @@ impl Drop for Cookie {
     }
 }
 
-/// Connects to `display` with `cookie` and puts `users` on its host list.
-fn admit(display: &str, cookie: &Cookie, users: &[&str]) -> anyhow::Result<()> {
+/// Connects to display `number` with `cookie` and puts `users` on its host list.
+fn admit(number: u32, cookie: &Cookie, users: &[&str]) -> anyhow::Result<()> {
     use x11rb::protocol::xproto::{ConnectionExt as _, Family, HostMode};
-    let number: u32 = display
-        .trim_start_matches(':')
-        .parse()
-        .with_context(|| format!("display {display:?}"))?;
     let stream = std::os::unix::net::UnixStream::connect(x_socket(number))
-        .with_context(|| format!("connect to {display}"))?;
+        .with_context(|| format!("connect to :{number}"))?;
     let (stream, _) = x11rb::rust_connection::DefaultStream::from_unix_stream(stream)?;
     let conn = x11rb::rust_connection::RustConnection::connect_to_stream_with_auth_info(
         stream,
@@ -203,6 +200,8 @@ fn admit(display: &str, cookie: &Cookie, users: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the X server on the first free display number that it gets; the process and the
+/// number.
 fn launch_x_server(
     make: impl Fn() -> Command,
     kind: XServer,
@@ -210,7 +209,7 @@ fn launch_x_server(
     log: &Path,
     own_group: bool,
     cookie: &Cookie,
-) -> anyhow::Result<(Child, String)> {
+) -> anyhow::Result<(Child, u32)> {
     const ATTEMPTS: u32 = 20;
     let (program, package) = kind.program();
     let mut from = FIRST_DISPLAY;
@@ -244,7 +243,7 @@ fn launch_x_server(
             anyhow::anyhow!("cannot start {program} ({e}); the {package} package provides it (scripts/install-deps installs it)")
         })?;
         match wait_ready(&mut server, number)? {
-            true => return Ok((server, format!(":{number}"))),
+            true => return Ok((server, number)),
             // Exited: another server took the number first (or it cannot start at all, which
             // the next attempts show).
             false => from = number + 1,

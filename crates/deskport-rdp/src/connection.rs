@@ -239,20 +239,18 @@ fn after_tls(data: &[u8]) -> (usize, bool) {
             Some(AcceptorState::SecureSettingsExchange { .. })
         );
         buf.clear();
-        let stepped = match acceptor.next_pdu_hint() {
-            Some(hint) => match hint.find_size(rest) {
-                Ok(Some((_, size))) if size > 0 && size <= rest.len() => {
-                    let (pdu, after) = rest.split_at(size);
-                    rest = after;
-                    taken += 1;
-                    if client_info {
-                        let _ = client_compression(pdu);
-                        let _ = client_credentials(pdu);
-                    }
-                    acceptor.step(pdu, None, &mut buf)
+        let Some(input) = next_input(&acceptor, &mut rest) else {
+            return (taken, false);
+        };
+        let stepped = match input {
+            Some(pdu) => {
+                taken += 1;
+                if client_info {
+                    let _ = client_compression(pdu);
+                    let _ = client_credentials(pdu);
                 }
-                _ => return (taken, false),
-            },
+                acceptor.step(pdu, None, &mut buf)
+            }
             None => acceptor.step_no_input(&mut buf),
         };
         if stepped.is_err() {
@@ -278,20 +276,31 @@ fn negotiate(data: &[u8], offered: SecurityProtocol) -> Option<SecurityProtocol>
             return Some(protocol);
         }
         buf.clear();
-        let stepped = match acceptor.next_pdu_hint() {
-            Some(hint) => match hint.find_size(rest) {
-                Ok(Some((_, size))) if size > 0 && size <= rest.len() => {
-                    let (pdu, after) = rest.split_at(size);
-                    rest = after;
-                    acceptor.step(pdu, None, &mut buf)
-                }
-                _ => return None,
-            },
+        let stepped = match next_input(&acceptor, &mut rest)? {
+            Some(pdu) => acceptor.step(pdu, None, &mut buf),
             None => acceptor.step_no_input(&mut buf),
         };
         stepped.ok()?;
     }
     None
+}
+
+/// What the acceptor takes next from `rest`, cut by its own hint as `handshake` reads it:
+/// `Some(Some(pdu))` (taken off `rest`), `Some(None)` when it is the acceptor's turn to speak,
+/// `None` when `rest` does not hold a whole PDU.
+#[cfg(any(test, feature = "fuzzing"))]
+fn next_input<'a>(acceptor: &Acceptor, rest: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    let Some(hint) = acceptor.next_pdu_hint() else {
+        return Some(None);
+    };
+    match hint.find_size(rest) {
+        Ok(Some((_, size))) if size > 0 && size <= rest.len() => {
+            let (pdu, after) = rest.split_at(size);
+            *rest = after;
+            Some(Some(pdu))
+        }
+        _ => None,
+    }
 }
 
 /// The security protocol negotiated, once the acceptor waits for the security upgrade.
