@@ -4,6 +4,7 @@ Usage: bench-report.py BENCH_OUTPUT CRITERION_DIR OUT_DIR
        bench-report.py --heavy-only BENCH_OUTPUT OUT_DIR
        bench-report.py --control-only BENCH_OUTPUT OUT_DIR
        bench-report.py --soak-only SOAK_OUTPUT OUT_DIR
+       bench-report.py --sound-only SOUND_OUTPUT OUT_DIR
        bench-report.py --gateway-only BENCH_OUTPUT OUT_DIR
 
 The heavy RDP benchmark's `HEAVY|link|server|frames|of|median ms|p95 ms|bytes|CPU-s|PSNR|polls/s`
@@ -20,6 +21,8 @@ against HAProxy and socat); --gateway-only replaces only that section and the `g
 
 The soak's `SOAK|curve|…` and `SOAK|summary|…` lines (scripts/soak) become the soak section;
 --soak-only replaces only that section.
+The sound benchmark's `SOUND|client|format|seconds|bytes|kbit/s|server CPU-s|PulseAudio CPU-s|
+capture CPU-s|client CPU-s|SNR` lines become the sound section (--sound-only).
 """
 
 import json
@@ -480,23 +483,65 @@ def soak_section(path):
     return lines
 
 
-def soak_only(out_path, out_dir):
+SOUND_BEGIN = "<!-- sound:begin -->"
+SOUND_END = "<!-- sound:end -->"
+
+
+def sound_section(path):
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("SOUND|"):
+                rows.append(line.strip().split("|")[1:])
+    lines = [SOUND_BEGIN, "## Sound (issue 18)", ""]
+    if not rows:
+        lines += ["No sound figures in this run.", SOUND_END]
+        return lines
+    seconds = rows[0][2]
+    raw = next((r for r in rows if r[0].startswith("raw PCM")), None)
+    lines += [
+        f"`scripts/bench sound`: {seconds} s of music-like sound (chords with harmonics changing "
+        "every half second, a bass line, noise bursts; stereo, 44.1 kHz) played with `paplay` in a "
+        "virtual session's own PulseAudio and sent over `rdpsnd` to a real client playing into a "
+        "PulseAudio null sink. Bytes: what the server sent on the connection meanwhile (TCP, with "
+        "every header). CPU-seconds over the whole sound: deskport's RDP server; the session's "
+        "PulseAudio and its capture (`parec`); the client with its player. SNR: the coding's "
+        "signal-to-noise ratio on the same signal. xrdp's PulseAudio module is not in Debian 12, "
+        "so the baseline is raw PCM (what xrdp's module sends to a client without Opus). Measured "
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} at commit {commit_id()}.",
+        "",
+        "| client | format | kbit/s | vs raw PCM | server CPU-s | PulseAudio + capture CPU-s | client CPU-s | SNR (dB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, fmt, _secs, _bytes, kbit, server, pulse, capture, client, snr in rows:
+        ratio = ""
+        if raw is not None and kbit and raw[4]:
+            ratio = f"{float(kbit) / float(raw[4]):.2f}x"
+        sessions = ""
+        if pulse and capture:
+            sessions = f"{float(pulse) + float(capture):.2f}"
+        lines.append(
+            f"| {name} | {fmt} | {kbit} | {ratio} | {server} | {sessions} | {client} | {snr} |"
+        )
+    lines.append(SOUND_END)
+    return lines
+
+
+def section_only(out_path, out_dir, begin, end, make):
     results = os.path.join(out_dir, "RESULTS.md")
     with open(results, encoding="utf-8") as f:
         text = f.read()
-    section = "\n".join(soak_section(out_path))
-    if SOAK_BEGIN in text and SOAK_END in text:
-        before, rest = text.split(SOAK_BEGIN, 1)
-        text = before + section + rest.split(SOAK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    text = replace_section(text, begin, end, "\n".join(make(out_path)))
     with open(results, "w", encoding="utf-8") as f:
         f.write(text)
 
 
 def main():
+    if sys.argv[1] == "--sound-only":
+        section_only(sys.argv[2], sys.argv[3], SOUND_BEGIN, SOUND_END, sound_section)
+        return
     if sys.argv[1] == "--soak-only":
-        soak_only(sys.argv[2], sys.argv[3])
+        section_only(sys.argv[2], sys.argv[3], SOAK_BEGIN, SOAK_END, soak_section)
         return
     if sys.argv[1] == "--heavy-only":
         heavy_only(sys.argv[2], sys.argv[3])

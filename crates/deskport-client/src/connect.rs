@@ -71,6 +71,8 @@ pub struct Options {
     pub display_control: bool,
     /// Offer the graphics pipeline (MS-RDPEGFX).
     pub gfx: bool,
+    /// Join the sound channel and play the session's sound ([`crate::sound`]).
+    pub audio: bool,
     /// Reach the host through an RD Gateway instead of directly.
     pub gateway: Option<GatewayOptions>,
 }
@@ -295,7 +297,7 @@ fn config(opts: &Options) -> Config {
         // The password is given: log on with it at once (xrdp, like Windows, shows its own
         // logon screen otherwise).
         autologon: true,
-        enable_audio_playback: false,
+        enable_audio_playback: opts.audio,
         enable_audio_capture: false,
         performance_flags: PerformanceFlags::default(),
         license_cache: None,
@@ -634,6 +636,9 @@ pub async fn connect(opts: &Options) -> Result<Connected, ClientError> {
         connector.attach_static_channel(ironrdp_cliprdr::CliprdrClient::new(Box::new(
             deskport_proto::clipboard::Backend::new(tx.clone()),
         )));
+    }
+    if opts.audio {
+        connector.attach_static_channel(crate::sound::processor());
     }
     if opts.display_control || opts.gfx {
         let mut drdynvc = ironrdp_dvc::DrdynvcClient::new();

@@ -7,13 +7,15 @@
 //! [`ClientError`] a user can act on; [`session`] drives the active session and hands decoded
 //! pixels to a [`session::Frontend`]: [`session::Screenshot`], [`window::Window`] or [`browser::Browser`] (the web console's
 //! relay: the canvas in a browser tab, fed by the manager over a WebSocket).
-//! [`rdpfile`] reads the `.rdp` files mstsc writes; [`known_hosts`] remembers certificates.
+//! [`rdpfile`] reads the `.rdp` files mstsc writes; [`known_hosts`] remembers certificates;
+//! [`sound`] plays the session's sound (`--audio`).
 
 pub mod browser;
 pub mod connect;
 pub use deskport_tls::known_hosts;
 pub mod rdpfile;
 pub mod session;
+pub mod sound;
 pub mod window;
 
 pub use connect::{connect, ClientError, GatewayOptions, Options, Security};

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use crate::sound::SoundServer;
+
 /// The X server of a desktop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -293,7 +295,23 @@ fn wait_ready(server: &mut Child, number: u32) -> anyhow::Result<bool> {
     }
 }
 
-fn append(log: &Path) -> anyhow::Result<std::fs::File> {
+/// Stops `child` and what it started (its process group): SIGTERM, SIGKILL after 2 s.
+pub(crate) fn stop_group(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub(crate) fn append(log: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -344,6 +362,13 @@ pub struct XSessionSpec<'a> {
     /// session script can tell whose desktop it starts even when every account runs as the
     /// same Unix user).
     pub account: Option<&'a str>,
+    /// Give the session its own sound (a PulseAudio daemon, see [`crate::sound`]) where
+    /// PulseAudio is installed.
+    pub sound: bool,
+    /// Running as root with `run_as`: open a PAM session of this service for the account
+    /// (see `deskport_pam`; held by `deskport pam-session`, this program's hidden subcommand)
+    /// around the session's programs, where the system has PAM.
+    pub pam_service: Option<&'a str>,
 }
 
 /// An X server and the programs of a session on it. Stopped on drop: every program's process
@@ -356,6 +381,11 @@ pub struct XSession {
     children: Vec<Child>,
     /// The account whose runtime directory this session holds (released on stop).
     runtime_uid: Option<u32>,
+    /// The session's sound, if it has any.
+    sound: Option<SoundServer>,
+    /// The session's PAM session (held by a helper process), if it has one: closed after
+    /// the programs end.
+    pam: Option<deskport_pam::PamHelper>,
 }
 
 impl XSession {
@@ -375,12 +405,56 @@ impl XSession {
             x_server,
             children: vec![server],
             runtime_uid: None,
+            sound: None,
+            pam: None,
         };
         // The programs' user is on the X server's host list: they need no cookie.
-        let login = spec.run_as.map(|account| {
+        let mut login = spec.run_as.map(|account| {
             session.runtime_uid = Some(account.uid);
             login_environment(account)
         });
+        if let (Some(account), Some(service), Some(environment)) =
+            (spec.run_as, spec.pam_service, login.as_mut())
+        {
+            if nix::unistd::geteuid().is_root() && Path::new("/etc/pam.d").is_dir() {
+                let pam = std::env::current_exe()
+                    .context("this program's path")
+                    .and_then(|exe| {
+                        Ok(deskport_pam::PamHelper::open(
+                            &exe,
+                            &["pam-session"],
+                            service,
+                            &account.name,
+                            &session.display,
+                        )?)
+                    })
+                    .with_context(|| {
+                        format!(
+                            "open the PAM session (service {service:?}) of {}",
+                            account.name
+                        )
+                    })?;
+                merge_environment(environment, pam.environment());
+                tracing::info!(
+                    account = account.name,
+                    x_display = session.display,
+                    service,
+                    "PAM session opened"
+                );
+                session.pam = Some(pam);
+            }
+        }
+        if spec.sound && SoundServer::available() {
+            let environment = login.as_deref().unwrap_or_default();
+            match SoundServer::start(&session.display, spec.run_as, environment, spec.log) {
+                Ok(sound) => session.sound = Some(sound),
+                Err(e) => tracing::warn!(
+                    x_display = session.display,
+                    error = format!("{e:#}"),
+                    "The session has no sound"
+                ),
+            }
+        }
         for command in spec.commands {
             let child = session.spawn(command, spec, login.as_deref())?;
             session.children.push(child);
@@ -422,6 +496,11 @@ impl XSession {
         };
         c.env("DISPLAY", &self.display)
             .envs(spec.account.map(|a| ("DESKPORT_ACCOUNT", a)))
+            .envs(
+                self.sound
+                    .as_ref()
+                    .map(|s| ("PULSE_SERVER", s.pulse_server())),
+            )
             .stdin(Stdio::null())
             .stdout(append(spec.log)?)
             .stderr(append(spec.log)?)
@@ -440,6 +519,11 @@ impl XSession {
         self.x_server
     }
 
+    /// The session's sound, if it has any.
+    pub fn sound(&self) -> Option<&SoundServer> {
+        self.sound.as_ref()
+    }
+
     /// Whether the session's first program (the session itself) has exited.
     pub fn logged_off(&mut self) -> bool {
         self.children
@@ -447,7 +531,7 @@ impl XSession {
             .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Stops the programs and then the X server (see [`XSession`]).
+    /// Stops the programs, the sound and then the X server (see [`XSession`]).
     pub fn stop(&mut self) {
         for child in self.children.iter_mut().rev() {
             if let Ok(pid) = i32::try_from(child.id()) {
@@ -458,7 +542,13 @@ impl XSession {
                 );
             }
         }
-        for child in self.children.iter_mut().rev() {
+        for (i, child) in self.children.iter_mut().enumerate().rev() {
+            if i == 0 {
+                // The programs have ended: the sound and the PAM session go before the X
+                // server.
+                self.sound = None;
+                self.pam = None;
+            }
             let deadline = Instant::now() + Duration::from_secs(2);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -466,6 +556,8 @@ impl XSession {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.sound = None;
+        self.pam = None;
         self.children.clear();
         if let Some(uid) = self.runtime_uid.take() {
             release_runtime_dir(uid);
@@ -539,6 +631,20 @@ pub fn login_environment(account: &UnixAccount) -> Vec<(String, String)> {
         Err(e) => tracing::warn!(account = account.name, error = %e, "No XDG_RUNTIME_DIR"),
     }
     env
+}
+
+/// Adds what the PAM modules set to a login environment: theirs where they set a variable,
+/// except who the session is (`HOME`, `USER`, `LOGNAME`, `SHELL`), which stays the account's.
+fn merge_environment(login: &mut Vec<(String, String)>, pam: &[(String, String)]) {
+    for (key, value) in pam {
+        if ["HOME", "USER", "LOGNAME", "SHELL"].contains(&key.as_str()) {
+            continue;
+        }
+        match login.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value.clone(),
+            None => login.push((key.clone(), value.clone())),
+        }
+    }
 }
 
 /// The runtime directories deskport made, by account: how many sessions use each. The last

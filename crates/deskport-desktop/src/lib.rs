@@ -21,6 +21,7 @@ pub mod diff;
 pub mod keymap;
 pub mod launch;
 pub mod sessions;
+pub mod sound;
 pub mod x11;
 
 use std::sync::Arc;
@@ -171,6 +172,17 @@ pub trait Desktop: Send + Sync + std::fmt::Debug {
     /// Changes the screen to `width` x `height`; the size it has afterwards.
     fn resize(&self, width: u16, height: u16) -> anyhow::Result<(u16, u16)> {
         anyhow::bail!("this desktop cannot change its size to {width}x{height}")
+    }
+    /// Starts capturing what the desktop's programs play (PCM at `rate` Hz, `channels`
+    /// channels, in chunks of about `chunk`), if the desktop has sound of its own.
+    fn sound(
+        &self,
+        rate: u32,
+        channels: u16,
+        chunk: std::time::Duration,
+    ) -> Option<anyhow::Result<sound::SoundCapture>> {
+        let _ = (rate, channels, chunk);
+        None
     }
     /// Gives the desktop the client's keyboard layout (a Windows layout identifier, e.g.
     /// `0x407` German), so that keys typed by position give the client's characters. A

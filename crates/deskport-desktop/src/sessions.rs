@@ -44,6 +44,10 @@ pub struct SessionConfig {
     pub x_server: XServer,
     /// Read screen images through MIT-SHM where the X server offers it.
     pub capture_shm: bool,
+    /// Give each session its own sound (see [`crate::sound`]).
+    pub sound: bool,
+    /// Running as root: open a PAM session of this service for each session's account.
+    pub pam_service: Option<String>,
 }
 
 /// One account's desktop.
@@ -226,6 +230,8 @@ impl VirtualSessions {
             run_as: run_as.as_ref(),
             log: &log_path,
             account: Some(account),
+            sound: self.config.sound,
+            pam_service: self.config.pam_service.as_deref(),
         })?;
         let display = x.display().to_owned();
         let x_server = x.x_server();
@@ -413,6 +419,16 @@ impl Desktop for Attached {
         let size = self.session.desktop.resize(width, height)?;
         *self.size.lock().unwrap_or_else(|e| e.into_inner()) = size;
         Ok(size)
+    }
+
+    fn sound(
+        &self,
+        rate: u32,
+        channels: u16,
+        chunk: Duration,
+    ) -> Option<anyhow::Result<crate::sound::SoundCapture>> {
+        let x = self.session.x.lock().unwrap_or_else(|e| e.into_inner());
+        x.sound().map(|s| s.capture(rate, channels, chunk))
     }
 
     fn set_keyboard_layout(&self, klid: u32) -> anyhow::Result<()> {

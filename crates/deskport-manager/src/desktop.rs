@@ -406,6 +406,8 @@ async fn relay(s: AppState, grant: GatewayGrant, mut socket: WebSocket, peer: Ip
         clipboard: Some(clip_tx),
         display_control: true,
         gfx: true,
+        // The browser tab has no sound (yet).
+        audio: false,
         gateway: None,
     };
     let _ = send(

@@ -55,6 +55,8 @@ pub struct Shared {
     pub handshake_timeout: Duration,
     /// The server's counters (`/metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Offer sound (`rdpsnd`) in this coding; `None`: no sound channel.
+    pub sound: Option<crate::channels::sound::SoundCodec>,
 }
 
 /// The per-connection view of the two switches at the time the client connected.
@@ -220,7 +222,7 @@ fn after_tls(data: &[u8]) -> (usize, bool) {
         height: 768,
     };
     let mut acceptor = Acceptor::new(SecurityProtocol::SSL, size, capabilities(size), None);
-    let _attached = crate::channels::attach(&mut acceptor, true);
+    let _attached = crate::channels::attach(&mut acceptor, true, Some(Default::default()));
     let mut buf = WriteBuf::new();
     let mut rest: &[u8] = &TLS_REQUEST;
     let mut taken = 0;
@@ -246,7 +248,7 @@ fn after_tls(data: &[u8]) -> (usize, bool) {
             Some(pdu) => {
                 taken += 1;
                 if client_info {
-                    let _ = client_compression(pdu);
+                    let _ = client_wants(pdu);
                     let _ = client_credentials(pdu);
                 }
                 acceptor.step(pdu, None, &mut buf)
@@ -337,7 +339,7 @@ pub async fn serve(
     // The clipboard for clients that join it; Display Control where the desktop can follow
     // the client's window.
     let resizable = shared.desktops.can_resize();
-    let attached = crate::channels::attach(&mut acceptor, resizable);
+    let attached = crate::channels::attach(&mut acceptor, resizable, shared.sound);
     if shared.desktops.honors_client_size() {
         acceptor.set_honor_client_desktop_size(Some(DesktopSize {
             width: 8192,
@@ -349,7 +351,7 @@ pub async fn serve(
         framed,
         account,
         security,
-        compression,
+        wants,
     } = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
         Ok(Ok(Some(done))) => done,
         Ok(Ok(None)) => return Ok(()),
@@ -406,7 +408,7 @@ pub async fn serve(
         matches!(c, CapabilitySet::General(g)
             if g.extra_flags.contains(caps::GeneralExtraFlags::NO_BITMAP_COMPRESSION_HDR))
     });
-    let compression = compression.filter(|_| shared.bulk_compression);
+    let compression = wants.compression.filter(|_| shared.bulk_compression);
     // Clients of RDP 7 and later (mstsc, FreeRDP, IronRDP) decode planar tiles without an
     // alpha plane and bitmaps of any depth in a 32-bit session; rdesktop decodes only planar
     // tiles with one and paints every bitmap at the session's depth. The tell: an early
@@ -453,6 +455,7 @@ pub async fn serve(
         attached,
         &*desktop,
         gfx,
+        !wants.no_sound,
     );
     let params = SessionParams {
         desktop,
@@ -522,7 +525,7 @@ async fn handshake(
 
     // NLA.
     let mut account = None;
-    let mut compression = None;
+    let mut wants = ClientWants::default();
     let nla = acceptor.should_perform_credssp();
     if nla {
         let hybrid_ex = matches!(state(acceptor), Some(AcceptorState::Credssp { protocol, .. }) if protocol.contains(SecurityProtocol::HYBRID_EX));
@@ -578,7 +581,7 @@ async fn handshake(
             None => None,
         };
         if client_info {
-            compression = input.as_deref().and_then(client_compression);
+            wants = input.as_deref().and_then(client_wants).unwrap_or_default();
         }
         if check_client_info {
             if let Some(pdu) = &input {
@@ -607,7 +610,7 @@ async fn handshake(
         framed,
         account,
         security,
-        compression,
+        wants,
     }))
 }
 
@@ -616,18 +619,33 @@ struct Handshake {
     framed: Framed,
     account: String,
     security: &'static str,
-    /// The best bulk compression the client's Client Info offers.
-    compression: Option<CompressionType>,
+    /// What the client's Client Info asks for.
+    wants: ClientWants,
 }
 
-/// The bulk compression a Client Info PDU offers (INFO_COMPRESSION and its type), if any.
-fn client_compression(pdu: &[u8]) -> Option<CompressionType> {
+/// What a client's Client Info PDU asks for besides the logon.
+#[derive(Debug, Default, Clone, Copy)]
+struct ClientWants {
+    /// The best bulk compression it offers (INFO_COMPRESSION and its type), if any.
+    compression: Option<CompressionType>,
+    /// It wants no sound (INFO_NOAUDIOPLAYBACK, or INFO_REMOTECONSOLEAUDIO: leave it at the
+    /// server). Such clients may still join `rdpsnd` (xfreerdp `/audio-mode:2` does, with a
+    /// device that discards it): nothing is captured or sent for them.
+    no_sound: bool,
+}
+
+/// What the Client Info PDU `pdu` asks for; `None` if it is none.
+fn client_wants(pdu: &[u8]) -> Option<ClientWants> {
     let request: X224<SendDataRequest<'_>> = ironrdp_core::decode(pdu).ok()?;
     let info: ClientInfoPdu = ironrdp_core::decode(request.0.user_data.as_ref()).ok()?;
-    info.client_info
-        .flags
-        .contains(ClientInfoFlags::COMPRESSION)
-        .then_some(info.client_info.compression_type)
+    let flags = info.client_info.flags;
+    Some(ClientWants {
+        compression: flags
+            .contains(ClientInfoFlags::COMPRESSION)
+            .then_some(info.client_info.compression_type),
+        no_sound: flags
+            .intersects(ClientInfoFlags::NO_AUDIO_PLAYBACK | ClientInfoFlags::REMOTE_CONSOLE_AUDIO),
+    })
 }
 
 fn logon_failed(shared: &Shared, peer: SocketAddr, user: Option<&str>, reason: &str) {
@@ -757,7 +775,7 @@ mod after_tls_tests {
             height: 768,
         };
         let mut server = Acceptor::new(SecurityProtocol::SSL, size, capabilities(size), None);
-        let _attached = crate::channels::attach(&mut server, true);
+        let _attached = crate::channels::attach(&mut server, true, Some(Default::default()));
         let (mut to_server, mut to_client, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
         let mut upgraded = false;
         let mut out = WriteBuf::new();

@@ -29,6 +29,28 @@ pub mod service;
 pub mod session;
 pub mod tls;
 
+/// What unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use deskport_desktop::{Desktop, Frame, Input};
+
+    /// A desktop that takes input and shows nothing (and has no sound).
+    #[derive(Debug)]
+    pub(crate) struct Blind;
+
+    impl Desktop for Blind {
+        fn size(&self) -> (u16, u16) {
+            (1, 1)
+        }
+        fn capture(&self) -> anyhow::Result<Frame> {
+            anyhow::bail!("nothing to show")
+        }
+        fn input(&self, _: Input) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+}
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;

@@ -78,6 +78,8 @@ pub struct RdpServerConfig {
     pub codec: Codec,
     pub bulk_compression: bool,
     pub lockout: Lockout,
+    /// Offer the sessions' sound (`rdpsnd`) in this coding; `None`: no sound.
+    pub sound: Option<crate::channels::sound::SoundCodec>,
 }
 
 /// The RDP server, ready to serve.
@@ -138,6 +140,7 @@ impl RdpServer {
             bulk_compression: config.bulk_compression,
             handshake_timeout: config.handshake_timeout.max(Duration::from_secs(1)),
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            sound: config.sound,
         });
         Ok(Self {
             listen: config.listen,

@@ -31,6 +31,7 @@ mod net;
 mod netns;
 mod postgres;
 mod process;
+pub mod pulse;
 pub mod servers;
 mod wait;
 pub mod watch;

@@ -109,6 +109,17 @@ pub enum Command {
     /// Write the man pages (one per command and subcommand) into a directory.
     #[command(hide = true)]
     Man(cmd::docs::ManArgs),
+    /// Hold a PAM session for the RDP server (internal: it starts this for each virtual
+    /// desktop and ends it by closing stdin).
+    #[command(hide = true)]
+    PamSession(PamSessionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PamSessionArgs {
+    service: String,
+    user: String,
+    display: String,
 }
 
 /// The `[log]` section's flags.
@@ -128,6 +139,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Completions(args) => return cmd::docs::completions(args),
         Command::Man(args) => return cmd::docs::man(args),
+        Command::PamSession(args) => {
+            return deskport_pam::serve_helper(
+                &args.service,
+                &args.user,
+                &args.display,
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+            )
+            .map_err(Into::into)
+        }
         _ => {}
     }
     let file = ConfigFile::locate(cli.config.as_deref()).map_err(usage)?;
@@ -170,6 +191,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(args) => cmd::remote::audit(args, &settings.cli),
         Command::Completions(args) => cmd::docs::completions(&args),
         Command::Man(args) => cmd::docs::man(&args),
+        Command::PamSession(_) => unreachable!("answered before the configuration is read"),
     }
 }
 

@@ -4,7 +4,9 @@
 //! - [`display_control`]: the client's size requests (Display Control, a dynamic channel over
 //!   `drdynvc`), attached only when the desktops can change size;
 //! - [`gfx`]: the graphics pipeline (a dynamic channel over `drdynvc`), opened only for
-//!   clients whose early capability flags ask for it.
+//!   clients whose early capability flags ask for it;
+//! - [`sound`]: what the session plays (static channel `rdpsnd`), offered unless sound is
+//!   off.
 //!
 //! [`attach`] offers the channels to a connection's acceptor; after the connection sequence
 //! [`Channels`] owns the channels the client joined.
@@ -12,6 +14,7 @@
 pub mod cliprdr;
 pub mod display_control;
 pub mod gfx;
+pub mod sound;
 
 use deskport_desktop::Desktop;
 use deskport_proto::clipboard::ClipboardAction;
@@ -19,11 +22,13 @@ use deskport_proto::next;
 use ironrdp_acceptor::Acceptor;
 use ironrdp_cliprdr::CliprdrServer;
 use ironrdp_dvc::DrdynvcServer;
+use ironrdp_rdpsnd::server::RdpsndServer;
 use ironrdp_svc::{server_encode_svc_messages, StaticChannelSet, SvcMessage};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use self::cliprdr::ClipboardEvent;
 use self::gfx::{GfxEvent, GfxServer};
+use self::sound::{Sound, SoundCodec, SoundEvent, SoundNext};
 
 /// What a channel reports to the session loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +38,8 @@ pub enum ChannelEvent {
     Resize((u16, u16)),
     /// The graphics pipeline.
     Gfx(GfxEvent),
+    /// Sound: the channel's negotiation, or captured sound to send.
+    Sound(SoundNext),
 }
 
 /// The channels' event sources, between the acceptor and the session.
@@ -41,13 +48,20 @@ pub struct Attached {
     clipboard: UnboundedReceiver<deskport_proto::clipboard::FromPeer>,
     resize: Option<UnboundedReceiver<(u16, u16)>>,
     gfx: UnboundedReceiver<GfxEvent>,
+    sound: Option<UnboundedReceiver<SoundEvent>>,
 }
 
 /// Offers the channels to `acceptor`: the clipboard and the graphics pipeline always,
-/// Display Control when the desktop can change size (`resizable`).
-pub fn attach(acceptor: &mut Acceptor, resizable: bool) -> Attached {
+/// Display Control when the desktop can change size (`resizable`), sound in `sound`'s coding
+/// unless it is `None`.
+pub fn attach(acceptor: &mut Acceptor, resizable: bool, sound: Option<SoundCodec>) -> Attached {
     let (cliprdr, clipboard) = cliprdr::processor();
     acceptor.attach_static_channel(cliprdr);
+    let sound = sound.map(|codec| {
+        let (rdpsnd, events) = sound::processor(codec);
+        acceptor.attach_static_channel(rdpsnd);
+        events
+    });
     let mut drdynvc = DrdynvcServer::new();
     let mut resize = None;
     if resizable {
@@ -61,6 +75,7 @@ pub fn attach(acceptor: &mut Acceptor, resizable: bool) -> Attached {
         clipboard,
         resize,
         gfx,
+        sound,
     }
 }
 
@@ -74,19 +89,25 @@ pub struct Channels {
     clipboard: cliprdr::Clipboard,
     resize: Option<UnboundedReceiver<(u16, u16)>>,
     gfx: Option<UnboundedReceiver<GfxEvent>>,
+    sound: Sound,
+    /// The client sent the sound channel a PDU it could not take: the channel is ignored from
+    /// then on.
+    sound_broken: bool,
 }
 
 impl Channels {
     /// The channels of `set` (joined by the client), with the event sources of `attached`
     /// and the clipboard of `desktop`; the graphics pipeline only if the client's early
     /// capability flags ask for it (`gfx`: SUPPORT_DYN_VC_GFX_PROTOCOL), else its channel is
-    /// not even offered.
+    /// not even offered; sound only if the client wants it (`sound`: its Client Info does not
+    /// say otherwise).
     pub fn new(
         mut set: StaticChannelSet,
         user_channel_id: u16,
         attached: Attached,
         desktop: &dyn Desktop,
         gfx: bool,
+        sound: bool,
     ) -> Self {
         if !gfx {
             let drdynvc = set
@@ -114,6 +135,8 @@ impl Channels {
             clipboard: cliprdr::Clipboard::new(attached.clipboard, desktop_clipboard),
             resize: attached.resize,
             gfx: gfx.then_some(attached.gfx),
+            sound: Sound::new(attached.sound.filter(|_| sound)),
+            sound_broken: false,
         }
     }
 
@@ -141,6 +164,7 @@ impl Channels {
                     Some(event) => return ChannelEvent::Gfx(event),
                     None => self.gfx = None,
                 },
+                next = self.sound.next() => return ChannelEvent::Sound(next),
             }
         }
     }
@@ -151,6 +175,40 @@ impl Channels {
         let ready = self.cliprdr().is_some_and(|c| c.is_ready());
         if let Some(action) = self.clipboard.handle(event, ready) {
             self.clipboard_action(&action, out);
+        }
+    }
+
+    /// A sound event: the capture starts or stops; captured sound is encoded and what the
+    /// channel carries is appended to `out`.
+    pub fn sound(&mut self, next: SoundNext, desktop: &dyn Desktop, out: &mut Vec<u8>) {
+        match next {
+            SoundNext::Event(SoundEvent::Start(_)) if self.sound_broken => {}
+            SoundNext::Event(SoundEvent::Start(format)) => {
+                self.sound.start(desktop, &format);
+            }
+            SoundNext::Event(SoundEvent::Stop) => self.sound.stop(),
+            SoundNext::Pcm(pcm) => {
+                let Some((wave, ts)) = self.sound.encode(&pcm) else {
+                    return;
+                };
+                let Some(id) = self.set.get_channel_id_by_type::<RdpsndServer>() else {
+                    return;
+                };
+                let rdpsnd = self
+                    .set
+                    .get_by_type_mut::<RdpsndServer>()
+                    .and_then(|c| c.channel_processor_downcast_mut::<RdpsndServer>());
+                let Some(rdpsnd) = rdpsnd.filter(|r| r.is_ready()) else {
+                    return;
+                };
+                match rdpsnd.wave(wave, ts) {
+                    Ok(msgs) => append(msgs.into(), id, self.user_channel_id, out),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Sound channel: wave not sent; sound stopped");
+                        self.sound.stop();
+                    }
+                }
+            }
         }
     }
 
@@ -194,12 +252,23 @@ impl Channels {
 
     /// A PDU the client sent on one of the channels; the answers are appended to `out`.
     pub fn process(&mut self, channel_id: u16, data: &[u8], out: &mut Vec<u8>) {
+        let sound = Some(channel_id) == self.set.get_channel_id_by_type::<RdpsndServer>();
+        if sound && self.sound_broken {
+            return;
+        }
         let Some(channel) = self.set.get_by_channel_id_mut(channel_id) else {
             tracing::debug!(channel_id, "Data on an unknown channel ignored");
             return;
         };
         let msgs = match channel.process(data) {
             Ok(msgs) => msgs,
+            Err(e) if sound => {
+                // The sound channel ends; the session goes on.
+                tracing::warn!(error = %e, channel_id, "Malformed PDU on the sound channel: sound ends for this session");
+                self.sound_broken = true;
+                self.sound.stop();
+                return;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, channel_id, "Undecodable channel data ignored");
                 return;
@@ -218,14 +287,14 @@ fn append(msgs: Vec<SvcMessage>, channel_id: u16, user_channel_id: u16, out: &mu
 }
 
 /// The fuzzing oracle of the channels a logged-on client talks to (see `fuzz/`): `data` as a
-/// series of `[channel, length (u16 LE), payload]` records, each payload given to the
-/// clipboard's static channel (even channel bytes) or to `drdynvc` with Display Control and
-/// the graphics pipeline (odd ones), as the session loop gives them. Nothing panics (a PDU the
+/// series of `[channel, length (u16 LE), payload]` records, each payload given (by the channel
+/// byte modulo 3) to the clipboard's static channel (0), to `drdynvc` with Display Control and
+/// the graphics pipeline (1) or to the sound channel (2), as the session loop gives them. Nothing panics (a PDU the
 /// channel cannot take is an error for that PDU), and every size Display Control reports is
 /// one MS-RDPEDISP allows (200 to 8192, an even width).
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_oracle(data: &[u8]) {
-    for (w, h) in channel_events(data) {
+    for (w, h) in channel_events(data).0 {
         assert!(
             (200..=8192).contains(&w) && (200..=8192).contains(&h) && w % 2 == 0,
             "Display Control reported {w}x{h}"
@@ -233,36 +302,45 @@ pub fn fuzz_oracle(data: &[u8]) {
     }
 }
 
-/// Feeds `data`'s records to fresh channels; the sizes Display Control reported.
+/// Feeds `data`'s records to fresh channels; the sizes Display Control reported, and the
+/// sound formats the sound channel started with.
 #[cfg(any(test, feature = "fuzzing"))]
-fn channel_events(data: &[u8]) -> Vec<(u16, u16)> {
+fn channel_events(data: &[u8]) -> (Vec<(u16, u16)>, Vec<ironrdp_rdpsnd::pdu::AudioFormat>) {
     use ironrdp_svc::SvcProcessor as _;
     let (mut cliprdr, mut clipboard) = cliprdr::processor();
     let (display_control, mut resize) = display_control::processor();
     let (graphics, mut gfx) = gfx::processor(gfx::ZGFX_MODE);
+    let (mut rdpsnd, mut sound) = sound::processor(SoundCodec::Auto);
     let mut drdynvc = DrdynvcServer::new()
         .with_dynamic_channel(display_control)
         .with_dynamic_channel(graphics);
     let _ = cliprdr.start();
     let _ = drdynvc.start();
+    let _ = rdpsnd.start();
     let mut sizes = Vec::new();
+    let mut formats = Vec::new();
     let mut rest = data;
     while rest.len() >= 3 {
         let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
         let (channel, payload) = (rest[0], &rest[3..3 + len]);
         rest = &rest[3 + len..];
-        let _ = if channel % 2 == 0 {
-            cliprdr.process(payload)
-        } else {
-            drdynvc.process(payload)
+        let _ = match channel % 3 {
+            0 => cliprdr.process(payload),
+            1 => drdynvc.process(payload),
+            _ => rdpsnd.process(payload),
         };
         while let Ok(size) = resize.try_recv() {
             sizes.push(size);
         }
         while clipboard.try_recv().is_ok() {}
         while gfx.try_recv().is_ok() {}
+        while let Ok(event) = sound.try_recv() {
+            if let SoundEvent::Start(format) = event {
+                formats.push(format);
+            }
+        }
     }
-    sizes
+    (sizes, formats)
 }
 
 #[cfg(test)]
@@ -297,11 +375,164 @@ mod oracle_tests {
     #[test]
     fn the_oracle_reaches_display_control() {
         let data = display_control_session();
-        assert_eq!(super::channel_events(&data), vec![(1280, 800)]);
+        assert_eq!(super::channel_events(&data).0, vec![(1280, 800)]);
         if let Some(dir) = std::env::var_os("DESKPORT_WRITE_FUZZ_SEEDS") {
             let dir = std::path::Path::new(&dir).join("channels");
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("display-control-1280x800"), &data).unwrap();
         }
+    }
+
+    /// The oracle reaches the sound channel's negotiation as xfreerdp's PDUs do (formats: PCM,
+    /// quality mode, training confirm). `DESKPORT_WRITE_FUZZ_SEEDS=DIR` writes the seed.
+    #[test]
+    fn the_oracle_reaches_the_sound_channel() {
+        use ironrdp_rdpsnd::pdu::{
+            AudioFormatFlags, ClientAudioFormatPdu, ClientAudioOutputPdu, QualityMode,
+            QualityModePdu, TrainingConfirmPdu, Version,
+        };
+        let pdus = [
+            ClientAudioOutputPdu::AudioFormat(ClientAudioFormatPdu {
+                version: Version::V8,
+                flags: AudioFormatFlags::ALIVE | AudioFormatFlags::VOLUME,
+                formats: vec![deskport_proto::sound::pcm()],
+                volume_left: 0xffff,
+                volume_right: 0xffff,
+                pitch: 0,
+                dgram_port: 0,
+            }),
+            ClientAudioOutputPdu::QualityMode(QualityModePdu {
+                quality_mode: QualityMode::High,
+            }),
+            ClientAudioOutputPdu::TrainingConfirm(TrainingConfirmPdu {
+                timestamp: 4231,
+                pack_size: 0,
+            }),
+        ];
+        let data: Vec<u8> = pdus
+            .iter()
+            .flat_map(|pdu| record(2, &ironrdp_core::encode_vec(pdu).unwrap()))
+            .collect();
+        assert_eq!(
+            super::channel_events(&data).1,
+            vec![deskport_proto::sound::pcm()]
+        );
+        if let Some(dir) = std::env::var_os("DESKPORT_WRITE_FUZZ_SEEDS") {
+            let dir = std::path::Path::new(&dir).join("channels");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("sound-pcm"), &data).unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod sound_tests {
+    use ironrdp_rdpsnd::pdu::{
+        AudioFormatFlags, ClientAudioFormatPdu, ClientAudioOutputPdu, QualityMode, QualityModePdu,
+        TrainingConfirmPdu, Version,
+    };
+    use ironrdp_svc::StaticChannelSet;
+
+    use super::*;
+
+    use crate::testing::Blind;
+
+    const SOUND: u16 = 1004;
+
+    /// A session's channels with only `rdpsnd` joined (on channel [`SOUND`]).
+    fn channels() -> Channels {
+        let (rdpsnd, events) = sound::processor(SoundCodec::Auto);
+        let mut set = StaticChannelSet::new();
+        set.insert(rdpsnd);
+        set.attach_channel_id(std::any::TypeId::of::<RdpsndServer>(), SOUND);
+        let (_, clipboard) = cliprdr::processor();
+        let (_, gfx) = gfx::processor(gfx::ZGFX_MODE);
+        let attached = Attached {
+            clipboard,
+            resize: None,
+            gfx,
+            sound: Some(events),
+        };
+        Channels::new(set, 1007, attached, &Blind, false, true)
+    }
+
+    /// `pdu` as one chunk of a static channel (its Channel PDU Header: length, first and last).
+    fn chunk(pdu: &ClientAudioOutputPdu) -> Vec<u8> {
+        let body = ironrdp_core::encode_vec(pdu).unwrap();
+        let mut data = (body.len() as u32).to_le_bytes().to_vec();
+        data.extend_from_slice(&3u32.to_le_bytes());
+        data.extend_from_slice(&body);
+        data
+    }
+
+    fn negotiate(channels: &mut Channels, out: &mut Vec<u8>) {
+        let formats = ClientAudioOutputPdu::AudioFormat(ClientAudioFormatPdu {
+            version: Version::V8,
+            flags: AudioFormatFlags::ALIVE,
+            formats: vec![deskport_proto::sound::pcm()],
+            volume_left: 0xffff,
+            volume_right: 0xffff,
+            pitch: 0,
+            dgram_port: 0,
+        });
+        channels.process(SOUND, &chunk(&formats), out);
+        let quality = ClientAudioOutputPdu::QualityMode(QualityModePdu {
+            quality_mode: QualityMode::High,
+        });
+        channels.process(SOUND, &chunk(&quality), out);
+        let training = ClientAudioOutputPdu::TrainingConfirm(TrainingConfirmPdu {
+            timestamp: 4231,
+            pack_size: 0,
+        });
+        channels.process(SOUND, &chunk(&training), out);
+    }
+
+    /// The channel negotiates PCM with a client that offers only PCM, and reports it.
+    #[tokio::test]
+    async fn the_sound_channel_reports_the_format_the_client_took() {
+        let mut channels = channels();
+        let mut out = Vec::new();
+        channels.start_all(&mut out);
+        assert!(!out.is_empty(), "no Server Audio Formats PDU");
+        negotiate(&mut channels, &mut out);
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), channels.next_event())
+            .await
+            .unwrap();
+        assert_eq!(
+            event,
+            ChannelEvent::Sound(SoundNext::Event(SoundEvent::Start(
+                deskport_proto::sound::pcm()
+            )))
+        );
+        // A desktop without sound: nothing starts, nothing is sent.
+        let mut out = Vec::new();
+        if let ChannelEvent::Sound(next) = event {
+            channels.sound(next, &Blind, &mut out);
+        }
+        assert!(out.is_empty());
+    }
+
+    /// A malformed PDU ends the sound channel: later PDUs on it are ignored, negotiation does
+    /// not restart, and nothing panics; the rest of the session (its loop) is untouched.
+    #[tokio::test]
+    async fn a_malformed_pdu_ends_the_sound_channel() {
+        let mut channels = channels();
+        let mut out = Vec::new();
+        channels.start_all(&mut out);
+        // A Client Audio Formats header claiming more body than there is.
+        channels.process(
+            SOUND,
+            &[9, 0, 0, 0, 3, 0, 0, 0, 0x07, 0, 0xff, 0x7f, 1],
+            &mut out,
+        );
+        assert!(channels.sound_broken);
+        negotiate(&mut channels, &mut out);
+        let nothing =
+            tokio::time::timeout(std::time::Duration::from_millis(300), channels.next_event())
+                .await;
+        assert!(
+            nothing.is_err(),
+            "the ended channel negotiated: {nothing:?}"
+        );
     }
 }

@@ -246,21 +246,7 @@ fn mouse(m: &MousePdu) -> Vec<Input> {
 mod tests {
     use super::*;
 
-    /// A desktop that takes input and shows nothing.
-    #[derive(Debug)]
-    struct Blind;
-
-    impl Desktop for Blind {
-        fn size(&self) -> (u16, u16) {
-            (1, 1)
-        }
-        fn capture(&self) -> anyhow::Result<deskport_desktop::Frame> {
-            anyhow::bail!("nothing to show")
-        }
-        fn input(&self, _: Input) -> anyhow::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::testing::Blind;
 
     const IO: u16 = 1003;
 

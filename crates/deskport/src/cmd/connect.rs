@@ -93,6 +93,11 @@ pub struct Args {
     #[arg(long)]
     no_gfx: bool,
 
+    /// Play the session's sound here (the server's `rdpsnd` channel, IMA ADPCM or PCM),
+    /// through PulseAudio's `pacat` (the pulseaudio-utils package). Not with --screenshot.
+    #[arg(long)]
+    audio: bool,
+
     /// Go through this RD Gateway (HOST[:PORT], port 443 unless given) instead of connecting
     /// to the host directly: RDP rides in HTTPS, so the host's RDP port may stay closed. The
     /// host is then named as the gateway's token knows it (the instance's name or address).
@@ -149,6 +154,9 @@ pub fn exec(args: Args) -> anyhow::Result<()> {
     let fullscreen = args.fullscreen || file.fullscreen;
     if fullscreen && args.screenshot.is_some() {
         return Err(UsageError("-f and --screenshot do not go together".to_owned()).into());
+    }
+    if args.audio && args.screenshot.is_some() {
+        return Err(UsageError("--audio and --screenshot do not go together".to_owned()).into());
     }
     let host = file
         .host
@@ -237,6 +245,7 @@ pub fn exec(args: Args) -> anyhow::Result<()> {
         clipboard: None,
         display_control: false,
         gfx: !args.no_gfx,
+        audio: args.audio,
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -257,6 +257,9 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
         run_as: None,
         log: &dir.join("desktop.log"),
         account: None,
+        // The RDP server shares (shadows) this display: sound is for virtual sessions.
+        sound: false,
+        pam_service: None,
     })?;
     let mut rdp_settings = settings.rdp_server.clone();
     rdp_settings.listen = if nft { public } else { internal };

@@ -84,6 +84,17 @@ pub struct RdpServerSettings {
     pub lockout_window_secs: u64,
     /// Seconds of the first lockout (doubling with each further one, up to 16 times).
     pub lockout_secs: u64,
+    /// Virtual desktops, running as root: open a PAM session of this service
+    /// (`/etc/pam.d/NAME`; the package installs `deskport`) for each session's account, as a
+    /// display manager does (account checks, limits, the modules' environment); `""`: none.
+    pub session_pam_service: String,
+    /// Virtual desktops: give each session its own sound (a PulseAudio daemon with a null
+    /// sink, where the pulseaudio package is installed) and send it to clients that play sound
+    /// (`rdpsnd`).
+    pub sound: bool,
+    /// How sound is sent: `auto` (IMA ADPCM, a quarter of PCM's bytes, where the client
+    /// decodes it; else PCM) or `pcm` (16-bit, 44.1 kHz stereo: 1.4 Mbit/s).
+    pub sound_codec: deskport_rdp::channels::sound::SoundCodec,
 }
 
 impl Default for RdpServerSettings {
@@ -116,6 +127,9 @@ impl Default for RdpServerSettings {
             lockout_failures: 5,
             lockout_window_secs: 900,
             lockout_secs: 60,
+            session_pam_service: "deskport".to_owned(),
+            sound: true,
+            sound_codec: Default::default(),
         }
     }
 }
@@ -168,9 +182,22 @@ impl RdpServerSettings {
                     capture: self.capture,
                     x_server: self.session_x_server,
                     capture_shm: self.capture_shm,
+                    sound: self.sound,
+                    pam_service: Some(self.session_pam_service.clone()).filter(|s| !s.is_empty()),
                 })
             }
         };
+        let service = &self.session_pam_service;
+        if service.contains(['/', '\0'])
+            || service.chars().any(char::is_whitespace)
+            || service == "."
+            || service == ".."
+        {
+            return Err(UsageError(format!(
+                "[rdp_server] session_pam_service is {service:?}: it must be the name of a file in /etc/pam.d (or \"\" for none)"
+            ))
+            .into());
+        }
         super::firewall::check_share(
             "[rdp_server] max_handshakes_per_source",
             self.max_handshakes_per_source,
@@ -231,6 +258,8 @@ impl RdpServerSettings {
                 window: Duration::from_secs(self.lockout_window_secs),
                 lockout: Duration::from_secs(self.lockout_secs),
             },
+            // A shared display has no sound of its own to send.
+            sound: (self.sound && self.display.is_none()).then_some(self.sound_codec),
         };
         Ok((config, sender))
     }

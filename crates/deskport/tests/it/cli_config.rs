@@ -230,6 +230,16 @@ fn rd_gateway_and_limit_settings_are_checked() {
             "port-9100",
             "invalid socket address syntax for key \"RDP_SERVER.METRICS_LISTEN\"",
         ),
+        (
+            "DESKPORT_RDP_SERVER__SESSION_PAM_SERVICE",
+            "../shadow",
+            "session_pam_service is \"../shadow\"",
+        ),
+        (
+            "DESKPORT_RDP_SERVER__SOUND_CODEC",
+            "mp3",
+            "unknown variant: found `mp3`, expected ``auto` or `pcm``",
+        ),
     ] {
         let r = run(deskport(home.path())
             .env(key, value)

@@ -21,5 +21,6 @@ mod package;
 mod rdp;
 mod rdp_manager;
 mod rdp_sessions;
+mod sound;
 mod support;
 mod up;

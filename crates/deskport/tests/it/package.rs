@@ -100,6 +100,7 @@ fn the_debian_package_passes_lintian_installs_and_purges_without_a_trace() {
         "./etc/deskport/firewall.toml",
         "./etc/deskport/rdp-server.toml",
         "./etc/deskport/rd-gateway.toml",
+        "./etc/pam.d/deskport",
         "./usr/share/man/man1/deskport.1.gz",
         "./usr/share/man/man1/deskport-rule-add.1.gz",
         "./usr/share/bash-completion/completions/deskport",
@@ -162,6 +163,13 @@ fn the_debian_package_passes_lintian_installs_and_purges_without_a_trace() {
         assert!(shown.contains("/var/lib/deskport/"), "{config}: {shown}");
     }
 
+    // The packaged PAM service opens and closes a session (as the RDP server's helper does
+    // for each desktop; stdin at its end closes it at once).
+    let opened = ok(Command::new("/usr/bin/deskport")
+        .args(["pam-session", "deskport", "nobody", ":99"])
+        .stdin(std::process::Stdio::null()));
+    assert!(opened.lines().any(|l| l == "opened"), "{opened}");
+
     // The units: valid, and each service's exposure as systemd scores it.
     let units: Vec<String> = UNITS
         .iter()
@@ -220,7 +228,12 @@ fn the_debian_package_passes_lintian_installs_and_purges_without_a_trace() {
         .filter(|f| f.contains("deskport") && Path::new(f).exists())
         .collect();
     assert!(left.is_empty(), "left after purge: {left:?}");
-    for path in ["/etc/deskport", "/var/lib/deskport", "/usr/bin/deskport"] {
+    for path in [
+        "/etc/deskport",
+        "/var/lib/deskport",
+        "/usr/bin/deskport",
+        "/etc/pam.d/deskport",
+    ] {
         assert!(!Path::new(path).exists(), "{path} left after purge");
     }
     let (exists, _) = run(Command::new("getent").args(["passwd", "deskport"]));

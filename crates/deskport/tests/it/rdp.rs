@@ -118,6 +118,41 @@ impl RdpServer {
     }
 }
 
+/// `deskport rdp-server` on 127.0.0.1:`port` with the account store and certificate in
+/// `data`, the configuration file `config` (`/dev/null`: the defaults), `extra` flags and its
+/// log (`RUST_LOG=info`) in `log`; returned once it listens.
+pub fn rdp_server(
+    data: &Path,
+    config: &Path,
+    port: u16,
+    extra: &[&str],
+    log: &Path,
+) -> ProcessGuard {
+    let process = ProcessGuard::spawn(
+        "deskport rdp-server",
+        Command::new(env!("CARGO_BIN_EXE_deskport"))
+            .args([
+                "rdp-server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data)
+            .args(extra)
+            .env("DESKPORT_CONFIG", config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap()),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(20), "the RDP server to listen", || {
+        TcpStream::connect((IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+            .ok()
+            .map(|_| ())
+    });
+    process
+}
+
 pub fn add_account(data: &Path, user: &str, password: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_deskport"))
         .args(["rdp-server", "--data-dir"])

@@ -4,7 +4,7 @@
 //! takes the session over; a session nobody is connected to ends after its timeout; logging off
 //! ends it.
 
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -68,26 +68,7 @@ impl Server {
         )
         .unwrap();
         let log = dir.join("rdp-server.log");
-        let process = ProcessGuard::spawn(
-            "deskport rdp-server",
-            Command::new(env!("CARGO_BIN_EXE_deskport"))
-                .args([
-                    "rdp-server",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--data-dir",
-                ])
-                .arg(&data)
-                .args(extra)
-                .env("DESKPORT_CONFIG", &config)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap()),
-        )
-        .unwrap();
-        wait_until(Duration::from_secs(20), "the RDP server to listen", || {
-            TcpStream::connect((LO, port)).ok().map(|_| ())
-        });
+        let process = crate::rdp::rdp_server(&data, &config, port, extra, &log);
         Self {
             port,
             log,
