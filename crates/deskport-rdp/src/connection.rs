@@ -53,6 +53,9 @@ pub struct Shared {
     pub bulk_compression: bool,
     /// The connection sequence must complete within this time.
     pub handshake_timeout: Duration,
+    /// A client must have logged on (NLA, or the Client Info in TLS mode) within this time of
+    /// connecting: a stranger's share of the server's attention is short.
+    pub logon_timeout: Duration,
     /// The server's counters (`/metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Offer sound (`rdpsnd`) in this coding; `None`: no sound channel.
@@ -355,7 +358,12 @@ pub async fn serve(
     } = match tokio::time::timeout(shared.handshake_timeout, handshake).await {
         Ok(Ok(Some(done))) => done,
         Ok(Ok(None)) => return Ok(()),
-        Ok(Err(e)) => return Err(e),
+        Ok(Err(e)) => {
+            if e.is::<LogonTimeout>() {
+                shared.metrics.logon_timed_out();
+            }
+            return Err(e);
+        }
         Err(_) => anyhow::bail!(
             "the connection sequence did not complete within {:?}",
             shared.handshake_timeout
@@ -479,7 +487,24 @@ pub async fn serve(
 
 type Framed = TokioFramed<Fixups<tokio_rustls::server::TlsStream<TcpStream>>>;
 
-/// The connection sequence. `Ok(None)`: the client was refused (and told so).
+/// The client did not log on within the logon timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no logon within {0:?} of connecting")]
+struct LogonTimeout(Duration);
+
+/// `fut`, unless the logon `deadline` passes first.
+async fn before_logon<T>(
+    deadline: (tokio::time::Instant, Duration),
+    fut: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout_at(deadline.0, fut)
+        .await
+        .map_err(|_| LogonTimeout(deadline.1).into())
+}
+
+/// The connection sequence. `Ok(None)`: the client was refused (and told so). Everything
+/// before the logon (negotiation, TLS, NLA, the Client Info in TLS mode) must be done within
+/// the logon timeout.
 async fn handshake(
     shared: &Shared,
     tcp: TcpStream,
@@ -491,6 +516,10 @@ async fn handshake(
     let mut buf = WriteBuf::new();
     let ip = peer.ip().to_canonical();
     let ip_key = format!("ip:{ip}");
+    let deadline = (
+        tokio::time::Instant::now() + shared.logon_timeout,
+        shared.logon_timeout,
+    );
 
     // Negotiation, in the clear.
     let mut framed = TokioFramed::new(tcp);
@@ -499,10 +528,15 @@ async fn handshake(
             break protocol;
         }
         let input = match acceptor.next_pdu_hint() {
-            Some(hint) => Some(framed.read_by_hint(hint).await?),
+            Some(hint) => Some(before_logon(deadline, framed.read_by_hint(hint)).await??),
             None => None,
         };
-        if let Err(e) = step(&mut framed, acceptor, &mut buf, input.as_deref()).await {
+        let stepped = before_logon(
+            deadline,
+            step(&mut framed, acceptor, &mut buf, input.as_deref()),
+        )
+        .await?;
+        if let Err(e) = stepped {
             tracing::info!(%peer, error = %e, nla_only = admission.nla_only, "Refused at negotiation");
             return Ok(None);
         }
@@ -514,11 +548,8 @@ async fn handshake(
 
     // TLS.
     let tcp = framed.into_inner_no_leftover();
-    let tls = shared
-        .tls
-        .acceptor
-        .accept(tcp)
-        .await
+    let tls = before_logon(deadline, shared.tls.acceptor.accept(tcp))
+        .await?
         .context("TLS handshake")?;
     acceptor.mark_security_upgrade_as_done();
     let mut framed = TokioFramed::new(Fixups::new(tls));
@@ -529,16 +560,19 @@ async fn handshake(
     let nla = acceptor.should_perform_credssp();
     if nla {
         let hybrid_ex = matches!(state(acceptor), Some(AcceptorState::Credssp { protocol, .. }) if protocol.contains(SecurityProtocol::HYBRID_EX));
-        match credssp::authenticate(
-            &mut framed,
-            accounts.clone(),
-            shared.throttle.clone(),
-            ip_key.clone(),
-            shared.tls.public_key.clone(),
-            hybrid_ex,
+        let outcome = before_logon(
+            deadline,
+            credssp::authenticate(
+                &mut framed,
+                accounts.clone(),
+                shared.throttle.clone(),
+                ip_key.clone(),
+                shared.tls.public_key.clone(),
+                hybrid_ex,
+            ),
         )
-        .await?
-        {
+        .await??;
+        match outcome {
             NlaOutcome::Authenticated { account: name } => {
                 let key = format!("user:{}", name.to_ascii_lowercase());
                 if let Err(wait) = shared
@@ -577,6 +611,9 @@ async fn handshake(
         );
         let check_client_info = account.is_none() && client_info;
         let input = match acceptor.next_pdu_hint() {
+            Some(hint) if account.is_none() => {
+                Some(before_logon(deadline, framed.read_by_hint(hint)).await??)
+            }
             Some(hint) => Some(framed.read_by_hint(hint).await?),
             None => None,
         };

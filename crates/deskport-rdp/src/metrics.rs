@@ -1,7 +1,7 @@
 //! The RDP server's counters, as Prometheus text for `/metrics` (`deskport rdp-server
 //! --metrics-listen`): connections accepted and refused (by why: the source address's share
 //! of the connection sequence, its rate of new connections, the global limit), open, ended
-//! with an error, and sessions started. A scanner or brute-forcer shows up here before anyone
+//! with an error, closed for not logging on in time, and sessions started. A scanner or brute-forcer shows up here before anyone
 //! reads the log (which rate-limits its refusal lines).
 
 use std::fmt::Write as _;
@@ -54,6 +54,7 @@ pub struct Metrics {
     refused: [AtomicU64; 3],
     open: AtomicU64,
     errors: AtomicU64,
+    logon_timeouts: AtomicU64,
     sessions: AtomicU64,
 }
 
@@ -81,6 +82,11 @@ impl Metrics {
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A client did not log on within the logon timeout (also counted as an error).
+    pub(crate) fn logon_timed_out(&self) {
+        self.logon_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn session_started(&self) {
@@ -129,6 +135,12 @@ impl Metrics {
             "counter",
             "Connections that ended with an error (refused logons, timeouts, protocol errors).",
             &[(String::new(), get(&self.errors))],
+        );
+        metric(
+            "deskport_rdp_logon_timeouts_total",
+            "counter",
+            "Connections closed because the client had not logged on within logon_timeout_secs.",
+            &[(String::new(), get(&self.logon_timeouts))],
         );
         metric(
             "deskport_rdp_sessions_started_total",

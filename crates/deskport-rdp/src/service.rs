@@ -74,6 +74,8 @@ pub struct RdpServerConfig {
     /// What one address may have of the connections.
     pub per_source: crate::admit::SourceLimits,
     pub handshake_timeout: Duration,
+    /// A client must have logged on within this (at most `handshake_timeout`).
+    pub logon_timeout: Duration,
     pub frame_interval: Duration,
     pub codec: Codec,
     pub bulk_compression: bool,
@@ -139,6 +141,10 @@ impl RdpServer {
             codec: config.codec,
             bulk_compression: config.bulk_compression,
             handshake_timeout: config.handshake_timeout.max(Duration::from_secs(1)),
+            logon_timeout: config.logon_timeout.clamp(
+                Duration::from_secs(1),
+                config.handshake_timeout.max(Duration::from_secs(1)),
+            ),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             sound: config.sound,
         });

@@ -61,6 +61,10 @@ pub struct RdpServerSettings {
     pub max_new_connections_per_source_per_sec: u32,
     /// Seconds a client has to complete the connection sequence.
     pub handshake_timeout_secs: u64,
+    /// Seconds a client has from connecting to logging on (NLA, or the Client Info in TLS
+    /// mode), at least 1 (and at most `handshake_timeout_secs`, which bounds the whole
+    /// sequence): what a stranger who never logs on can hold a connection for.
+    pub logon_timeout_secs: u64,
     /// Serve `/metrics` (connections accepted, refused by reason, open, failed; sessions
     /// started) and `/healthz` on this address (`deskport rdp-server` only).
     pub metrics_listen: Option<SocketAddr>,
@@ -118,6 +122,7 @@ impl Default for RdpServerSettings {
             max_new_connections_per_source_per_sec: deskport_rdp::admit::SourceLimits::default()
                 .per_second,
             handshake_timeout_secs: 20,
+            logon_timeout_secs: 10,
             metrics_listen: None,
             frame_interval_ms: 33,
             codec: deskport_rdp::Codec::Auto,
@@ -187,6 +192,13 @@ impl RdpServerSettings {
                 })
             }
         };
+        if self.logon_timeout_secs == 0 {
+            return Err(UsageError(
+                "[rdp_server] logon_timeout_secs is 0: a client needs at least 1 second to log on"
+                    .to_owned(),
+            )
+            .into());
+        }
         let service = &self.session_pam_service;
         if service.contains(['/', '\0'])
             || service.chars().any(char::is_whitespace)
@@ -250,6 +262,7 @@ impl RdpServerSettings {
                 per_second: self.max_new_connections_per_source_per_sec,
             },
             handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+            logon_timeout: Duration::from_secs(self.logon_timeout_secs),
             frame_interval: Duration::from_millis(self.frame_interval_ms),
             codec: self.codec,
             bulk_compression: self.bulk_compression,

@@ -231,6 +231,11 @@ fn rd_gateway_and_limit_settings_are_checked() {
             "invalid socket address syntax for key \"RDP_SERVER.METRICS_LISTEN\"",
         ),
         (
+            "DESKPORT_RDP_SERVER__LOGON_TIMEOUT_SECS",
+            "0",
+            "logon_timeout_secs is 0",
+        ),
+        (
             "DESKPORT_RDP_SERVER__SESSION_PAM_SERVICE",
             "../shadow",
             "session_pam_service is \"../shadow\"",

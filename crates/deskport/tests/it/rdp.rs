@@ -812,3 +812,67 @@ fn one_address_in_the_handshake_cannot_shut_another_out() {
             .then_some(())
     });
 }
+
+/// Issue 20: a client that never logs on is closed after the logon timeout, not the whole
+/// connection sequence's budget: here one that negotiated TLS and then said nothing (a
+/// slowloris in the TLS handshake). Counted at /metrics; a real client still logs on.
+#[test]
+fn a_client_that_does_not_log_on_is_closed_after_the_logon_timeout() {
+    use std::io::Read as _;
+    let dir = deskport_testsupport::data_dir();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[rdp_server]\nlogon_timeout_secs = 2\nhandshake_timeout_secs = 120\n",
+    )
+    .unwrap();
+    let metrics_port = free_port(LO);
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let server = RdpServer::start(
+        dir.path(),
+        &["--metrics-listen", &metrics_listen],
+        Some(&config),
+    );
+    let mut stranger = TcpStream::connect((LO, server.port)).unwrap();
+    // An X.224 Connection Request for TLS and NLA, answered; then silence.
+    stranger
+        .write_all(&[
+            0x03, 0x00, 0x00, 0x13, 0x0e, 0xe0, 0, 0, 0, 0, 0, 0x01, 0x00, 0x08, 0x00, 0x03, 0, 0,
+            0,
+        ])
+        .unwrap();
+    let mut confirm = [0u8; 19];
+    stranger.read_exact(&mut confirm).unwrap();
+    assert_eq!(
+        (confirm[0], confirm[5]),
+        (0x03, 0xd0),
+        "a Connection Confirm"
+    );
+    // Closed well before the sequence's 120 s.
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let read = stranger.read(&mut buf);
+    assert!(matches!(read, Ok(0)), "closed by the server: {read:?}");
+    let metrics = || crate::firewall_gateway::http_get(metrics_port, "/metrics").unwrap();
+    wait_until(Duration::from_secs(10), "the timeout to be counted", || {
+        metrics()
+            .lines()
+            .any(|l| l == "deskport_rdp_logon_timeouts_total 1")
+            .then_some(())
+    });
+    let log = server.log();
+    assert!(log.contains("no logon within 2s of connecting"), "{log}");
+    // A real client logs on within it.
+    let client = Xvfb::start(1024, 768);
+    let (code, output) = xfreerdp(
+        &client,
+        &server,
+        "alice",
+        PASSWORD,
+        &["/sec:nla", "+auth-only"],
+    )
+    .finish();
+    assert_eq!(code, Some(0), "{output}");
+}
