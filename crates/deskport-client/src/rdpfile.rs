@@ -61,13 +61,53 @@ pub fn split_host_port(text: &str) -> Result<(String, Option<u16>), String> {
     }
 }
 
+/// A `.rdp` file's bytes as text: UTF-16LE after its byte-order mark (what mstsc writes),
+/// UTF-16BE after its mark, else UTF-8 (a UTF-8 mark skipped). Text that is not valid in its
+/// encoding is refused, not guessed at.
+pub fn decode(bytes: &[u8]) -> Result<String, String> {
+    let utf16 = |rest: &[u8], unit: fn([u8; 2]) -> u16| {
+        if !rest.len().is_multiple_of(2) {
+            return Err("UTF-16 with an odd number of bytes".to_owned());
+        }
+        let units: Vec<u16> = rest.chunks_exact(2).map(|c| unit([c[0], c[1]])).collect();
+        String::from_utf16(&units).map_err(|_| "not valid UTF-16".to_owned())
+    };
+    if let Some(rest) = bytes.strip_prefix(&[0xff, 0xfe]) {
+        utf16(rest, u16::from_le_bytes)
+    } else if let Some(rest) = bytes.strip_prefix(&[0xfe, 0xff]) {
+        utf16(rest, u16::from_be_bytes)
+    } else {
+        let rest = bytes.strip_prefix(&[0xef, 0xbb, 0xbf]).unwrap_or(bytes);
+        String::from_utf8(rest.to_vec()).map_err(|_| "not UTF-8 or UTF-16 text".to_owned())
+    }
+}
+
 /// The fuzz target `rdp_file` (see `fuzz/`): `data` as a `.rdp` file's text and as a
 /// `HOST[:PORT]`: never a panic, and what is accepted is usable — a host that is not empty, a
 /// port that is not 0; a refusal names a line of the file.
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_oracle(data: &[u8]) {
-    let text = String::from_utf8_lossy(data);
-    match RdpFile::parse(&text) {
+    check_parsed(&String::from_utf8_lossy(data));
+}
+
+/// The fuzz target `rdp_file_bytes`: `data` as a whole file's bytes (UTF-16 with its mark, as
+/// mstsc writes, or UTF-8): [`decode`] never panics, what it decodes is then held to
+/// `rdp_file`'s checks, and decoding is exact — the text written back as UTF-16LE with a mark
+/// decodes to the same text.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_oracle_bytes(data: &[u8]) {
+    let Ok(text) = decode(data) else {
+        return;
+    };
+    let mut again = vec![0xff, 0xfe];
+    again.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+    assert_eq!(decode(&again).as_deref(), Ok(text.as_str()), "round trip");
+    check_parsed(&text);
+}
+
+#[cfg(feature = "fuzzing")]
+fn check_parsed(text: &str) {
+    match RdpFile::parse(text) {
         Ok(file) => {
             assert!(
                 file.host.as_deref().is_none_or(|h| !h.trim().is_empty()),
@@ -88,7 +128,7 @@ pub fn fuzz_oracle(data: &[u8]) {
             text.lines().count()
         ),
     }
-    if let Ok((host, port)) = split_host_port(&text) {
+    if let Ok((host, port)) = split_host_port(text) {
         assert!(!host.trim().is_empty(), "empty host from {text:?}");
         assert!(port != Some(0), "port 0 from {text:?}");
     }
@@ -200,6 +240,25 @@ impl RdpFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_decode_as_mstsc_writes_them_and_bad_bytes_are_refused() {
+        let text = "full address:s:host:3390\r\nusername:s:Zoë\r\n";
+        let mut le = vec![0xff, 0xfe];
+        le.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+        assert_eq!(decode(&le).as_deref(), Ok(text));
+        let mut be = vec![0xfe, 0xff];
+        be.extend(text.encode_utf16().flat_map(u16::to_be_bytes));
+        assert_eq!(decode(&be).as_deref(), Ok(text));
+        let mut utf8 = vec![0xef, 0xbb, 0xbf];
+        utf8.extend_from_slice(text.as_bytes());
+        assert_eq!(decode(&utf8).as_deref(), Ok(text));
+        assert_eq!(decode(text.as_bytes()).as_deref(), Ok(text));
+        // An odd byte count, a lone surrogate, bytes that are no UTF-8.
+        assert!(decode(&le[..le.len() - 1]).is_err());
+        assert!(decode(&[0xff, 0xfe, 0x00, 0xd8]).is_err());
+        assert!(decode(&[0x66, 0xff, 0x66]).is_err());
+    }
 
     #[test]
     fn reads_what_mstsc_writes() {

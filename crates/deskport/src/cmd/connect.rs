@@ -119,18 +119,8 @@ pub struct Args {
 
 fn read_rdp_file(path: &Path) -> anyhow::Result<RdpFile> {
     let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    // mstsc writes UTF-16LE with a byte-order mark.
-    let text = if let Some(rest) = bytes.strip_prefix(&[0xff, 0xfe]) {
-        let units: Vec<u16> = rest
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        String::from_utf16(&units)
-            .map_err(|_| UsageError(format!("{}: not valid UTF-16", path.display())))?
-    } else {
-        String::from_utf8(bytes)
-            .map_err(|_| UsageError(format!("{}: not UTF-8 or UTF-16 text", path.display())))?
-    };
+    let text = deskport_client::rdpfile::decode(&bytes)
+        .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
     RdpFile::parse(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())).into())
 }
 

@@ -20,8 +20,27 @@ const TARGETS: &[(&str, Oracle)] = &[
     ("zgfx_stream", deskport_rdp::encode::zgfx_fuzz_oracle),
     ("console_messages", deskport_client::browser::fuzz_oracle),
     ("rdp_file", deskport_client::rdpfile::fuzz_oracle),
+    (
+        "rdp_file_bytes",
+        deskport_client::rdpfile::fuzz_oracle_bytes,
+    ),
     ("known_hosts", deskport_tls::known_hosts::fuzz_oracle),
+    ("credssp", deskport_rdp::credssp::fuzz_oracle),
+    ("channels", deskport_rdp::channels::fuzz_oracle),
 ];
+
+/// Every target in `fuzz/fuzz_targets` is replayed here.
+#[test]
+fn every_fuzz_target_is_replayed() {
+    for entry in std::fs::read_dir(fuzz_dir().join("fuzz_targets")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        assert!(
+            TARGETS.iter().any(|(t, _)| *t == name),
+            "the fuzz target {name} is not in TARGETS"
+        );
+    }
+}
 
 fn fuzz_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
