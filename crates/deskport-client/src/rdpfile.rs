@@ -1,7 +1,8 @@
 //! `.rdp` files, as mstsc writes them: `name:type:value` lines (`s` string, `i` integer).
 //! The fields deskport reads: `full address`, `server port`, `username`, `domain`,
 //! `desktopwidth`, `desktopheight`, `screen mode id` (2 = full screen),
-//! `enablecredsspsupport` (0 = TLS only) and the RD Gateway's `gatewayhostname` (used when
+//! `enablecredsspsupport` (0 = TLS only), `audiomode` (0 = play the sound here) and the RD
+//! Gateway's `gatewayhostname` (used when
 //! `gatewayusagemethod` is 1 or 2, as mstsc does) and `gatewayaccesstoken`.
 
 use std::collections::HashMap;
@@ -21,6 +22,9 @@ pub struct RdpFile {
     pub gateway: Option<String>,
     /// `gatewayaccesstoken`.
     pub gateway_token: Option<String>,
+    /// `audiomode`: 0 plays the session's sound here, 1 leaves it at the remote computer, 2
+    /// plays none.
+    pub audio_mode: Option<u8>,
 }
 
 /// Why a file was refused: the line and what is wrong.
@@ -218,6 +222,14 @@ impl RdpFile {
         }
         file.fullscreen = int("screen mode id")? == Some(2);
         file.credssp = int("enablecredsspsupport")?.map(|v| v != 0);
+        if let Some(mode) = int("audiomode")? {
+            file.audio_mode = Some(u8::try_from(mode).ok().filter(|m| *m <= 2).ok_or(
+                RdpFileError {
+                    line: fields["audiomode"].0,
+                    message: format!("audiomode {mode} is not 0, 1 or 2"),
+                },
+            )?);
+        }
         if matches!(int("gatewayusagemethod")?, Some(1 | 2)) {
             if let Some((line, address)) =
                 fields.get("gatewayhostname").filter(|(_, v)| !v.is_empty())
@@ -240,6 +252,15 @@ impl RdpFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audiomode_is_read_and_checked() {
+        let file = RdpFile::parse("full address:s:h\naudiomode:i:0\n").unwrap();
+        assert_eq!(file.audio_mode, Some(0));
+        let err = RdpFile::parse("full address:s:h\naudiomode:i:7\n").unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(err.message.contains("audiomode 7"), "{err}");
+    }
 
     #[test]
     fn files_decode_as_mstsc_writes_them_and_bad_bytes_are_refused() {

@@ -95,6 +95,7 @@ pub struct Args {
 
     /// Play the session's sound here (the server's `rdpsnd` channel, IMA ADPCM or PCM),
     /// through PulseAudio's `pacat` (the pulseaudio-utils package). Not with --screenshot.
+    /// Default: the .rdp file's `audiomode:i:0`.
     #[arg(long)]
     audio: bool,
 
@@ -235,7 +236,8 @@ pub fn exec(args: Args) -> anyhow::Result<()> {
         clipboard: None,
         display_control: false,
         gfx: !args.no_gfx,
-        audio: args.audio,
+        // --audio, or a .rdp file's `audiomode:i:0` (play here) for a window.
+        audio: args.audio || (args.screenshot.is_none() && file.audio_mode == Some(0)),
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

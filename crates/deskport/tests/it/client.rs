@@ -361,6 +361,10 @@ fn every_failure_says_what_went_wrong() {
             vec![target.as_str(), "-f", "--screenshot", shot],
             "do not go together",
         ),
+        (
+            vec![target.as_str(), "--audio", "--screenshot", shot],
+            "--audio and --screenshot do not go together",
+        ),
     ] {
         let out = connect(dir.path(), &args, PASSWORD);
         let all = text(&out);
