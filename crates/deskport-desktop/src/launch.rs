@@ -369,6 +369,9 @@ pub struct XSessionSpec<'a> {
     /// (see `deskport_pam`; held by `deskport pam-session`, this program's hidden subcommand)
     /// around the session's programs, where the system has PAM.
     pub pam_service: Option<&'a str>,
+    /// The client's address, for the PAM session (`PAM_RHOST`: pam_access and friends judge
+    /// a remote logon as remote).
+    pub remote_host: Option<&'a str>,
 }
 
 /// An X server and the programs of a session on it. Stopped on drop: every program's process
@@ -408,42 +411,28 @@ impl XSession {
             sound: None,
             pam: None,
         };
-        // The programs' user is on the X server's host list: they need no cookie.
-        let mut login = spec.run_as.map(|account| {
-            session.runtime_uid = Some(account.uid);
-            login_environment(account)
-        });
-        if let (Some(account), Some(service), Some(environment)) =
-            (spec.run_as, spec.pam_service, login.as_mut())
-        {
-            if nix::unistd::geteuid().is_root() && Path::new("/etc/pam.d").is_dir() {
-                let pam = std::env::current_exe()
-                    .context("this program's path")
-                    .and_then(|exe| {
-                        Ok(deskport_pam::PamHelper::open(
-                            &exe,
-                            &["pam-session"],
-                            service,
-                            &account.name,
-                            &session.display,
-                        )?)
-                    })
-                    .with_context(|| {
-                        format!(
-                            "open the PAM session (service {service:?}) of {}",
-                            account.name
-                        )
-                    })?;
-                merge_environment(environment, pam.environment());
-                tracing::info!(
-                    account = account.name,
-                    x_display = session.display,
-                    service,
-                    "PAM session opened"
-                );
-                session.pam = Some(pam);
+        // The PAM session first: its modules may provide the runtime directory (pam_systemd),
+        // which deskport then neither makes nor removes.
+        if let (Some(account), Some(service)) = (spec.run_as, spec.pam_service) {
+            if nix::unistd::geteuid().is_root() {
+                session.pam = open_pam(service, account, &session.display, spec.remote_host)?;
             }
         }
+        // The programs' user is on the X server's host list: they need no cookie.
+        let login = spec.run_as.map(|account| {
+            let pam = session
+                .pam
+                .as_ref()
+                .map(|p| p.environment())
+                .unwrap_or_default();
+            let given = pam.iter().any(|(k, _)| k == "XDG_RUNTIME_DIR");
+            let mut environment = login_environment(account, !given);
+            if !given && environment.iter().any(|(k, _)| k == "XDG_RUNTIME_DIR") {
+                session.runtime_uid = Some(account.uid);
+            }
+            merge_environment(&mut environment, pam);
+            environment
+        });
         if spec.sound && SoundServer::available() {
             let environment = login.as_deref().unwrap_or_default();
             match SoundServer::start(&session.display, spec.run_as, environment, spec.log) {
@@ -595,10 +584,10 @@ pub fn openbox_and_terminal() -> String {
 
 /// The environment a session of `account` starts with, as a login would give it: who it is
 /// (`HOME`, `USER`, `LOGNAME`, `SHELL`), a standard `PATH`, the system's locale
-/// (`/etc/default/locale`, else `C.UTF-8`), `XDG_RUNTIME_DIR` (`/run/user/UID`, made 0700 for
-/// the account when missing and this process may), and the session's type. Nothing of the
-/// server's own environment.
-pub fn login_environment(account: &UnixAccount) -> Vec<(String, String)> {
+/// (`/etc/default/locale`, else `C.UTF-8`), `XDG_RUNTIME_DIR` (`runtime`: `/run/user/UID`,
+/// made 0700 for the account when missing and this process may; not when a PAM module
+/// provides it), and the session's type. Nothing of the server's own environment.
+pub fn login_environment(account: &UnixAccount, runtime: bool) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
         ("HOME".into(), account.home.display().to_string()),
         ("USER".into(), account.name.clone()),
@@ -626,11 +615,61 @@ pub fn login_environment(account: &UnixAccount) -> Vec<(String, String)> {
     if !has_lang {
         env.push(("LANG".into(), "C.UTF-8".into()));
     }
-    match runtime_dir(account) {
-        Ok(dir) => env.push(("XDG_RUNTIME_DIR".into(), dir.display().to_string())),
-        Err(e) => tracing::warn!(account = account.name, error = %e, "No XDG_RUNTIME_DIR"),
+    if runtime {
+        match runtime_dir(account) {
+            Ok(dir) => env.push(("XDG_RUNTIME_DIR".into(), dir.display().to_string())),
+            Err(e) => tracing::warn!(account = account.name, error = %e, "No XDG_RUNTIME_DIR"),
+        }
     }
     env
+}
+
+/// Opens the PAM session of `service` for `account` on `display` (`remote_host`: the client's
+/// address, `PAM_RHOST`) through the helper process, unless the system has no such service
+/// (then it says so and goes on without one: PAM's `other` service is pam_deny on many
+/// systems, which would refuse every desktop).
+fn open_pam(
+    service: &str,
+    account: &UnixAccount,
+    x_display: &str,
+    remote_host: Option<&str>,
+) -> anyhow::Result<Option<deskport_pam::PamHelper>> {
+    let installed = ["/etc/pam.d", "/usr/lib/pam.d"]
+        .iter()
+        .any(|dir| Path::new(dir).join(service).is_file());
+    if !installed {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::warn!(
+                service,
+                "No PAM service of this name (/etc/pam.d): sessions open no PAM session (the deskport package installs /etc/pam.d/deskport)"
+            );
+        });
+        return Ok(None);
+    }
+    // This very program (even once a package upgrade has replaced its file).
+    let pam = deskport_pam::PamHelper::open(
+        Path::new("/proc/self/exe"),
+        "pam-session",
+        service,
+        &account.name,
+        x_display,
+        remote_host,
+    )
+    .with_context(|| {
+        format!(
+            "open the PAM session (service {service:?}) of {}",
+            account.name
+        )
+    })?;
+    tracing::info!(
+        account = account.name,
+        x_display,
+        service,
+        remote_host,
+        "PAM session opened"
+    );
+    Ok(Some(pam))
 }
 
 /// Adds what the PAM modules set to a login environment: theirs where they set a variable,
@@ -660,7 +699,17 @@ fn release_runtime_dir(uid: u32) {
     made[i].1 -= 1;
     if made[i].1 == 0 {
         made.remove(i);
-        let _ = std::fs::remove_dir_all(format!("/run/user/{uid}"));
+        let dir = PathBuf::from(format!("/run/user/{uid}"));
+        // Not if something mounted its own there meanwhile (logind's tmpfs of another
+        // session of the account): that one is not deskport's to empty.
+        use std::os::unix::fs::MetadataExt as _;
+        let mounted = match (std::fs::metadata(&dir), std::fs::metadata("/run/user")) {
+            (Ok(d), Ok(parent)) => d.dev() != parent.dev(),
+            _ => true,
+        };
+        if !mounted {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

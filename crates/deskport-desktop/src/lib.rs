@@ -195,9 +195,14 @@ pub trait Desktop: Send + Sync + std::fmt::Debug {
 
 /// Gives each logon its desktop.
 pub trait DesktopProvider: Send + Sync + std::fmt::Debug {
-    /// The desktop of `account`; `requested` is the client's desktop size.
-    fn desktop_for(&self, account: &str, requested: (u16, u16))
-        -> anyhow::Result<Arc<dyn Desktop>>;
+    /// The desktop of `account`; `requested` is the client's desktop size, `remote` its
+    /// address.
+    fn desktop_for(
+        &self,
+        account: &str,
+        requested: (u16, u16),
+        remote: Option<std::net::IpAddr>,
+    ) -> anyhow::Result<Arc<dyn Desktop>>;
     /// The size to announce before the account is known (the shadowed display's size).
     fn initial_size(&self, requested: (u16, u16)) -> (u16, u16);
     /// Whether a session takes the size the client asks for (virtual desktops) rather than
@@ -222,6 +227,7 @@ impl DesktopProvider for Shadow {
         &self,
         _account: &str,
         _requested: (u16, u16),
+        _remote: Option<std::net::IpAddr>,
     ) -> anyhow::Result<Arc<dyn Desktop>> {
         Ok(self.desktop.clone())
     }

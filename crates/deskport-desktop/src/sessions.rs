@@ -218,7 +218,12 @@ impl VirtualSessions {
         }
     }
 
-    fn start(&self, account: &str, size: (u16, u16)) -> anyhow::Result<Arc<Session>> {
+    fn start(
+        &self,
+        account: &str,
+        size: (u16, u16),
+        remote: Option<std::net::IpAddr>,
+    ) -> anyhow::Result<Arc<Session>> {
         let run_as = unix_account(self.config.unix_user.as_deref().unwrap_or(account))?;
         std::fs::create_dir_all(&self.config.log_dir)
             .with_context(|| format!("create {}", self.config.log_dir.display()))?;
@@ -232,6 +237,7 @@ impl VirtualSessions {
             account: Some(account),
             sound: self.config.sound,
             pam_service: self.config.pam_service.as_deref(),
+            remote_host: remote.map(|ip| ip.to_string()).as_deref(),
         })?;
         let display = x.display().to_owned();
         let x_server = x.x_server();
@@ -286,6 +292,7 @@ impl DesktopProvider for VirtualSessions {
         &self,
         account: &str,
         requested: (u16, u16),
+        remote: Option<std::net::IpAddr>,
     ) -> anyhow::Result<Arc<dyn Desktop>> {
         let key = account.to_ascii_lowercase();
         let size = if requested.0 == 0 || requested.1 == 0 {
@@ -309,9 +316,13 @@ impl DesktopProvider for VirtualSessions {
                 s
             }
             None => {
-                let s = self.start(account, size)?;
-                let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(old) = sessions.insert(key, s.clone()) {
+                let s = self.start(account, size, remote)?;
+                let old = {
+                    let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                    sessions.insert(key, s.clone())
+                };
+                // (Stopped outside the lock: it takes seconds, and other logons wait for it.)
+                if let Some(old) = old {
                     old.generation.fetch_add(1, Ordering::SeqCst);
                     old.stop();
                 }

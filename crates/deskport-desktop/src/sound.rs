@@ -2,8 +2,9 @@
 //! for the clients that play it (as pulseaudio-module-xrdp gives xrdp's sessions a sink).
 //!
 //! The daemon runs as the session's account (`-n`: only the modules given here), listening on
-//! a socket of the session's own in the account's runtime directory; the session's programs
-//! find it through `PULSE_SERVER`. So two sessions of one account (or of every account mapped
+//! a socket of the session's own in the account's runtime directory (a private directory of
+//! its own when sessions run as this process's user: the socket admits whoever reaches it);
+//! the session's programs find it through `PULSE_SERVER`. So two sessions of one account (or of every account mapped
 //! to one Unix user) each have their own sound. A capture is `parec` of the sink's monitor,
 //! run as the account too, its raw PCM read by a thread; it exists only while a client plays
 //! the sound, so a client without sound costs nothing but the idle daemon.
@@ -26,6 +27,9 @@ pub const SINK: &str = "deskport";
 pub struct SoundServer {
     child: Child,
     socket: PathBuf,
+    /// The private directory made for the socket (removed on stop), if it is not the
+    /// account's runtime directory.
+    private: Option<PathBuf>,
     run_as: Option<UnixAccount>,
     /// The environment the daemon and its captures run with (the login environment).
     environment: Vec<(String, String)>,
@@ -51,13 +55,24 @@ impl SoundServer {
             run_as.is_some() || !nix::unistd::geteuid().is_root(),
             "PulseAudio does not run a session's sound as root"
         );
-        let dir = environment
-            .iter()
-            .find(|(k, _)| k == "XDG_RUNTIME_DIR")
-            .map(|(_, v)| PathBuf::from(v))
-            .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
-            .filter(|d| d.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
+        // The socket admits anyone who reaches it (auth-anonymous): it lives only in a
+        // directory no one else can enter — the account's runtime directory (0700, its own),
+        // or a private one made here when the sessions run as this process's user.
+        let (dir, private) = match run_as {
+            Some(account) => {
+                let dir = environment
+                    .iter()
+                    .find(|(k, _)| k == "XDG_RUNTIME_DIR")
+                    .map(|(_, v)| PathBuf::from(v))
+                    .context("the session has no runtime directory for its sound")?;
+                private_to(&dir, account.uid)?;
+                (dir, None)
+            }
+            None => {
+                let dir = private_dir(display)?;
+                (dir.clone(), Some(dir))
+            }
+        };
         let socket = dir.join(format!(
             "deskport-sound-{}",
             display.trim_start_matches(':')
@@ -101,17 +116,18 @@ impl SoundServer {
         let mut server = Self {
             child,
             socket,
+            private,
             run_as: run_as.cloned(),
             environment: environment.to_vec(),
             log: log.to_owned(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if std::os::unix::net::UnixStream::connect(&server.socket).is_ok() {
-                return Ok(server);
-            }
             if let Ok(Some(status)) = server.child.try_wait() {
                 anyhow::bail!("PulseAudio exited ({status}); see {}", log.display());
+            }
+            if std::os::unix::net::UnixStream::connect(&server.socket).is_ok() {
+                return Ok(server);
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
@@ -157,23 +173,37 @@ impl SoundServer {
         let frame = usize::from(channels) * 2;
         let bytes = (rate as usize * frame * chunk.as_millis() as usize / 1000).max(frame);
         let bytes = bytes - bytes % frame;
-        let (tx, rx) = tokio::sync::mpsc::channel(32);
+        // About half a second queued at most: when the session cannot send as fast as the
+        // sound plays (a slow link), chunks are dropped rather than delayed, so the sound
+        // never lags behind the screen for good.
+        let queued = (500 / chunk.as_millis().max(1)).max(2) as usize;
+        let (tx, rx) = tokio::sync::mpsc::channel(queued);
         std::thread::Builder::new()
             .name("sound-capture".into())
             .spawn(move || loop {
                 let mut buf = vec![0u8; bytes];
-                if stdout.read_exact(&mut buf).is_err() || tx.blocking_send(buf).is_err() {
+                if stdout.read_exact(&mut buf).is_err() {
                     return;
+                }
+                match tx.try_send((Instant::now(), buf)) {
+                    Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
                 }
             })
             .context("start the sound capture's reader")?;
-        Ok(SoundCapture { child, pcm: rx })
+        Ok(SoundCapture {
+            child: Some(child),
+            pcm: rx,
+        })
     }
 
     /// Stops the daemon.
     pub fn stop(&mut self) {
         crate::launch::stop_group(&mut self.child);
         let _ = std::fs::remove_file(&self.socket);
+        if let Some(dir) = self.private.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -203,22 +233,58 @@ fn as_account(
     }
 }
 
-/// What a session plays, as it plays it (stops `parec` on drop).
+/// What a session plays, as it plays it (stops `parec` on drop, without waiting for it).
 #[derive(Debug)]
 pub struct SoundCapture {
-    child: Child,
-    pcm: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    child: Option<Child>,
+    pcm: tokio::sync::mpsc::Receiver<(Instant, Vec<u8>)>,
 }
 
 impl SoundCapture {
-    /// The next chunk of PCM; `None` once the capture has ended.
-    pub async fn next(&mut self) -> Option<Vec<u8>> {
+    /// The next chunk of PCM and when it was read; `None` once the capture has ended.
+    pub async fn next(&mut self) -> Option<(Instant, Vec<u8>)> {
         self.pcm.recv().await
     }
 }
 
 impl Drop for SoundCapture {
     fn drop(&mut self) {
-        crate::launch::stop_group(&mut self.child);
+        if let Some(mut child) = self.child.take() {
+            // Dropped in a session's task: stopping and reaping happen on a thread.
+            let _ = std::thread::Builder::new()
+                .name("sound-capture-stop".into())
+                .spawn(move || crate::launch::stop_group(&mut child));
+        }
     }
+}
+
+/// Checks that `dir` is a directory of `uid`'s that no one else may enter.
+fn private_to(dir: &Path, uid: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("the runtime directory {}", dir.display()))?;
+    anyhow::ensure!(
+        meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0,
+        "{} is not a private directory of the session's account",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// A new directory only this process's user may enter, for the socket of the session on
+/// `display` (made atomically: an existing path of the same name is an error, not reused).
+fn private_dir(display: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "deskport-sound-{}-{n}-{}",
+        std::process::id(),
+        display.trim_start_matches(':')
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
 }

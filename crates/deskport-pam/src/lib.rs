@@ -1,5 +1,6 @@
 //! A PAM session for a virtual desktop, as a display manager (or xrdp's sesman) opens one:
-//! `pam_start(SERVICE, user)`, `PAM_TTY` and `PAM_XDISPLAY` set to the session's display,
+//! `pam_start(SERVICE, user)`, `PAM_TTY` and `PAM_XDISPLAY` set to the session's display and
+//! `PAM_RHOST` to the client's address,
 //! `pam_acct_mgmt` (an expired or refused account gets no desktop), `pam_setcred`,
 //! `pam_open_session`, and the environment the modules set (`pam_getenvlist`: pam_env's
 //! `/etc/environment`, pam_systemd's `XDG_*`…) for the session's programs; when the session
@@ -73,6 +74,7 @@ extern "C" {
 const PAM_SUCCESS: c_int = 0;
 const PAM_CONV_ERR: c_int = 19;
 const PAM_TTY: c_int = 3;
+const PAM_RHOST: c_int = 4;
 const PAM_XDISPLAY: c_int = 11;
 const PAM_SILENT: c_int = 0x8000;
 const PAM_ESTABLISH_CRED: c_int = 0x0002;
@@ -110,18 +112,27 @@ pub struct PamSession {
 
 impl PamSession {
     /// Opens a session of the PAM service `service` for the Unix account `user` on the X
-    /// display `display` (`:N`, also given as the TTY, as display managers do). Only root can
-    /// open a session for another account.
-    pub fn open(service: &str, user: &str, display: &str) -> Result<Self, PamError> {
+    /// display `display` (`:N`, also given as the TTY, as display managers do), for a client
+    /// at `remote_host` (`PAM_RHOST`). Only root can open a session for another account.
+    pub fn open(
+        service: &str,
+        user: &str,
+        display: &str,
+        remote_host: Option<&str>,
+    ) -> Result<Self, PamError> {
         let service = CString::new(service).map_err(|_| PamError::Nul)?;
         let user = CString::new(user).map_err(|_| PamError::Nul)?;
         let display = CString::new(display).map_err(|_| PamError::Nul)?;
+        let remote_host = remote_host
+            .map(CString::new)
+            .transpose()
+            .map_err(|_| PamError::Nul)?;
         let (opened_tx, opened_rx) = mpsc::channel();
         let (close_tx, close_rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("pam-session".into())
             .spawn(move || {
-                let handle = match Handle::open(&service, &user, &display) {
+                let handle = match Handle::open(&service, &user, &display, remote_host.as_deref()) {
                     Ok((handle, environment)) => {
                         let _ = opened_tx.send(Ok(environment));
                         handle
@@ -180,6 +191,7 @@ impl Handle {
         service: &CStr,
         user: &CStr,
         display: &CStr,
+        remote_host: Option<&CStr>,
     ) -> Result<(Self, Vec<(String, String)>), PamError> {
         let conv = Box::new(PamConv {
             conv: Some(no_conversation),
@@ -202,9 +214,15 @@ impl Handle {
             session_open: false,
             credentials: false,
         };
-        for item in [PAM_TTY, PAM_XDISPLAY] {
+        let items = [
+            (PAM_TTY, Some(display)),
+            (PAM_XDISPLAY, Some(display)),
+            (PAM_RHOST, remote_host),
+        ];
+        for (item, value) in items {
+            let Some(value) = value else { continue };
             // SAFETY: `pamh` came from pam_start; libpam copies the string.
-            let status = unsafe { pam_set_item(handle.pamh, item, display.as_ptr().cast()) };
+            let status = unsafe { pam_set_item(handle.pamh, item, value.as_ptr().cast()) };
             handle.check("pam_set_item", status)?;
         }
         // SAFETY (the three calls): `pamh` came from pam_start and is used on this thread only.
@@ -284,6 +302,9 @@ impl Drop for Handle {
     }
 }
 
+/// How long the helper may take to open a session.
+pub const HELPER_ANSWER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A PAM session held by a helper process (the `deskport pam-session` subcommand, which runs
 /// [`serve_helper`]), so the modules never act on the calling process: pam_systemd, for one,
 /// moves the process that opens a session into that session's cgroup, and the RDP server must
@@ -295,19 +316,25 @@ pub struct PamHelper {
 }
 
 impl PamHelper {
-    /// Starts `program` (deskport) with `args` (e.g. `["pam-session"]`) followed by the
-    /// service, the user and the display, and waits for its answer.
+    /// Starts `program` (deskport) as `subcommand [--remote-host HOST] -- SERVICE USER
+    /// DISPLAY` and waits for its answer: at most [`HELPER_ANSWER`] (a module that hangs must
+    /// not hold the logon forever; the helper is then killed).
     pub fn open(
         program: &std::path::Path,
-        args: &[&str],
+        subcommand: &str,
         service: &str,
         user: &str,
         display: &str,
+        remote_host: Option<&str>,
     ) -> Result<Self, PamError> {
         use std::io::BufRead as _;
-        let mut child = std::process::Command::new(program)
-            .args(args)
-            .args([service, user, display])
+        let mut command = std::process::Command::new(program);
+        command.arg(subcommand);
+        if let Some(host) = remote_host {
+            command.args(["--remote-host", host]);
+        }
+        let mut child = command
+            .args(["--", service, user, display])
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(std::process::Stdio::piped())
@@ -319,31 +346,37 @@ impl PamHelper {
             .stdout
             .take()
             .ok_or_else(|| PamError::Thread("no output".into()))?;
-        let mut environment = Vec::new();
-        let mut answer = None;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line == "opened" {
-                answer = Some(Ok(()));
-                break;
-            }
-            if let Some(message) = line.strip_prefix("failed ") {
-                answer = Some(Err(message.to_owned()));
-                break;
-            }
-            if let Some((k, v)) = line.strip_prefix("env ").and_then(|l| l.split_once('=')) {
-                environment.push((k.to_owned(), v.to_owned()));
-            }
-        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("pam-helper-answer".into())
+            .spawn(move || {
+                let mut environment = Vec::new();
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if line == "opened" {
+                        let _ = tx.send(Ok(environment));
+                        return;
+                    }
+                    if let Some(message) = line.strip_prefix("failed ") {
+                        let _ = tx.send(Err(message.to_owned()));
+                        return;
+                    }
+                    if let Some((k, v)) = line.strip_prefix("env ").and_then(|l| l.split_once('='))
+                    {
+                        environment.push((k.to_owned(), v.to_owned()));
+                    }
+                }
+                let _ = tx.send(Err("the helper ended without an answer".to_owned()));
+            })
+            .map_err(|e| PamError::Thread(e.to_string()))?;
+        let answer = rx
+            .recv_timeout(HELPER_ANSWER)
+            .unwrap_or_else(|_| Err(format!("no answer within {HELPER_ANSWER:?}")));
         match answer {
-            Some(Ok(())) => Ok(Self { child, environment }),
-            other => {
+            Ok(environment) => Ok(Self { child, environment }),
+            Err(message) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let message = match other {
-                    Some(Err(m)) => m,
-                    _ => "the helper ended without an answer".to_owned(),
-                };
                 Err(PamError::Step {
                     step: "session",
                     message,
@@ -371,17 +404,19 @@ impl Drop for PamHelper {
     }
 }
 
-/// The helper's side (`deskport pam-session SERVICE USER DISPLAY`): opens the session and
-/// writes `env NAME=value` lines and `opened` (or `failed MESSAGE`) to `out`, then holds the
-/// session until `input` ends, and closes it.
+/// The helper's side (`deskport pam-session [--remote-host HOST] -- SERVICE USER DISPLAY`):
+/// opens the session and writes `env NAME=value` lines and `opened` (or `failed MESSAGE`) to
+/// `out`, then holds the session until `input` ends, and closes it. (`out` must be the
+/// helper's own: what modules and their children print goes elsewhere.)
 pub fn serve_helper(
     service: &str,
     user: &str,
     display: &str,
+    remote_host: Option<&str>,
     input: &mut dyn std::io::Read,
     out: &mut dyn std::io::Write,
 ) -> Result<(), PamError> {
-    let session = match PamSession::open(service, user, display) {
+    let session = match PamSession::open(service, user, display, remote_host) {
         Ok(s) => s,
         Err(e) => {
             let _ = writeln!(out, "failed {e}");

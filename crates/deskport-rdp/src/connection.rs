@@ -400,8 +400,9 @@ pub async fn serve(
     });
     let desktop = {
         let (desktops, account) = (shared.desktops.clone(), account.clone());
+        let remote = peer.ip().to_canonical();
         tokio::task::spawn_blocking(move || {
-            let desktop = desktops.desktop_for(&account, negotiated)?;
+            let desktop = desktops.desktop_for(&account, negotiated, Some(remote))?;
             if let Some(klid) = keyboard_layout {
                 // Keys still arrive without it, in the session's own layout.
                 if let Err(e) = desktop.set_keyboard_layout(klid) {

@@ -117,6 +117,9 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct PamSessionArgs {
+    /// The client's address (PAM_RHOST).
+    #[arg(long)]
+    remote_host: Option<String>,
     service: String,
     user: String,
     display: String,
@@ -139,16 +142,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Completions(args) => return cmd::docs::completions(args),
         Command::Man(args) => return cmd::docs::man(args),
-        Command::PamSession(args) => {
-            return deskport_pam::serve_helper(
-                &args.service,
-                &args.user,
-                &args.display,
-                &mut std::io::stdin().lock(),
-                &mut std::io::stdout().lock(),
-            )
-            .map_err(Into::into)
-        }
+        Command::PamSession(args) => return pam_session(args),
         _ => {}
     }
     let file = ConfigFile::locate(cli.config.as_deref()).map_err(usage)?;
@@ -193,6 +187,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Man(args) => cmd::docs::man(&args),
         Command::PamSession(_) => unreachable!("answered before the configuration is read"),
     }
+}
+
+/// `deskport pam-session`: the answers go to the original stdout, kept apart; what PAM modules
+/// and their children print (on fd 1) goes to stderr instead, so it cannot pass for one.
+fn pam_session(args: &PamSessionArgs) -> anyhow::Result<()> {
+    use std::os::fd::AsFd as _;
+    let answers = std::io::stdout().as_fd().try_clone_to_owned()?;
+    nix::unistd::dup2(2, 1)?;
+    deskport_pam::serve_helper(
+        &args.service,
+        &args.user,
+        &args.display,
+        args.remote_host.as_deref(),
+        &mut std::io::stdin().lock(),
+        &mut std::fs::File::from(answers),
+    )?;
+    Ok(())
 }
 
 fn usage(err: anyhow::Error) -> anyhow::Error {

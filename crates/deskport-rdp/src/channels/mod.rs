@@ -187,8 +187,8 @@ impl Channels {
                 self.sound.start(desktop, &format);
             }
             SoundNext::Event(SoundEvent::Stop) => self.sound.stop(),
-            SoundNext::Pcm(pcm) => {
-                let Some((wave, ts)) = self.sound.encode(&pcm) else {
+            SoundNext::Pcm(at, pcm) => {
+                let Some((wave, ts)) = self.sound.encode(at, &pcm) else {
                     return;
                 };
                 let Some(id) = self.set.get_channel_id_by_type::<RdpsndServer>() else {

@@ -118,8 +118,8 @@ const QUIET_CHUNKS: u32 = 3;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SoundNext {
     Event(SoundEvent),
-    /// Captured PCM (interleaved 16-bit little-endian).
-    Pcm(Vec<u8>),
+    /// Captured PCM (interleaved 16-bit little-endian) and when it was read.
+    Pcm(Instant, Vec<u8>),
 }
 
 impl Sound {
@@ -144,7 +144,7 @@ impl Sound {
                         None => std::future::pending().await,
                     }
                 } => match pcm {
-                    Some(pcm) => return SoundNext::Pcm(pcm),
+                    Some((at, pcm)) => return SoundNext::Pcm(at, pcm),
                     None => {
                         tracing::warn!("The session's sound capture ended");
                         self.stream = None;
@@ -201,9 +201,10 @@ impl Sound {
         }
     }
 
-    /// Encodes `pcm`; the wave to send and its timestamp (milliseconds since the start),
-    /// if a whole block is ready. Silence is not sent (after [`QUIET_CHUNKS`]).
-    pub fn encode(&mut self, pcm: &[u8]) -> Option<(Vec<u8>, u32)> {
+    /// Encodes `pcm`, read at `at`; the wave to send and its timestamp (the milliseconds from
+    /// the start of the stream to when it was captured, wrapping), if a whole block is ready.
+    /// Silence is not sent (after [`QUIET_CHUNKS`]).
+    pub fn encode(&mut self, at: Instant, pcm: &[u8]) -> Option<(Vec<u8>, u32)> {
         let stream = self.stream.as_mut()?;
         if pcm.iter().all(|b| *b == 0) {
             if stream.silent >= QUIET_CHUNKS {
@@ -223,7 +224,8 @@ impl Sound {
         if stream.wave.is_empty() {
             return None;
         }
-        let ts = u32::try_from(stream.started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        // (MS-RDPEA timestamps wrap; only their differences count.)
+        let ts = at.saturating_duration_since(stream.started).as_millis() as u32;
         Some((std::mem::take(&mut stream.wave), ts))
     }
 }

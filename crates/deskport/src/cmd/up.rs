@@ -260,6 +260,7 @@ async fn run(args: Args, settings: Settings, file: ConfigFile, dir: PathBuf) -> 
         // The RDP server shares (shadows) this display: sound is for virtual sessions.
         sound: false,
         pam_service: None,
+        remote_host: None,
     })?;
     let mut rdp_settings = settings.rdp_server.clone();
     rdp_settings.listen = if nft { public } else { internal };

@@ -89,8 +89,11 @@ pub struct RdpServerSettings {
     /// Seconds of the first lockout (doubling with each further one, up to 16 times).
     pub lockout_secs: u64,
     /// Virtual desktops, running as root: open a PAM session of this service
-    /// (`/etc/pam.d/NAME`; the package installs `deskport`) for each session's account, as a
-    /// display manager does (account checks, limits, the modules' environment); `""`: none.
+    /// (`/etc/pam.d/NAME`; the package installs `deskport`; without that file, none) for each
+    /// session's account, as a display manager does: the account phase (a refusal means no
+    /// desktop), the session modules with the client's address as PAM_RHOST, their
+    /// environment for the session. (The modules act on a helper process: per-process
+    /// effects such as pam_limits do not reach the desktop's programs yet.) `""`: none.
     pub session_pam_service: String,
     /// Virtual desktops: give each session its own sound (a PulseAudio daemon with a null
     /// sink, where the pulseaudio package is installed) and send it to clients that play sound

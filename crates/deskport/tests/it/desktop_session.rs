@@ -214,7 +214,7 @@ fn a_pam_session_opens_with_the_desktop_and_closes_with_it() {
     std::fs::write(
         &hook,
         format!(
-            "#!/bin/sh\necho \"$PAM_TYPE $PAM_SERVICE $PAM_USER $PAM_TTY by $PPID\" >> {}\n",
+            "#!/bin/sh\necho \"$PAM_TYPE $PAM_SERVICE $PAM_USER $PAM_TTY from $PAM_RHOST by $PPID\" >> {}\n",
             log.display()
         ),
     )
@@ -274,7 +274,11 @@ fn a_pam_session_opens_with_the_desktop_and_closes_with_it() {
     let display = wait_until(Duration::from_secs(30), "the session to start", || {
         session_display_in(&read(&server_log), &user.name)
     });
-    let opened = format!("open_session {allow} {} {display}", user.name);
+    // The client's address is PAM_RHOST.
+    let opened = format!(
+        "open_session {allow} {} {display} from 127.0.0.1",
+        user.name
+    );
     wait_until(Duration::from_secs(10), "pam_open_session", || {
         read(&log).contains(&opened).then_some(())
     });
@@ -309,7 +313,10 @@ fn a_pam_session_opens_with_the_desktop_and_closes_with_it() {
 
     // Logging off (the session's program exits) closes the PAM session.
     let _ = Command::new("kill").arg(&xterm).status();
-    let closed = format!("close_session {allow} {} {display}", user.name);
+    let closed = format!(
+        "close_session {allow} {} {display} from 127.0.0.1",
+        user.name
+    );
     wait_until(Duration::from_secs(20), "pam_close_session", || {
         read(&log).contains(&closed).then_some(())
     });
