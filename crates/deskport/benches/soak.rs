@@ -178,18 +178,7 @@ fn main() {
     )
     .unwrap();
     let port = deskport_testsupport::free_port(LO);
-    let server = ProcessGuard::spawn(
-        "deskport rdp-server",
-        Command::new(env!("CARGO_BIN_EXE_deskport"))
-            .args(["rdp-server", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(&data)
-            .env("DESKPORT_CONFIG", &config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("server.log")).unwrap()),
-    )
-    .unwrap();
+    let server = support::rdp_server(&data, &config, port, "warn", &dir.join("server.log"));
     wait_listening(port, None, "the RDP server to listen");
     let pid = server.pid();
     let target = format!("127.0.0.1:{port}");

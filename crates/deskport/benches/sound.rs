@@ -199,18 +199,7 @@ fn main() {
     .unwrap();
     let port = deskport_testsupport::free_port(LO);
     let log = dir.join("rdp-server.log");
-    let server = ProcessGuard::spawn(
-        "deskport rdp-server",
-        Command::new(env!("CARGO_BIN_EXE_deskport"))
-            .args(["rdp-server", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(&data)
-            .env("DESKPORT_CONFIG", &config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap()),
-    )
-    .unwrap();
+    let server = support::rdp_server(&data, &config, port, "info", &log);
     deskport_testsupport::servers::wait_listening(port, None, "the RDP server");
     let pulse = deskport_testsupport::pulse::PulseAudio::start(dir);
     let pulse_server = pulse.server();
