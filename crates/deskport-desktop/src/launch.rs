@@ -303,6 +303,11 @@ pub(crate) fn stop_group(child: &mut Child) {
             nix::sys::signal::Signal::SIGTERM,
         );
     }
+    reap(child);
+}
+
+/// Waits up to 2 s for `child` (already told to stop) to exit, then kills it; reaped either way.
+fn reap(child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(2);
     while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -520,7 +525,8 @@ impl XSession {
             .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Stops the programs, the sound and then the X server (see [`XSession`]).
+    /// Stops the programs, then the sound and the PAM session, then the X server (see
+    /// [`XSession`]).
     pub fn stop(&mut self) {
         for child in self.children.iter_mut().rev() {
             if let Ok(pid) = i32::try_from(child.id()) {
@@ -531,22 +537,15 @@ impl XSession {
                 );
             }
         }
-        for (i, child) in self.children.iter_mut().enumerate().rev() {
-            if i == 0 {
-                // The programs have ended: the sound and the PAM session go before the X
-                // server.
-                self.sound = None;
-                self.pam = None;
-            }
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        // The programs, then the sound and the PAM session, the X server (the first) last.
+        for child in self.children.iter_mut().skip(1).rev() {
+            reap(child);
         }
         self.sound = None;
         self.pam = None;
+        if let Some(x_server) = self.children.first_mut() {
+            reap(x_server);
+        }
         self.children.clear();
         if let Some(uid) = self.runtime_uid.take() {
             release_runtime_dir(uid);
