@@ -874,11 +874,7 @@ mod after_tls_tests {
         for cut in [0, 1, seed.len() / 3, seed.len() - 1] {
             assert!(!after_tls(&seed[..cut]).1, "cut at {cut}");
         }
-        if let Some(dir) = std::env::var_os("DESKPORT_WRITE_FUZZ_SEEDS") {
-            let dir = std::path::Path::new(&dir).join("rdp_after_tls");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("ironrdp-connector-tls"), &seed).unwrap();
-        }
+        crate::testing::write_fuzz_seed("rdp_after_tls", "ironrdp-connector-tls", &seed);
     }
 }
 

@@ -295,10 +295,6 @@ mod tests {
         );
         #[cfg(feature = "fuzzing")]
         fuzz_oracle(&sent);
-        if let Some(dir) = std::env::var_os("DESKPORT_WRITE_FUZZ_SEEDS") {
-            let dir = std::path::Path::new(&dir).join("credssp");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("sspi-ntlm-client"), &sent).unwrap();
-        }
+        crate::testing::write_fuzz_seed("credssp", "sspi-ntlm-client", &sent);
     }
 }

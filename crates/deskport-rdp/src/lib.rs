@@ -34,6 +34,16 @@ pub mod tls;
 pub(crate) mod testing {
     use deskport_desktop::{Desktop, Frame, Input};
 
+    /// With `DESKPORT_WRITE_FUZZ_SEEDS=DIR`, writes `data` as the seed `name` of the fuzz
+    /// target `target` (`DIR/TARGET/NAME`); else nothing.
+    pub(crate) fn write_fuzz_seed(target: &str, name: &str, data: &[u8]) {
+        if let Some(dir) = std::env::var_os("DESKPORT_WRITE_FUZZ_SEEDS") {
+            let dir = std::path::Path::new(&dir).join(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(name), data).unwrap();
+        }
+    }
+
     /// A desktop that takes input and shows nothing (and has no sound).
     #[derive(Debug)]
     pub(crate) struct Blind;

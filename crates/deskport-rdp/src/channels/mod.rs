@@ -376,39 +376,14 @@ mod oracle_tests {
     fn the_oracle_reaches_display_control() {
         let data = display_control_session();
         assert_eq!(super::channel_events(&data).0, vec![(1280, 800)]);
-        if let Some(dir) = std::env::var_os("DESKPORT_WRITE_FUZZ_SEEDS") {
-            let dir = std::path::Path::new(&dir).join("channels");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("display-control-1280x800"), &data).unwrap();
-        }
+        crate::testing::write_fuzz_seed("channels", "display-control-1280x800", &data);
     }
 
     /// The oracle reaches the sound channel's negotiation as xfreerdp's PDUs do (formats: PCM,
     /// quality mode, training confirm). `DESKPORT_WRITE_FUZZ_SEEDS=DIR` writes the seed.
     #[test]
     fn the_oracle_reaches_the_sound_channel() {
-        use ironrdp_rdpsnd::pdu::{
-            AudioFormatFlags, ClientAudioFormatPdu, ClientAudioOutputPdu, QualityMode,
-            QualityModePdu, TrainingConfirmPdu, Version,
-        };
-        let pdus = [
-            ClientAudioOutputPdu::AudioFormat(ClientAudioFormatPdu {
-                version: Version::V8,
-                flags: AudioFormatFlags::ALIVE | AudioFormatFlags::VOLUME,
-                formats: vec![deskport_proto::sound::pcm()],
-                volume_left: 0xffff,
-                volume_right: 0xffff,
-                pitch: 0,
-                dgram_port: 0,
-            }),
-            ClientAudioOutputPdu::QualityMode(QualityModePdu {
-                quality_mode: QualityMode::High,
-            }),
-            ClientAudioOutputPdu::TrainingConfirm(TrainingConfirmPdu {
-                timestamp: 4231,
-                pack_size: 0,
-            }),
-        ];
+        let pdus = super::sound::client_negotiation();
         let data: Vec<u8> = pdus
             .iter()
             .flat_map(|pdu| record(2, &ironrdp_core::encode_vec(pdu).unwrap()))
@@ -417,20 +392,13 @@ mod oracle_tests {
             super::channel_events(&data).1,
             vec![deskport_proto::sound::pcm()]
         );
-        if let Some(dir) = std::env::var_os("DESKPORT_WRITE_FUZZ_SEEDS") {
-            let dir = std::path::Path::new(&dir).join("channels");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("sound-pcm"), &data).unwrap();
-        }
+        crate::testing::write_fuzz_seed("channels", "sound-pcm", &data);
     }
 }
 
 #[cfg(test)]
 mod sound_tests {
-    use ironrdp_rdpsnd::pdu::{
-        AudioFormatFlags, ClientAudioFormatPdu, ClientAudioOutputPdu, QualityMode, QualityModePdu,
-        TrainingConfirmPdu, Version,
-    };
+    use ironrdp_rdpsnd::pdu::ClientAudioOutputPdu;
     use ironrdp_svc::StaticChannelSet;
 
     use super::*;
@@ -466,25 +434,9 @@ mod sound_tests {
     }
 
     fn negotiate(channels: &mut Channels, out: &mut Vec<u8>) {
-        let formats = ClientAudioOutputPdu::AudioFormat(ClientAudioFormatPdu {
-            version: Version::V8,
-            flags: AudioFormatFlags::ALIVE,
-            formats: vec![deskport_proto::sound::pcm()],
-            volume_left: 0xffff,
-            volume_right: 0xffff,
-            pitch: 0,
-            dgram_port: 0,
-        });
-        channels.process(SOUND, &chunk(&formats), out);
-        let quality = ClientAudioOutputPdu::QualityMode(QualityModePdu {
-            quality_mode: QualityMode::High,
-        });
-        channels.process(SOUND, &chunk(&quality), out);
-        let training = ClientAudioOutputPdu::TrainingConfirm(TrainingConfirmPdu {
-            timestamp: 4231,
-            pack_size: 0,
-        });
-        channels.process(SOUND, &chunk(&training), out);
+        for pdu in sound::client_negotiation() {
+            channels.process(SOUND, &chunk(&pdu), out);
+        }
     }
 
     /// The channel negotiates PCM with a client that offers only PCM, and reports it.

@@ -229,3 +229,31 @@ impl Sound {
         Some((std::mem::take(&mut stream.wave), ts))
     }
 }
+
+/// What a client sends to negotiate sound as xfreerdp does: its formats (PCM only), its
+/// quality mode, the training confirm.
+#[cfg(test)]
+pub(crate) fn client_negotiation() -> [ironrdp_rdpsnd::pdu::ClientAudioOutputPdu; 3] {
+    use ironrdp_rdpsnd::pdu::{
+        AudioFormatFlags, ClientAudioFormatPdu, ClientAudioOutputPdu, QualityMode, QualityModePdu,
+        TrainingConfirmPdu, Version,
+    };
+    [
+        ClientAudioOutputPdu::AudioFormat(ClientAudioFormatPdu {
+            version: Version::V8,
+            flags: AudioFormatFlags::ALIVE | AudioFormatFlags::VOLUME,
+            formats: vec![deskport_proto::sound::pcm()],
+            volume_left: 0xffff,
+            volume_right: 0xffff,
+            pitch: 0,
+            dgram_port: 0,
+        }),
+        ClientAudioOutputPdu::QualityMode(QualityModePdu {
+            quality_mode: QualityMode::High,
+        }),
+        ClientAudioOutputPdu::TrainingConfirm(TrainingConfirmPdu {
+            timestamp: 4231,
+            pack_size: 0,
+        }),
+    ]
+}
