@@ -190,20 +190,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-/// Bytes the server's sockets on `port` have sent and had acknowledged.
-fn bytes_sent(port: u16, netns: Option<&Netns>) -> u64 {
-    let out = command_in(netns, "ss")
-        .args(["-tinH", "state", "established"])
-        .arg(format!("( sport = :{port} )"))
-        .output()
-        .expect("run ss");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("bytes_acked:"))
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum()
-}
-
 /// The namespace of the 10 Mbit/s link.
 fn shaped_namespace() -> Netns {
     let ns = Netns::new();
@@ -548,7 +534,7 @@ fn run_browser_row(frames: u16) -> anyhow::Result<(Row, f64)> {
         .await;
         result?;
         let (bytes0, cpu0, manager0) = (
-            bytes_sent(m.port, None),
+            support::bytes_sent(m.port, None),
             cpu(&pids),
             cpu_seconds(m.process.pid()),
         );
@@ -559,7 +545,7 @@ fn run_browser_row(frames: u16) -> anyhow::Result<(Row, f64)> {
         run_workload(&mut work, frames)?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (bytes1, cpu1, manager1) = (
-            bytes_sent(m.port, None),
+            support::bytes_sent(m.port, None),
             cpu(&pids),
             cpu_seconds(m.process.pid()),
         );
@@ -804,7 +790,7 @@ fn run_row(server: Server, link: Link, frames: u16) -> anyhow::Result<Row> {
     };
     let cpu = |pids: &[u32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
     let measured = pids(x_pid);
-    let (bytes0, cpu0) = (bytes_sent(wire_port, ns), cpu(&measured));
+    let (bytes0, cpu0) = (support::bytes_sent(wire_port, ns), cpu(&measured));
     run_workload(&mut work, frames)?;
     // What is still on its way: until the last frame shows, at most 5 s.
     let drain = Instant::now() + Duration::from_secs(5);
@@ -816,7 +802,7 @@ fn run_row(server: Server, link: Link, frames: u16) -> anyhow::Result<Row> {
         now.retain(|p| measured.contains(p));
         now
     };
-    let (bytes1, cpu1) = (bytes_sent(wire_port, ns), cpu(&measured));
+    let (bytes1, cpu1) = (support::bytes_sent(wire_port, ns), cpu(&measured));
     anyhow::ensure!(
         xfreerdp.try_wait().is_none(),
         "xfreerdp left during the run: {}",

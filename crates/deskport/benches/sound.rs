@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use deskport_testsupport::servers::cpu_seconds;
 use deskport_testsupport::{ProcessGuard, Xvfb};
 
 mod support;
@@ -99,20 +100,6 @@ fn snr(format: &ironrdp_rdpsnd::pdu::AudioFormat, samples: &[i16]) -> f64 {
     }
 }
 
-/// CPU-seconds (user + system) of process `pid` so far.
-fn cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0
-}
-
 /// The processes named `comm`, of user `uid` if given.
 fn pids(comm: &str, uid: Option<u32>) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt as _;
@@ -127,31 +114,6 @@ fn pids(comm: &str, uid: Option<u32>) -> Vec<u32> {
                 })
         })
         .collect()
-}
-
-/// Bytes the server at `port` has had acknowledged on its established connections.
-fn bytes_sent(port: u16) -> u64 {
-    let out = Command::new("ss")
-        .args(["-tinH", "state", "established"])
-        .arg(format!("( sport = :{port} )"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("bytes_acked:"))
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum()
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sound bench: timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn main() {
@@ -244,7 +206,9 @@ fn main() {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let client = ProcessGuard::spawn(name, &mut command).unwrap();
-        wait_for("sound to start", 60, || starts() > n);
+        deskport_testsupport::wait_until(Duration::from_secs(60), "sound to start", || {
+            (starts() > n).then_some(())
+        });
         // The session's sound server, from its socket.
         let session_pulse = pids("pulseaudio", Some(65534));
         let log_text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -260,10 +224,10 @@ fn main() {
             .into_iter()
             .chain(pids("pacat", None))
             .collect();
-        let sum = |p: &[u32]| p.iter().map(|pid| cpu(*pid)).sum::<f64>();
+        let sum = |p: &[u32]| p.iter().map(|pid| cpu_seconds(*pid)).sum::<f64>();
         let before = (
-            bytes_sent(port),
-            cpu(server.pid()),
+            support::bytes_sent(port, None),
+            cpu_seconds(server.pid()),
             sum(&session_pulse),
             sum(&capture),
             sum(&client_pids),
@@ -282,12 +246,12 @@ fn main() {
         // The last waves and the confirms.
         std::thread::sleep(Duration::from_secs(1));
         let after = (
-            bytes_sent(port),
-            cpu(server.pid()),
+            support::bytes_sent(port, None),
+            cpu_seconds(server.pid()),
             sum(&session_pulse),
             sum(&capture),
             // deskport's player (pacat) starts with the first wave.
-            cpu(client.pid()) + sum(&pids("pacat", None)),
+            cpu_seconds(client.pid()) + sum(&pids("pacat", None)),
         );
         let bytes = after.0.saturating_sub(before.0);
         let kbit = bytes as f64 * 8.0 / 1000.0 / f64::from(seconds);

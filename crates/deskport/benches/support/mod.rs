@@ -42,3 +42,19 @@ pub fn rdp_server(
     )
     .expect("start deskport rdp-server")
 }
+
+/// Bytes the server's sockets on `port` (in `netns`, if given) have sent and had acknowledged
+/// (`ss`'s `bytes_acked`).
+#[allow(dead_code)] // (each bench compiles this module; not every one counts bytes)
+pub fn bytes_sent(port: u16, netns: Option<&deskport_testsupport::Netns>) -> u64 {
+    let out = deskport_testsupport::servers::command_in(netns, "ss")
+        .args(["-tinH", "state", "established"])
+        .arg(format!("( sport = :{port} )"))
+        .output()
+        .expect("run ss");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("bytes_acked:"))
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum()
+}

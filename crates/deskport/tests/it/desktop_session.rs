@@ -13,21 +13,9 @@ use deskport_testsupport::{free_port, require_program, require_root, wait_until,
 
 use crate::rdp::{add_account, rdp_server, xfreerdp_to, PASSWORD};
 use crate::rdp_sessions::{session_display_in, wait_shown};
-use crate::support::UnixUser;
+use crate::support::{environ, processes_of, UnixUser};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// The environment of process `pid`.
-fn environ(pid: &str) -> Vec<(String, String)> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    raw.split(|b| *b == 0)
-        .filter_map(|kv| {
-            let kv = String::from_utf8_lossy(kv);
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        })
-        .collect()
-}
 
 #[test]
 fn the_default_session_is_the_systems_desktop_in_a_login_environment() {
@@ -94,15 +82,10 @@ fn the_default_session_is_the_systems_desktop_in_a_login_environment() {
     wait_shown(&client, &display, "xfce-session");
 
     // The session's programs: the account, its groups, a login environment.
-    let pgrep = Command::new("pgrep")
-        .args(["-u", &user.name, "-x", "xfce4-session"])
-        .output()
-        .unwrap();
-    let pid = String::from_utf8_lossy(&pgrep.stdout)
-        .lines()
+    let pid = processes_of(&user.name, Some("xfce4-session"))
+        .into_iter()
         .next()
-        .unwrap_or_else(|| panic!("no xfce4-session of {}", user.name))
-        .to_owned();
+        .unwrap_or_else(|| panic!("no xfce4-session of {}", user.name));
     let env = environ(&pid);
     let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     let uid = nix::unistd::User::from_name(&user.name)
@@ -294,14 +277,7 @@ fn a_pam_session_opens_with_the_desktop_and_closes_with_it() {
     let helper = std::fs::read_to_string(format!("/proc/{by}/cmdline")).unwrap_or_default();
     assert!(helper.contains("pam-session"), "opened by {helper:?}");
     let xterm = wait_until(Duration::from_secs(10), "the session's terminal", || {
-        let pgrep = Command::new("pgrep")
-            .args(["-u", &user.name, "-x", "xterm"])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&pgrep.stdout)
-            .lines()
-            .next()
-            .map(str::to_owned)
+        processes_of(&user.name, Some("xterm")).into_iter().next()
     });
     let env = environ(&xterm);
     assert!(
@@ -345,12 +321,8 @@ fn a_pam_session_opens_with_the_desktop_and_closes_with_it() {
         "the refused client to be disconnected",
         || xfreerdp.process.try_wait().map(|_| ()),
     );
-    let xterms = Command::new("pgrep")
-        .args(["-u", &refused.name])
-        .output()
-        .unwrap();
     assert!(
-        xterms.stdout.is_empty(),
+        processes_of(&refused.name, None).is_empty(),
         "the refused account runs programs"
     );
 }

@@ -15,7 +15,7 @@ use deskport_testsupport::{
 };
 
 use crate::rdp::{add_account, xfreerdp_to, PASSWORD};
-use crate::support::UnixUser;
+use crate::support::{environ, processes_of, UnixUser};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const RATE: u32 = 44_100;
@@ -63,19 +63,10 @@ fn tone_in(raw: &[u8]) -> Option<(f64, i16)> {
 
 /// The session's `PULSE_SERVER`, from the environment of the account's terminal.
 fn session_pulse_server(user: &str) -> Option<String> {
-    let pgrep = Command::new("pgrep")
-        .args(["-u", user, "-x", "xterm"])
-        .output()
-        .ok()?;
-    let pid = String::from_utf8_lossy(&pgrep.stdout)
-        .lines()
-        .next()?
-        .to_owned();
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    environ
-        .split(|b| *b == 0)
-        .filter_map(|kv| std::str::from_utf8(kv).ok())
-        .find_map(|kv| kv.strip_prefix("PULSE_SERVER=").map(str::to_owned))
+    let pid = processes_of(user, Some("xterm")).into_iter().next()?;
+    environ(&pid)
+        .into_iter()
+        .find_map(|(k, v)| (k == "PULSE_SERVER").then_some(v))
 }
 
 /// `paplay FILE` in the session, as its account.
@@ -221,12 +212,8 @@ fn a_tone_played_in_the_session_is_heard_by_xfreerdp_and_deskport_connect() {
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(count(&server_log(), "Sound started"), 2, "{}", server_log());
-    let parec = Command::new("pgrep")
-        .args(["-u", &user.name, "-x", "parec"])
-        .output()
-        .unwrap();
     assert!(
-        parec.stdout.is_empty(),
+        processes_of(&user.name, Some("parec")).is_empty(),
         "a capture runs for a client without sound"
     );
     drop(quiet);

@@ -96,6 +96,33 @@ pub fn https_get(port: u16, path: &str, fingerprint: &str) -> Result<String, Str
     }
 }
 
+/// The PIDs of the processes of Unix account `user` (named `name`, if given), as `pgrep`
+/// finds them.
+pub fn processes_of(user: &str, name: Option<&str>) -> Vec<String> {
+    let mut pgrep = Command::new("pgrep");
+    pgrep.args(["-u", user]);
+    if let Some(name) = name {
+        pgrep.args(["-x", name]);
+    }
+    let out = pgrep.output().expect("run pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The environment of process `pid` (empty once it is gone).
+pub fn environ(pid: &str) -> Vec<(String, String)> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    raw.split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
 /// A Unix account made for a test (shell /bin/sh, home `dir/NAME`, in the groups `groups`),
 /// deleted with its processes on drop: RDP servers running as root start each session as the
 /// account named like the RDP one.
