@@ -394,6 +394,8 @@ pub struct XSession {
     /// The session's PAM session (held by a helper process), if it has one: closed after
     /// the programs end.
     pam: Option<deskport_pam::PamHelper>,
+    /// Whose home the client's drives go into.
+    drives_home: Option<crate::drives::DrivesHome>,
 }
 
 impl XSession {
@@ -415,6 +417,7 @@ impl XSession {
             runtime_uid: None,
             sound: None,
             pam: None,
+            drives_home: drives_home(spec.run_as),
         };
         // The PAM session first: its modules may provide the runtime directory (pam_systemd),
         // which deskport then neither makes nor removes.
@@ -516,6 +519,12 @@ impl XSession {
     /// The session's sound, if it has any.
     pub fn sound(&self) -> Option<&SoundServer> {
         self.sound.as_ref()
+    }
+
+    /// Whose home the client's drives go into: the account's (this process's user's when
+    /// the session runs as that), if it has a home directory.
+    pub fn drives_home(&self) -> Option<&crate::drives::DrivesHome> {
+        self.drives_home.as_ref()
     }
 
     /// Whether the session's first program (the session itself) has exited.
@@ -689,6 +698,26 @@ fn merge_environment(login: &mut Vec<(String, String)>, pam: &[(String, String)]
 /// session to end removes the directory, as logind removes the ones it makes; one deskport
 /// did not make is left alone.
 static RUNTIME_DIRS: std::sync::Mutex<Vec<(u32, usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// The home of `account`, else of this process's user, if it is a directory.
+fn drives_home(account: Option<&UnixAccount>) -> Option<crate::drives::DrivesHome> {
+    let home = match account {
+        Some(a) => crate::drives::DrivesHome {
+            home: a.home.clone(),
+            uid: a.uid,
+            gid: a.gid,
+        },
+        None => {
+            let user = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok()??;
+            crate::drives::DrivesHome {
+                home: user.dir,
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+            }
+        }
+    };
+    home.home.is_dir().then_some(home)
+}
 
 fn release_runtime_dir(uid: u32) {
     let mut made = RUNTIME_DIRS.lock().unwrap_or_else(|e| e.into_inner());

@@ -18,6 +18,7 @@
 
 pub mod clipboard;
 pub mod diff;
+pub mod drives;
 pub mod keymap;
 pub mod launch;
 pub mod sessions;
@@ -190,6 +191,11 @@ pub trait Desktop: Send + Sync + std::fmt::Debug {
     fn set_keyboard_layout(&self, klid: u32) -> anyhow::Result<()> {
         let _ = klid;
         Ok(())
+    }
+    /// Whose home the client's drives go into (`~/thinclient_drives`), if the desktop is a
+    /// session of its own (a shared one takes no drives).
+    fn drives_home(&self) -> Option<drives::DrivesHome> {
+        None
     }
 }
 

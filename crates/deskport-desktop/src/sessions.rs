@@ -442,6 +442,11 @@ impl Desktop for Attached {
         x.sound().map(|s| s.capture(rate, channels, chunk))
     }
 
+    fn drives_home(&self) -> Option<crate::drives::DrivesHome> {
+        let x = self.session.x.lock().unwrap_or_else(|e| e.into_inner());
+        x.drives_home().cloned()
+    }
+
     fn set_keyboard_layout(&self, klid: u32) -> anyhow::Result<()> {
         self.current()?;
         self.session.set_keyboard_layout(klid)

@@ -60,6 +60,9 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Offer sound (`rdpsnd`) in this coding; `None`: no sound channel.
     pub sound: Option<crate::channels::sound::SoundCodec>,
+    /// Take the client's drives (`rdpdr`), each request answered within this time; `None`:
+    /// no drive channel.
+    pub drives: Option<Duration>,
 }
 
 /// The per-connection view of the two switches at the time the client connected.
@@ -225,7 +228,7 @@ fn after_tls(data: &[u8]) -> (usize, bool) {
         height: 768,
     };
     let mut acceptor = Acceptor::new(SecurityProtocol::SSL, size, capabilities(size), None);
-    let _attached = crate::channels::attach(&mut acceptor, true, Some(Default::default()));
+    let _attached = crate::channels::attach(&mut acceptor, true, Some(Default::default()), true);
     let mut buf = WriteBuf::new();
     let mut rest: &[u8] = &TLS_REQUEST;
     let mut taken = 0;
@@ -342,7 +345,12 @@ pub async fn serve(
     // The clipboard for clients that join it; Display Control where the desktop can follow
     // the client's window.
     let resizable = shared.desktops.can_resize();
-    let attached = crate::channels::attach(&mut acceptor, resizable, shared.sound);
+    let attached = crate::channels::attach(
+        &mut acceptor,
+        resizable,
+        shared.sound,
+        shared.drives.is_some(),
+    );
     if shared.desktops.honors_client_size() {
         acceptor.set_honor_client_desktop_size(Some(DesktopSize {
             width: 8192,
@@ -465,6 +473,7 @@ pub async fn serve(
         &*desktop,
         gfx,
         !wants.no_sound,
+        shared.drives.unwrap_or_default(),
     );
     let params = SessionParams {
         desktop,
@@ -813,7 +822,7 @@ mod after_tls_tests {
             height: 768,
         };
         let mut server = Acceptor::new(SecurityProtocol::SSL, size, capabilities(size), None);
-        let _attached = crate::channels::attach(&mut server, true, Some(Default::default()));
+        let _attached = crate::channels::attach(&mut server, true, Some(Default::default()), true);
         let (mut to_server, mut to_client, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
         let mut upgraded = false;
         let mut out = WriteBuf::new();

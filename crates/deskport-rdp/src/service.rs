@@ -82,6 +82,9 @@ pub struct RdpServerConfig {
     pub lockout: Lockout,
     /// Offer the sessions' sound (`rdpsnd`) in this coding; `None`: no sound.
     pub sound: Option<crate::channels::sound::SoundCodec>,
+    /// Mount the client's drives in the sessions (`rdpdr`), each request to the client
+    /// answered within this time (else the session's program gets EIO); `None`: no drives.
+    pub drives: Option<Duration>,
 }
 
 /// The RDP server, ready to serve.
@@ -147,6 +150,7 @@ impl RdpServer {
             ),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             sound: config.sound,
+            drives: config.drives.map(|t| t.max(Duration::from_secs(1))),
         });
         Ok(Self {
             listen: config.listen,

@@ -6,13 +6,16 @@
 //! - [`gfx`]: the graphics pipeline (a dynamic channel over `drdynvc`), opened only for
 //!   clients whose early capability flags ask for it;
 //! - [`sound`]: what the session plays (static channel `rdpsnd`), offered unless sound is
-//!   off.
+//!   off;
+//! - [`drives`]: the client's drives, mounted in the session (static channel `rdpdr`),
+//!   offered unless drives are off.
 //!
 //! [`attach`] offers the channels to a connection's acceptor; after the connection sequence
 //! [`Channels`] owns the channels the client joined.
 
 pub mod cliprdr;
 pub mod display_control;
+pub mod drives;
 pub mod gfx;
 pub mod sound;
 
@@ -27,11 +30,12 @@ use ironrdp_svc::{server_encode_svc_messages, StaticChannelSet, SvcMessage};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use self::cliprdr::ClipboardEvent;
+use self::drives::{DriveChannel, DriveEvent, DriveNext, Drives};
 use self::gfx::{GfxEvent, GfxServer};
 use self::sound::{Sound, SoundCodec, SoundEvent, SoundNext};
 
 /// What a channel reports to the session loop.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum ChannelEvent {
     Clipboard(ClipboardEvent),
     /// Display Control: the client asks for a screen of this size.
@@ -40,6 +44,8 @@ pub enum ChannelEvent {
     Gfx(GfxEvent),
     /// Sound: the channel's negotiation, or captured sound to send.
     Sound(SoundNext),
+    /// Drives: one came or went, or an operation on one has a request to send.
+    Drive(DriveNext),
 }
 
 /// The channels' event sources, between the acceptor and the session.
@@ -49,14 +55,25 @@ pub struct Attached {
     resize: Option<UnboundedReceiver<(u16, u16)>>,
     gfx: UnboundedReceiver<GfxEvent>,
     sound: Option<UnboundedReceiver<SoundEvent>>,
+    drives: Option<UnboundedReceiver<DriveEvent>>,
 }
 
 /// Offers the channels to `acceptor`: the clipboard and the graphics pipeline always,
 /// Display Control when the desktop can change size (`resizable`), sound in `sound`'s coding
-/// unless it is `None`.
-pub fn attach(acceptor: &mut Acceptor, resizable: bool, sound: Option<SoundCodec>) -> Attached {
+/// unless it is `None`, the drives if `drives`.
+pub fn attach(
+    acceptor: &mut Acceptor,
+    resizable: bool,
+    sound: Option<SoundCodec>,
+    drives: bool,
+) -> Attached {
     let (cliprdr, clipboard) = cliprdr::processor();
     acceptor.attach_static_channel(cliprdr);
+    let drives = drives.then(|| {
+        let (rdpdr, events) = drives::processor();
+        acceptor.attach_static_channel(rdpdr);
+        events
+    });
     let sound = sound.map(|codec| {
         let (rdpsnd, events) = sound::processor(codec);
         acceptor.attach_static_channel(rdpsnd);
@@ -76,6 +93,7 @@ pub fn attach(acceptor: &mut Acceptor, resizable: bool, sound: Option<SoundCodec
         resize,
         gfx,
         sound,
+        drives,
     }
 }
 
@@ -93,6 +111,10 @@ pub struct Channels {
     /// The client sent the sound channel a PDU it could not take: the channel is ignored from
     /// then on.
     sound_broken: bool,
+    drives: Drives,
+    /// The client sent the drive channel a PDU it could not take: its drives are unmounted
+    /// and the channel is ignored from then on.
+    drives_broken: bool,
 }
 
 impl Channels {
@@ -100,7 +122,8 @@ impl Channels {
     /// and the clipboard of `desktop`; the graphics pipeline only if the client's early
     /// capability flags ask for it (`gfx`: SUPPORT_DYN_VC_GFX_PROTOCOL), else its channel is
     /// not even offered; sound only if the client wants it (`sound`: its Client Info does not
-    /// say otherwise).
+    /// say otherwise); drives into the desktop's home, if it has one, each request answered
+    /// within `drive_timeout`.
     pub fn new(
         mut set: StaticChannelSet,
         user_channel_id: u16,
@@ -108,6 +131,7 @@ impl Channels {
         desktop: &dyn Desktop,
         gfx: bool,
         sound: bool,
+        drive_timeout: std::time::Duration,
     ) -> Self {
         if !gfx {
             let drdynvc = set
@@ -137,6 +161,8 @@ impl Channels {
             gfx: gfx.then_some(attached.gfx),
             sound: Sound::new(attached.sound.filter(|_| sound)),
             sound_broken: false,
+            drives: Drives::new(attached.drives, desktop.drives_home(), drive_timeout),
+            drives_broken: false,
         }
     }
 
@@ -165,6 +191,7 @@ impl Channels {
                     None => self.gfx = None,
                 },
                 next = self.sound.next() => return ChannelEvent::Sound(next),
+                next = self.drives.next() => return ChannelEvent::Drive(next),
             }
         }
     }
@@ -212,6 +239,35 @@ impl Channels {
         }
     }
 
+    /// A drive event (mount, unmount) or a drive request to send (appended to `out`).
+    pub fn drive(&mut self, next: DriveNext, out: &mut Vec<u8>) {
+        match next {
+            DriveNext::Event(_) if self.drives_broken => {}
+            DriveNext::Event(event) => self.drives.event(event),
+            DriveNext::Irp(irp) => {
+                let Some(id) = self.set.get_channel_id_by_type::<DriveChannel>() else {
+                    return;
+                };
+                let rdpdr = self
+                    .set
+                    .get_by_type_mut::<DriveChannel>()
+                    .and_then(|c| c.channel_processor_downcast_mut::<DriveChannel>());
+                let Some(rdpdr) = rdpdr.filter(|_| !self.drives_broken) else {
+                    return; // The request's answer is dropped: EIO.
+                };
+                match rdpdr.request(irp) {
+                    Ok(msgs) => append(msgs, id, self.user_channel_id, out),
+                    Err(e) => tracing::debug!(error = %e, "Drive request not sent"),
+                }
+            }
+        }
+    }
+
+    /// The drives mounted in the session.
+    pub fn drives_mounted(&self) -> Vec<std::path::PathBuf> {
+        self.drives.mounted()
+    }
+
     fn cliprdr(&mut self) -> Option<&mut CliprdrServer> {
         self.set
             .get_by_type_mut::<CliprdrServer>()
@@ -256,6 +312,10 @@ impl Channels {
         if sound && self.sound_broken {
             return;
         }
+        let drives = Some(channel_id) == self.set.get_channel_id_by_type::<DriveChannel>();
+        if drives && self.drives_broken {
+            return;
+        }
         let Some(channel) = self.set.get_by_channel_id_mut(channel_id) else {
             tracing::debug!(channel_id, "Data on an unknown channel ignored");
             return;
@@ -267,6 +327,20 @@ impl Channels {
                 tracing::warn!(error = %e, channel_id, "Malformed PDU on the sound channel: sound ends for this session");
                 self.sound_broken = true;
                 self.sound.stop();
+                return;
+            }
+            Err(e) if drives => {
+                // The drive channel ends (its drives are unmounted); the session goes on.
+                tracing::warn!(error = %e, channel_id, "Malformed PDU on the drive channel: the client's drives end for this session");
+                self.drives_broken = true;
+                self.drives.unmount_all();
+                if let Some(rdpdr) = self
+                    .set
+                    .get_by_type_mut::<DriveChannel>()
+                    .and_then(|c| c.channel_processor_downcast_mut::<DriveChannel>())
+                {
+                    rdpdr.abandon();
+                }
                 return;
             }
             Err(e) => {
@@ -288,8 +362,9 @@ fn append(msgs: Vec<SvcMessage>, channel_id: u16, user_channel_id: u16, out: &mu
 
 /// The fuzzing oracle of the channels a logged-on client talks to (see `fuzz/`): `data` as a
 /// series of `[channel, length (u16 LE), payload]` records, each payload given (by the channel
-/// byte modulo 3) to the clipboard's static channel (0), to `drdynvc` with Display Control and
-/// the graphics pipeline (1) or to the sound channel (2), as the session loop gives them. Nothing panics (a PDU the
+/// byte modulo 4) to the clipboard's static channel (0), to `drdynvc` with Display Control and
+/// the graphics pipeline (1), to the sound channel (2) or to the drive channel (3), as the
+/// session loop gives them. Nothing panics (a PDU the
 /// channel cannot take is an error for that PDU), and every size Display Control reports is
 /// one MS-RDPEDISP allows (200 to 8192, an even width).
 #[cfg(feature = "fuzzing")]
@@ -305,30 +380,44 @@ pub fn fuzz_oracle(data: &[u8]) {
 /// Feeds `data`'s records to fresh channels; the sizes Display Control reported, and the
 /// sound formats the sound channel started with.
 #[cfg(any(test, feature = "fuzzing"))]
-fn channel_events(data: &[u8]) -> (Vec<(u16, u16)>, Vec<ironrdp_rdpsnd::pdu::AudioFormat>) {
+#[allow(clippy::type_complexity)]
+fn channel_events(
+    data: &[u8],
+) -> (
+    Vec<(u16, u16)>,
+    Vec<ironrdp_rdpsnd::pdu::AudioFormat>,
+    Vec<DriveEvent>,
+) {
     use ironrdp_svc::SvcProcessor as _;
     let (mut cliprdr, mut clipboard) = cliprdr::processor();
     let (display_control, mut resize) = display_control::processor();
     let (graphics, mut gfx) = gfx::processor(gfx::ZGFX_MODE);
     let (mut rdpsnd, mut sound) = sound::processor(SoundCodec::Auto);
+    let (mut rdpdr, mut drive_events) = drives::processor();
     let mut drdynvc = DrdynvcServer::new()
         .with_dynamic_channel(display_control)
         .with_dynamic_channel(graphics);
     let _ = cliprdr.start();
     let _ = drdynvc.start();
     let _ = rdpsnd.start();
+    let _ = rdpdr.start();
     let mut sizes = Vec::new();
     let mut formats = Vec::new();
+    let mut drives = Vec::new();
     let mut rest = data;
     while rest.len() >= 3 {
         let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
         let (channel, payload) = (rest[0], &rest[3..3 + len]);
         rest = &rest[3 + len..];
-        let _ = match channel % 3 {
+        let _ = match channel % 4 {
             0 => cliprdr.process(payload),
             1 => drdynvc.process(payload),
-            _ => rdpsnd.process(payload),
+            2 => rdpsnd.process(payload),
+            _ => rdpdr.process(payload),
         };
+        while let Ok(event) = drive_events.try_recv() {
+            drives.push(event);
+        }
         while let Ok(size) = resize.try_recv() {
             sizes.push(size);
         }
@@ -340,7 +429,7 @@ fn channel_events(data: &[u8]) -> (Vec<(u16, u16)>, Vec<ironrdp_rdpsnd::pdu::Aud
             }
         }
     }
-    (sizes, formats)
+    (sizes, formats, drives)
 }
 
 #[cfg(test)]
@@ -394,10 +483,27 @@ mod oracle_tests {
         );
         crate::testing::write_fuzz_seed("channels", "sound-pcm", &data);
     }
+
+    /// The oracle reaches the drive channel's device announce as xfreerdp's PDUs do (the
+    /// handshake, then a drive and a printer). `DESKPORT_WRITE_FUZZ_SEEDS=DIR` writes the seed.
+    #[test]
+    fn the_oracle_reaches_the_drive_channel() {
+        let mut pdus = super::drives::channel_tests::client_handshake();
+        pdus.push(super::drives::channel_tests::announce());
+        let data: Vec<u8> = pdus.iter().flat_map(|pdu| record(3, pdu)).collect();
+        assert_eq!(
+            super::channel_events(&data).2,
+            vec![super::DriveEvent::Announced {
+                id: 1,
+                name: "share".to_owned()
+            }]
+        );
+        crate::testing::write_fuzz_seed("channels", "drives-announce", &data);
+    }
 }
 
 #[cfg(test)]
-mod sound_tests {
+mod channel_tests {
     use ironrdp_rdpsnd::pdu::ClientAudioOutputPdu;
     use ironrdp_svc::StaticChannelSet;
 
@@ -420,8 +526,17 @@ mod sound_tests {
             resize: None,
             gfx,
             sound: Some(events),
+            drives: None,
         };
-        Channels::new(set, 1007, attached, &Blind, false, true)
+        Channels::new(
+            set,
+            1007,
+            attached,
+            &Blind,
+            false,
+            true,
+            std::time::Duration::from_secs(5),
+        )
     }
 
     /// `pdu` as one chunk of a static channel (its Channel PDU Header: length, first and last).
@@ -486,5 +601,62 @@ mod sound_tests {
             nothing.is_err(),
             "the ended channel negotiated: {nothing:?}"
         );
+    }
+
+    /// A session's channels with only `rdpdr` joined (on channel 1005).
+    fn drive_channels() -> Channels {
+        let (rdpdr, events) = drives::processor();
+        let mut set = StaticChannelSet::new();
+        set.insert(rdpdr);
+        set.attach_channel_id(std::any::TypeId::of::<DriveChannel>(), 1005);
+        let (_, clipboard) = cliprdr::processor();
+        let (_, gfx) = gfx::processor(gfx::ZGFX_MODE);
+        let attached = Attached {
+            clipboard,
+            resize: None,
+            gfx,
+            sound: None,
+            drives: Some(events),
+        };
+        Channels::new(
+            set,
+            1007,
+            attached,
+            &Blind,
+            false,
+            true,
+            std::time::Duration::from_secs(5),
+        )
+    }
+
+    /// A malformed PDU ends the drive channel (a Device List Announce whose count promises
+    /// more devices than it holds): later announces are ignored; the session goes on.
+    #[tokio::test]
+    async fn a_malformed_pdu_ends_the_drive_channel() {
+        let mut channels = drive_channels();
+        let mut out = Vec::new();
+        channels.start_all(&mut out);
+        assert!(!out.is_empty(), "no Server Announce");
+        let whole = |pdu: &[u8]| {
+            let mut data = (pdu.len() as u32).to_le_bytes().to_vec();
+            data.extend_from_slice(&3u32.to_le_bytes());
+            data.extend_from_slice(pdu);
+            data
+        };
+        for pdu in drives::channel_tests::client_handshake() {
+            channels.process(1005, &whole(&pdu), &mut out);
+        }
+        assert!(!channels.drives_broken);
+        channels.process(
+            1005,
+            &whole(&[0x72, 0x44, 0x41, 0x44, 5, 0, 0, 0]),
+            &mut out,
+        );
+        assert!(channels.drives_broken);
+        channels.process(1005, &whole(&drives::channel_tests::announce()), &mut out);
+        let nothing =
+            tokio::time::timeout(std::time::Duration::from_millis(300), channels.next_event())
+                .await;
+        assert!(nothing.is_err(), "the ended channel announced: {nothing:?}");
     }
 }

@@ -172,6 +172,7 @@ where
             Event::Frame => pacer.held(),
             Event::Channel(ChannelEvent::Clipboard(event)) => channels.clipboard(event, &mut out),
             Event::Channel(ChannelEvent::Sound(next)) => channels.sound(next, &*desktop, &mut out),
+            Event::Channel(ChannelEvent::Drive(next)) => channels.drive(next, &mut out),
             Event::Channel(ChannelEvent::Gfx(event)) => {
                 let drdynvc = channels.drdynvc_id();
                 if pipeline.event(event, &mut screen, drdynvc, channels.user_channel_id) {

@@ -102,6 +102,12 @@ pub struct RdpServerSettings {
     /// How sound is sent: `auto` (IMA ADPCM, a quarter of PCM's bytes, where the client
     /// decodes it; else PCM) or `pcm` (16-bit, 44.1 kHz stereo: 1.4 Mbit/s).
     pub sound_codec: deskport_rdp::channels::sound::SoundCodec,
+    /// Virtual desktops: mount the drives a client shares (xfreerdp `/drive:NAME,PATH`) in
+    /// the session as `~/thinclient_drives/NAME` (FUSE; `rdpdr`).
+    pub drives: bool,
+    /// A request to a client's drive not answered within this many seconds fails (the
+    /// session's program gets EIO): a client that stalls cannot hang the session.
+    pub drive_timeout_secs: u64,
 }
 
 impl Default for RdpServerSettings {
@@ -138,6 +144,8 @@ impl Default for RdpServerSettings {
             session_pam_service: "deskport".to_owned(),
             sound: true,
             sound_codec: Default::default(),
+            drives: true,
+            drive_timeout_secs: 30,
         }
     }
 }
@@ -195,6 +203,13 @@ impl RdpServerSettings {
                 })
             }
         };
+        if self.drive_timeout_secs == 0 {
+            return Err(UsageError(
+                "[rdp_server] drive_timeout_secs is 0: a client's drive needs at least 1 second to answer"
+                    .to_owned(),
+            )
+            .into());
+        }
         if self.logon_timeout_secs == 0 {
             return Err(UsageError(
                 "[rdp_server] logon_timeout_secs is 0: a client needs at least 1 second to log on"
@@ -276,6 +291,9 @@ impl RdpServerSettings {
             },
             // A shared display has no sound of its own to send.
             sound: (self.sound && self.display.is_none()).then_some(self.sound_codec),
+            // Nor a home of its own for drives.
+            drives: (self.drives && self.display.is_none())
+                .then(|| Duration::from_secs(self.drive_timeout_secs)),
         };
         Ok((config, sender))
     }

@@ -9,6 +9,7 @@ mod client;
 mod console;
 mod console_desktop;
 mod desktop_session;
+mod drives;
 mod firewall_feed;
 mod firewall_gateway;
 mod firewall_nft;

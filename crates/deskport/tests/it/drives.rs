@@ -1,0 +1,239 @@
+//! Drives (issue 18): a drive xfreerdp shares (`/drive:NAME,PATH`) appears in the virtual
+//! session as `~/thinclient_drives/NAME` (FUSE, over `rdpdr`). The session's account lists,
+//! reads, writes, renames and deletes there with ordinary programs, and the client's folder
+//! changes byte for byte; errors come back as errnos; a client that stops answering costs
+//! the session's programs an EIO after the drive timeout, not a hang; the folder goes when
+//! the client does.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use deskport_testsupport::{free_port, require_program, require_root, wait_until, Xvfb};
+
+use crate::rdp::{add_account, xfreerdp_to, PASSWORD};
+use crate::support::UnixUser;
+
+const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Runs `script` with `sh -c` as the account (its uid, gid and groups), with `M` set to the
+/// drive's folder; its exit status and output (stdout and stderr).
+fn as_account(user: &UnixUser, mount: &Path, script: &str) -> (bool, String) {
+    let account = nix::unistd::User::from_name(&user.name).unwrap().unwrap();
+    let out = Command::new("timeout")
+        .args(["60", "setpriv"])
+        .arg(format!("--reuid={}", account.uid))
+        .arg(format!("--regid={}", account.gid))
+        .args(["--init-groups", "sh", "-c", script])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &user.home)
+        .env("M", mount)
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// `n` bytes that do not repeat within a page.
+fn pattern(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn mounted(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*path.to_string_lossy()))
+}
+
+#[test]
+fn a_shared_drive_is_a_folder_in_the_session_both_ways_byte_for_byte() {
+    require_root();
+    for program in ["xterm", "setpriv", "timeout", "cmp"] {
+        require_program(program);
+    }
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: the drive tests need FUSE"
+    );
+    let dir = deskport_testsupport::data_dir();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let user = UnixUser::create(dir.path());
+    let data = dir.path().join("rdp");
+    add_account(&data, &user.name, PASSWORD);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[rdp_server]\nsession_x_server = \"xvfb\"\nsound = false\ndrive_timeout_secs = 3\n\
+         session_commands = [\"exec xterm -geometry 80x20+0+0\"]\n",
+    )
+    .unwrap();
+    let port = free_port(LO);
+    let log = dir.path().join("rdp-server.log");
+    let _server = crate::rdp::rdp_server(&data, &config, port, &[], &log);
+    let server_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // The client's folder: a text file, a file of several MB, a folder with a file in it.
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(share.join("sub")).unwrap();
+    std::fs::write(share.join("hello.txt"), "hello from the client\n").unwrap();
+    let big = pattern(5 * 1024 * 1024 + 123, 1);
+    std::fs::write(share.join("big.bin"), &big).unwrap();
+    std::fs::write(share.join("sub/inner.txt"), "inner\n").unwrap();
+    std::fs::write(
+        share.join("later.txt"),
+        "read only after the client stalls\n",
+    )
+    .unwrap();
+    // What the session will write.
+    let upload = pattern(3 * 1024 * 1024 + 7, 2);
+    std::fs::write(dir.path().join("upload.bin"), &upload).unwrap();
+    for f in [
+        "share",
+        "share/sub",
+        "share/hello.txt",
+        "share/big.bin",
+        "upload.bin",
+    ] {
+        let mode = if dir.path().join(f).is_dir() {
+            0o755
+        } else {
+            0o644
+        };
+        std::fs::set_permissions(dir.path().join(f), std::fs::Permissions::from_mode(mode))
+            .unwrap();
+    }
+
+    let client = Xvfb::start(1024, 768);
+    let xfreerdp = xfreerdp_to(
+        &client,
+        &format!("127.0.0.1:{port}"),
+        dir.path(),
+        &user.name,
+        PASSWORD,
+        &[
+            "/sec:nla",
+            "/size:800x600",
+            &format!("/drive:share,{}", share.display()),
+        ],
+    );
+    let mount = user.home.join("thinclient_drives/share");
+    wait_until(Duration::from_secs(30), "the drive to be mounted", || {
+        mounted(&mount).then_some(())
+    });
+    let (ok, listing) = as_account(&user, &mount, "ls -1 \"$M\"");
+    assert!(ok, "ls: {listing}\n{}", server_log());
+    let mut names: Vec<&str> = listing.lines().collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["big.bin", "hello.txt", "later.txt", "sub"],
+        "{listing}"
+    );
+    // The folder is the account's, and nobody else's.
+    let (ok, out) = as_account(&user, &mount, "stat -c '%U %a' \"$M\" \"$M/hello.txt\"");
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [format!("{} 700", user.name), format!("{} 600", user.name)]
+    );
+
+    // Reading: the client's files, byte for byte.
+    let (ok, out) = as_account(
+        &user,
+        &mount,
+        &format!(
+            "cat \"$M/hello.txt\" && cat \"$M/sub/inner.txt\" && cmp \"$M/big.bin\" {}",
+            share.join("big.bin").display()
+        ),
+    );
+    assert!(ok, "reading: {out}\n{}", server_log());
+    assert_eq!(out, "hello from the client\ninner\n");
+
+    // Writing: a file of several MB, a folder and a file in it, a rename, a delete, a
+    // truncation; each seen on the client's side.
+    let (ok, out) = as_account(
+        &user,
+        &mount,
+        &format!(
+            "set -e; cp {} \"$M/up.bin\"; mkdir \"$M/new\"; echo made > \"$M/new/made.txt\"; \
+             mv \"$M/hello.txt\" \"$M/renamed.txt\"; rm \"$M/sub/inner.txt\"; \
+             echo 0123456789abcdef > \"$M/cut.txt\"; truncate -s 4 \"$M/cut.txt\"",
+            dir.path().join("upload.bin").display()
+        ),
+    );
+    assert!(ok, "writing: {out}\n{}", server_log());
+    assert!(
+        std::fs::read(share.join("up.bin")).unwrap() == upload,
+        "the file written in the session differs on the client's side"
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.join("new/made.txt")).unwrap(),
+        "made\n"
+    );
+    assert!(!share.join("hello.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(share.join("renamed.txt")).unwrap(),
+        "hello from the client\n"
+    );
+    assert!(!share.join("sub/inner.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(share.join("cut.txt")).unwrap(),
+        "0123"
+    );
+
+    // The client's errors as errnos.
+    let (ok, out) = as_account(&user, &mount, "cat \"$M/missing.txt\"");
+    assert!(!ok && out.contains("No such file or directory"), "{out}");
+    let (ok, out) = as_account(&user, &mount, "mkdir \"$M/new\"");
+    assert!(!ok && out.contains("File exists"), "{out}");
+    let (ok, out) = as_account(&user, &mount, "rmdir \"$M/new\"");
+    assert!(!ok && out.contains("Directory not empty"), "{out}");
+    assert!(share.join("new/made.txt").exists());
+    // Another account cannot get in.
+    let other = UnixUser::create(dir.path());
+    let (ok, out) = as_account(&other, &mount, "ls \"$M\"");
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+
+    // A client that stops answering: the program gets EIO after the drive timeout (3 s),
+    // not a hang (`timeout 60` would say 124).
+    let pid = nix::unistd::Pid::from_raw(xfreerdp.process.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let (ok, out) = as_account(&user, &mount, "cat \"$M/later.txt\"");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(!ok && out.contains("Input/output error"), "{out}");
+    assert!(
+        server_log().contains("did not answer a drive request in time"),
+        "{}",
+        server_log()
+    );
+    // It answers again: the drive works again.
+    let (ok, out) = as_account(&user, &mount, "cat \"$M/later.txt\"");
+    assert!(ok, "after the stall: {out}\n{}", server_log());
+
+    // The client leaves: the folder is unmounted and removed.
+    drop(xfreerdp);
+    wait_until(Duration::from_secs(20), "the drive to be unmounted", || {
+        (!mounted(&mount)).then_some(())
+    });
+    wait_until(Duration::from_secs(5), "the mount point to go", || {
+        (!mount.exists()).then_some(())
+    });
+    assert!(
+        server_log().contains("Client drive unmounted"),
+        "{}",
+        server_log()
+    );
+}
