@@ -5,6 +5,7 @@ Usage: bench-report.py BENCH_OUTPUT CRITERION_DIR OUT_DIR
        bench-report.py --control-only BENCH_OUTPUT OUT_DIR
        bench-report.py --soak-only SOAK_OUTPUT OUT_DIR
        bench-report.py --sound-only SOUND_OUTPUT OUT_DIR
+       bench-report.py --drives-only DRIVES_OUTPUT OUT_DIR
        bench-report.py --gateway-only BENCH_OUTPUT OUT_DIR
 
 The heavy RDP benchmark's `HEAVY|link|server|frames|of|median ms|p95 ms|bytes|CPU-s|PSNR|polls/s`
@@ -527,6 +528,40 @@ def sound_section(path):
     return lines
 
 
+DRIVES_BEGIN = "<!-- drives:begin -->"
+DRIVES_END = "<!-- drives:end -->"
+
+
+def drives_section(path):
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("DRIVES|"):
+                rows.append(line.strip().split("|")[1:])
+    lines = [DRIVES_BEGIN, "## Drives (issue 18)", ""]
+    if not rows:
+        lines += ["No drive figures in this run.", DRIVES_END]
+        return lines
+    mb = rows[0][2]
+    lines += [
+        f"`scripts/bench drives`: a {mb} MB file read (`cat` from the drive to the home) and "
+        "written (`cat` from the home to the drive) by the session's account through a drive "
+        "xfreerdp shares (`/drive:bench,PATH`), mounted in a virtual session as "
+        "`~/thinclient_drives/bench` (FUSE over `rdpdr`), next to the same copies on the local "
+        "disk. FreeRDP's shadow server offers no drive redirection and xrdp is not in Debian 12, "
+        "so the peer is the local copy. Each copy is compared byte for byte afterwards. "
+        "CPU-seconds during the copy: deskport's RDP server, xfreerdp. Measured "
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} at commit {commit_id()}.",
+        "",
+        "| copy | through | seconds | MB/s | server CPU-s | client CPU-s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for what, how, _mb, secs, rate, server, client in rows:
+        lines.append(f"| {what} | {how} | {secs} | {rate} | {server} | {client} |")
+    lines.append(DRIVES_END)
+    return lines
+
+
 def section_only(out_path, out_dir, begin, end, make):
     results = os.path.join(out_dir, "RESULTS.md")
     with open(results, encoding="utf-8") as f:
@@ -539,6 +574,9 @@ def section_only(out_path, out_dir, begin, end, make):
 def main():
     if sys.argv[1] == "--sound-only":
         section_only(sys.argv[2], sys.argv[3], SOUND_BEGIN, SOUND_END, sound_section)
+        return
+    if sys.argv[1] == "--drives-only":
+        section_only(sys.argv[2], sys.argv[3], DRIVES_BEGIN, DRIVES_END, drives_section)
         return
     if sys.argv[1] == "--soak-only":
         section_only(sys.argv[2], sys.argv[3], SOAK_BEGIN, SOAK_END, soak_section)

@@ -48,6 +48,9 @@ const IO_COMPLETION: u16 = 0x4943;
 /// `RDPDR_DTYP_FILESYSTEM`.
 const FILESYSTEM: u32 = 0x8;
 
+/// A session takes at most this many drives (a client announcing thousands gets the first).
+pub const MAX_DRIVES: usize = 16;
+
 /// Reads at most this much per request (FUSE asks for 128 KiB at most anyway).
 pub const MAX_READ: u32 = 1 << 20;
 
@@ -489,6 +492,31 @@ impl Drives {
                     );
                     return;
                 };
+                if self.mounts.len() >= MAX_DRIVES {
+                    tracing::warn!(
+                        drive = name,
+                        "Client drive not mounted: the session has {MAX_DRIVES} already"
+                    );
+                    return;
+                }
+                // Two drives of one name: the second gets a suffix (never mounted over the
+                // first, whose file system answers through this very loop).
+                let taken: Vec<String> = self
+                    .mounts
+                    .values()
+                    .filter_map(|(m, _)| m.path().file_name()?.to_str().map(str::to_owned))
+                    .collect();
+                let base = deskport_desktop::drives::folder_name(&name);
+                let name = (1..)
+                    .map(|n| {
+                        if n == 1 {
+                            base.clone()
+                        } else {
+                            format!("{base}_{n}")
+                        }
+                    })
+                    .find(|n| !taken.contains(n))
+                    .unwrap_or(base);
                 let (ops, requests) = mpsc::unbounded_channel();
                 match Mount::new(home, &name, ops, self.timeout) {
                     Ok(mount) => {

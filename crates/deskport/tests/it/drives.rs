@@ -6,13 +6,14 @@
 //! the client does.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use deskport_testsupport::{free_port, require_program, require_root, wait_until, Xvfb};
 
-use crate::rdp::{add_account, xfreerdp_to, PASSWORD};
+use crate::rdp::{add_account, rdesktop_command, xfreerdp_to, PASSWORD};
 use crate::support::UnixUser;
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -57,33 +58,61 @@ fn mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(&*path.to_string_lossy()))
 }
 
+/// A virtual-session server (drive timeout 3 s) and an account with a home to mount in.
+struct Setup {
+    // Dropped in this order: the server, the account, the directory.
+    _server: deskport_testsupport::ProcessGuard,
+    user: UnixUser,
+    dir: tempfile::TempDir,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Setup {
+    /// The server, with `extra` lines in its `[rdp_server]` section.
+    fn start(extra: &str) -> Self {
+        require_root();
+        for program in ["xterm", "setpriv", "timeout", "cmp"] {
+            require_program(program);
+        }
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: the drive tests need FUSE"
+        );
+        let dir = deskport_testsupport::data_dir();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let user = UnixUser::create(dir.path());
+        let data = dir.path().join("rdp");
+        add_account(&data, &user.name, PASSWORD);
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!("[rdp_server]\nsession_x_server = \"xvfb\"\nsound = false\ndrive_timeout_secs = 3\n\
+             session_commands = [\"exec xterm -geometry 80x20+0+0\"]\n{extra}"),
+        )
+        .unwrap();
+        let port = free_port(LO);
+        let log = dir.path().join("rdp-server.log");
+        let server = crate::rdp::rdp_server(&data, &config, port, &[], &log);
+        Self {
+            dir,
+            user,
+            port,
+            log,
+            _server: server,
+        }
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 #[test]
 fn a_shared_drive_is_a_folder_in_the_session_both_ways_byte_for_byte() {
-    require_root();
-    for program in ["xterm", "setpriv", "timeout", "cmp"] {
-        require_program(program);
-    }
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing: the drive tests need FUSE"
-    );
-    let dir = deskport_testsupport::data_dir();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let user = UnixUser::create(dir.path());
-    let data = dir.path().join("rdp");
-    add_account(&data, &user.name, PASSWORD);
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        "[rdp_server]\nsession_x_server = \"xvfb\"\nsound = false\ndrive_timeout_secs = 3\n\
-         session_commands = [\"exec xterm -geometry 80x20+0+0\"]\n",
-    )
-    .unwrap();
-    let port = free_port(LO);
-    let log = dir.path().join("rdp-server.log");
-    let _server = crate::rdp::rdp_server(&data, &config, port, &[], &log);
-    let server_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let setup = Setup::start("");
+    let (dir, user, port) = (&setup.dir, &setup.user, setup.port);
+    let server_log = || setup.server_log();
 
     // The client's folder: a text file, a file of several MB, a folder with a file in it.
     let share = dir.path().join("share");
@@ -236,4 +265,53 @@ fn a_shared_drive_is_a_folder_in_the_session_both_ways_byte_for_byte() {
         "{}",
         server_log()
     );
+}
+
+/// rdesktop (`-r disk:NAME=PATH`), which announces its drives without waiting to be told the
+/// user logged on and names them in 8-bit characters: the same folder, read and written.
+#[test]
+fn rdesktops_drive_is_a_folder_too() {
+    // rdesktop's NLA wants Kerberos: it logs on in TLS mode.
+    let setup = Setup::start("nla_only = false\n");
+    let (dir, user) = (&setup.dir, &setup.user);
+    let share = dir.path().join("rshare");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let data = pattern(1024 * 1024 + 5, 3);
+    std::fs::write(share.join("from-client.bin"), &data).unwrap();
+    std::fs::set_permissions(
+        share.join("from-client.bin"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let client = Xvfb::start(1024, 768);
+    let _rdesktop = rdesktop_command(
+        client.command("rdesktop"),
+        &format!("127.0.0.1:{}", setup.port),
+        dir.path(),
+        &user.name,
+        PASSWORD,
+        &[
+            "-g",
+            "800x600",
+            "-r",
+            &format!("disk:rshare={}", share.display()),
+        ],
+    );
+    let mount = user.home.join("thinclient_drives/rshare");
+    wait_until(
+        Duration::from_secs(30),
+        "rdesktop's drive to be mounted",
+        || mounted(&mount).then_some(()),
+    );
+    let (ok, out) = as_account(
+        user,
+        &mount,
+        &format!(
+            "cmp \"$M/from-client.bin\" {} && cp \"$M/from-client.bin\" \"$M/back.bin\"",
+            share.join("from-client.bin").display()
+        ),
+    );
+    assert!(ok, "{out}\n{}", setup.server_log());
+    assert!(std::fs::read(share.join("back.bin")).unwrap() == data);
 }

@@ -140,7 +140,11 @@ pub fn rdp_server(
             .arg(data)
             .args(extra)
             .env("DESKPORT_CONFIG", config)
-            .env("RUST_LOG", "info")
+            // `DESKPORT_TEST_RUST_LOG` (e.g. `info,ironrdp_rdpdr=trace`) to look closer.
+            .env(
+                "RUST_LOG",
+                std::env::var("DESKPORT_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap()),
     )
