@@ -200,12 +200,17 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let through = format!("/proc/self/fd/{}", self.point.as_raw_fd());
-        if let Err(e) = nix::mount::umount2(through.as_str(), nix::mount::MntFlags::MNT_DETACH) {
-            tracing::warn!(error = %e, path = %self.path.display(), "Drive not unmounted");
-        }
-        // The kernel's side is gone: fuser's own unmount finds nothing to do.
+        // fuser unmounts through the descriptor; a mount still in use (a program's working
+        // directory, an open file) is then detached: it goes once the last user lets go.
         drop(self.session.take());
+        let through = format!("/proc/self/fd/{}", self.point.as_raw_fd());
+        match nix::mount::umount2(through.as_str(), nix::mount::MntFlags::MNT_DETACH) {
+            // EINVAL: not a mount point any more (fuser's unmount did it).
+            Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.path.display(), "Drive not unmounted")
+            }
+        }
         let _ = std::fs::remove_dir(under(&self.parent, &self.name));
     }
 }
@@ -789,6 +794,22 @@ impl Filesystem for DriveFs {
             }
         }
         reply.ok();
+    }
+
+    // No extended attributes: ENOSYS tells the kernel not to ask again.
+    fn getxattr(
+        &self,
+        _req: &FuseRequest,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &FuseRequest, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn releasedir(

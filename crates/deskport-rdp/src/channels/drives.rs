@@ -347,6 +347,7 @@ impl DriveChannel {
             .and_then(|m| m.encode_unframed_pdu().ok())
             .and_then(|b| Some(u32::from_le_bytes(b.get(12..16)?.try_into().ok()?)))
             .ok_or_else(|| ironrdp_pdu::pdu_other_err!("DriveChannel", "no request encoded"))?;
+        tracing::trace!(completion_id = id, "Drive request sent");
         self.pending.insert(id, irp.reply);
         Ok(msgs)
     }
@@ -382,6 +383,7 @@ impl SvcProcessor for DriveChannel {
                 u16::from_le_bytes([h[2], h[3]]),
             )
         });
+        tracing::trace!(?header, len = payload.len(), "Drive channel PDU");
         let completion = match header {
             Some((CORE, DEVICELIST_ANNOUNCE)) => {
                 let types = announced_types(&payload[4..]).ok_or_else(|| {
@@ -402,6 +404,17 @@ impl SvcProcessor for DriveChannel {
             _ => None,
         };
         self.shared.lock().unwrap_or_else(|e| e.into_inner()).body = None;
+        // A failure's body says nothing and clients fill it as they like (rdesktop answers
+        // "no more files" with a length of 1 and a byte): the inner server gets it as zeros,
+        // which every completion type reads as empty.
+        let canonical;
+        let payload = match completion {
+            Some((_, status)) if status != 0 && payload.len() >= 16 => {
+                canonical = [&payload[..16], &[0u8; 8][..]].concat();
+                &canonical[..]
+            }
+            _ => payload,
+        };
         let mut msgs = self.inner.process(payload)?;
         if let Some((id, status)) = completion {
             let body = self
@@ -807,7 +820,7 @@ impl Client {
                         .irp(RdpdrServerMessage::QueryDirectory {
                             device_id: self.device,
                             file_id: dir,
-                            info_class: FileInformationClassLevel::FILE_BOTH_DIRECTORY_INFORMATION,
+                            info_class: FileInformationClassLevel::FILE_DIRECTORY_INFORMATION,
                             path: if first {
                                 pattern.clone()
                             } else {
@@ -823,7 +836,7 @@ impl Client {
                     if c.status != 0 {
                         return Err(errno(c.status));
                     }
-                    let Body::Info(Some(FileInformationClass::BothDirectory(e))) = c.body else {
+                    let Body::Info(Some(FileInformationClass::Directory(e))) = c.body else {
                         return Err(libc::EIO);
                     };
                     if e.file_name == "."
@@ -1207,6 +1220,40 @@ pub(crate) mod channel_tests {
                 body: Body::Created { file_id: 9 }
             }
         );
+    }
+
+    /// A failure's body may be anything (rdesktop answers "no more files" with a length of 1
+    /// and one byte, which ironrdp-rdpdr cannot read as a directory entry): the request gets
+    /// the status, the channel goes on.
+    #[tokio::test]
+    async fn a_failure_with_an_odd_body_is_still_a_failure() {
+        let (mut channel, _events) = processor();
+        channel.start().unwrap();
+        for pdu in client_handshake() {
+            channel.process(&pdu).unwrap();
+        }
+        channel.process(&announce()).unwrap();
+        let (reply, completion) = oneshot::channel();
+        let msgs = channel
+            .request(Irp {
+                message: RdpdrServerMessage::QueryDirectory {
+                    device_id: 1,
+                    file_id: 3,
+                    info_class: FileInformationClassLevel::FILE_DIRECTORY_INFORMATION,
+                    path: String::new(),
+                    initial_query: false,
+                },
+                reply,
+            })
+            .unwrap();
+        let request = msgs[0].encode_unframed_pdu().unwrap();
+        let mut pdu = vec![0x72, 0x44, 0x43, 0x49];
+        pdu.extend_from_slice(&1u32.to_le_bytes());
+        pdu.extend_from_slice(&request[12..16]);
+        pdu.extend_from_slice(&0x8000_0006u32.to_le_bytes()); // STATUS_NO_MORE_FILES
+        pdu.extend_from_slice(&[1, 0, 0, 0, 0]);
+        channel.process(&pdu).unwrap();
+        assert_eq!(completion.await.unwrap().status, 0x8000_0006);
     }
 
     /// A request that is never answered fails with EIO after the timeout.
