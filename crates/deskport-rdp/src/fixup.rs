@@ -51,6 +51,10 @@ pub struct Fixups<S> {
     frames: u32,
     waits_for_server: bool,
     font_list: Option<Vec<u8>>,
+    /// After Request Control: when the client's silence counts as waiting for the server.
+    quiet_until: Option<tokio::time::Instant>,
+    /// The timer for `quiet_until`, made when first polled (in the runtime: cutting frames
+    /// needs none, so the fuzzing oracle can run it bare).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     eof: bool,
 }
@@ -75,6 +79,7 @@ impl<S> Fixups<S> {
             frames: 0,
             waits_for_server: false,
             font_list: None,
+            quiet_until: None,
             timer: None,
             eof: false,
         }
@@ -112,6 +117,7 @@ impl<S> Fixups<S> {
             if self.phase == Phase::AfterRequestControl {
                 // The client went on by itself: it does not wait for the server.
                 self.phase = Phase::Done;
+                self.quiet_until = None;
                 self.timer = None;
                 self.font_list = None;
             } else if is_connect_initial(&frame) {
@@ -128,7 +134,7 @@ impl<S> Fixups<S> {
                 }
                 self.phase = Phase::AfterRequestControl;
                 self.font_list = Some(font_list);
-                self.timer = Some(Box::pin(tokio::time::sleep(QUIET)));
+                self.quiet_until = Some(tokio::time::Instant::now() + QUIET);
             }
             if self.frames >= MAX_FRAMES {
                 self.phase = Phase::Done;
@@ -187,12 +193,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Fixups<S> {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    if let Some(timer) = this.timer.as_mut() {
+                    if let Some(deadline) = this.quiet_until {
+                        let timer = this
+                            .timer
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                         if timer.as_mut().poll(cx).is_ready() {
                             tracing::debug!(
                                 "Client silent after Request Control; injecting a Font List"
                             );
                             this.timer = None;
+                            this.quiet_until = None;
                             this.waits_for_server = true;
                             if let Some(font_list) = this.font_list.take() {
                                 this.ready.extend_from_slice(&font_list);
