@@ -4,13 +4,14 @@
 //! This module is the session's side and knows nothing of RDP: the folder's file system
 //! ([`Mount`]) turns what the session's programs do into [`Op`]s on drive-relative paths
 //! (`dir/file`, `""` the drive's root) and waits for their [`Done`] or an errno. Whoever
-//! carries the drive (the RDP server's `rdpdr` channel) answers them; an answer that does not
-//! come within the mount's timeout is `EIO`, so a client that stalls cannot hang the
-//! session's programs.
+//! carries the drive (the RDP server's `rdpdr` channel) answers every one of them, with EIO
+//! if the client does not answer in time, so a client that stalls cannot hang the session's
+//! programs.
 //!
 //! The mount point is made and opened without following symbolic links (the account owns
 //! its home, and the server mounts as root): the mount goes onto the directory opened, not
-//! onto whatever the path names by the time `mount(2)` runs.
+//! onto whatever the path names by the time `mount(2)` runs, and is undone only if it is
+//! still the mount on top of that directory.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -126,12 +127,14 @@ pub struct Request {
 /// A drive's folder, mounted; unmounted (lazily: programs still in it get errors) when
 /// dropped.
 pub struct Mount {
-    /// The mount point, opened (`O_PATH`): the mount was made, and is undone, through it.
+    /// The mount point, opened: as root the mount was made, and is undone, through it.
     point: OwnedFd,
     /// The folder of drives, opened: the mount point is removed from it afterwards.
     parent: OwnedFd,
     name: String,
     path: PathBuf,
+    /// As root: the mount's id (`/proc/self/mountinfo`), to unmount only that mount.
+    mount_id: Option<u64>,
     session: Option<fuser::BackgroundSession>,
 }
 
@@ -142,52 +145,96 @@ impl std::fmt::Debug for Mount {
 }
 
 impl Mount {
-    /// Mounts drive `name` (made safe for a file name: see [`folder_name`]) at
-    /// `~/thinclient_drives/NAME` of `owner`; its operations go to `ops`, and each must be
-    /// answered within `timeout`.
+    /// Mounts drive `name` (made safe for a file name: see [`folder_name`]; with a suffix
+    /// if something is mounted there already) at `~/thinclient_drives/NAME` of `owner`; its
+    /// operations go to `ops`. `timeout` is the carrier's per-request timeout: the file
+    /// system waits far longer (the carrier answers every operation, EIO at worst).
+    ///
+    /// As root, the mount is made with `mount(2)` through the opened directory
+    /// (`/proc/self/fd/N`: the kernel takes the directory opened, whatever the path names
+    /// by then) and fuser serves the `/dev/fuse` descriptor; fuser's own mounting resolves
+    /// the path again. Not as root (the session is this user's own), fuser mounts by path
+    /// (with fusermount3).
     pub fn new(
         owner: &DrivesHome,
         name: &str,
         ops: tokio::sync::mpsc::UnboundedSender<Request>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let name = folder_name(name);
-        let (parent, point) = mount_point(owner, &name)?;
+        let (parent, point, name) = mount_point(owner, &folder_name(name))?;
+        let path = owner.home.join(DRIVES_DIR).join(&name);
         let fs = DriveFs {
             ops,
-            timeout,
+            wait: (timeout * 20).max(Duration::from_secs(600)),
             owner: (owner.uid, owner.gid),
             inodes: Mutex::new(Inodes::default()),
             listings: Mutex::new(Listings::default()),
         };
+        let root = nix::unistd::geteuid().is_root();
         let mut config = fuser::Config::default();
-        config.mount_options = vec![
-            MountOption::FSName(format!("deskport:{name}")),
-            MountOption::Subtype("deskport".to_owned()),
-            MountOption::DefaultPermissions,
-            MountOption::NoSuid,
-            MountOption::NoDev,
-        ];
         // Mounted by root for the account: the kernel checks the account's permissions
         // (default_permissions) on the 0700/0600 modes the drive's files get.
-        config.acl = if nix::unistd::geteuid().is_root() && owner.uid != 0 {
+        config.acl = if root && owner.uid != 0 {
             fuser::SessionACL::All
         } else {
             fuser::SessionACL::Owner
         };
         config.n_threads = Some(4);
-        let through = PathBuf::from(format!("/proc/self/fd/{}", point.as_raw_fd()));
-        let session = fuser::spawn_mount(fs, &through, &config).with_context(|| {
-            format!(
-                "mount the drive at {}",
-                owner.home.join(DRIVES_DIR).join(&name).display()
+        let through = format!("/proc/self/fd/{}", point.as_raw_fd());
+        let (session, mount_id) = if root {
+            let device = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/fuse")
+                .context("open /dev/fuse")?;
+            let options = format!(
+                "fd={},rootmode=40000,user_id={},group_id={},default_permissions{}",
+                device.as_raw_fd(),
+                nix::unistd::geteuid(),
+                nix::unistd::getegid(),
+                if config.acl == fuser::SessionACL::All {
+                    ",allow_other"
+                } else {
+                    ""
+                }
+            );
+            nix::mount::mount(
+                Some(format!("deskport:{name}").as_str()),
+                through.as_str(),
+                Some("fuse"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some(options.as_str()),
             )
-        })?;
+            .with_context(|| format!("mount the drive at {}", path.display()))?;
+            let mount_id = std::fs::read_link(&through)
+                .ok()
+                .and_then(|now| top_mount_at(&now));
+            let session = fuser::Session::from_fd(fs, OwnedFd::from(device), config.acl, config)
+                .and_then(fuser::Session::spawn);
+            match session {
+                Ok(session) => (session, mount_id),
+                Err(e) => {
+                    let _ = nix::mount::umount2(through.as_str(), nix::mount::MntFlags::MNT_DETACH);
+                    return Err(e).context("serve the drive's file system");
+                }
+            }
+        } else {
+            config.mount_options = vec![
+                MountOption::FSName(format!("deskport:{name}")),
+                MountOption::DefaultPermissions,
+                MountOption::NoSuid,
+                MountOption::NoDev,
+            ];
+            let session = fuser::spawn_mount(fs, &path, &config)
+                .with_context(|| format!("mount the drive at {}", path.display()))?;
+            (session, None)
+        };
         Ok(Self {
             point,
             parent,
-            path: owner.home.join(DRIVES_DIR).join(&name),
+            path,
             name,
+            mount_id,
             session: Some(session),
         })
     }
@@ -200,28 +247,75 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        // fuser unmounts through the descriptor; a mount still in use (a program's working
-        // directory, an open file) is then detached: it goes once the last user lets go.
-        drop(self.session.take());
-        let through = format!("/proc/self/fd/{}", self.point.as_raw_fd());
-        match nix::mount::umount2(through.as_str(), nix::mount::MntFlags::MNT_DETACH) {
-            // EINVAL: not a mount point any more (fuser's unmount did it).
-            Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, path = %self.path.display(), "Drive not unmounted")
+        if let Some(id) = self.mount_id {
+            // Only if the mount on top of the directory is still this one (the account may
+            // have moved things around meanwhile); a busy mount goes when its last user lets
+            // go (MNT_DETACH).
+            let through = format!("/proc/self/fd/{}", self.point.as_raw_fd());
+            let now = std::fs::read_link(&through).ok();
+            if now.as_deref().and_then(top_mount_at) == Some(id) {
+                if let Err(e) =
+                    nix::mount::umount2(through.as_str(), nix::mount::MntFlags::MNT_DETACH)
+                {
+                    tracing::warn!(error = %e, path = %self.path.display(), "Drive not unmounted");
+                }
+            } else {
+                tracing::warn!(path = %self.path.display(), "Drive not unmounted: another mount is on top of it now");
             }
         }
+        // Not as root, fuser unmounts (by path: the session is this user's own).
+        drop(self.session.take());
         let _ = std::fs::remove_dir(under(&self.parent, &self.name));
     }
 }
 
+/// `\ooo` escapes of `/proc/self/mountinfo` undone.
+fn unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt as _;
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|d| {
+            let s = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(s, 8).ok()
+        });
+        match (b[i], octal) {
+            (b'\\', Some(v)) => {
+                out.push(v);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// The id of the topmost mount whose mount point is `path`, if any.
+fn top_mount_at(path: &Path) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .filter_map(|l| {
+            let mut fields = l.split(' ');
+            let id = fields.next()?.parse::<u64>().ok()?;
+            (unescape(fields.nth(3)?) == path).then_some(id)
+        })
+        .next_back()
+}
+
 /// `name` as a folder name: letters, digits, `-`, `_`, `.` and spaces kept, anything else
-/// (`/` first of all) `_`; no leading dot; at most 64 characters; `drive` if nothing is left.
+/// (`/` first of all) `_`; no leading dot; at most 64 bytes; `drive` if nothing is left.
 pub fn folder_name(name: &str) -> String {
     let mut s: String = name
         .trim()
         .chars()
-        .take(64)
+        .scan(0, |bytes, c| {
+            *bytes += c.len_utf8();
+            (*bytes <= 64).then_some(c)
+        })
         .map(|c| {
             if c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ') {
                 c
@@ -239,29 +333,46 @@ pub fn folder_name(name: &str) -> String {
     s
 }
 
-/// Makes (0700, the owner's) and opens `home/thinclient_drives` and its `name`, refusing
-/// symbolic links and directories someone else owns; a dead mount left at `name` (a server
-/// that was killed) is detached first. Each step goes through the directory opened before it
-/// (`/proc/self/fd/N/NAME`), so no path is looked up twice.
-fn mount_point(owner: &DrivesHome, name: &str) -> anyhow::Result<(OwnedFd, OwnedFd)> {
+/// Makes (0700, the owner's) and opens `home/thinclient_drives` and in it `name` (or
+/// `name_2` … if something is mounted at `name`: never mount over a mount), refusing
+/// symbolic links and directories someone else owns; a dead mount (a server that was killed)
+/// is detached first. Each step goes through the directory opened before it
+/// (`/proc/self/fd/N/NAME`), so no path is looked up twice. The folder of drives, the mount
+/// point and the name used.
+fn mount_point(owner: &DrivesHome, name: &str) -> anyhow::Result<(OwnedFd, OwnedFd, String)> {
     let home = open_dir(&owner.home, false)
         .with_context(|| format!("open the home directory {}", owner.home.display()))?;
     let parent = own_dir(&home, DRIVES_DIR, owner)
         .with_context(|| format!("make {}", owner.home.join(DRIVES_DIR).display()))?;
-    let point = match own_dir(&parent, name, owner) {
-        Ok(point) => point,
-        Err(_) => {
-            let stale = under(&parent, name);
-            let _ = nix::mount::umount2(
-                &stale,
-                nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
-            );
-            own_dir(&parent, name, owner).with_context(|| {
-                format!("make {}", owner.home.join(DRIVES_DIR).join(name).display())
-            })?
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", parent.as_raw_fd()))
+        .context("locate the folder of drives")?;
+    for n in 1..=16 {
+        let candidate = if n == 1 {
+            name.to_owned()
+        } else {
+            format!("{name}_{n}")
+        };
+        if top_mount_at(&real.join(&candidate)).is_some() {
+            // A dead FUSE mount says ENOTCONN at once; a live one (another session's) is left.
+            match std::fs::symlink_metadata(under(&parent, &candidate)) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                    let _ = nix::mount::umount2(
+                        &under(&parent, &candidate),
+                        nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+                    );
+                }
+                _ => continue,
+            }
         }
-    };
-    Ok((parent, point))
+        let point = own_dir(&parent, &candidate, owner).with_context(|| {
+            format!(
+                "make {}",
+                owner.home.join(DRIVES_DIR).join(&candidate).display()
+            )
+        })?;
+        return Ok((parent, point, candidate));
+    }
+    anyhow::bail!("{} and 15 more names are taken by other mounts", name)
 }
 
 /// `name` in the directory `dir` is open on, as a path.
@@ -283,32 +394,43 @@ fn open_dir(path: &Path, nofollow: bool) -> std::io::Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
-/// `name` in `parent`: made 0700 and given to the owner if missing, then opened; it must
-/// be a directory of the owner's (not a symbolic link).
+/// `name` in `parent`: made 0700 if missing, opened without following a link, and given to
+/// the owner through that descriptor (not by path: the account could have put a link to
+/// another file in its place meanwhile); it must be a directory of the owner's.
 fn own_dir(parent: &OwnedFd, name: &str, owner: &DrivesHome) -> anyhow::Result<OwnedFd> {
-    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
     let path = under(parent, name);
-    match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-        Ok(()) => std::os::unix::fs::lchown(&path, Some(owner.uid), Some(owner.gid))
-            .context("give it to the account")?,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+    let created = match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
         Err(e) => return Err(e).context("mkdir"),
+    };
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .context("open it (a symbolic link is refused)")?;
+    let uid = dir.metadata()?.uid();
+    if created && uid == nix::unistd::geteuid().as_raw() && uid != owner.uid {
+        std::os::unix::fs::fchown(&dir, Some(owner.uid), Some(owner.gid))
+            .context("give it to the account")?;
     }
-    let fd = open_dir(&path, true).context("open it (a symbolic link is refused)")?;
-    let uid = std::fs::File::from(fd.try_clone()?).metadata()?.uid();
+    let uid = dir.metadata()?.uid();
     anyhow::ensure!(
         uid == owner.uid,
         "{name} belongs to uid {uid}, not to the account (uid {})",
         owner.uid
     );
-    Ok(fd)
+    Ok(OwnedFd::from(dir))
 }
 
-/// Inode numbers and the drive-relative paths they stand for (1 is the root, `""`).
+/// Inode numbers and the drive-relative paths they stand for (1 is the root, `""`), each
+/// kept while the kernel remembers it (its lookups, until `forget`).
 #[derive(Debug)]
 struct Inodes {
     paths: HashMap<u64, String>,
     numbers: HashMap<String, u64>,
+    lookups: HashMap<u64, u64>,
     next: u64,
 }
 
@@ -317,6 +439,7 @@ impl Default for Inodes {
         let mut inodes = Self {
             paths: HashMap::new(),
             numbers: HashMap::new(),
+            lookups: HashMap::new(),
             next: 2,
         };
         inodes.paths.insert(1, String::new());
@@ -326,19 +449,68 @@ impl Default for Inodes {
 }
 
 impl Inodes {
-    fn number(&mut self, path: &str) -> u64 {
-        if let Some(&n) = self.numbers.get(path) {
-            return n;
-        }
-        let n = self.next;
-        self.next += 1;
-        self.paths.insert(n, path.to_owned());
-        self.numbers.insert(path.to_owned(), n);
+    /// The number of `path`, counted as one more lookup the kernel remembers.
+    fn looked_up(&mut self, path: &str) -> u64 {
+        let n = match self.numbers.get(path) {
+            Some(&n) => n,
+            None => {
+                let n = self.next;
+                self.next += 1;
+                self.paths.insert(n, path.to_owned());
+                self.numbers.insert(path.to_owned(), n);
+                n
+            }
+        };
+        *self.lookups.entry(n).or_default() += 1;
         n
     }
 
-    /// A rename: `from` and everything under it take their new paths (same numbers).
+    /// The number of `path` for a directory listing, not kept: its own if the kernel knows
+    /// it, else one derived from the path (never 1, never one `looked_up` gives).
+    fn peek(&self, path: &str) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        if let Some(&n) = self.numbers.get(path) {
+            return n;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut h);
+        h.finish() | (1 << 63)
+    }
+
+    /// The kernel forgets `n` lookups of `ino`.
+    fn forget(&mut self, ino: u64, n: u64) {
+        let Some(count) = self.lookups.get_mut(&ino) else {
+            return;
+        };
+        *count = count.saturating_sub(n);
+        if *count == 0 && ino != 1 {
+            self.lookups.remove(&ino);
+            if let Some(path) = self.paths.remove(&ino) {
+                self.numbers.remove(&path);
+            }
+        }
+    }
+
+    /// `path` (and whatever was under it) is gone: its numbers stand for nothing any more
+    /// (a new file there gets a new one).
+    fn removed(&mut self, path: &str) {
+        let prefix = format!("{path}/");
+        let gone: Vec<(String, u64)> = self
+            .numbers
+            .iter()
+            .filter(|(p, _)| p.as_str() == path || p.starts_with(&prefix))
+            .map(|(p, n)| (p.clone(), *n))
+            .collect();
+        for (p, n) in gone {
+            self.numbers.remove(&p);
+            self.paths.remove(&n);
+        }
+    }
+
+    /// A rename: what was at `to` is gone; `from` and everything under it take their new
+    /// paths (same numbers).
     fn moved(&mut self, from: &str, to: &str) {
+        self.removed(to);
         let prefix = format!("{from}/");
         let moving: Vec<(String, u64)> = self
             .numbers
@@ -346,9 +518,6 @@ impl Inodes {
             .filter(|(p, _)| p.as_str() == from || p.starts_with(&prefix))
             .map(|(p, n)| (p.clone(), *n))
             .collect();
-        if let Some(old) = self.numbers.remove(to) {
-            self.paths.remove(&old);
-        }
         for (path, n) in moving {
             self.numbers.remove(&path);
             let new = format!("{to}{}", &path[from.len()..]);
@@ -358,16 +527,18 @@ impl Inodes {
     }
 }
 
-/// Directory listings being read (`opendir` to `releasedir`).
+/// Directory listings being read (`opendir` to `releasedir`): name, number, kind.
 #[derive(Debug, Default)]
 struct Listings {
-    open: HashMap<u64, Vec<(String, Attr)>>,
+    open: HashMap<u64, Vec<(String, u64, FileType)>>,
     next: u64,
 }
 
 struct DriveFs {
     ops: tokio::sync::mpsc::UnboundedSender<Request>,
-    timeout: Duration,
+    /// The last resort: how long an operation may take in all before it is EIO here (the
+    /// carrier times out each of its requests much sooner).
+    wait: Duration,
     owner: (u32, u32),
     inodes: Mutex<Inodes>,
     listings: Mutex<Listings>,
@@ -387,14 +558,14 @@ fn join(parent: &str, name: &OsStr) -> Result<String, Errno> {
 }
 
 impl DriveFs {
-    /// Asks the drive and waits for the answer (at most the timeout and a little: the
-    /// carrier times out first and says so; this is the last resort).
+    /// Asks the drive and waits for the answer (the carrier answers every operation, EIO
+    /// if the client does not answer a request in time; `wait` is the last resort).
     fn ask(&self, op: Op) -> Result<Done, Errno> {
         let (reply, answer) = sync_channel(1);
         self.ops
             .send(Request { op, reply })
             .map_err(|_| Errno::EIO)?;
-        match answer.recv_timeout(self.timeout + Duration::from_secs(2)) {
+        match answer.recv_timeout(self.wait) {
             Ok(Ok(done)) => Ok(done),
             Ok(Err(errno)) => Err(Errno::from_i32(errno)),
             Err(_) => Err(Errno::EIO),
@@ -437,7 +608,7 @@ impl DriveFs {
             .inodes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .number(path);
+            .looked_up(path);
         reply.entry(&TTL, &self.file_attr(ino, attr), Generation(0));
     }
 
@@ -445,6 +616,22 @@ impl DriveFs {
         match self.ask(Op::Stat(path.to_owned()))? {
             Done::Attr(attr) => Ok(attr),
             _ => Err(Errno::EIO),
+        }
+    }
+
+    fn delete(&self, path: String, dir: bool, reply: ReplyEmpty) {
+        match self.ask(Op::Delete {
+            path: path.clone(),
+            dir,
+        }) {
+            Ok(_) => {
+                self.inodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .removed(&path);
+                reply.ok();
+            }
+            Err(e) => reply.error(e),
         }
     }
 
@@ -537,14 +724,14 @@ impl Filesystem for DriveFs {
 
     fn unlink(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.path(parent).and_then(|p| join(&p, name)) {
-            Ok(path) => self.simple(Op::Delete { path, dir: false }, reply),
+            Ok(path) => self.delete(path, false, reply),
             Err(e) => reply.error(e),
         }
     }
 
     fn rmdir(&self, _req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.path(parent).and_then(|p| join(&p, name)) {
-            Ok(path) => self.simple(Op::Delete { path, dir: true }, reply),
+            Ok(path) => self.delete(path, true, reply),
             Err(e) => reply.error(e),
         }
     }
@@ -633,7 +820,7 @@ impl Filesystem for DriveFs {
                     .inodes
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .number(&path);
+                    .looked_up(&path);
                 reply.created(
                     &TTL,
                     &self.file_attr(ino, &attr),
@@ -741,12 +928,30 @@ impl Filesystem for DriveFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.ask(Op::List(path)) {
+        match self.ask(Op::List(path.clone())) {
             Ok(Done::Entries(entries)) => {
+                let listing: Vec<(String, u64, FileType)> = {
+                    let inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+                    let dots = [
+                        (".".to_owned(), ino.0, FileType::Directory),
+                        ("..".to_owned(), 1, FileType::Directory),
+                    ];
+                    dots.into_iter()
+                        .chain(entries.into_iter().filter_map(|(name, attr)| {
+                            let child = join(&path, OsStr::new(&name)).ok()?;
+                            let kind = if attr.dir {
+                                FileType::Directory
+                            } else {
+                                FileType::RegularFile
+                            };
+                            Some((name, inodes.peek(&child), kind))
+                        }))
+                        .collect()
+                };
                 let mut listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
                 listings.next += 1;
                 let fh = listings.next;
-                listings.open.insert(fh, entries);
+                listings.open.insert(fh, listing);
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Ok(_) => reply.error(Errno::EIO),
@@ -757,43 +962,29 @@ impl Filesystem for DriveFs {
     fn readdir(
         &self,
         _req: &FuseRequest,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Ok(path) = self.path(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
         let listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
         let Some(entries) = listings.open.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
-        let dots = [
-            (".".to_owned(), ino.0, FileType::Directory),
-            ("..".to_owned(), 1, FileType::Directory),
-        ];
-        let all = dots
-            .into_iter()
-            .chain(entries.iter().filter_map(|(name, attr)| {
-                let child = join(&path, OsStr::new(name)).ok()?;
-                let kind = if attr.dir {
-                    FileType::Directory
-                } else {
-                    FileType::RegularFile
-                };
-                Some((name.clone(), inodes.number(&child), kind))
-            }));
-        for (i, (name, child, kind)) in all
-            .enumerate()
-            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-        {
-            if reply.add(INodeNo(child), (i + 1) as u64, kind, &name) {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, (name, ino, kind)) in entries.iter().enumerate().skip(start) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
                 break;
             }
         }
         reply.ok();
+    }
+
+    fn forget(&self, _req: &FuseRequest, ino: INodeNo, nlookup: u64) {
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(ino.0, nlookup);
     }
 
     // No extended attributes: ENOSYS tells the kernel not to ask again.
@@ -836,25 +1027,37 @@ mod tests {
     #[test]
     fn folder_names_are_safe() {
         assert_eq!(folder_name("share"), "share");
-        assert_eq!(folder_name("../etc"), "__etc");
+        assert_eq!(folder_name("../etc"), "_._etc");
         assert_eq!(folder_name("a/b"), "a_b");
         assert_eq!(folder_name(".hidden"), "_hidden");
         assert_eq!(folder_name(""), "drive");
         assert_eq!(folder_name("  "), "drive");
         assert_eq!(folder_name("C:"), "C_");
         assert_eq!(folder_name(&"x".repeat(100)).len(), 64);
+        assert_eq!(folder_name(&"é".repeat(40)).len(), 64);
     }
 
     #[test]
     fn renames_move_the_paths_below() {
         let mut inodes = Inodes::default();
-        let a = inodes.number("a");
-        let ab = inodes.number("a/b");
-        let other = inodes.number("ab");
+        let a = inodes.looked_up("a");
+        let ab = inodes.looked_up("a/b");
+        let other = inodes.looked_up("ab");
+        let replaced = inodes.looked_up("c");
         inodes.moved("a", "c");
         assert_eq!(inodes.paths[&a], "c");
         assert_eq!(inodes.paths[&ab], "c/b");
         assert_eq!(inodes.paths[&other], "ab");
-        assert_eq!(inodes.number("c/b"), ab);
+        assert_eq!(inodes.looked_up("c/b"), ab);
+        assert!(!inodes.paths.contains_key(&replaced));
+        // Deleted: the number stands for nothing; a new file there gets another.
+        inodes.removed("c");
+        assert!(!inodes.paths.contains_key(&a) && !inodes.paths.contains_key(&ab));
+        assert_ne!(inodes.looked_up("c"), a);
+        // Forgotten as often as looked up: gone.
+        inodes.forget(other, 1);
+        assert!(!inodes.paths.contains_key(&other));
+        assert_eq!(inodes.peek("ab"), inodes.peek("ab"));
+        assert!(inodes.peek("ab") >= 1 << 63);
     }
 }

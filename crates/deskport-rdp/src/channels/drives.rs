@@ -51,6 +51,9 @@ const FILESYSTEM: u32 = 0x8;
 /// A session takes at most this many drives (a client announcing thousands gets the first).
 pub const MAX_DRIVES: usize = 16;
 
+/// A directory listing holds at most this many entries (`.` and `..` aside).
+pub const MAX_ENTRIES: usize = 100_000;
+
 /// Reads at most this much per request (FUSE asks for 128 KiB at most anyway).
 pub const MAX_READ: u32 = 1 << 20;
 
@@ -240,6 +243,9 @@ pub struct DriveChannel {
     shared: Arc<Mutex<Shared>>,
     /// Completions awaited, by completion id.
     pending: HashMap<u32, oneshot::Sender<Completion>>,
+    /// Requests whose operation gave up waiting (at most 10,000 remembered): a file one of
+    /// them opens is closed when its completion comes.
+    abandoned: std::collections::HashSet<u32>,
 }
 
 impl_as_any!(DriveChannel);
@@ -257,6 +263,7 @@ pub fn processor() -> (DriveChannel, mpsc::UnboundedReceiver<DriveEvent>) {
             inner: RdpdrServer::new(Box::new(backend)),
             shared,
             pending: HashMap::new(),
+            abandoned: Default::default(),
         },
         rx,
     )
@@ -348,6 +355,14 @@ impl DriveChannel {
             .and_then(|b| Some(u32::from_le_bytes(b.get(12..16)?.try_into().ok()?)))
             .ok_or_else(|| ironrdp_pdu::pdu_other_err!("DriveChannel", "no request encoded"))?;
         tracing::trace!(completion_id = id, "Drive request sent");
+        // Requests whose operation gave up (timed out) wait for nothing any more.
+        let abandoned = &mut self.abandoned;
+        self.pending.retain(|id, reply| {
+            if reply.is_closed() && abandoned.len() < 10_000 {
+                abandoned.insert(*id);
+            }
+            !reply.is_closed()
+        });
         self.pending.insert(id, irp.reply);
         Ok(msgs)
     }
@@ -424,8 +439,23 @@ impl SvcProcessor for DriveChannel {
                 .body
                 .take();
             // No body: the server's own tracker did not know the id (it warned).
-            if let (Some(body), Some(reply)) = (body, self.pending.remove(&id)) {
-                let _ = reply.send(Completion { status, body });
+            if let Some(body) = body {
+                let completion = Completion { status, body };
+                let unanswered = match self.pending.remove(&id) {
+                    Some(reply) => reply.send(completion).err(),
+                    None if self.abandoned.remove(&id) => Some(completion),
+                    None => None,
+                };
+                if let Some(Completion {
+                    status: 0,
+                    body: Body::Created { file_id },
+                }) = unanswered
+                {
+                    // Opened after its operation gave up: close it on the client.
+                    let device =
+                        u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                    msgs.extend(self.inner.drive_close(device, file_id)?);
+                }
             }
         }
         if header == Some((CORE, CLIENT_CAPABILITY)) {
@@ -498,6 +528,8 @@ impl Drives {
     pub fn event(&mut self, event: DriveEvent) {
         match event {
             DriveEvent::Announced { id, name } => {
+                // The same device announced again: the new announce counts.
+                self.unmount(id);
                 let Some(home) = &self.home else {
                     tracing::info!(
                         drive = name,
@@ -591,13 +623,25 @@ impl Drop for Drives {
     }
 }
 
-/// Serves a mount's operations, each in a task of its own (they wait on the client).
+/// Serves a mount's operations, each in a task of its own (they wait on the client); the
+/// tasks end with this one (unmounting aborts it).
 async fn serve(mut requests: mpsc::UnboundedReceiver<Request>, client: Client) {
-    while let Some(Request { op, reply }) = requests.recv().await {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let _ = reply.try_send(drive_op(&client, op).await);
-        });
+    let mut ops = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            request = requests.recv() => {
+                let Some(Request { op, reply }) = request else { break };
+                let client = client.clone();
+                ops.spawn(async move {
+                    let done = drive_op(&client, op).await;
+                    if let Err(std::sync::mpsc::TrySendError::Disconnected(Ok(Done::Opened { file, .. }))) = reply.try_send(done) {
+                        // Nobody waits for the file any more: close it on the client.
+                        let _ = client.close(file).await;
+                    }
+                });
+            }
+            Some(_) = ops.join_next(), if !ops.is_empty() => {}
+        }
     }
 }
 
@@ -646,6 +690,12 @@ pub fn errno(status: u32) -> i32 {
         libc::EBADF
     } else if s == NtStatus::INSUFFICIENT_RESOURCES {
         libc::ENOMEM
+    } else if status == 0xC000_0106 {
+        // STATUS_NAME_TOO_LONG
+        libc::ENAMETOOLONG
+    } else if status == 0xC000_00D4 {
+        // STATUS_NOT_SAME_DEVICE
+        libc::EXDEV
     } else {
         libc::EIO
     }
@@ -815,7 +865,9 @@ impl Client {
             async |dir| {
                 let mut entries = Vec::new();
                 let mut first = true;
-                loop {
+                let mut complete = false;
+                // Bounded in requests, not entries kept: a client may answer "." forever.
+                for _ in 0..MAX_ENTRIES + 2 {
                     let c = self
                         .irp(RdpdrServerMessage::QueryDirectory {
                             device_id: self.device,
@@ -831,6 +883,7 @@ impl Client {
                         .await?;
                     first = false;
                     if c.status == u32::from(NtStatus::NO_MORE_FILES) {
+                        complete = true;
                         break;
                     }
                     if c.status != 0 {
@@ -862,10 +915,13 @@ impl Client {
                             created: filetime(e.creation_time),
                         },
                     ));
-                    if entries.len() > 100_000 {
-                        // A client that never says "no more files".
-                        return Err(libc::EIO);
-                    }
+                }
+                if !complete {
+                    tracing::warn!(
+                        device = self.device,
+                        "A client's directory listing never ended: EIO"
+                    );
+                    return Err(libc::EIO);
                 }
                 Ok(entries)
             },
@@ -1063,6 +1119,8 @@ mod tests {
         assert_eq!(errno(0xC000_0101), libc::ENOTEMPTY);
         assert_eq!(errno(0xC000_007F), libc::ENOSPC);
         assert_eq!(errno(0xC000_00A2), libc::EROFS);
+        assert_eq!(errno(0xC000_0106), libc::ENAMETOOLONG);
+        assert_eq!(errno(0xC000_00D4), libc::EXDEV);
         assert_eq!(errno(0xDEAD_BEEF), libc::EIO);
     }
 

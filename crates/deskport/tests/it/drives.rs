@@ -231,9 +231,15 @@ fn a_shared_drive_is_a_folder_in_the_session_both_ways_byte_for_byte() {
     let (ok, out) = as_account(user, &mount, "rmdir \"$M/new\"");
     assert!(!ok && out.contains("Directory not empty"), "{out}");
     assert!(share.join("new/made.txt").exists());
-    // Another account cannot get in.
+    // Another account cannot get in, even with the way to the mount open: the drive's own
+    // modes (0700, the account's) keep it out.
     let other = UnixUser::create(dir.path());
     let (ok, out) = as_account(&other, &mount, "ls \"$M\"");
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    for open in [user.home.clone(), user.home.join("thinclient_drives")] {
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (ok, out) = as_account(&other, &mount, "ls \"$M\" || cat \"$M/later.txt\"");
     assert!(!ok && out.contains("Permission denied"), "{out}");
 
     // A client that stops answering: the program gets EIO after the drive timeout (3 s),
@@ -304,7 +310,7 @@ fn rdesktops_drive_is_a_folder_too() {
     let (ok, out) = as_account(
         user,
         &mount,
-        "ls -1 \"$M\" && stat -c '%s %F' \"$M/from-client.bin\" \"$M/inner\"",
+        "ls -1 \"$M\" && stat -c '%s %F' \"$M/from-client.bin\" && stat -c %F \"$M/inner\"",
     );
     assert!(ok, "{out}\n{}", setup.server_log());
     assert_eq!(
@@ -313,8 +319,59 @@ fn rdesktops_drive_is_a_folder_too() {
             "from-client.bin",
             "inner",
             "1048581 regular file",
-            "4096 directory"
+            "directory"
         ],
         "{out}"
     );
+}
+
+/// The account plants a symbolic link where the drives go (the server mounts as root): the
+/// drive is not mounted, and nothing is mounted where the link points.
+#[test]
+fn a_link_where_the_drives_go_is_refused() {
+    let setup = Setup::start("");
+    let (dir, user) = (&setup.dir, &setup.user);
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join("share")).unwrap();
+    std::fs::create_dir_all(&user.home).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, user.home.join("thinclient_drives")).unwrap();
+    let account = nix::unistd::User::from_name(&user.name).unwrap().unwrap();
+    for p in [&user.home, &elsewhere, &elsewhere.join("share")] {
+        std::os::unix::fs::chown(p, Some(account.uid.as_raw()), Some(account.gid.as_raw()))
+            .unwrap();
+    }
+    std::os::unix::fs::lchown(
+        user.home.join("thinclient_drives"),
+        Some(account.uid.as_raw()),
+        Some(account.gid.as_raw()),
+    )
+    .unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let client = Xvfb::start(1024, 768);
+    let _xfreerdp = xfreerdp_to(
+        &client,
+        &format!("127.0.0.1:{}", setup.port),
+        dir.path(),
+        &user.name,
+        PASSWORD,
+        &[
+            "/sec:nla",
+            "/size:800x600",
+            &format!("/drive:share,{}", share.display()),
+        ],
+    );
+    wait_until(Duration::from_secs(30), "the drive to be refused", || {
+        setup
+            .server_log()
+            .contains("Client drive not mounted")
+            .then_some(())
+    });
+    assert!(
+        setup.server_log().contains("a symbolic link is refused"),
+        "{}",
+        setup.server_log()
+    );
+    assert!(!mounted(&elsewhere.join("share")));
+    assert!(!mounted(&user.home.join("thinclient_drives/share")));
 }
