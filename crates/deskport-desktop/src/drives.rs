@@ -1038,6 +1038,16 @@ mod tests {
     }
 
     #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape("/home/a\\040b/x"), PathBuf::from("/home/a b/x"));
+        assert_eq!(unescape("/t\\134n\\011"), PathBuf::from("/t\\n\t"));
+        assert_eq!(unescape("/plain\\"), PathBuf::from("/plain\\"));
+        // The root is mounted on.
+        assert!(top_mount_at(Path::new("/")).is_some());
+        assert_eq!(top_mount_at(Path::new("/no/such/mount/point")), None);
+    }
+
+    #[test]
     fn renames_move_the_paths_below() {
         let mut inodes = Inodes::default();
         let a = inodes.looked_up("a");
