@@ -353,16 +353,15 @@ fn mount_point(owner: &DrivesHome, name: &str) -> anyhow::Result<(OwnedFd, Owned
             format!("{name}_{n}")
         };
         if top_mount_at(&real.join(&candidate)).is_some() {
-            // A dead FUSE mount says ENOTCONN at once; a live one (another session's) is left.
-            match std::fs::symlink_metadata(under(&parent, &candidate)) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                    let _ = nix::mount::umount2(
-                        &under(&parent, &candidate),
-                        nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
-                    );
-                }
-                _ => continue,
+            // A dead FUSE mount (a killed server's) is detached; a live one (another
+            // session's) is left alone.
+            if !dead_mount(under(&parent, &candidate)) {
+                continue;
             }
+            let _ = nix::mount::umount2(
+                &under(&parent, &candidate),
+                nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+            );
         }
         let point = own_dir(&parent, &candidate, owner).with_context(|| {
             format!(
@@ -373,6 +372,27 @@ fn mount_point(owner: &DrivesHome, name: &str) -> anyhow::Result<(OwnedFd, Owned
         return Ok((parent, point, candidate));
     }
     anyhow::bail!("{} and 15 more names are taken by other mounts", name)
+}
+
+/// Whether the mount at `path` is a FUSE mount whose server is gone: it says ENOTCONN at
+/// once. Asked on a thread of its own and given a second: a live mount's server (another
+/// session's client) may take its time, and the caller is a session's loop.
+fn dead_mount(path: PathBuf) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let asked = std::thread::Builder::new()
+        .name("deskport-drive-probe".to_owned())
+        .spawn(move || {
+            let _ = tx.send(
+                std::fs::symlink_metadata(&path)
+                    .err()
+                    .and_then(|e| e.raw_os_error()),
+            );
+        });
+    asked.is_ok()
+        && matches!(
+            rx.recv_timeout(Duration::from_secs(1)),
+            Ok(Some(libc::ENOTCONN))
+        )
 }
 
 /// `name` in the directory `dir` is open on, as a path.

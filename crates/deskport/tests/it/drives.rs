@@ -68,7 +68,45 @@ struct Setup {
     log: std::path::PathBuf,
 }
 
+/// `pid` and every process below it, deepest first.
+fn descendants(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    let mut all = Vec::new();
+    for child in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.parse().ok())
+    {
+        all.extend(descendants(child));
+    }
+    all.push(pid);
+    all
+}
+
 impl Setup {
+    /// Kills the server with SIGKILL (it leaves its mounts behind, dead), ends what it had
+    /// started, and starts it again; its log is then `rdp-server-2.log`.
+    fn crash_and_restart(&mut self) {
+        let pids = descendants(self._server.pid());
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self._server.child_mut().wait();
+        self.log = self.dir.path().join("rdp-server-2.log");
+        self._server = crate::rdp::rdp_server(
+            &self.dir.path().join("rdp"),
+            &self.dir.path().join("config.toml"),
+            self.port,
+            &[],
+            &self.log,
+        );
+    }
+
     /// The server, with `extra` lines in its `[rdp_server]` section.
     fn start(extra: &str) -> Self {
         require_root();
@@ -374,4 +412,57 @@ fn a_link_where_the_drives_go_is_refused() {
     );
     assert!(!mounted(&elsewhere.join("share")));
     assert!(!mounted(&user.home.join("thinclient_drives/share")));
+}
+
+/// A server killed with SIGKILL leaves its drive mounted and dead ("Transport endpoint is not
+/// connected"); the next time the drive comes, the dead mount is detached and the drive
+/// mounted at its own name again.
+#[test]
+fn a_dead_mount_left_by_a_killed_server_is_replaced() {
+    let mut setup = Setup::start("");
+    let share = setup.dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("f.txt"), "once\n").unwrap();
+    std::fs::set_permissions(share.join("f.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mount = setup.user.home.join("thinclient_drives/share");
+    let client = Xvfb::start(1024, 768);
+    let connect = |setup: &Setup| {
+        xfreerdp_to(
+            &client,
+            &format!("127.0.0.1:{}", setup.port),
+            setup.dir.path(),
+            &setup.user.name,
+            PASSWORD,
+            &[
+                "/sec:nla",
+                "/size:800x600",
+                &format!("/drive:share,{}", share.display()),
+            ],
+        )
+    };
+    let first = connect(&setup);
+    wait_until(Duration::from_secs(30), "the drive to be mounted", || {
+        mounted(&mount).then_some(())
+    });
+    setup.crash_and_restart();
+    drop(first);
+    let (ok, out) = as_account(&setup.user, &mount, "cat \"$M/f.txt\"");
+    assert!(
+        !ok && out.contains("Transport endpoint is not connected"),
+        "{out}"
+    );
+    let _second = connect(&setup);
+    wait_until(
+        Duration::from_secs(30),
+        "the drive to be mounted again",
+        || {
+            setup
+                .server_log()
+                .contains("Client drive mounted")
+                .then_some(())
+        },
+    );
+    let (ok, out) = as_account(&setup.user, &mount, "cat \"$M/f.txt\"");
+    assert!(ok && out == "once\n", "{out}\n{}", setup.server_log());
+    assert!(!setup.user.home.join("thinclient_drives/share_2").exists());
 }
