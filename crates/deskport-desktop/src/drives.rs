@@ -101,6 +101,8 @@ pub enum Op {
         to: String,
         replace: bool,
     },
+    /// The drive's size and free space.
+    Space,
 }
 
 /// What an [`Op`] gave.
@@ -108,9 +110,18 @@ pub enum Op {
 pub enum Done {
     Attr(Attr),
     Entries(Vec<(String, Attr)>),
-    Opened { file: u32, attr: Attr },
+    Opened {
+        file: u32,
+        attr: Attr,
+    },
     Data(Vec<u8>),
     Written(u32),
+    /// Bytes in all, free for the user, and the allocation unit.
+    Space {
+        total: u64,
+        free: u64,
+        unit: u32,
+    },
     Ok,
 }
 
@@ -1005,6 +1016,18 @@ impl Filesystem for DriveFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .forget(ino.0, nlookup);
+    }
+
+    fn statfs(&self, _req: &FuseRequest, _ino: INodeNo, reply: fuser::ReplyStatfs) {
+        match self.ask(Op::Space) {
+            Ok(Done::Space { total, free, unit }) => {
+                let unit = unit.clamp(512, 1 << 20);
+                let (blocks, avail) = (total / u64::from(unit), free / u64::from(unit));
+                reply.statfs(blocks, avail, avail, 0, 0, unit, 255, unit);
+            }
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
     }
 
     // No extended attributes: ENOSYS tells the kernel not to ask again.

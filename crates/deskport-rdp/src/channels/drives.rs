@@ -30,7 +30,8 @@ use ironrdp_rdpdr::pdu::efs::{
     CreateOptions, DesiredAccess, DeviceAnnounceHeader, DeviceCloseResponse, DeviceControlResponse,
     DeviceCreateResponse, DeviceFlushBuffersResponse, DeviceReadResponse, DeviceWriteResponse,
     FileAttributes, FileDispositionInformation, FileEndOfFileInformation, FileInformationClass,
-    FileInformationClassLevel, FileRenameInformation, NtStatus,
+    FileInformationClassLevel, FileRenameInformation, FileSystemInformationClass,
+    FileSystemInformationClassLevel, NtStatus,
 };
 use ironrdp_rdpdr::pdu::RdpdrPdu;
 use ironrdp_rdpdr::server::{RdpdrServer, RdpdrServerBackend, RdpdrServerMessage};
@@ -74,6 +75,7 @@ pub enum Body {
     Data(Vec<u8>),
     Written(u32),
     Info(Option<FileInformationClass>),
+    Volume(Option<FileSystemInformationClass>),
 }
 
 /// A completion: the client's status (an NTSTATUS) and what came with it.
@@ -217,9 +219,9 @@ impl RdpdrServerBackend for Backend {
     }
     fn on_query_volume_information_complete(
         &mut self,
-        _r: &ClientDriveQueryVolumeInformationResponse,
+        r: &ClientDriveQueryVolumeInformationResponse,
     ) -> PduResult<()> {
-        self.set(Body::None)
+        self.set(Body::Volume(r.buffer.clone()))
     }
     fn on_lock_control_complete(&mut self, _r: &ClientDriveLockControlResponse) -> PduResult<()> {
         self.set(Body::None)
@@ -339,6 +341,11 @@ impl DriveChannel {
                 path,
                 initial_query,
             } => s.drive_query_directory(device_id, file_id, info_class, path, initial_query),
+            RdpdrServerMessage::QueryVolumeInformation {
+                device_id,
+                file_id,
+                fs_info_class,
+            } => s.drive_query_volume_information(device_id, file_id, fs_info_class),
             other => {
                 return Err(ironrdp_pdu::pdu_other_err!(
                     "DriveChannel",
@@ -1079,6 +1086,39 @@ pub async fn drive_op(client: &Client, op: Op) -> Result<Done, i32> {
                 )
                 .await
                 .map(|()| Done::Ok)
+        }
+        Op::Space => {
+            client
+                .with_open(
+                    "",
+                    DesiredAccess::FILE_READ_ATTRIBUTES,
+                    CreateOptions::FILE_DIRECTORY_FILE,
+                    async |root| match client
+                        .ok(RdpdrServerMessage::QueryVolumeInformation {
+                            device_id: client.device,
+                            file_id: root,
+                            fs_info_class:
+                                FileSystemInformationClassLevel::FILE_FS_FULL_SIZE_INFORMATION,
+                        })
+                        .await?
+                    {
+                        Body::Volume(Some(
+                            FileSystemInformationClass::FileFsFullSizeInformation(v),
+                        )) => {
+                            let unit = u64::from(v.sectors_per_alloc_unit)
+                                .saturating_mul(u64::from(v.bytes_per_sector));
+                            let bytes =
+                                |units: i64| u64::try_from(units).unwrap_or(0).saturating_mul(unit);
+                            Ok(Done::Space {
+                                total: bytes(v.total_alloc_units),
+                                free: bytes(v.caller_available_alloc_units),
+                                unit: u32::try_from(unit).unwrap_or(4096),
+                            })
+                        }
+                        _ => Err(libc::EIO),
+                    },
+                )
+                .await
         }
         Op::Rename { from, to, replace } => client
             .with_open(

@@ -261,6 +261,20 @@ fn a_shared_drive_is_a_folder_in_the_session_both_ways_byte_for_byte() {
         "0123"
     );
 
+    // The drive's size and free space are the client's disk's (`df` through statfs).
+    let (ok, out) = as_account(user, &mount, "df -B1 --output=size,avail \"$M\" | tail -1");
+    assert!(ok, "df: {out}");
+    let sizes: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let local = nix::sys::statvfs::statvfs(&share).unwrap();
+    let total = local.blocks() * local.fragment_size();
+    assert!(
+        sizes.len() == 2 && sizes[0] > 0 && sizes[0].abs_diff(total) <= total / 100,
+        "df through the drive: {out}; the client's disk: {total} bytes"
+    );
+
     // The client's errors as errnos.
     let (ok, out) = as_account(user, &mount, "cat \"$M/missing.txt\"");
     assert!(!ok && out.contains("No such file or directory"), "{out}");
