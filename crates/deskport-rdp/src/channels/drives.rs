@@ -474,6 +474,57 @@ impl SvcProcessor for DriveChannel {
 
 impl SvcServerProcessor for DriveChannel {}
 
+/// A request of each kind deskport sends, by `n` (modulo their number), on device 1: for the
+/// fuzzing oracle, so that completions of every kind get decoded.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn fuzz_request(n: u8) -> RdpdrServerMessage {
+    let (device_id, file_id) = (1, 1);
+    match n % 8 {
+        0 => RdpdrServerMessage::Create {
+            device_id,
+            path: "\\a".to_owned(),
+            desired_access: DesiredAccess::GENERIC_READ,
+            create_disposition: CreateDisposition::FILE_OPEN,
+            create_options: CreateOptions::empty(),
+        },
+        1 => RdpdrServerMessage::Read {
+            device_id,
+            file_id,
+            length: 4096,
+            offset: 0,
+        },
+        2 => RdpdrServerMessage::Write {
+            device_id,
+            file_id,
+            data: vec![1, 2, 3],
+            offset: 0,
+        },
+        3 => RdpdrServerMessage::Close { device_id, file_id },
+        4 => RdpdrServerMessage::QueryInformation {
+            device_id,
+            file_id,
+            info_class: FileInformationClassLevel::FILE_BASIC_INFORMATION,
+        },
+        5 => RdpdrServerMessage::QueryInformation {
+            device_id,
+            file_id,
+            info_class: FileInformationClassLevel::FILE_STANDARD_INFORMATION,
+        },
+        6 => RdpdrServerMessage::QueryDirectory {
+            device_id,
+            file_id,
+            info_class: FileInformationClassLevel::FILE_DIRECTORY_INFORMATION,
+            path: "\\*".to_owned(),
+            initial_query: true,
+        },
+        _ => RdpdrServerMessage::QueryVolumeInformation {
+            device_id,
+            file_id,
+            fs_info_class: FileSystemInformationClassLevel::FILE_FS_FULL_SIZE_INFORMATION,
+        },
+    }
+}
+
 /// A session's drives: the mounts, and the operations' requests on their way to the channel.
 #[derive(Debug)]
 pub struct Drives {

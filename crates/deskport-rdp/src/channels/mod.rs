@@ -404,6 +404,7 @@ fn channel_events(
     let mut sizes = Vec::new();
     let mut formats = Vec::new();
     let mut drives = Vec::new();
+    let mut answers = Vec::new();
     let mut rest = data;
     while rest.len() >= 3 {
         let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
@@ -413,7 +414,25 @@ fn channel_events(
             0 => cliprdr.process(payload),
             1 => drdynvc.process(payload),
             2 => rdpsnd.process(payload),
-            _ => rdpdr.process(payload),
+            _ => {
+                // A request before each PDU (its kind from the channel byte), so that
+                // completions find one to answer (ids count from 0) and every completion
+                // decoder is reached.
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                if rdpdr
+                    .request(drives::Irp {
+                        message: drives::fuzz_request(channel / 4),
+                        reply,
+                    })
+                    .is_ok()
+                {
+                    answers.push(answer);
+                }
+                if answers.len() > 64 {
+                    answers.clear();
+                }
+                rdpdr.process(payload)
+            }
         };
         while let Ok(event) = drive_events.try_recv() {
             drives.push(event);
