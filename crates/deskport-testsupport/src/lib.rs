@@ -25,6 +25,7 @@
 
 pub mod browser;
 mod dirs;
+pub mod files;
 pub mod framecode;
 pub mod image_util;
 mod net;

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use deskport_testsupport::files::{mounted, pattern};
 use deskport_testsupport::servers::cpu_seconds;
 use deskport_testsupport::{ProcessGuard, Xvfb};
 
@@ -26,19 +27,6 @@ mod support;
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const PASSWORD: &str = "Drive-bench-123";
-
-/// `n` bytes of a pattern that does not repeat within a page.
-fn pattern(n: usize) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 /// Runs `script` as `user` (`sh -c`); panics if it fails. How long it took.
 fn timed_as(user: &str, script: &str) -> Duration {
@@ -61,13 +49,6 @@ fn timed_as(user: &str, script: &str) -> Duration {
         String::from_utf8_lossy(&out.stderr)
     );
     took
-}
-
-fn mounted(path: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&*path.to_string_lossy()))
 }
 
 /// Removes the benchmark's Unix account when dropped.
@@ -123,7 +104,7 @@ fn main() {
     let share = dir.join("share");
     std::fs::create_dir(&share).unwrap();
     std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let data = pattern(mb * 1024 * 1024);
+    let data = pattern(mb * 1024 * 1024, 4);
     std::fs::write(share.join("big.bin"), &data).unwrap();
     std::fs::set_permissions(
         share.join("big.bin"),

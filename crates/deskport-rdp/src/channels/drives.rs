@@ -665,14 +665,6 @@ impl Drives {
         }
         self.events = None;
     }
-
-    /// The drives mounted.
-    pub fn mounted(&self) -> Vec<std::path::PathBuf> {
-        self.mounts
-            .values()
-            .map(|(m, _)| m.path().to_owned())
-            .collect()
-    }
 }
 
 impl Drop for Drives {

@@ -263,11 +263,6 @@ impl Channels {
         }
     }
 
-    /// The drives mounted in the session.
-    pub fn drives_mounted(&self) -> Vec<std::path::PathBuf> {
-        self.drives.mounted()
-    }
-
     fn cliprdr(&mut self) -> Option<&mut CliprdrServer> {
         self.set
             .get_by_type_mut::<CliprdrServer>()

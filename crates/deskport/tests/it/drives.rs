@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use deskport_testsupport::files::{mounted, pattern};
 use deskport_testsupport::{free_port, require_program, require_root, wait_until, Xvfb};
 
 use crate::rdp::{add_account, rdesktop_command, xfreerdp_to, PASSWORD};
@@ -36,26 +37,6 @@ fn as_account(user: &UnixUser, mount: &Path, script: &str) -> (bool, String) {
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
-}
-
-/// `n` bytes that do not repeat within a page.
-fn pattern(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn mounted(path: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&*path.to_string_lossy()))
 }
 
 /// A virtual-session server (drive timeout 3 s) and an account with a home to mount in.
@@ -141,6 +122,22 @@ impl Setup {
         }
     }
 
+    /// xfreerdp (NLA, 800x600) on `display` as the account, sharing `share` as drive `share`.
+    fn xfreerdp_sharing(&self, display: &Xvfb, share: &Path) -> crate::rdp::Client {
+        xfreerdp_to(
+            display,
+            &format!("127.0.0.1:{}", self.port),
+            self.dir.path(),
+            &self.user.name,
+            PASSWORD,
+            &[
+                "/sec:nla",
+                "/size:800x600",
+                &format!("/drive:share,{}", share.display()),
+            ],
+        )
+    }
+
     fn server_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -149,7 +146,7 @@ impl Setup {
 #[test]
 fn a_shared_drive_is_a_folder_in_the_session_both_ways_byte_for_byte() {
     let setup = Setup::start("");
-    let (dir, user, port) = (&setup.dir, &setup.user, setup.port);
+    let (dir, user) = (&setup.dir, &setup.user);
     let server_log = || setup.server_log();
 
     // The client's folder: a text file, a file of several MB, a folder with a file in it.
@@ -184,18 +181,7 @@ fn a_shared_drive_is_a_folder_in_the_session_both_ways_byte_for_byte() {
     }
 
     let client = Xvfb::start(1024, 768);
-    let xfreerdp = xfreerdp_to(
-        &client,
-        &format!("127.0.0.1:{port}"),
-        dir.path(),
-        &user.name,
-        PASSWORD,
-        &[
-            "/sec:nla",
-            "/size:800x600",
-            &format!("/drive:share,{}", share.display()),
-        ],
-    );
+    let xfreerdp = setup.xfreerdp_sharing(&client, &share);
     let mount = user.home.join("thinclient_drives/share");
     wait_until(Duration::from_secs(30), "the drive to be mounted", || {
         mounted(&mount).then_some(())
@@ -401,18 +387,7 @@ fn a_link_where_the_drives_go_is_refused() {
     let share = dir.path().join("share");
     std::fs::create_dir(&share).unwrap();
     let client = Xvfb::start(1024, 768);
-    let _xfreerdp = xfreerdp_to(
-        &client,
-        &format!("127.0.0.1:{}", setup.port),
-        dir.path(),
-        &user.name,
-        PASSWORD,
-        &[
-            "/sec:nla",
-            "/size:800x600",
-            &format!("/drive:share,{}", share.display()),
-        ],
-    );
+    let _xfreerdp = setup.xfreerdp_sharing(&client, &share);
     wait_until(Duration::from_secs(30), "the drive to be refused", || {
         setup
             .server_log()
@@ -440,21 +415,7 @@ fn a_dead_mount_left_by_a_killed_server_is_replaced() {
     std::fs::set_permissions(share.join("f.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let mount = setup.user.home.join("thinclient_drives/share");
     let client = Xvfb::start(1024, 768);
-    let connect = |setup: &Setup| {
-        xfreerdp_to(
-            &client,
-            &format!("127.0.0.1:{}", setup.port),
-            setup.dir.path(),
-            &setup.user.name,
-            PASSWORD,
-            &[
-                "/sec:nla",
-                "/size:800x600",
-                &format!("/drive:share,{}", share.display()),
-            ],
-        )
-    };
-    let first = connect(&setup);
+    let first = setup.xfreerdp_sharing(&client, &share);
     wait_until(Duration::from_secs(30), "the drive to be mounted", || {
         mounted(&mount).then_some(())
     });
@@ -465,7 +426,7 @@ fn a_dead_mount_left_by_a_killed_server_is_replaced() {
         !ok && out.contains("Transport endpoint is not connected"),
         "{out}"
     );
-    let _second = connect(&setup);
+    let _second = setup.xfreerdp_sharing(&client, &share);
     wait_until(
         Duration::from_secs(30),
         "the drive to be mounted again",
