@@ -548,8 +548,9 @@ def drives_section(path):
         "written (`cat` from the home to the drive) by the session's account through a drive "
         "xfreerdp shares (`/drive:bench,PATH`), mounted in a virtual session as "
         "`~/thinclient_drives/bench` (FUSE over `rdpdr`), next to the same copies on the local "
-        "disk. FreeRDP's shadow server offers no drive redirection and xrdp is not in Debian 12, "
-        "so the peer is the local copy. Each copy is compared byte for byte afterwards. "
+        "disk. FreeRDP's shadow server offers no drive redirection, and xrdp 0.9's (its "
+        "chansrv mounts drives with FUSE 2, which needs `fusermount`, not installed by the "
+        "project) is not measured yet, so the peer is the local copy. Each copy is compared byte for byte afterwards. "
         "CPU-seconds during the copy: deskport's RDP server, xfreerdp. Measured "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} at commit {commit_id()}.",
         "",

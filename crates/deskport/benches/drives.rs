@@ -2,8 +2,10 @@
 //! shares (`/drive:bench,PATH`), mounted in a virtual session as
 //! `~/thinclient_drives/bench` (FUSE over `rdpdr`), next to the same copies on the local disk.
 //!
-//! FreeRDP's shadow server offers no drive redirection and xrdp is not in Debian 12, so the
-//! peer is a plain local copy (`cat`), the ceiling any redirected drive is measured against.
+//! FreeRDP's shadow server offers no drive redirection. xrdp 0.9 has it (its chansrv mounts
+//! drives with FUSE 2, which needs `fusermount`, not installed by the project) but is not
+//! measured here yet, so the peer is a plain local copy (`cat`), the ceiling any redirected
+//! drive is measured against.
 //! Each copy is done by the session's account with `cat`, timed whole (opening, every
 //! request, closing); the data is compared afterwards. CPU-seconds: deskport's RDP server and
 //! xfreerdp during the copy.
